@@ -1,0 +1,67 @@
+"""Command line: ``stablenca SUBCOMMAND``.
+
+A thin layer: each subcommand (one module in :mod:`stablenca.commands`) parses its
+arguments, calls one library function and prints. Every user error is one line on
+stderr and exit code 2; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import EXIT_INTERRUPTED, EXIT_USAGE, StableNCAError
+
+#: Subcommand modules, in the order ``--help`` lists them (the data flow).
+SUBCOMMANDS = ("train", "diagnose", "replay", "check", "report", "plot", "study")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line: the problem and where to look."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"stablenca: error: {message}; fix: see '{self.prog} --help'\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = _Parser(prog="stablenca", description="Numerical-stability diagnostics for PyTorch losses "
+                                                   "(flagship: ModernNCA on Abalone).")
+    parser.add_argument("--version", action="version", version=f"stablenca {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    subparsers.required = True
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(f"stablenca.commands.{name}")
+        except ModuleNotFoundError as exc:  # a subcommand not built yet
+            if exc.name != f"stablenca.commands.{name}":
+                raise
+            continue
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except StableNCAError as exc:
+        print(f"stablenca: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("stablenca: interrupted; what was recorded is kept", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `stablenca ... | head`
+        return 0
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,80 @@
+"""Argument types and options shared by several subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+
+def _number(text: str, kind, what: str):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = _number(text, int, "an integer")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    value = _number(text, int, "an integer")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 0")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = _number(text, float, "a number")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{value} must be > 0")
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    value = _number(text, float, "a number")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 0")
+    return value
+
+
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument("--data", default=None, metavar="PATH",
+                       help="a TALENT-format directory or a CSV file (default: the embedded Abalone)")
+    group.add_argument("--target", default=None, help="the target column of a CSV file")
+    group.add_argument("--task", choices=("multiclass", "regression"), default="multiclass")
+    group.add_argument("--split-seed", type=nonnegative_int, default=0, help="seed of the 64/16/20 split")
+    group.add_argument("--numerical", choices=("standard", "quantile"), default="standard",
+                       help="preprocessing of numerical features, fitted on train")
+
+
+def add_training_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("training (defaults depend on --model)")
+    group.add_argument("--epochs", type=positive_int, default=None)
+    group.add_argument("--seed", type=nonnegative_int, default=0)
+    group.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    group.add_argument("--batch-size", type=positive_int, default=None)
+    group.add_argument("--lr", type=positive_float, default=None)
+    group.add_argument("--weight-decay", type=nonnegative_float, default=None)
+    group.add_argument("--patience", type=nonnegative_int, default=None,
+                       help="early stopping patience in epochs (ModernNCA default 20)")
+    group.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+
+
+def config_from_args(args: argparse.Namespace, *, model: str, loss: str | None):
+    """A :class:`~stablenca.train.TrainConfig` from the shared options."""
+    from ..train import TrainConfig
+
+    return TrainConfig(
+        model=model, loss=loss, task=args.task, epochs=args.epochs, seed=args.seed, dtype=args.dtype,
+        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        patience="default" if args.patience is None else args.patience, device=args.device,
+        data=args.data, target=args.target, split_seed=args.split_seed, numerical=args.numerical,
+    )

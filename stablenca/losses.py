@@ -1,0 +1,301 @@
+"""The loss formulations: one registry, one interface.
+
+Every formulation takes
+
+* ``distances`` — (B, C) distances from B queries to C candidates, already divided
+  by the temperature T (so ``exp(-distances)`` is the kernel);
+* ``labels`` — (B,) the queries' class indices (or standardised targets for
+  regression);
+* ``candidate_labels`` — (C,) the candidates' class indices (or targets);
+* ``self_mask`` — (B, C) bool, True where the candidate *is* the query (excluded);
+
+and returns a :class:`LossOutput`: per-sample losses plus how they reduce to the
+scalar that is optimised. Intermediates are offered through
+:func:`stablenca.publish.publish`, so probes can see them without knowing the loss.
+
+In the student's setting (in-batch neighbours) the candidates are the batch
+itself: ``distances = cdist(E, E)``, ``candidate_labels = labels`` and
+``self_mask = eye(B)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from .errors import ConfigError
+from .publish import publish
+
+Task = Literal["multiclass", "regression"]
+
+#: The student's epsilon, as in the story.
+RATIO_EPS = 1e-10
+#: TALENT adds this to the class probabilities before the log.
+MODERNNCA_EPS = 1e-7
+
+
+@dataclasses.dataclass
+class LossOutput:
+    """Per-sample losses and how they reduce.
+
+    ``per_sample`` has one entry per *included* row; ``included`` is the (B,) bool
+    mask of rows that took part (rows a formulation excludes, such as those without
+    a same-class neighbour in ``nca_logspace``, are counted, never turned into inf).
+    """
+
+    per_sample: torch.Tensor
+    reduction: Literal["mean", "sum"]
+    included: torch.Tensor
+
+    @property
+    def loss(self) -> torch.Tensor:
+        """The scalar that is optimised."""
+        if self.per_sample.numel() == 0:
+            # Nothing to learn from in this batch: a zero that keeps the graph alive.
+            return self.per_sample.sum()
+        return self.per_sample.mean() if self.reduction == "mean" else self.per_sample.sum()
+
+    @property
+    def n_excluded(self) -> int:
+        return int((~self.included).sum())
+
+
+@dataclasses.dataclass(frozen=True)
+class Formulation:
+    """A registered loss: its function and the tasks it makes sense for."""
+
+    name: str
+    fn: Callable[..., LossOutput]
+    tasks: tuple[str, ...]
+    stable: bool
+    summary: str
+
+    def __call__(self, distances, labels, candidate_labels, self_mask, **kwargs) -> LossOutput:
+        return self.fn(distances, labels, candidate_labels, self_mask, **kwargs)
+
+
+def _class_masks(labels, candidate_labels, self_mask):
+    same = labels[:, None] == candidate_labels[None, :]
+    same_class_mask = same & ~self_mask
+    other_class_mask = ~same & ~self_mask
+    return same_class_mask, other_class_mask
+
+
+def _kernel_sums(distances, labels, candidate_labels, self_mask):
+    """P = exp(-d); P_same and P_diff summed as the student did (mask multiply)."""
+    same_class_mask, other_class_mask = _class_masks(labels, candidate_labels, self_mask)
+    publish("distances", distances)
+    publish("same_class_mask", same_class_mask)
+    publish("self_mask", self_mask)
+    exp_out = torch.exp(-distances)
+    publish("exp_out", exp_out)
+    p_same = (exp_out * same_class_mask).sum(dim=1)
+    p_diff = (exp_out * other_class_mask).sum(dim=1)
+    publish("p_same", p_same)
+    publish("p_diff", p_diff)
+    return p_same, p_diff
+
+
+def _all_rows(distances):
+    return torch.ones(distances.shape[0], dtype=torch.bool, device=distances.device)
+
+
+def ratio(distances, labels, candidate_labels, self_mask) -> LossOutput:
+    """The student's ratio loss, unprotected: ``-mean(log(P_same / P_diff))``.
+
+    ``P = exp(-d)``, ``P_same = Σ_{same class, not self} P``,
+    ``P_diff = Σ_{other class} P``.
+
+    Failure domain: unbounded below, because ``P_diff`` excludes the same class, so
+    scaling every distance by s > 1 lowers the loss whenever the nearest same-class
+    candidate is nearer than the nearest other-class one. Training therefore
+    inflates the distance scale until ``exp`` underflows to exactly 0.0 (d > 103.97
+    in float32, d > 745.1 in float64): then ``P_same / P_diff`` is 0/0 (NaN),
+    0/x (log 0 = -inf) or x/0 (+inf). A row that is the only member of its class
+    in the batch has ``P_same = 0`` at every scale, so ``log(0)``.
+
+    >>> d = torch.tensor([[0., 1., 2.], [1., 0., 3.], [2., 3., 0.]])
+    >>> y = torch.tensor([0, 0, 1])
+    >>> out = ratio(d, y, y, torch.eye(3, dtype=torch.bool))
+    >>> out.per_sample[0].item() == -math.log(math.exp(-1) / math.exp(-2))
+    True
+    >>> bool(torch.isinf(out.per_sample[2]))  # the singleton class: log(0)
+    True
+    """
+    p_same, p_diff = _kernel_sums(distances, labels, candidate_labels, self_mask)
+    per_sample = -torch.log(p_same / p_diff)
+    return LossOutput(per_sample, "mean", _all_rows(distances))
+
+
+def ratio_eps(distances, labels, candidate_labels, self_mask, eps: float = RATIO_EPS) -> LossOutput:
+    """The epsilon patch: ``-mean(log((P_same + 1e-10) / (P_diff + 1e-10)))``.
+
+    Failure domain: never NaN, but it hides the failure. Once both sums underflow
+    the loss is exactly ``-log(1) = 0`` and the gradient is exactly zero, so
+    training silently stops; while one sum is far below 1e-10 the loss saturates at
+    ``±log(1e-10 / P)`` and the gradient of that sum is divided by 1e-10 instead of
+    by itself (biased). A singleton class contributes ``-log(1e-10 / P_diff)``, a
+    constant large term with no useful gradient.
+
+    >>> d = torch.tensor([[0., 200.], [200., 0.]])
+    >>> y = torch.tensor([0, 0])
+    >>> ratio_eps(d, y, y, torch.eye(2, dtype=torch.bool)).loss.item()  # P_same underflowed
+    0.0
+    """
+    p_same, p_diff = _kernel_sums(distances, labels, candidate_labels, self_mask)
+    per_sample = -torch.log((p_same + eps) / (p_diff + eps))
+    return LossOutput(per_sample, "mean", _all_rows(distances))
+
+
+def difference(distances, labels, candidate_labels, self_mask) -> LossOutput:
+    """The student's difference loss: ``P_diff.sum() - P_same.sum()``.
+
+    Bounded (each term lies in [0, C]) and never NaN. Failure domain: the gradient
+    of a pair is ``±exp(-d)``, which vanishes for far pairs, so once the
+    embeddings spread out (or as soon as d exceeds the exp underflow limit) pairs
+    stop contributing: the loss stays finite but learning stalls. It is a sum, so
+    its size grows with the batch.
+
+    >>> d = torch.tensor([[0., 1.], [1., 0.]])
+    >>> y = torch.tensor([0, 1])
+    >>> round(difference(d, y, y, torch.eye(2, dtype=torch.bool)).loss.item(), 6)
+    0.735759
+    """
+    p_same, p_diff = _kernel_sums(distances, labels, candidate_labels, self_mask)
+    return LossOutput(p_diff - p_same, "sum", _all_rows(distances))
+
+
+def nca_logspace(distances, labels, candidate_labels, self_mask) -> LossOutput:
+    """NCA in log space: ``-(logsumexp(-d over same class) - logsumexp(-d over all but self))``.
+
+    The per-row value is ``-log p_i`` with ``p_i`` the NCA probability that the
+    query's stochastic neighbour has its class. ``logsumexp`` subtracts the row
+    maximum before exponentiating, so at least one term is ``exp(0) = 1`` and
+    neither sum can underflow: the loss is finite at every distance scale, and it
+    is bounded below by 0 (the denominator includes the numerator).
+
+    Rows with no same-class candidate (a singleton class) have ``p_i = 0``: they are
+    excluded (``included`` is False for them) and counted, never turned into inf.
+
+    >>> d = torch.tensor([[0., 1., 2.], [1., 0., 3.], [2., 3., 0.]])
+    >>> y = torch.tensor([0, 0, 1])
+    >>> out = nca_logspace(d * 1000, y, y, torch.eye(3, dtype=torch.bool))
+    >>> out.n_excluded, bool(torch.isfinite(out.loss))
+    (1, True)
+    """
+    same_class_mask, _ = _class_masks(labels, candidate_labels, self_mask)
+    publish("distances", distances)
+    publish("same_class_mask", same_class_mask)
+    publish("self_mask", self_mask)
+    included = same_class_mask.any(dim=1)
+    # Select rows *before* logsumexp: an all -inf row has a NaN gradient, and
+    # torch.where would still backpropagate it (0 * NaN).
+    logits = -distances[included]
+    log_same = torch.logsumexp(logits.masked_fill(~same_class_mask[included], -math.inf), dim=1)
+    log_all = torch.logsumexp(logits.masked_fill(self_mask[included], -math.inf), dim=1)
+    return LossOutput(log_all - log_same, "mean", included)
+
+
+def modernnca(distances, labels, candidate_labels, self_mask, n_classes: int | None = None,
+              task: Task = "multiclass") -> LossOutput:
+    """TALENT's ModernNCA objective.
+
+    ``p = softmax(-d)`` over candidates (self masked with +inf, as TALENT's
+    ``fill_diagonal_(inf)``), prediction ``p @ y_candidates``.
+
+    * classification: ``-log(p @ onehot + 1e-7)[label]`` (TALENT's ``log(p + 1e-7)``
+      then NLL);
+    * regression: ``(p @ y_candidates - y)^2`` (MSE on standardised targets).
+
+    Softmax is max-shifted, so its largest term is 1 and the row sum never
+    underflows: finite at every scale. The ``1e-7`` only matters when the correct
+    class gets probability < 1e-7; it then caps the loss at ``-log(1e-7) ≈ 16.1``
+    (and zeroes that row's gradient), a deliberate bound, not a hidden NaN.
+
+    >>> d = torch.tensor([[0., 1., 2.], [1., 0., 3.], [2., 3., 0.]])
+    >>> y = torch.tensor([0, 0, 1])
+    >>> out = modernnca(d, y, y, torch.eye(3, dtype=torch.bool), n_classes=2)
+    >>> round(out.per_sample[0].item(), 6) == round(-math.log(1 / (1 + math.exp(-1)) + 1e-7), 6)
+    True
+    """
+    publish("distances", distances)
+    publish("self_mask", self_mask)
+    if task == "multiclass":
+        publish("same_class_mask", _class_masks(labels, candidate_labels, self_mask)[0])
+    # NOTE[DIFF]: TALENT mutates the distance matrix in place (fill_diagonal_);
+    # masked_fill keeps the caller's tensor intact and also handles a self-mask
+    # that is not the leading diagonal.
+    probabilities = F.softmax(-distances.masked_fill(self_mask, math.inf), dim=-1)
+    publish("softmax", probabilities)
+    if task == "multiclass":
+        if n_classes is None:
+            n_classes = int(max(int(labels.max()), int(candidate_labels.max()))) + 1
+        onehot = F.one_hot(candidate_labels, n_classes).to(probabilities.dtype)
+        class_probabilities = probabilities @ onehot
+        log_probabilities = torch.log(class_probabilities + MODERNNCA_EPS)
+        per_sample = -log_probabilities.gather(1, labels[:, None]).squeeze(1)
+    else:
+        prediction = probabilities @ candidate_labels.to(probabilities.dtype)
+        per_sample = (prediction - labels.to(probabilities.dtype)) ** 2
+    return LossOutput(per_sample, "mean", _all_rows(distances))
+
+
+REGISTRY: dict[str, Formulation] = {
+    f.name: f
+    for f in [
+        Formulation("ratio", ratio, ("multiclass",), False, "-log(P_same/P_diff), the student's loss"),
+        Formulation("ratio_eps", ratio_eps, ("multiclass",), False, "ratio with 1e-10 added to both sums"),
+        Formulation("difference", difference, ("multiclass",), False, "P_diff.sum() - P_same.sum()"),
+        Formulation("nca_logspace", nca_logspace, ("multiclass",), True,
+                    "-(logsumexp same - logsumexp all-but-self)"),
+        Formulation("modernnca", modernnca, ("multiclass", "regression"), True,
+                    "TALENT: log(softmax @ onehot + 1e-7) + NLL, or MSE"),
+    ]
+}
+
+
+def get(name: str, task: str = "multiclass") -> Formulation:
+    """Look a formulation up by name and check that it fits the task."""
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown loss {name!r}",
+                          fix=f"use one of {', '.join(REGISTRY)} or package.module:function")
+    formulation = REGISTRY[name]
+    if task not in formulation.tasks:
+        raise ConfigError(
+            f"loss {name!r} does not fit task {task!r} (it needs class labels)",
+            fix="use --loss modernnca for regression, or --task multiclass",
+        )
+    return formulation
+
+
+def resolve(spec: str, task: str = "multiclass") -> Formulation:
+    """A registry name, or a user loss ``package.module:function`` wrapped as a formulation."""
+    if ":" not in spec:
+        return get(spec, task)
+    from . import user_loss
+
+    function = user_loss.load_user_function(spec)
+    user_loss.check_signature(function, spec)
+    tasks = tuple(getattr(function, "tasks", ("multiclass", "regression")))
+    if task not in tasks:
+        raise ConfigError(f"loss {spec!r} declares tasks {tasks}, not {task!r}",
+                          fix=f"use --task {tasks[0]} or another loss")
+
+    def wrapped(distances, labels, candidate_labels, self_mask):
+        return user_loss.as_loss_output(function(distances, labels, candidate_labels, self_mask), distances, spec)
+
+    wrapped.reference = getattr(function, "reference", None)
+    return Formulation(spec, wrapped, tasks, False, getattr(function, "__doc__", None) or spec)
+
+
+def evaluate(formulation: Formulation, distances, labels, candidate_labels, self_mask,
+             *, task: str = "multiclass", n_classes: int | None = None) -> LossOutput:
+    """Call a formulation with the extra arguments only ``modernnca`` needs."""
+    if formulation.fn is modernnca:
+        return formulation(distances, labels, candidate_labels, self_mask, n_classes=n_classes, task=task)
+    return formulation(distances, labels, candidate_labels, self_mask)

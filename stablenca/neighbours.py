@@ -1,0 +1,138 @@
+"""Who the neighbours are: training candidates and prediction readouts.
+
+Training schemes (they return the inputs every loss formulation takes):
+
+* :func:`in_batch_pairs` — the student's: candidates are the batch itself,
+  ``distances = cdist(E, E)``, self-pairs masked.
+* :func:`sampled_pool_pairs` — TALENT's: the batch is removed from the training
+  pool, ``sample_rate`` of the rest is sampled, the batch is prepended and the
+  self-pairs (the leading diagonal) are masked.
+
+Readouts (predictions for query rows given the training split):
+
+* :func:`soft_neighbour_readout` — ModernNCA's ``softmax(-d/T) @ y_candidates``
+  over the whole training split, streamed over candidate chunks so memory is
+  O(queries × chunk), not O(queries × N).
+* :func:`knn_readout` — the student's k-nearest neighbours (scikit-learn).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import ConfigError
+
+
+@dataclasses.dataclass
+class Pairs:
+    """What a loss formulation needs for one training step."""
+
+    distances: torch.Tensor  # (B, C), already divided by T
+    labels: torch.Tensor  # (B,)
+    candidate_labels: torch.Tensor  # (C,)
+    self_mask: torch.Tensor  # (B, C) bool
+    n_candidates_sampled: int = 0
+
+
+def in_batch_pairs(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> Pairs:
+    """The student's pairs: every row of the batch against every other row."""
+    embeddings = model(x)
+    distances = torch.cdist(embeddings, embeddings, p=2) / getattr(model, "temperature", 1.0)
+    self_mask = torch.eye(len(x), dtype=torch.bool, device=x.device)
+    return Pairs(distances, y, y, self_mask)
+
+
+def sampled_pool_pairs(
+    model: torch.nn.Module,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    batch_indices: torch.Tensor,
+    *,
+    sample_rate: float,
+    generator: torch.Generator,
+) -> Pairs:
+    """TALENT's training candidates for one batch (``ModernNCAMethod.train_epoch`` + ``forward``)."""
+    pool_mask = torch.ones(len(x_train), dtype=torch.bool, device=x_train.device)
+    pool_mask[batch_indices] = False
+    pool = pool_mask.nonzero().squeeze(1)
+    n_sampled = int(len(pool) * sample_rate)
+    # NOTE[DIFF]: TALENT draws with the global RNG (torch.randperm); an explicit
+    # generator makes a failing step replayable from its saved state.
+    order = torch.randperm(len(pool), generator=generator, device="cpu").to(pool.device)
+    candidates = pool[order[:n_sampled]]
+    batch_size = len(batch_indices)
+    # NOTE[DIFF]: TALENT embeds the batch and the candidates in two calls; one call
+    # gives the same rows (no batch statistics are involved with n_blocks=0) and
+    # halves the Python overhead. With n_blocks>0 BatchNorm sees the union, which
+    # differs slightly from TALENT's two separate batches.
+    embeddings = model(torch.cat([x_train[batch_indices], x_train[candidates]]))
+    distances = torch.cdist(embeddings[:batch_size], embeddings, p=2) / model.temperature
+    self_mask = torch.zeros(distances.shape, dtype=torch.bool, device=distances.device)
+    self_mask[:, :batch_size].fill_diagonal_(True)
+    candidate_labels = torch.cat([y_train[batch_indices], y_train[candidates]])
+    return Pairs(distances, y_train[batch_indices], candidate_labels, self_mask, n_sampled)
+
+
+def soft_neighbour_readout(
+    queries: torch.Tensor,
+    candidates: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    chunk_size: int = 4096,
+) -> torch.Tensor:
+    """``softmax(-cdist(queries, candidates) / T) @ targets``, streamed over candidate chunks.
+
+    ``targets`` is (N, K) (one-hot classes or a column of regression targets). The
+    softmax is accumulated online (running row maximum, rescaled sums), so only a
+    (Q, chunk) block of distances exists at a time and the result equals the
+    one-shot softmax up to rounding.
+
+    >>> q, c = torch.randn(5, 3, dtype=torch.float64), torch.randn(50, 3, dtype=torch.float64)
+    >>> t = F.one_hot(torch.arange(50) % 3).double()
+    >>> full = F.softmax(-torch.cdist(q, c), dim=1) @ t
+    >>> torch.allclose(soft_neighbour_readout(q, c, t, chunk_size=7), full)
+    True
+    """
+    if chunk_size < 1:
+        raise ConfigError(f"{chunk_size=} must be >= 1", fix="use a chunk size such as 4096")
+    if len(candidates) == 0:
+        raise ConfigError("the candidate set is empty", fix="train on a split with at least one row")
+    row_max = torch.full((len(queries),), -math.inf, dtype=queries.dtype, device=queries.device)
+    row_sum = torch.zeros(len(queries), dtype=queries.dtype, device=queries.device)
+    weighted = torch.zeros(len(queries), targets.shape[1], dtype=queries.dtype, device=queries.device)
+    for start in range(0, len(candidates), chunk_size):
+        logits = -torch.cdist(queries, candidates[start:start + chunk_size], p=2) / temperature
+        new_max = torch.maximum(row_max, logits.max(dim=1).values)
+        rescale = torch.exp(row_max - new_max)  # exp(-inf) = 0 on the first chunk
+        weights = torch.exp(logits - new_max[:, None])
+        row_sum = row_sum * rescale + weights.sum(dim=1)
+        weighted = weighted * rescale[:, None] + weights @ targets[start:start + chunk_size]
+        row_max = new_max
+    return weighted / row_sum[:, None]
+
+
+def knn_readout(train_embeddings: np.ndarray, train_targets: np.ndarray, query_embeddings: np.ndarray,
+                *, task: str, n_classes: int | None, k: int = 3) -> np.ndarray:
+    """k-nearest-neighbour prediction (scikit-learn): class probabilities (Q, K) or values (Q,)."""
+    from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
+
+    k = min(k, len(train_embeddings))
+    if task == "regression":
+        return KNeighborsRegressor(n_neighbors=k).fit(train_embeddings, train_targets).predict(query_embeddings)
+    knn = KNeighborsClassifier(n_neighbors=k).fit(train_embeddings, train_targets)
+    probabilities = np.zeros((len(query_embeddings), n_classes))
+    probabilities[:, knn.classes_] = knn.predict_proba(query_embeddings)
+    return probabilities
+
+
+def onehot_targets(y: torch.Tensor, task: str, n_classes: int | None, dtype: torch.dtype) -> torch.Tensor:
+    """Candidate targets as TALENT feeds them to the readout: one-hot, or a column."""
+    if task == "regression":
+        return y.to(dtype)[:, None]
+    return F.one_hot(y, n_classes).to(dtype)

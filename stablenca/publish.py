@@ -1,0 +1,60 @@
+"""How a loss publishes its intermediate tensors to whoever listens.
+
+A loss calls :func:`publish` with a name from a small vocabulary
+(``distances``, ``same_class_mask``, ``self_mask``, ``exp_out``, ``p_same``,
+``p_diff``, ``softmax``, ``temperature``). The probes read those names; they never
+special-case a loss. Without an active :func:`capture`, publishing costs one
+context-variable lookup and does nothing else.
+
+>>> import torch
+>>> with capture() as published:
+...     publish("p_same", torch.tensor([0.5, 0.0]))
+>>> sorted(published)
+['p_same']
+>>> publish("ignored", torch.zeros(1))  # no listener: a no-op
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+from typing import Any
+
+_SINKS: contextvars.ContextVar[tuple[dict[str, Any], ...]] = contextvars.ContextVar(
+    "stablenca_publish_sinks", default=()
+)
+
+#: Names the built-in probes understand. Others are kept but only summarised generically.
+KNOWN_NAMES = (
+    "distances",  # (B, C) query-to-candidate distances already divided by T
+    "same_class_mask",  # (B, C) bool: candidate has the query's class (self excluded)
+    "self_mask",  # (B, C) bool: candidate is the query itself
+    "exp_out",  # (B, C) exp(-distances), the student's P
+    "p_same",  # (B,) sum of P over same-class candidates
+    "p_diff",  # (B,) sum of P over other-class candidates
+    "softmax",  # (B, C) softmax(-distances) over candidates
+    "temperature",  # python float T
+)
+
+
+def publish(name: str, value: Any) -> None:
+    """Offer ``value`` under ``name`` to every active :func:`capture` (detached)."""
+    sinks = _SINKS.get()
+    if not sinks:
+        return
+    if hasattr(value, "detach"):
+        value = value.detach()
+    for sink in sinks:
+        sink[name] = value
+
+
+@contextlib.contextmanager
+def capture() -> Iterator[dict[str, Any]]:
+    """Collect what is published inside the block into a dict (last value wins)."""
+    sink: dict[str, Any] = {}
+    token = _SINKS.set(_SINKS.get() + (sink,))
+    try:
+        yield sink
+    finally:
+        _SINKS.reset(token)

@@ -1,0 +1,417 @@
+"""Training and evaluation. Knows nothing about diagnosis.
+
+:class:`Trainer` runs one configuration end to end (TALENT's schedule for
+ModernNCA, the homework's for SeedNCA) and offers hook points — before a step,
+around forward+backward, after backward, after the optimizer step, at the end of
+an epoch and of the fit — where probes, the sentinel and the recorder attach.
+
+A step whose loss or gradients are not finite is never applied: the run stops,
+is marked ``diverged`` and reports the epoch and step. Ctrl-C stops the run
+between steps and marks it ``interrupted``; nothing already done is lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import math
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import losses
+from .errors import ConfigError
+from .neighbours import in_batch_pairs, knn_readout, onehot_targets, sampled_pool_pairs, soft_neighbour_readout
+from .publish import capture
+
+MODELS = ("modernnca", "seed")
+TASKS = ("multiclass", "regression")
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+#: Per-model defaults: TALENT's for ModernNCA, the homework's for the student's model.
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "modernnca": dict(loss="modernnca", epochs=200, batch_size=1024, optimizer="adamw", lr=0.01,
+                      weight_decay=2e-4, patience=20, candidates="sampled", readout="soft"),
+    "seed": dict(loss="ratio", epochs=30, batch_size=32, optimizer="adam", lr=0.01,
+                 weight_decay=0.0, patience=None, candidates="in_batch", readout="knn"),
+}
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything that defines a run; ``None`` means "the model's default".
+
+    >>> TrainConfig(model="seed").resolved().batch_size
+    32
+    >>> TrainConfig(model="seed", batch_size=1).resolved()
+    Traceback (most recent call last):
+    ...
+    stablenca.errors.ConfigError: batch_size=1 is too small: distances need at least two rows per batch; fix: use --batch-size 2 or more
+    """
+
+    model: str = "modernnca"
+    loss: str | None = None
+    task: str = "multiclass"
+    epochs: int | None = None
+    seed: int = 0
+    dtype: str = "float32"
+    batch_size: int | None = None
+    optimizer: str | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    patience: int | None | str = "default"
+    candidates: str | None = None  # "sampled" (TALENT) or "in_batch" (the student)
+    readout: str | None = None  # "soft" (TALENT) or "knn" (the student, k=3)
+    sample_rate: float = 0.5
+    chunk_size: int = 4096
+    device: str = "cpu"
+    data: str | None = None  # None = embedded Abalone
+    target: str | None = None
+    split_seed: int = 0
+    numerical: str = "standard"
+    model_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def resolved(self) -> TrainConfig:
+        """Fill the model's defaults and validate every field."""
+        if self.model not in MODELS:
+            raise ConfigError(f"unknown model {self.model!r}", fix=f"use one of {', '.join(MODELS)}")
+        if self.task not in TASKS:
+            raise ConfigError(f"unknown task {self.task!r}", fix=f"use one of {', '.join(TASKS)}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"unsupported dtype {self.dtype!r}", fix="use float32 or float64")
+        defaults = MODEL_DEFAULTS[self.model]
+        changes = {k: v for k, v in defaults.items()
+                   if getattr(self, k) is None or (k == "patience" and self.patience == "default")}
+        if self.loss is None and self.task == "regression":
+            changes["loss"] = "modernnca"
+        config = dataclasses.replace(self, **changes)
+        if config.epochs < 1:
+            raise ConfigError(f"epochs={config.epochs} must be >= 1", fix="use --epochs 1 or more")
+        if config.batch_size < 2:
+            raise ConfigError(f"batch_size={config.batch_size} is too small: distances need at least two "
+                              "rows per batch", fix="use --batch-size 2 or more")
+        if not (config.lr > 0 and math.isfinite(config.lr)):
+            raise ConfigError(f"lr={config.lr} must be a positive number", fix="use --lr such as 0.01")
+        if not (config.weight_decay >= 0 and math.isfinite(config.weight_decay)):
+            raise ConfigError(f"weight_decay={config.weight_decay} must be >= 0", fix="use 0 or a small value")
+        if config.patience is not None and config.patience < 0:
+            raise ConfigError(f"patience={config.patience} must be >= 0", fix="use 20 (TALENT) or more")
+        if config.optimizer not in ("adam", "adamw"):
+            raise ConfigError(f"unknown optimizer {config.optimizer!r}", fix="use adam or adamw")
+        if config.candidates not in ("sampled", "in_batch"):
+            raise ConfigError(f"unknown candidate scheme {config.candidates!r}", fix="use sampled or in_batch")
+        if config.readout not in ("soft", "knn"):
+            raise ConfigError(f"unknown readout {config.readout!r}", fix="use soft or knn")
+        if not 0 < config.sample_rate <= 1:
+            raise ConfigError(f"sample_rate={config.sample_rate} must be in (0, 1]", fix="use 0.5 (TALENT)")
+        if config.chunk_size < 1:
+            raise ConfigError(f"chunk_size={config.chunk_size} must be >= 1", fix="use 4096 or so")
+        losses.resolve(config.loss, config.task)  # unknown loss, or a loss that does not fit the task
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class StepContext:
+    """One training step, as the hooks see it."""
+
+    epoch: int
+    step: int  # global step, 0-based
+    step_in_epoch: int
+    batch_indices: torch.Tensor
+    loss: torch.Tensor | None = None
+    loss_output: losses.LossOutput | None = None
+    published: dict[str, Any] = dataclasses.field(default_factory=dict)
+    grad_norms: torch.Tensor | None = None  # per parameter, in named_parameters order
+    finite: bool = True
+    applied: bool = False
+
+
+@dataclasses.dataclass
+class FitResult:
+    """What ``stablenca train --json`` prints."""
+
+    model: str
+    loss: str
+    task: str
+    seed: int
+    dtype: str
+    status: str  # "completed", "early_stopped", "diverged" or "interrupted"
+    epochs_run: int
+    steps_run: int
+    diverged: bool
+    diverged_at: dict[str, int] | None
+    best_epoch: int | None
+    val: dict[str, float]
+    test: dict[str, float]
+    train_seconds: float
+    excluded_rows: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class Hook:
+    """Base class for training hooks; override what you need."""
+
+    def on_fit_start(self, trainer: Trainer) -> None: ...
+    def before_step(self, trainer: Trainer, ctx: StepContext) -> None: ...
+    def step_context(self, trainer: Trainer, ctx: StepContext) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+    def after_backward(self, trainer: Trainer, ctx: StepContext) -> None: ...
+    def after_step(self, trainer: Trainer, ctx: StepContext) -> None: ...
+    def on_epoch_end(self, trainer: Trainer, epoch: int, val_metrics: dict[str, float]) -> None: ...
+    def on_fit_end(self, trainer: Trainer, result: FitResult) -> None: ...
+
+
+def build_model(config: TrainConfig, d_num: int, d_cat: int) -> torch.nn.Module:
+    from .models import ModernNCA, SeedNCA
+
+    if config.model == "modernnca":
+        return ModernNCA(d_num=d_num, d_cat=d_cat, sample_rate=config.sample_rate, **config.model_options)
+    return SeedNCA(d_in=d_num + d_cat, **config.model_options)
+
+
+def load_data(config: TrainConfig):
+    """The prepared data a config names (the embedded Abalone by default)."""
+    from .data import load_dataset, prepare
+
+    raw = load_dataset(config.data, task=config.task, target=config.target, split_seed=config.split_seed)
+    if raw.task != config.task:
+        raise ConfigError(f"the data's task is {raw.task!r} but --task {config.task} was asked for",
+                          fix=f"use --task {raw.task}")
+    return prepare(raw, numerical=config.numerical)
+
+
+class Trainer:
+    """Train one configuration; see the module docstring.
+
+    ``data`` is a :class:`stablenca.data.PreparedData`; when omitted the config's
+    data source is loaded.
+    """
+
+    def __init__(self, config: TrainConfig, data=None, hooks: Iterable[Hook] = (), progress: bool = False):
+        self.config = config.resolved()
+        self.data = data if data is not None else load_data(self.config)
+        self.hooks = list(hooks)
+        self.progress = progress
+        self.dtype = DTYPES[self.config.dtype]
+        self.device = torch.device(self.config.device)
+        self.task = self.config.task
+        self.n_classes = self.data.n_classes
+        self.formulation = losses.resolve(self.config.loss, self.task)
+        torch.manual_seed(self.config.seed)
+        self.model = build_model(self.config, self.data.n_num, self.data.n_onehot).to(self.device, self.dtype)
+        self.parameter_names = [name for name, _ in self.model.named_parameters()]
+        self.optimizer = self._make_optimizer()
+        #: Batches and training candidates are drawn from this generator (replayable).
+        self.generator = torch.Generator().manual_seed(self.config.seed)
+        self.x_train, self.y_train = (t.to(self.device) for t in self.data.tensors("train", self.dtype))
+        if len(self.x_train) < 2:
+            raise ConfigError(f"the training split has {len(self.x_train)} row(s)",
+                              fix="provide at least two training rows")
+        self.epoch = 0
+        self.global_step = 0
+        self.excluded_rows = 0
+        self.diverged_at: dict[str, int] | None = None
+
+    # -- building blocks -------------------------------------------------------------
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        optimizer = torch.optim.AdamW if self.config.optimizer == "adamw" else torch.optim.Adam
+        return optimizer(self.model.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
+
+    def epoch_batches(self) -> list[torch.Tensor]:
+        """TALENT's ``randperm(N).split(batch_size)``: no drop_last."""
+        return list(torch.randperm(len(self.x_train), generator=self.generator).split(self.config.batch_size))
+
+    def pairs(self, batch_indices: torch.Tensor):
+        batch_indices = batch_indices.to(self.device)
+        if self.config.candidates == "in_batch":
+            return in_batch_pairs(self.model, self.x_train[batch_indices], self.y_train[batch_indices])
+        return sampled_pool_pairs(self.model, self.x_train, self.y_train, batch_indices,
+                                  sample_rate=self.config.sample_rate, generator=self.generator)
+
+    def compute_loss(self, batch_indices: torch.Tensor) -> tuple[losses.LossOutput, dict[str, Any]]:
+        """Forward pass of one batch; returns the loss output and what the loss published."""
+        with capture() as published:
+            pairs = self.pairs(batch_indices)
+            publish_temperature = getattr(self.model, "temperature", 1.0)
+            published["temperature"] = publish_temperature
+            output = losses.evaluate(self.formulation, pairs.distances, pairs.labels, pairs.candidate_labels,
+                                     pairs.self_mask, task=self.task, n_classes=self.n_classes)
+        return output, published
+
+    def forward_backward(self, ctx: StepContext) -> None:
+        """Zero grads, forward, backward; fills ``ctx`` (no optimizer step)."""
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        ctx.loss_output, ctx.published = self.compute_loss(ctx.batch_indices)
+        ctx.loss = ctx.loss_output.loss
+        if ctx.loss.requires_grad:
+            ctx.loss.backward()
+        grads = [p.grad if p.grad is not None else torch.zeros((), dtype=p.dtype, device=p.device)
+                 for p in self.model.parameters()]
+        ctx.grad_norms = torch.stack(torch._foreach_norm(grads)) if grads else torch.zeros(0)
+        # One host sync: the loss and the gradient norms are checked together.
+        ctx.finite = bool(torch.isfinite(torch.cat([ctx.loss.detach().reshape(1).to(ctx.grad_norms.dtype),
+                                                    ctx.grad_norms])).all())
+
+    def run_step(self, ctx: StepContext) -> StepContext:
+        for hook in self.hooks:
+            hook.before_step(self, ctx)
+        with contextlib.ExitStack() as stack:
+            for hook in self.hooks:
+                stack.enter_context(hook.step_context(self, ctx))
+            self.forward_backward(ctx)
+        self.excluded_rows += ctx.loss_output.n_excluded
+        for hook in self.hooks:
+            hook.after_backward(self, ctx)
+        if ctx.finite:
+            self.optimizer.step()
+            ctx.applied = True
+            parameters = [p.detach() for p in self.model.parameters()]
+            ctx.finite = bool(torch.isfinite(torch.stack(torch._foreach_norm(parameters))).all())
+        for hook in self.hooks:
+            hook.after_step(self, ctx)
+        return ctx
+
+    # -- evaluation --------------------------------------------------------------------
+    @torch.no_grad()
+    def embed(self, x: torch.Tensor, batch_size: int = 8192) -> torch.Tensor:
+        self.model.eval()
+        return torch.cat([self.model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+    @torch.no_grad()
+    def predict(self, split: str) -> np.ndarray:
+        """Class probabilities (n, K), or regression values in original units (n,)."""
+        x, _ = self.data.tensors(split, self.dtype)
+        x = x.to(self.device)
+        # Candidate embeddings once per evaluation, not once per query batch (TALENT
+        # recomputes them for every batch).
+        train_embeddings = self.embed(self.x_train)
+        query_embeddings = self.embed(x)
+        if self.config.readout == "knn":
+            prediction = knn_readout(train_embeddings.cpu().double().numpy(), self.y_train.cpu().numpy(),
+                                     query_embeddings.cpu().double().numpy(), task=self.task,
+                                     n_classes=self.n_classes)
+        else:
+            targets = onehot_targets(self.y_train, self.task, self.n_classes, self.dtype)
+            prediction = torch.cat([
+                soft_neighbour_readout(query_embeddings[i:i + 1024], train_embeddings, targets,
+                                       temperature=getattr(self.model, "temperature", 1.0),
+                                       chunk_size=self.config.chunk_size)
+                for i in range(0, len(query_embeddings), 1024)
+            ]).cpu().double().numpy()
+            if self.task == "regression":
+                prediction = prediction[:, 0]
+        if self.task == "regression":
+            prediction = prediction * self.data.y_std + self.data.y_mean
+        return prediction
+
+    def evaluate(self, split: str) -> dict[str, float]:
+        """accuracy and macro_f1 (classification); rmse and mae in original units (regression)."""
+        prediction = self.predict(split)
+        truth = self.data.y_raw[split]
+        if not np.all(np.isfinite(prediction)):
+            nan = float("nan")
+            return {"accuracy": nan, "macro_f1": nan} if self.task != "regression" else {"rmse": nan, "mae": nan}
+        if self.task == "regression":
+            error = prediction - truth
+            return {"rmse": float(np.sqrt(np.mean(error ** 2))), "mae": float(np.mean(np.abs(error)))}
+        from sklearn.metrics import f1_score
+
+        labels = prediction.argmax(axis=1)
+        return {"accuracy": float(np.mean(labels == truth)),
+                "macro_f1": float(f1_score(truth, labels, average="macro", labels=list(range(self.n_classes))))}
+
+    def _improved(self, metrics: dict[str, float], best: float | None) -> tuple[bool, float]:
+        # TALENT selects on accuracy (classification) or MAE (regression); ties count.
+        value = metrics["accuracy"] if self.task != "regression" else -metrics["mae"]
+        return (best is None or value >= best), value
+
+    # -- the loop ---------------------------------------------------------------------
+    def fit(self) -> FitResult:
+        config = self.config
+        started = time.perf_counter()
+        status = "completed"
+        best_value: float | None = None
+        best_epoch: int | None = None
+        best_state: dict[str, torch.Tensor] | None = None
+        epochs_without_improvement = 0
+        last_val: dict[str, float] = {}
+        for hook in self.hooks:
+            hook.on_fit_start(self)
+        progress = _progress_bar(config.epochs, enabled=self.progress, desc=f"{config.model}/{config.loss}")
+        try:
+            for epoch in range(config.epochs):
+                self.epoch = epoch
+                for step_in_epoch, batch_indices in enumerate(self.epoch_batches()):
+                    ctx = self.run_step(StepContext(epoch, self.global_step, step_in_epoch, batch_indices))
+                    self.global_step += 1
+                    if not ctx.finite:
+                        self.diverged_at = {"epoch": epoch, "step": ctx.step, "step_in_epoch": step_in_epoch}
+                        status = "diverged"
+                        break
+                if status == "diverged":
+                    break
+                last_val = self.evaluate("val")
+                for hook in self.hooks:
+                    hook.on_epoch_end(self, epoch, last_val)
+                improved, value = self._improved(last_val, best_value)
+                if improved:
+                    best_value, best_epoch, epochs_without_improvement = value, epoch, 0
+                    if config.patience is not None:
+                        best_state = copy.deepcopy(self.model.state_dict())
+                else:
+                    epochs_without_improvement += 1
+                progress.update(1)
+                progress.set_postfix_str(_postfix(last_val))
+                # TALENT stops once more than `patience` epochs passed without improvement.
+                if config.patience is not None and epochs_without_improvement > config.patience:
+                    status = "early_stopped"
+                    break
+        except KeyboardInterrupt:
+            status = "interrupted"
+        finally:
+            progress.close()
+        if best_state is not None and status != "interrupted":
+            self.model.load_state_dict(best_state)
+        result = self._result(status, best_epoch, started)
+        for hook in self.hooks:
+            hook.on_fit_end(self, result)
+        return result
+
+    def _result(self, status: str, best_epoch: int | None, started: float) -> FitResult:
+        config = self.config
+        train_seconds = time.perf_counter() - started
+        finite_model = all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+        val = self.evaluate("val") if finite_model else {}
+        test = self.evaluate("test") if finite_model else {}
+        epochs_run = self.epoch + 1 if self.global_step else 0
+        return FitResult(
+            model=config.model, loss=config.loss, task=config.task, seed=config.seed, dtype=config.dtype,
+            status=status, epochs_run=epochs_run, steps_run=self.global_step, diverged=status == "diverged",
+            diverged_at=self.diverged_at, best_epoch=best_epoch, val=val, test=test,
+            train_seconds=round(train_seconds, 3), excluded_rows=self.excluded_rows,
+        )
+
+
+def _postfix(metrics: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+
+
+def _progress_bar(total: int, *, enabled: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="epoch", disable=not enabled, leave=False)
+
+
+def train(config: TrainConfig, data=None, hooks: Iterable[Hook] = (), progress: bool = False) -> FitResult:
+    """Train one configuration and return its result (the API behind ``stablenca train``)."""
+    return Trainer(config, data=data, hooks=hooks, progress=progress).fit()

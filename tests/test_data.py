@@ -1,0 +1,473 @@
+"""Tests for stablenca.data: the abalone facts, the splits, preparation, the three sources, and every DataError."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from stablenca import data as D
+from stablenca.errors import ConfigError, DataError
+
+
+def raises_data_error(call, *fragments: str) -> str:
+    """``call()`` must raise DataError with a one-line message that has a fix and every fragment in it."""
+    with pytest.raises(DataError) as info:
+        call()
+    msg = str(info.value)
+    assert "fix:" in msg and "\n" not in msg, msg
+    for fragment in fragments:
+        assert fragment in msg, msg
+    return msg
+
+
+@pytest.fixture(scope="module")
+def abalone() -> D.RawDataset:
+    return D.load_abalone()
+
+
+def write_talent(root, *, task_type="multiclass", n=(20, 6, 8), num=2, cat=1, y=None, info=None, seed=0):
+    """A small TALENT directory. Returns the arrays it wrote as {file name: array}."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    for split, rows in zip(D.SPLITS, n):
+        if num:
+            arrays[f"N_{split}.npy"] = rng.normal(size=(rows, num))
+        if cat:
+            arrays[f"C_{split}.npy"] = rng.choice(["a", "b", "c"], size=(rows, cat))
+        if y is not None:
+            arrays[f"y_{split}.npy"] = y(rng, rows)
+        elif task_type == "regression":
+            arrays[f"y_{split}.npy"] = rng.normal(size=rows)
+        else:
+            arrays[f"y_{split}.npy"] = np.arange(rows) % (2 if task_type == "binclass" else 3)
+    for name, arr in arrays.items():
+        np.save(root / name, arr)
+    (root / "info.json").write_text(json.dumps(
+        info if info is not None else {"task_type": task_type, "n_num_features": num, "n_cat_features": cat}))
+    return arrays
+
+
+def write_csv(path, rows, header="a,b,color,target"):
+    path.write_text(header + "\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def good_rows(n=30):
+    colors = ["red", "green", "blue"]
+    return [f"{i * 0.5},{i % 7},{colors[i % 3]},{['cat', 'dog'][i % 2]}" for i in range(n)]
+
+
+# --------------------------------------------------------------------------- abalone
+
+
+def test_abalone_facts(abalone):
+    n = sum(abalone.sizes().values())
+    assert n == 4177
+    assert abalone.sizes() == {"train": 2672, "val": 669, "test": 836}
+    assert (abalone.name, abalone.task) == ("abalone", "multiclass")
+    assert abalone.num_names == list(D.ABALONE_COLUMNS[1:8]) and abalone.cat_names == ["sex"]
+    assert abalone.class_names == ["rings 1-8", "rings 9-10", "rings 11-29"]
+    sex = np.concatenate([abalone.x_cat[s][:, 0] for s in D.SPLITS])
+    values, counts = np.unique(sex, return_counts=True)
+    assert dict(zip(values.tolist(), counts.tolist())) == {"M": 1528, "I": 1342, "F": 1307}
+    y = np.concatenate([abalone.y[s] for s in D.SPLITS])
+    assert y.dtype == np.int64
+    np.testing.assert_allclose(np.bincount(y) / n, [0.337, 0.317, 0.346], atol=5e-4)
+
+
+def test_abalone_regression_is_rings():
+    raw = D.load_abalone(task="regression")
+    rings = np.concatenate([raw.y[s] for s in D.SPLITS])
+    assert raw.task == "regression" and raw.class_names is None and raw.name == "abalone_reg"
+    assert rings.dtype == np.float64 and rings.min() == 1 and rings.max() == 29
+    assert np.all(rings == np.round(rings))
+    # The classes are the binned rings, row for row.
+    cls = D.load_abalone()
+    np.testing.assert_array_equal(np.digitize(raw.y["train"], [9, 11]), cls.y["train"])
+
+
+def test_abalone_measurements_rounded_to_4_decimals(abalone):
+    for s in D.SPLITS:
+        x = abalone.x_num[s]
+        assert x.dtype == np.float64 and x.shape[1] == 7
+        np.testing.assert_array_equal(x, np.round(x, 4))
+        assert np.isfinite(x).all()
+
+
+def test_abalone_splits_partition_rows(abalone):
+    idx = abalone.row_index
+    together = np.concatenate([idx[s] for s in D.SPLITS])
+    assert len(together) == 4177 and len(np.unique(together)) == 4177
+    assert sorted(together.tolist()) == list(range(4177))
+
+
+def test_split_determinism():
+    a, b, c = D.load_abalone(split_seed=0), D.load_abalone(split_seed=0), D.load_abalone(split_seed=1)
+    for s in D.SPLITS:
+        np.testing.assert_array_equal(a.row_index[s], b.row_index[s])
+        np.testing.assert_array_equal(a.x_num[s], b.x_num[s])
+    assert not np.array_equal(np.sort(a.row_index["test"]), np.sort(c.row_index["test"]))
+    assert c.sizes() == a.sizes()
+
+
+@pytest.mark.parametrize("n", [10, 11, 57, 4177])
+def test_split_sizes_rule(n):
+    train, val, test = D.split_sizes(n)
+    assert train + val + test == n and min(train, val, test) >= 1
+    assert test == -(-n // 5) and val == -(-(n - test) // 5)
+
+
+def test_abalone_does_not_import_sklego():
+    code = "import sys; from stablenca.data import load_abalone; load_abalone(); print('sklego' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_abalone_without_scikit_lego(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sklego" else real(name, *a))
+    raises_data_error(D.load_abalone, "scikit-lego", "pip install scikit-lego")
+
+
+# --------------------------------------------------------------------------- prepare
+
+
+def test_prepare_fits_on_train_only(abalone):
+    data = D.prepare(abalone)
+    assert (data.n_num, data.n_onehot, data.d_in, data.n_classes) == (7, 3, 10, 3)
+    assert data.feature_names[-3:] == ["sex_F", "sex_I", "sex_M"]
+    num_train, num_val = data.x["train"][:, :7], data.x["val"][:, :7]
+    np.testing.assert_allclose(num_train.mean(0), 0, atol=1e-10)
+    np.testing.assert_allclose(num_train.std(0), 1, atol=1e-10)
+    assert np.all(np.abs(num_val.mean(0)) > 1e-6)  # val is transformed, not refitted
+    for s in D.SPLITS:
+        assert data.x[s].dtype == np.float64
+        np.testing.assert_array_equal(data.x[s][:, 7:].sum(1), 1)
+    x, y = data.tensors("train")
+    assert x.dtype == torch.float32 and y.dtype == torch.int64 and x.shape == (2672, 10)
+    x64, _ = data.tensors("test", dtype=torch.float64)
+    assert x64.dtype == torch.float64
+    x64[0, 0] = 1e9  # tensors are copies
+    assert data.x["test"][0, 0] != 1e9
+
+
+def test_prepare_quantile():
+    data = D.prepare(D.load_abalone(), numerical="quantile")
+    assert data.d_in == 10 and np.isfinite(data.x["val"]).all()
+    assert abs(np.median(data.x["train"][:, 0])) < 0.05
+
+
+def test_prepare_regression_round_trip():
+    raw = D.load_abalone(task="regression")
+    data = D.prepare(raw)
+    assert data.n_classes is None and data.class_names is None
+    assert data.y_mean == pytest.approx(raw.y["train"].mean())
+    assert data.y_std == pytest.approx(raw.y["train"].std())
+    assert data.y["train"].mean() == pytest.approx(0, abs=1e-12) and data.y["train"].std() == pytest.approx(1)
+    for s in D.SPLITS:
+        np.testing.assert_allclose(data.unstandardise(data.y[s]), raw.y[s])
+        np.testing.assert_array_equal(data.y_raw[s], raw.y[s])
+    _, y = data.tensors("val", dtype=torch.float64)
+    assert y.dtype == torch.float64
+    torch.testing.assert_close(data.unstandardise(y), torch.tensor(raw.y["val"]))
+
+
+def test_prepare_bad_arguments(abalone):
+    with pytest.raises(ConfigError):
+        D.prepare(abalone, numerical="minmax")
+    with pytest.raises(ConfigError):
+        D.prepare(abalone).tensors("training")
+    with pytest.raises(ConfigError):
+        D.load_abalone(task="binclass")
+    with pytest.raises(ConfigError):
+        D.load_abalone(split_seed=-1)
+
+
+def test_prepare_unseen_category_is_all_zero(tmp_path):
+    write_talent(tmp_path / "d", num=1, cat=1)
+    c = np.load(tmp_path / "d" / "C_test.npy")
+    c[0, 0] = "never-seen"
+    np.save(tmp_path / "d" / "C_test.npy", c)
+    data = D.prepare(D.load_talent_dir(tmp_path / "d"))
+    assert data.n_onehot == 3
+    np.testing.assert_array_equal(data.x["test"][0, 1:], 0)
+
+
+# --------------------------------------------------------------------------- TALENT directories
+
+
+def test_talent_round_trip(tmp_path):
+    arrays = write_talent(tmp_path / "mydata")
+    raw = D.load_talent_dir(tmp_path / "mydata")
+    assert raw.name == "mydata" and raw.task == "multiclass" and raw.split_seed is None
+    assert raw.sizes() == {"train": 20, "val": 6, "test": 8}
+    assert raw.num_names == ["num_0", "num_1"] and raw.cat_names == ["cat_0"]
+    assert raw.class_names == ["0", "1", "2"]
+    for s in D.SPLITS:
+        np.testing.assert_array_equal(raw.x_num[s], arrays[f"N_{s}.npy"])
+        np.testing.assert_array_equal(raw.x_cat[s], arrays[f"C_{s}.npy"])
+        np.testing.assert_array_equal(raw.y[s], arrays[f"y_{s}.npy"])
+        assert raw.y[s].dtype == np.int64
+    assert D.load_dataset(str(tmp_path / "mydata")).sizes() == raw.sizes()
+    assert D.prepare(raw).d_in == 5
+
+
+def test_talent_binclass_regression_and_optional_parts(tmp_path):
+    write_talent(tmp_path / "b", task_type="binclass")
+    raw = D.load_talent_dir(tmp_path / "b")
+    assert raw.task == "multiclass" and raw.n_classes == 2
+    write_talent(tmp_path / "r", task_type="regression", cat=0)
+    raw = D.load_talent_dir(tmp_path / "r", task="regression")
+    assert raw.task == "regression" and raw.x_cat["train"].shape == (20, 0) and raw.y["val"].dtype == np.float64
+    write_talent(tmp_path / "c", num=0, cat=2)
+    raw = D.load_talent_dir(tmp_path / "c")
+    assert raw.x_num["test"].shape == (8, 0) and D.prepare(raw).n_num == 0
+
+
+def test_talent_labels_encoded(tmp_path):
+    write_talent(tmp_path / "s", y=lambda rng, rows: np.array(["yes", "no", "maybe"])[np.arange(rows) % 3])
+    raw = D.load_talent_dir(tmp_path / "s")
+    assert raw.class_names == ["maybe", "no", "yes"]
+    assert raw.y["train"][:3].tolist() == [2, 1, 0]
+    write_talent(tmp_path / "g", y=lambda rng, rows: np.array([3, 7, 9])[np.arange(rows) % 3])
+    raw = D.load_talent_dir(tmp_path / "g")
+    assert raw.class_names == ["3", "7", "9"] and set(raw.y["train"].tolist()) == {0, 1, 2}
+
+
+# --------------------------------------------------------------------------- CSV files
+
+
+def test_csv_round_trip(tmp_path):
+    rows = good_rows(30)
+    path = write_csv(tmp_path / "pets.csv", rows)
+    raw = D.load_csv(path, target="target", split_seed=3)
+    assert raw.name == "pets" and raw.task == "multiclass" and raw.split_seed == 3
+    assert raw.num_names == ["a", "b"] and raw.cat_names == ["color"]
+    assert raw.class_names == ["cat", "dog"]
+    assert raw.sizes() == dict(zip(D.SPLITS, D.split_sizes(30)))
+    for s in D.SPLITS:
+        for k, i in enumerate(raw.row_index[s]):
+            a, b, color, label = rows[i].split(",")
+            assert raw.x_num[s][k].tolist() == [float(a), float(b)]
+            assert raw.x_cat[s][k, 0] == color
+            assert raw.class_names[raw.y[s][k]] == label
+    same = D.load_dataset(str(path), target="target", split_seed=3)
+    np.testing.assert_array_equal(same.y["test"], raw.y["test"])
+    data = D.prepare(raw)
+    assert data.d_in == 5 and data.n_classes == 2
+
+
+def test_csv_categorical_override_and_empty_category(tmp_path):
+    rows = [r.replace("green", "") for r in good_rows(30)]
+    raw = D.load_csv(write_csv(tmp_path / "d.csv", rows), target="target", categorical=["b"])
+    assert raw.num_names == ["a"] and raw.cat_names == ["b", "color"]
+    assert "" in np.concatenate([raw.x_cat[s][:, 1] for s in D.SPLITS]).tolist()
+
+
+@pytest.mark.parametrize(
+    ("labels", "task", "names"),
+    [
+        (lambda i: [3, 7, 9][i % 3], "multiclass", ["3", "7", "9"]),
+        (lambda i: i % 20, "multiclass", [str(k) for k in range(20)]),
+        (lambda i: i, "regression", None),  # 40 distinct integers
+        (lambda i: i * 0.37, "regression", None),
+    ],
+)
+def test_csv_task_inference(tmp_path, labels, task, names):
+    rows = [f"{i},{labels(i)}" for i in range(40)]
+    raw = D.load_csv(write_csv(tmp_path / "t.csv", rows, header="x,target"), target="target")
+    assert raw.task == task and raw.class_names == names
+    if task == "multiclass":
+        assert all(set(raw.y[s].tolist()) <= set(range(len(names))) for s in D.SPLITS)
+
+
+def test_csv_explicit_task_is_respected(tmp_path):
+    path = write_csv(tmp_path / "t.csv", [f"{i},{i}" for i in range(40)], header="x,target")
+    assert D.load_csv(path, target="target", task="multiclass").n_classes == 40
+    path = write_csv(tmp_path / "u.csv", [f"{i},{i % 3}" for i in range(40)], header="x,target")
+    assert D.load_csv(path, target="target", task="regression").task == "regression"
+
+
+# --------------------------------------------------------------------------- every DataError
+
+
+def test_source_errors(tmp_path):
+    raises_data_error(lambda: D.load_dataset(str(tmp_path / "nope")), "does not exist")
+    raises_data_error(lambda: D.load_dataset(str(tmp_path / "nope.csv"), target="y"), "does not exist")
+    (tmp_path / "x.txt").write_text("hi")
+    raises_data_error(lambda: D.load_dataset(str(tmp_path / "x.txt")), "x.txt")
+    path = write_csv(tmp_path / "d.csv", good_rows())
+    raises_data_error(lambda: D.load_dataset(str(path)), "fix: --target COLUMN")
+    raises_data_error(lambda: D.load_csv(tmp_path / "missing.csv", target="y"), "missing.csv")
+    raises_data_error(lambda: D.load_talent_dir(tmp_path / "missing"), "not a directory")
+    with pytest.raises(ConfigError):
+        D.load_dataset("abalone", target="rings")
+
+
+def test_csv_file_errors(tmp_path):
+    (tmp_path / "empty.csv").write_text("")
+    raises_data_error(lambda: D.load_csv(tmp_path / "empty.csv", target="y"), "empty.csv", "empty")
+    (tmp_path / "bin.csv").write_bytes(b"\xff\xfe\x00garbage\x81")
+    raises_data_error(lambda: D.load_csv(tmp_path / "bin.csv", target="y"), "UTF-8")
+    rows = good_rows()
+    rows[4] += ",extra"
+    raises_data_error(lambda: D.load_csv(write_csv(tmp_path / "ragged.csv", rows), target="target"), "line 6")
+    path = write_csv(tmp_path / "dup.csv", good_rows(), header="a,a,color,target")
+    raises_data_error(lambda: D.load_csv(path, target="target"), "'a'")
+    path = write_csv(tmp_path / "few.csv", good_rows(9))
+    raises_data_error(lambda: D.load_csv(path, target="target"), "9 data rows")
+    path = write_csv(tmp_path / "only.csv", [str(i % 2) for i in range(20)], header="target")
+    raises_data_error(lambda: D.load_csv(path, target="target"), "no feature")
+
+
+def test_csv_missing_target_lists_columns(tmp_path):
+    header = ",".join(f"col{i}" for i in range(30))
+    path = write_csv(tmp_path / "wide.csv", [",".join("1" * 30)] * 12, header=header)
+    msg = raises_data_error(lambda: D.load_csv(path, target="label"), "'label'", "'col0'", "+22 more")
+    assert "col29" not in msg
+    raises_data_error(lambda: D.load_csv(path, target="col0", categorical=["nope"]), "'nope'")
+
+
+def test_csv_missing_values(tmp_path):
+    rows = good_rows()
+    rows[3] = rows[3].replace("1.5,", ",", 1)
+    rows[5] = "inf" + rows[5][rows[5].index(","):]
+    msg = raises_data_error(lambda: D.load_csv(write_csv(tmp_path / "nan.csv", rows), target="target"), "'a'", "impute")
+    assert "2 missing" in msg
+    rows = good_rows()
+    rows[7] = rows[7].rsplit(",", 1)[0] + ","
+    raises_data_error(lambda: D.load_csv(write_csv(tmp_path / "y.csv", rows), target="target"), "empty cells")
+
+
+def test_label_errors(tmp_path):
+    one = [f"{i},x" for i in range(20)]
+    raises_data_error(lambda: D.load_csv(write_csv(tmp_path / "one.csv", one, header="a,target"), target="target"),
+                      "one class")
+    const = [f"{i},2.5" for i in range(20)]
+    path = write_csv(tmp_path / "const.csv", const, header="a,target")
+    raises_data_error(lambda: D.load_csv(path, target="target", task="regression"), "constant")
+    words = [f"{i},{'ab'[i % 2]}" for i in range(20)]
+    path = write_csv(tmp_path / "words.csv", words, header="a,target")
+    raises_data_error(lambda: D.load_csv(path, target="target", task="regression"), "not numeric", "multiclass")
+    floats = [f"{i},{i * 0.37}" for i in range(40)]
+    path = write_csv(tmp_path / "floats.csv", floats, header="a,target")
+    raises_data_error(lambda: D.load_csv(path, target="target", task="multiclass"), "non-integer", "regression")
+
+
+def test_talent_errors(tmp_path):
+    def fresh(name, **kw):
+        write_talent(tmp_path / name, **kw)
+        return tmp_path / name
+
+    root = fresh("noinfo")
+    (root / "info.json").unlink()
+    raises_data_error(lambda: D.load_talent_dir(root), "info.json", "missing")
+    root = fresh("badinfo")
+    (root / "info.json").write_text("{not json")
+    raises_data_error(lambda: D.load_talent_dir(root), "info.json", "JSON")
+    root = fresh("badtask", info={"task_type": "ranking"})
+    raises_data_error(lambda: D.load_talent_dir(root), "'ranking'")
+    root = fresh("mismatch", task_type="regression")
+    raises_data_error(lambda: D.load_talent_dir(root, task="multiclass"), "task_type='regression'")
+
+    root = fresh("rows")
+    np.save(root / "N_val.npy", np.zeros((5, 2)))
+    raises_data_error(lambda: D.load_talent_dir(root), "N_val.npy", "6 rows")
+    root = fresh("cols")
+    np.save(root / "N_test.npy", np.zeros((8, 3)))
+    raises_data_error(lambda: D.load_talent_dir(root), "N_test.npy", "3 columns")
+    root = fresh("declared", info={"task_type": "multiclass", "n_num_features": 4, "n_cat_features": 1})
+    raises_data_error(lambda: D.load_talent_dir(root), "n_num_features=4")
+    root = fresh("partial")
+    (root / "C_val.npy").unlink()
+    raises_data_error(lambda: D.load_talent_dir(root), "C_val.npy", "missing")
+    root = fresh("noy")
+    (root / "y_test.npy").unlink()
+    raises_data_error(lambda: D.load_talent_dir(root), "y_test.npy")
+    root = fresh("emptysplit", n=(20, 0, 8))
+    raises_data_error(lambda: D.load_talent_dir(root), "y_val.npy")
+
+    root = fresh("nan")
+    x = np.load(root / "N_train.npy")
+    x[2, 1] = np.nan
+    np.save(root / "N_train.npy", x)
+    raises_data_error(lambda: D.load_talent_dir(root), "N_train.npy", "'num_1'", "impute")
+    root = fresh("object")
+    np.save(root / "C_train.npy", np.load(root / "C_train.npy").astype(object), allow_pickle=True)
+    raises_data_error(lambda: D.load_talent_dir(root), "C_train.npy", "string array")
+    root = fresh("corrupt")
+    (root / "N_test.npy").write_bytes(np.load(root / "N_test.npy").tobytes()[:20])
+    raises_data_error(lambda: D.load_talent_dir(root), "N_test.npy", "numpy.save")
+    root = fresh("npz")
+    with open(root / "y_train.npy", "wb") as f:
+        np.savez(f, y=np.arange(20) % 3)
+    raises_data_error(lambda: D.load_talent_dir(root), "y_train.npy", ".npz")
+
+    root = fresh("oneclass", y=lambda rng, rows: np.zeros(rows, dtype=np.int64))
+    raises_data_error(lambda: D.load_talent_dir(root), "one class")
+    root = fresh("const", task_type="regression", y=lambda rng, rows: np.full(rows, 4.0))
+    raises_data_error(lambda: D.load_talent_dir(root), "constant")
+    root = fresh("strreg", task_type="regression", y=lambda rng, rows: np.array(["a", "b"])[np.arange(rows) % 2])
+    raises_data_error(lambda: D.load_talent_dir(root), "not numeric", "info.json")
+    root = fresh("nofeatures", num=0, cat=0)
+    raises_data_error(lambda: D.load_talent_dir(root), "no features")
+
+
+# --------------------------------------------------------------------------- fuzz
+
+_FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@_FUZZ
+@given(blob=st.binary(max_size=300))
+def test_garbage_npy_raises_data_error(tmp_path, blob):
+    for name in ("y_train.npy", "N_val.npy", "C_test.npy"):
+        root = tmp_path / name
+        if not root.exists():
+            write_talent(root)
+        (root / name).write_bytes(blob)
+        raises_data_error(lambda: D.load_talent_dir(root), name)
+
+
+@_FUZZ
+@given(blob=st.binary(max_size=300))
+def test_garbage_csv_raises_data_error(tmp_path, blob):
+    path = tmp_path / "fuzz.csv"
+    path.write_bytes(blob)
+    raises_data_error(lambda: D.load_csv(path, target="target"))
+    raises_data_error(lambda: D.load_dataset(str(path), target="target"))
+
+
+_CELL = st.one_of(
+    st.integers(-3, 3).map(str),
+    st.floats(-1e6, 1e6, allow_nan=False).map(repr),
+    st.sampled_from(["", "a", "b", "nan", "inf", "1e999", " 2 ", '"x,y"']),
+)
+
+
+@_FUZZ
+@given(
+    rows=st.lists(st.lists(_CELL, min_size=3, max_size=3), max_size=30),
+    task=st.sampled_from([None, "multiclass", "regression"]),
+)
+def test_csv_like_tables_load_or_raise_data_error(tmp_path, rows, task):
+    path = tmp_path / "fuzz.csv"
+    path.write_text("a,b,target\n" + "\n".join(",".join(r) for r in rows))
+    try:
+        raw = D.load_csv(path, target="target", task=task)
+    except DataError as e:
+        assert "fix:" in str(e) and "\n" not in str(e)
+        return
+    data = D.prepare(raw)
+    assert data.x["train"].shape[1] == data.d_in and np.isfinite(data.x["train"]).all()
+    assert task is None or raw.task == task

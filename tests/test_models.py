@@ -1,0 +1,71 @@
+import torch
+import pytest
+
+from stablenca.errors import ConfigError
+from stablenca.models import ModernNCA, PLREmbeddings, SeedNCA
+from stablenca.neighbours import in_batch_pairs, sampled_pool_pairs, soft_neighbour_readout
+
+
+def test_plr_lite_shapes_and_shared_linear():
+    plr = PLREmbeddings(n_features=7, n_frequencies=77, frequency_scale=0.04431, d_embedding=34)
+    assert plr(torch.randn(5, 7)).shape == (5, 7, 34)
+    assert plr[0].frequencies.shape == (7, 77)
+    assert plr[1].weight.shape == (34, 2 * 77)  # one Linear shared by all features
+    assert (plr(torch.randn(5, 7)) >= 0).all()  # ReLU
+
+
+def test_modernnca_default_shapes_match_talent():
+    model = ModernNCA(d_num=7, d_cat=3)
+    assert model.encoder.in_features == 7 * 34 + 3
+    assert model.encoder.out_features == 128
+    assert model.post_encoder is None  # n_blocks = 0: no BatchNorm, no dropout
+    assert model(torch.randn(6, 10)).shape == (6, 128)
+
+
+def test_modernnca_blocks():
+    model = ModernNCA(d_num=7, d_cat=3, n_blocks=2)
+    assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in model.modules()) == 3
+    assert model(torch.randn(6, 10)).shape == (6, 128)
+
+
+@pytest.mark.parametrize("kwargs", [dict(dim=0), dict(n_blocks=-1), dict(dropout=1.0), dict(temperature=0.0),
+                                    dict(sample_rate=0.0)])
+def test_modernnca_rejects_bad_arguments(kwargs):
+    with pytest.raises(ConfigError, match="fix:"):
+        ModernNCA(d_num=7, d_cat=3, **kwargs)
+
+
+def test_seed_model_is_the_students():
+    model = SeedNCA(d_in=10)
+    kinds = [type(m).__name__ for m in model.layers]
+    assert kinds == ["Linear", "BatchNorm1d", "ReLU", "Linear"]
+    assert model(torch.randn(4, 10)).shape == (4, 3)
+
+
+def test_in_batch_pairs_mask_self():
+    pairs = in_batch_pairs(SeedNCA(d_in=10), torch.randn(8, 10), torch.arange(8) % 3)
+    assert pairs.distances.shape == (8, 8)
+    assert pairs.self_mask.equal(torch.eye(8, dtype=torch.bool))
+
+
+def test_sampled_pool_pairs_follow_talent():
+    torch.manual_seed(0)
+    model = ModernNCA(d_num=7, d_cat=3)
+    x, y = torch.randn(100, 10), torch.arange(100) % 3
+    batch = torch.tensor([3, 50, 7, 99])
+    pairs = sampled_pool_pairs(model, x, y, batch, sample_rate=0.5, generator=torch.Generator().manual_seed(0))
+    # The batch is removed from the pool, half of the remaining 96 rows sampled, the batch prepended.
+    assert pairs.n_candidates_sampled == 48
+    assert pairs.distances.shape == (4, 4 + 48)
+    assert pairs.candidate_labels[:4].equal(y[batch])
+    assert pairs.self_mask[:, :4].equal(torch.eye(4, dtype=torch.bool)) and not pairs.self_mask[:, 4:].any()
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
+def test_streamed_readout_equals_one_shot_softmax(dtype, tolerance):
+    queries, candidates = torch.randn(20, 5, dtype=dtype), torch.randn(1000, 5, dtype=dtype) * 10
+    targets = torch.nn.functional.one_hot(torch.arange(1000) % 3).to(dtype)
+    full = torch.softmax(-torch.cdist(queries, candidates), dim=1) @ targets
+    for chunk in (1, 33, 1000, 5000):
+        assert torch.allclose(soft_neighbour_readout(queries, candidates, targets, chunk_size=chunk), full,
+                              atol=tolerance, rtol=tolerance)
