@@ -223,10 +223,12 @@ def load_abalone(*, task: Task = "multiclass", split_seed: int = 0) -> RawDatase
             # The single member is a CSV, although it is named "sklego/data/abalone.zip".
             text = zf.read(members[0]).decode("utf-8-sig")
     except (zipfile.BadZipFile, OSError, IndexError, UnicodeDecodeError, EOFError) as e:
-        raise DataError(f"{path} cannot be read ({type(e).__name__})", fix="pip install --force-reinstall scikit-lego") from e
+        raise DataError(f"{path} cannot be read ({type(e).__name__})",
+                        fix="pip install --force-reinstall scikit-lego") from e
     header, cols = _parse_csv(text, str(path))
     if tuple(header) != ABALONE_COLUMNS:
-        raise DataError(f"{path} has columns {header}, not the abalone ones", fix="pip install --force-reinstall scikit-lego")
+        raise DataError(f"{path} has columns {header}, not the abalone ones",
+                        fix="pip install --force-reinstall scikit-lego")
     try:
         x_num = np.round(np.stack([cols[c].astype(np.float64) for c in ABALONE_COLUMNS[1:8]], axis=1), 4)
         rings = cols["rings"].astype(np.int64)
@@ -315,14 +317,15 @@ def load_csv(
     y_cells = cols[target]
     empty = np.flatnonzero(y_cells == "")
     if empty.size:
-        raise DataError(f"target column {target!r} of {path} has {empty.size} empty cells (first in data row {empty[0] + 1})",
+        raise DataError(f"target column {target!r} of {path} has {empty.size} empty cells"
+                        f" (first in data row {empty[0] + 1})",
                         fix="fill in the target or drop those rows")
     y_num = _as_numbers(y_cells)
     y_all = y_cells if y_num is None else y_num
     idx = split_indices(n, seed=split_seed)
     task, y, class_names = _resolve_target(
         {s: y_all[i] for s, i in idx.items()}, task,
-        where=f"target column {target!r} of {path}", asked=f"task={task}", change="--task",
+        where=f"target column {target!r} of {path}", asked=f"task={task}", change="--task {}",
     )
     return RawDataset(
         name=path.stem,
@@ -357,7 +360,8 @@ def load_talent_dir(path: str | os.PathLike, *, task: Task | None = None) -> Raw
     info = _read_info(info_path)
     declared = info.get("task_type")
     if declared not in ("binclass", "multiclass", "regression"):
-        raise DataError(f"{info_path}: task_type is {declared!r}", fix="set task_type to 'binclass', 'multiclass' or 'regression'")
+        raise DataError(f"{info_path}: task_type is {declared!r}",
+                        fix="set task_type to 'binclass', 'multiclass' or 'regression'")
     info_task = "regression" if declared == "regression" else "multiclass"
     if task is not None and task != info_task:
         raise DataError(f"task={task} was asked but {info_path} says task_type={declared!r}",
@@ -376,22 +380,22 @@ def load_talent_dir(path: str | os.PathLike, *, task: Task | None = None) -> Raw
     x_num = _load_part(root, "N", _declared_count(info, "n_num_features", info_path), rows)
     x_cat = _load_part(root, "C", _declared_count(info, "n_cat_features", info_path), rows)
     for s in SPLITS:
-        if x_num[s].dtype.kind not in "biuf":
-            try:
-                x_num[s] = x_num[s].astype(np.float64)
-            except ValueError as e:
-                raise DataError(f"{root / f'N_{s}.npy'} holds {x_num[s].dtype} values that are not numbers",
-                                fix="put categorical features in C_*.npy") from e
-        x_num[s] = x_num[s].astype(np.float64)
-        x_cat[s] = x_cat[s].astype(str)
+        try:  # a string array of numbers is accepted too
+            x_num[s] = x_num[s].astype(np.float64)
+        except ValueError as e:
+            raise DataError(f"{root / f'N_{s}.npy'} holds {x_num[s].dtype} values that are not numbers",
+                            fix="put categorical features in C_*.npy") from e
+        x_cat[s] = x_cat[s].astype(str)  # numeric codes become category names
     n_num, n_cat = x_num["train"].shape[1], x_cat["train"].shape[1]
     if n_num + n_cat == 0:
-        raise DataError(f"{root} has no features (no N_*.npy or C_*.npy with columns)", fix="add N_*.npy and/or C_*.npy")
+        raise DataError(f"{root} has no features (no N_*.npy or C_*.npy with columns)",
+                        fix="add N_*.npy and/or C_*.npy")
     num_names = [f"num_{j}" for j in range(n_num)]
     for s in SPLITS:
         _check_finite(x_num[s], num_names, str(root / f"N_{s}.npy"))
     task, y, class_names = _resolve_target(
-        y, info_task, where=f"{root}/y_*.npy", asked=f"task_type={declared!r} in {info_path}", change="task_type in info.json",
+        y, info_task, where=f"{root}/y_*.npy",
+        asked=f"task_type={declared!r} in {info_path}", change="task_type '{}' in info.json",
     )
     return RawDataset(
         name=root.resolve().name,
@@ -419,7 +423,8 @@ def prepare(raw: RawDataset, *, numerical: Literal["standard", "quantile"] = "st
     training mean and std.
     """
     if not isinstance(raw, RawDataset):
-        raise ConfigError(f"prepare() needs a RawDataset, not {type(raw).__name__}", fix="pass the result of load_dataset()")
+        raise ConfigError(f"prepare() needs a RawDataset, not {type(raw).__name__}",
+                          fix="pass the result of load_dataset()")
     if numerical not in ("standard", "quantile"):
         raise ConfigError(f"numerical={numerical!r} is not a preprocessing", fix="use 'standard' or 'quantile'")
     # sklearn is slow to import and only needed here.
@@ -450,7 +455,8 @@ def prepare(raw: RawDataset, *, numerical: Literal["standard", "quantile"] = "st
     if raw.task == "regression":
         y_mean, y_std = float(raw.y["train"].mean()), float(raw.y["train"].std())  # ddof 0, as TALENT
         if not y_std > 0:
-            raise DataError(f"{raw.name}: the regression target is constant in the training split", fix="use a target that varies")
+            raise DataError(f"{raw.name}: the regression target is constant in the training split",
+                            fix="use a target that varies")
         y = {s: (raw.y[s] - y_mean) / y_std for s in SPLITS}
     else:
         y = {s: raw.y[s].astype(np.int64) for s in SPLITS}
@@ -510,7 +516,8 @@ def _abalone_zip() -> Path:
     except (ImportError, ValueError):
         spec = None
     if spec is None or not spec.submodule_search_locations:
-        raise DataError("the abalone data comes with scikit-lego, which is not installed", fix="pip install scikit-lego")
+        raise DataError("the abalone data comes with scikit-lego, which is not installed",
+                        fix="pip install scikit-lego")
     for root in spec.submodule_search_locations:
         path = Path(root) / "data" / "abalone.zip"
         if path.is_file():
@@ -525,7 +532,8 @@ def _read_text(path: Path) -> str:
     except FileNotFoundError:
         raise DataError(f"{path} does not exist", fix="check the path") from None
     except OSError as e:
-        raise DataError(f"{path} cannot be read ({e.strerror or type(e).__name__})", fix="check the path and its permissions") from e
+        raise DataError(f"{path} cannot be read ({e.strerror or type(e).__name__})",
+                        fix="check the path and its permissions") from e
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -542,7 +550,8 @@ def _parse_csv(text: str, source: str) -> tuple[list[str], dict[str, np.ndarray]
                 rows.append(row)
                 lines.append(reader.line_num)
     except csv.Error as e:
-        raise DataError(f"{source} is not a readable CSV ({e})", fix="save it as comma-separated text with a header row") from e
+        raise DataError(f"{source} is not a readable CSV ({e})",
+                        fix="save it as comma-separated text with a header row") from e
     if not rows:
         raise DataError(f"{source} is empty", fix="save a CSV with a header row and data rows")
     header = [h.strip() for h in rows[0]]
@@ -558,7 +567,10 @@ def _parse_csv(text: str, source: str) -> tuple[list[str], dict[str, np.ndarray]
 
 
 def _as_numbers(cells: np.ndarray) -> np.ndarray | None:
-    """Parse a str column as float64, with NaN for empty cells. Return None if a cell is not a number or all are empty."""
+    """Parse a str column as float64, with NaN for empty cells.
+
+    Return None if a cell is not a number, or if every cell is empty.
+    """
     filled = cells != ""
     if not filled.any():
         return None
@@ -575,7 +587,8 @@ def _check_finite(x: np.ndarray, names: list[str], where: str, fix_extra: str = 
     if bad.any():
         cols = np.flatnonzero(bad.any(axis=0))
         raise DataError(
-            f"{where}: {int(bad.sum())} missing, NaN or inf values in numerical column(s) {_preview([names[j] for j in cols])}",
+            f"{where}: {int(bad.sum())} missing, NaN or inf values"
+            f" in numerical column(s) {_preview([names[j] for j in cols])}",
             fix="impute them or drop those rows" + fix_extra,
         )
 
@@ -587,7 +600,8 @@ def _read_info(path: Path) -> dict:
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise DataError(f"{path} is not valid JSON ({type(e).__name__})", fix="rewrite it as a JSON object with task_type") from e
+        raise DataError(f"{path} is not valid JSON ({type(e).__name__})",
+                        fix="rewrite it as a JSON object with task_type") from e
     if not isinstance(info, dict):
         raise DataError(f"{path} is not a JSON object", fix="rewrite it as a JSON object with task_type")
     return info
@@ -611,12 +625,14 @@ def _load_npy(path: Path) -> np.ndarray:
                             fix="save it as a string array, e.g. np.save(path, arr.astype(str))") from e
         raise DataError(f"{path} is not a readable .npy file", fix="save it with numpy.save") from e
     except Exception as e:  # truncated or garbage files fail in many ways (EOFError, OSError, ...)
-        raise DataError(f"{path} is not a readable .npy file ({type(e).__name__})", fix="save it with numpy.save") from e
+        raise DataError(f"{path} is not a readable .npy file ({type(e).__name__})",
+                        fix="save it with numpy.save") from e
     if not isinstance(arr, np.ndarray):  # np.load opens .npz archives lazily
         arr.close()
         raise DataError(f"{path} is an .npz archive, not one array", fix="save each array with numpy.save")
     if arr.dtype.kind not in "biufUS":
-        raise DataError(f"{path} has dtype {arr.dtype}, not numbers or strings", fix="save it as a numeric or string array")
+        raise DataError(f"{path} has dtype {arr.dtype}, not numbers or strings",
+                        fix="save it as a numeric or string array")
     return arr
 
 
@@ -646,7 +662,8 @@ def _load_part(root: Path, prefix: str, declared: int | None, rows: dict[str, in
     bad = [s for s in SPLITS if widths[s] != expected]
     if bad:
         source = f"info.json says {key}={declared}" if declared is not None else f"{files['train'].name} has {expected}"
-        raise DataError(f"{files[bad[0]]} has {widths[bad[0]]} columns but {source}", fix="make the column counts agree")
+        raise DataError(f"{files[bad[0]]} has {widths[bad[0]]} columns but {source}",
+                        fix="make the column counts agree")
     return out
 
 
@@ -659,7 +676,8 @@ def _class_name(value) -> str:
 def _resolve_target(y: dict[str, np.ndarray], task: Task | None, *, where: str, asked: str, change: str):
     """Check the targets against ``task``, or infer the task, and encode class labels as 0..K-1.
 
-    Return ``(task, y, class_names)``.
+    ``asked`` says where the task came from, for messages. ``change`` is the
+    fix, formatted with the right task. Return ``(task, y, class_names)``.
     """
     all_y = np.concatenate([y[s] for s in SPLITS])
     numeric = all_y.dtype.kind in "biuf"
@@ -673,11 +691,11 @@ def _resolve_target(y: dict[str, np.ndarray], task: Task | None, *, where: str, 
         task = "multiclass" if not numeric or (integral and len(distinct) <= MAX_INFERRED_CLASSES) else "regression"
     elif task == "regression" and not numeric:
         example = next((v for v in all_y.astype(str) if _as_numbers(np.array([v])) is None), str(all_y[0]))
-        raise DataError(f"{asked} but {where} is not numeric (e.g. {example!r})",
-                        fix=f"use multiclass ({change}) or a numeric target")
+        raise DataError(f"{asked} but {where} is not numeric (e.g. {str(example)!r})",
+                        fix=f"use {change.format('multiclass')} or a numeric target")
     elif task == "multiclass" and numeric and not integral and len(distinct) > MAX_INFERRED_CLASSES:
         raise DataError(f"{asked} but {where} has {len(distinct)} distinct non-integer values",
-                        fix=f"use regression ({change}) or bin the target into classes")
+                        fix=f"use {change.format('regression')} or bin the target into classes")
 
     if task == "regression":
         out = {s: y[s].astype(np.float64) for s in SPLITS}

@@ -1,0 +1,49 @@
+"""``stablenca check``: sweep the distance scale, measure bits of error, judge a stability contract."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from ._args import nonnegative_int, positive_int
+
+_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "check", help="measure where each loss breaks as the distance scale grows (and judge a contract)",
+        description="Sweep the distance scale log-uniformly from 1e-3 to 1e4 over generated batches and report, "
+                    "per loss x dtype, the fraction of finite results, the bits of error of the loss and of its "
+                    "gradient against a high-precision (mpmath) reference, and the breakdown scale. With "
+                    "--contract, exit 1 when the measurements violate the contract. See docs/check.md.")
+    parser.add_argument("--loss", nargs="+", default=None, metavar="NAME",
+                        help="ratio, ratio_eps, difference, nca_logspace, modernnca, or package.module:function "
+                             "(default: the contract's losses, else the five built-ins)")
+    parser.add_argument("--dtype", nargs="+", default=None, choices=_DTYPES, metavar="DTYPE",
+                        help=f"any of {', '.join(_DTYPES)} (default: the contract's dtypes, else all four)")
+    parser.add_argument("--contract", default=None, metavar="FILE",
+                        help="a stability contract (JSON); 'default' is the shipped one. Exit 1 on a violation")
+    parser.add_argument("--seed", type=nonnegative_int, default=None,
+                        help="seed of the generated batches (default: the contract's, else 0)")
+    parser.add_argument("--batches", type=positive_int, default=None,
+                        help="batches per scale and population (default: the contract's, else 3)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..check import run_check
+    from ..errors import EXIT_CONTRACT, EXIT_OK
+
+    progress = (lambda text: print(f"\rstablenca check: {text}   ", end="", file=sys.stderr, flush=True)) \
+        if sys.stderr.isatty() else None
+    report = run_check(args.loss, args.dtype, contract=args.contract, seed=args.seed, batches=args.batches,
+                       progress=progress)
+    if progress is not None:
+        print(file=sys.stderr)
+    if args.json:
+        print(json.dumps(report.to_dict()))
+    else:
+        print(report.format_table())
+    return EXIT_OK if report.ok else EXIT_CONTRACT

@@ -1,0 +1,165 @@
+"""``stablenca diagnose``: train with the recorder and the sentinel, then report.
+
+By default it runs the student's setting (SeedNCA with the ratio loss) and ModernNCA
+with every formulation, on the embedded Abalone, with the same seed, and writes::
+
+    OUT/summary.json, OUT/<run>/{config.json, records.jsonl, epochs.jsonl, result.json}
+    OUT/<run>/{capsule.pt, finding.json}   for runs that failed
+    OUT/report.md, OUT/report.zh.md, OUT/figures/*.png
+
+``summary.json`` is rewritten atomically after every run, so an interrupted
+diagnose still leaves a consistent summary (``"interrupted": true``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .records import atomic_write_json, prepare_out_dir
+from .recorder import Recorder
+from .sentinel import Sentinel
+from .train import TrainConfig, Trainer
+
+DEFAULT_RUNS: tuple[tuple[str, str], ...] = (
+    ("seed", "ratio"),  # the student's setting, as in the story
+    ("modernnca", "ratio"),
+    ("modernnca", "ratio_eps"),
+    ("modernnca", "difference"),
+    ("modernnca", "nca_logspace"),
+    ("modernnca", "modernnca"),
+)
+
+
+def run_name(model: str, loss: str, dtype: str) -> str:
+    safe_loss = re.sub(r"[^A-Za-z0-9_]+", "_", loss).strip("_")
+    return f"{model}-{safe_loss}-{dtype}"
+
+
+def plan_runs(models: list[str] | None, loss_names: list[str] | None) -> list[tuple[str, str]]:
+    """The (model, loss) pairs to run: the defaults, narrowed by --model and --loss."""
+    if not models and not loss_names:
+        return list(DEFAULT_RUNS)
+    models = models or ["seed", "modernnca"]
+    if loss_names:
+        return [(model, loss) for model in models for loss in loss_names]
+    return [pair for pair in DEFAULT_RUNS if pair[0] in models] or [(m, "ratio") for m in models]
+
+
+def first_nonfinite_entry(result, finding) -> dict[str, Any] | None:
+    if not result.diverged:
+        return None
+    entry: dict[str, Any] = {"epoch": result.diverged_at["epoch"], "step": result.diverged_at["step"]}
+    if finding is None:
+        entry.update(phase=None, op=None, module=None, source=None, chain=[],
+                     root_cause={"op": None, "kind": "unknown",
+                                 "detail": "the replayed step was finite (non-deterministic step?)"})
+        return entry
+    data = finding.to_dict()
+    entry.update({key: data.get(key) for key in ("phase", "op", "backward_node", "module", "source", "pattern")})
+    entry["chain"] = data.get("chain_text") or [str(link) for link in data.get("chain", [])]
+    entry["chain_str"] = data.get("chain_str") or str(finding).splitlines()[0]
+    entry["root_cause"] = data.get("root_cause")
+    entry["inputs"] = data.get("inputs")
+    return entry
+
+
+def diagnose(
+    *,
+    out: str | Path = "runs/diagnose",
+    models: list[str] | None = None,
+    loss_names: list[str] | None = None,
+    base: TrainConfig | None = None,
+    mode: str = "sentinel",
+    force: bool = False,
+    report: bool = True,
+    progress: bool = False,
+    log=None,
+) -> dict[str, Any]:
+    """Run the planned runs into ``out`` and return the summary (also in ``out/summary.json``)."""
+    base = base or TrainConfig()
+    plan = plan_runs(models, loss_names)
+    configs = [dataclasses.replace(base, model=model, loss=loss) for model, loss in plan]
+    for config in configs:
+        config.resolved()  # reject bad combinations before anything is written
+    out = prepare_out_dir(out, force=force)
+    from .train import load_data
+
+    data = load_data(configs[0].resolved())
+    summary: dict[str, Any] = {
+        "stablenca": "diagnose", "mode": mode, "data": base.data or "abalone (embedded, scikit-lego)",
+        "task": base.task, "seed": base.seed, "interrupted": False, "runs": [],
+        "machine": {"python": platform.python_version(), "torch": str(torch.__version__),
+                    "platform": platform.platform(), "threads": torch.get_num_threads()},
+        "command": " ".join(["stablenca", *sys.argv[1:]]) if sys.argv and "stablenca" in sys.argv[0] else None,
+    }
+    atomic_write_json(out / "summary.json", summary)
+    started = time.perf_counter()
+    try:
+        for config in configs:
+            entry = _one_run(config, data, out, mode, progress)
+            summary["runs"].append(entry)
+            atomic_write_json(out / "summary.json", summary)
+            if log is not None:
+                log(summary_line(entry))
+            if entry["status"] == "interrupted":
+                summary["interrupted"] = True
+                break
+    except KeyboardInterrupt:
+        summary["interrupted"] = True
+    summary["seconds"] = round(time.perf_counter() - started, 2)
+    atomic_write_json(out / "summary.json", summary)
+    if report:
+        _build_report(out, log)
+    return summary
+
+
+def _one_run(config: TrainConfig, data, out: Path, mode: str, progress: bool) -> dict[str, Any]:
+    config = config.resolved()
+    name = run_name(config.model, config.loss, config.dtype)
+    run_dir = out / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_dir / "config.json", config.to_dict())
+    recorder = Recorder(run_dir)
+    sentinel = Sentinel(mode=mode, run_dir=run_dir)
+    trainer = Trainer(config, data=data, hooks=[sentinel, recorder], progress=progress)
+    result = trainer.fit()
+    recorder.close()
+    atomic_write_json(run_dir / "result.json", result.to_dict())
+    return {
+        "run": name, "model": config.model, "loss": config.loss, "dtype": config.dtype, "task": config.task,
+        "status": result.status, "diverged": result.diverged, "diverged_at": result.diverged_at,
+        "epochs_run": result.epochs_run, "steps_run": result.steps_run, "best_epoch": result.best_epoch,
+        "first_nonfinite": first_nonfinite_entry(result, sentinel.finding),
+        "capsule": str(Path(name) / "capsule.pt") if sentinel.capsule is not None else None,
+        "test": result.test, "val": result.val, "train_seconds": result.train_seconds,
+        "excluded_rows": result.excluded_rows,
+    }
+
+
+def summary_line(entry: dict[str, Any]) -> str:
+    metrics = " ".join(f"{k}={v:.4f}" for k, v in entry["test"].items())
+    if not entry["diverged"]:
+        return f"{entry['run']}: {entry['status']} after {entry['epochs_run']} epochs; test {metrics}"
+    first = entry["first_nonfinite"] or {}
+    root = first.get("root_cause") or {}
+    return (f"{entry['run']}: DIVERGED at epoch {first.get('epoch')} step {first.get('step')}; first bad op "
+            f"{first.get('op')} ({first.get('phase')}); root cause {root.get('kind')} at {root.get('op')}: "
+            f"{root.get('detail')}; test (before the failing step) {metrics}")
+
+
+def _build_report(out: Path, log) -> None:
+    try:
+        from . import report
+    except ImportError:  # the report module is optional until it lands
+        return
+    paths = report.build_report(out)
+    if log is not None and paths:
+        log("report: " + ", ".join(str(p) for p in paths))

@@ -1,0 +1,201 @@
+"""Run directories, per-batch JSONL records and atomic writes.
+
+Layout of ``stablenca diagnose --out DIR``::
+
+    DIR/summary.json            one entry per run (written atomically, updated as runs end)
+    DIR/<run>/config.json       the TrainConfig
+    DIR/<run>/records.jsonl     one line per training batch, flushed per batch
+    DIR/<run>/epochs.jsonl      one line per epoch (validation metrics)
+    DIR/<run>/result.json       the FitResult (status, test metrics)
+    DIR/<run>/finding.json      the traced first non-finite op and its chain (failed runs)
+    DIR/<run>/capsule.pt        the failing step's pre-state (failed runs)
+
+NaN and ±Inf are written as the JSON extensions ``NaN``/``Infinity``/``-Infinity``
+(what Python's json and pandas read back), never dropped.
+
+>>> import tempfile, json
+>>> with tempfile.TemporaryDirectory() as tmp:
+...     path = Path(tmp) / "r.jsonl"
+...     with JsonlWriter(path) as writer:
+...         writer.write({"step": 0, "loss": float("nan")})
+...     read_jsonl(path)[0]["loss"]
+nan
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from .errors import OutputError
+
+
+def to_jsonable(value: Any) -> Any:
+    """Tensors, numpy scalars and tuples to plain JSON types (NaN/Inf kept as floats)."""
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if hasattr(value, "tolist"):  # torch / numpy
+        return to_jsonable(value.tolist())
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def dumps(value: Any, **kwargs) -> str:
+    return json.dumps(to_jsonable(value), allow_nan=True, **kwargs)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, fsync, then rename over it."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror}",
+                          fix="choose a writable --out directory") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with _suppress():
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with _suppress():
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, value: Any) -> None:
+    atomic_write_text(path, dumps(value, indent=2) + "\n")
+
+
+class _suppress:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return True
+
+
+class JsonlWriter:
+    """Append one JSON object per line and flush it at once (a crash loses nothing written)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._handle = open(self.path, "a", encoding="utf-8")
+        except OSError as exc:
+            raise OutputError(f"cannot write {self.path}: {exc.strerror}",
+                              fix="choose a writable --out directory") from None
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._handle.write(dumps(record) + "\n")
+        self._handle.flush()
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> JsonlWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Read records back; a last line cut by a crash is ignored."""
+    records = []
+    path = Path(path)
+    if not path.exists():
+        return records
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a partial last line from an interrupted write
+    return records
+
+
+def read_json(path: str | os.PathLike, default: Any = None) -> Any:
+    path = Path(path)
+    if not path.exists():
+        return default
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def prepare_out_dir(out: str | os.PathLike, *, force: bool) -> Path:
+    """An output directory for a new run set; refuse to mix with an earlier one unless ``force``.
+
+    With ``force`` the earlier run set's files that stablenca wrote are removed first,
+    so old and new runs never mix.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out} exists and is not a directory", fix="choose another --out path")
+    if (out / "summary.json").exists() or any(out.glob("*/records.jsonl")):
+        if not force:
+            raise OutputError(f"{out} already holds a stablenca run",
+                              fix="pass --force to replace it, or choose another --out directory")
+        _remove_run_set(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".stablenca-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(f"cannot write to {out}: {exc.strerror}",
+                          fix="choose a writable --out directory") from None
+    return out
+
+
+RUN_FILES = ("config.json", "records.jsonl", "epochs.jsonl", "result.json", "finding.json", "capsule.pt")
+
+
+def _remove_run_set(out: Path) -> None:
+    import shutil
+
+    for run_dir in [p.parent for p in out.glob("*/records.jsonl")]:
+        for name in RUN_FILES:
+            (run_dir / name).unlink(missing_ok=True)
+        figures = run_dir / "figures"
+        if figures.is_dir():
+            shutil.rmtree(figures)
+    for name in ("summary.json", "report.md", "report.zh.md"):
+        (out / name).unlink(missing_ok=True)
+    if (out / "figures").is_dir():
+        shutil.rmtree(out / "figures")
+
+
+def finite_or_none(value: float) -> float | None:
+    return value if isinstance(value, float) and math.isfinite(value) else None
+
+
+def iter_run_dirs(out: str | os.PathLike) -> Iterable[Path]:
+    return sorted(p.parent for p in Path(out).glob("*/config.json"))

@@ -1,0 +1,625 @@
+"""Reference values, and how far a computed value is from one (bits of error).
+
+A *reference* is the value a formula would have with exact arithmetic. Two kinds:
+
+* **mpmath** (``mp.dps`` = 50 by default): the same formula evaluated with 50
+  significant digits. mpmath's exponent range is unbounded, so ``exp(-1e4)`` is a
+  tiny positive number, never 0.0: this oracle stays valid exactly where float
+  types break (underflow, 0/0, log 0). For the built-in losses the gradient with
+  respect to the distances is analytic (checked against float64 autograd and
+  against mpmath finite differences in ``tests/test_reference.py``).
+* **float64**: the same formula in float64 through torch, gradient by autograd.
+  For a user loss without a reference of its own, the float64 evaluation of the
+  function itself is the reference, labelled ``"float64 (self)"``.
+
+References live in a registry keyed by name (:func:`register_reference`), so a
+case other than a loss can add its own, e.g. ``1/(1-exp(-x)) - 1/x``:
+
+>>> from mpmath import mp
+>>> ref = register_reference("doc_expm1_case", lambda x: 1 / (1 - mp.exp(-x)) - 1 / x, kind="function")
+>>> x = 1e-4
+>>> naive = torch.tensor(1 / (1 - math.exp(-x)) - 1 / x, dtype=torch.float64)  # cancellation
+>>> exact = evaluate_reference("doc_expm1_case", mp.mpf(x))
+>>> bool(bits_of_error(naive, exact, torch.float64) > 20)  # more than 20 of 53 bits are wrong
+True
+>>> unregister_reference("doc_expm1_case")
+
+Bits of error (Herbie's metric): ``log2(1 + ulp distance)`` between the computed
+value and the reference *correctly rounded to the evaluated dtype*, where the ulp
+distance counts the representable numbers between them (floats mapped to ordered
+integers). 0 bits: correctly rounded; the dtype's bit width (16, 32, 64): garbage,
+or a non-finite result against a finite reference.
+
+>>> bits_of_error(torch.tensor(1.0), 1.0, torch.float32)
+0.0
+>>> bits_of_error(torch.tensor(1.0 + 2**-23), 1.0, torch.float32)  # one ulp
+1.0
+>>> bits_of_error(torch.tensor(float("nan")), 1.0, torch.float32)
+32.0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import mpmath
+import numpy as np
+import torch
+from mpmath import mp
+
+from .errors import ConfigError
+
+#: Significant decimal digits of the mpmath references.
+DEFAULT_DPS = 50
+
+#: Floating formats: significand precision p (implicit bit included), minimum normal
+#: exponent, maximum exponent, bit width, and the integer type of the same width.
+_FORMATS: dict[torch.dtype, tuple[int, int, int, int, torch.dtype]] = {
+    torch.float16: (11, -14, 15, 16, torch.int16),
+    torch.bfloat16: (8, -126, 127, 16, torch.int16),
+    torch.float32: (24, -126, 127, 32, torch.int32),
+    torch.float64: (53, -1022, 1023, 64, torch.int64),
+}
+
+DTYPE_NAMES: dict[str, torch.dtype] = {
+    "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64,
+}
+
+
+def as_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """``"float32"`` or ``torch.float32`` → ``torch.float32`` (one of the four supported)."""
+    if isinstance(dtype, str):
+        if dtype not in DTYPE_NAMES:
+            raise ConfigError(f"unknown dtype {dtype!r}", fix=f"use one of {', '.join(DTYPE_NAMES)}")
+        return DTYPE_NAMES[dtype]
+    if dtype not in _FORMATS:
+        raise ConfigError(f"dtype {dtype} is not supported", fix=f"use one of {', '.join(DTYPE_NAMES)}")
+    return dtype
+
+
+def dtype_name(dtype: str | torch.dtype) -> str:
+    return str(as_dtype(dtype)).removeprefix("torch.")
+
+
+def precision_bits(dtype) -> int:
+    """Significand bits p (implicit bit included): 11, 8, 24, 53."""
+    return _FORMATS[as_dtype(dtype)][0]
+
+
+def bit_width(dtype) -> int:
+    """Storage bits: 16, 16, 32, 64 — the maximum bits of error."""
+    return _FORMATS[as_dtype(dtype)][3]
+
+
+# --------------------------------------------------------------------------- registry
+
+
+@dataclasses.dataclass(frozen=True)
+class MpResult:
+    """An mpmath reference of a loss: the scalar loss and its gradient w.r.t. the distances.
+
+    ``grad`` is a (B, C) nested tuple of mpf, or None when the reference gives the
+    loss only (the gradient is then taken from float64 autograd).
+    """
+
+    loss: Any
+    grad: tuple | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RefResult:
+    """A reference ready for comparison: exact loss (mpf), gradient as float64, and its provenance.
+
+    ``grad_nonzero`` says whether the exact gradient has a non-zero entry (an
+    mpmath gradient can be non-zero where its float64 rounding is all zeros).
+    """
+
+    loss: Any
+    grad: np.ndarray | None
+    label: str
+    grad_nonzero: bool
+
+    @property
+    def loss_finite(self) -> bool:
+        return bool(mpmath.isfinite(self.loss))
+
+
+@dataclasses.dataclass(frozen=True)
+class Reference:
+    """A registered reference.
+
+    ``kind="loss"``: ``mp`` has the loss signature ``(d, labels, candidate_labels,
+    self_mask)`` on Python lists (``d[i][j]`` mpf, labels ints, mask bools) and
+    returns an :class:`MpResult` (or just the mpf loss); ``float64`` has the same
+    signature on float64 torch tensors and returns a tensor or a ``LossOutput``.
+    ``kind="function"``: ``mp`` is any function of mpf arguments returning an mpf.
+    """
+
+    name: str
+    mp: Callable | None = None
+    float64: Callable | None = None
+    kind: str = "loss"
+    summary: str = ""
+    label: str = ""
+
+    def describe(self, dps: int = DEFAULT_DPS) -> str:
+        if self.label:
+            return self.label
+        return f"mpmath ({dps} digits)" if self.mp is not None else "float64"
+
+
+REFERENCES: dict[str, Reference] = {}
+
+
+def register_reference(name: str, mp_fn: Callable | None = None, *, float64_fn: Callable | None = None,
+                       kind: str = "loss", summary: str = "", replace: bool = False) -> Reference:
+    """Register (and return) the reference of ``name``: an mpmath function, a float64 one, or both."""
+    if mp_fn is None and float64_fn is None:
+        raise ConfigError(f"reference {name!r} has neither an mpmath nor a float64 function",
+                          fix="pass mp_fn=... or float64_fn=...")
+    if kind not in ("loss", "function"):
+        raise ConfigError(f"reference kind {kind!r} is unknown", fix="use kind='loss' or kind='function'")
+    if name in REFERENCES and not replace:
+        raise ConfigError(f"a reference named {name!r} is already registered",
+                          fix="pick another name or pass replace=True")
+    reference = Reference(name, mp_fn, float64_fn, kind, summary)
+    REFERENCES[name] = reference
+    return reference
+
+
+def unregister_reference(name: str) -> None:
+    REFERENCES.pop(name, None)
+
+
+def get_reference(name: str) -> Reference:
+    if name not in REFERENCES:
+        raise ConfigError(f"no reference named {name!r}", fix=f"register one or use one of {', '.join(REFERENCES)}")
+    return REFERENCES[name]
+
+
+def evaluate_reference(name: str, *args, dps: int = DEFAULT_DPS):
+    """Evaluate a registered mpmath reference at ``dps`` digits (arguments as given)."""
+    reference = get_reference(name)
+    if reference.mp is None:
+        raise ConfigError(f"reference {name!r} has no mpmath function", fix="register one with mp_fn=...")
+    with mp.workdps(dps):
+        return reference.mp(*args)
+
+
+# --------------------------------------------------------------------------- mpmath loss references
+#
+# Written so that mpmath's fixed precision never cancels: 1/P_same - 1/P_all is
+# computed as P_diff / (P_same P_all), log P_all - log P_same as log1p(P_diff / P_same),
+# sums with mp.fsum (exact before rounding). Otherwise 50 digits would be as blind
+# as float64 once P_diff / P_same < 1e-50 (a gap of 115 in distance).
+
+
+@functools.lru_cache(maxsize=16384)
+def _exp_neg(x, prec: int):
+    """exp(-x) at ``prec`` bits, memoised (a distance matrix is symmetric)."""
+    with mp.workprec(prec):
+        return mp.exp(-x)
+
+
+@functools.lru_cache(maxsize=4096)
+def _row_sums(d_row: tuple, same: tuple, other: tuple, prec: int):
+    """(kernel exp(-d) of the row, P_same, P_diff), shared by the five references."""
+    with mp.workprec(prec):
+        kernel = tuple(_exp_neg(x, prec) for x in d_row)
+        return kernel, mp.fsum(kernel[j] for j in same), mp.fsum(kernel[j] for j in other)
+
+
+def _row(d, i, labels, candidate_labels, self_mask):
+    """(kernel, same indices, other indices, P_same, P_diff) of row i."""
+    same = tuple(j for j, c in enumerate(candidate_labels) if not self_mask[i][j] and c == labels[i])
+    other = tuple(j for j, c in enumerate(candidate_labels) if not self_mask[i][j] and c != labels[i])
+    kernel, p_same, p_diff = _row_sums(tuple(d[i]), same, other, mp.prec)
+    return kernel, same, other, p_same, p_diff
+
+
+def _zeros(rows, cols):
+    return [[mp.zero] * cols for _ in range(rows)]
+
+
+def _freeze(grad):
+    return tuple(tuple(row) for row in grad)
+
+
+def _nan_grad(rows, cols):
+    return tuple(tuple(mp.nan for _ in range(cols)) for _ in range(rows))
+
+
+def _mp_ratio_family(d, labels, candidate_labels, self_mask, eps):
+    """``mean_i -log((P_same + eps) / (P_diff + eps))`` and its gradient (eps=0: the ratio)."""
+    rows, cols = len(d), len(d[0])
+    grad = _zeros(rows, cols)
+    terms = []
+    for i in range(rows):
+        kernel, same, other, p_same, p_diff = _row(d, i, labels, candidate_labels, self_mask)
+        p_same, p_diff = p_same + eps, p_diff + eps
+        if p_same == 0 or p_diff == 0:
+            # log 0: +inf (no same-class candidate), -inf, or nan (0/0); the mathematical value.
+            terms.append(mp.nan if p_same == p_diff else (mp.inf if p_same == 0 else mp.ninf))
+            continue
+        # log(P_diff / P_same) = log1p((P_diff - P_same) / P_same): exact near 0.
+        terms.append(mp.log1p((p_diff - p_same) / p_same) if eps else mp.log(p_diff / p_same))
+        to_same, to_diff = 1 / (p_same * rows), -1 / (p_diff * rows)
+        for j in same:
+            grad[i][j] = kernel[j] * to_same
+        for j in other:
+            grad[i][j] = kernel[j] * to_diff
+    if any(not mpmath.isfinite(t) for t in terms):
+        return MpResult(sum(terms, mp.zero) / rows, _nan_grad(rows, cols))
+    return MpResult(mp.fsum(terms) / rows, _freeze(grad))
+
+
+def mp_ratio(d, labels, candidate_labels, self_mask):
+    """The mathematical ratio loss: finite whenever both sets are non-empty."""
+    return _mp_ratio_family(d, labels, candidate_labels, self_mask, mp.zero)
+
+
+def mp_ratio_eps(d, labels, candidate_labels, self_mask):
+    """ratio_eps's own formula, with its 1e-10 (the float64 value of the constant)."""
+    from .losses import RATIO_EPS
+
+    return _mp_ratio_family(d, labels, candidate_labels, self_mask, mp.mpf(RATIO_EPS))
+
+
+def mp_difference(d, labels, candidate_labels, self_mask):
+    """``sum_i (P_diff_i - P_same_i)``; d/dd_ij is +exp(-d_ij) (same class) or -exp(-d_ij)."""
+    rows, cols = len(d), len(d[0])
+    grad = _zeros(rows, cols)
+    terms = []
+    for i in range(rows):
+        kernel, same, other, _, _ = _row(d, i, labels, candidate_labels, self_mask)
+        for j in same:
+            terms.append(-kernel[j])
+            grad[i][j] = kernel[j]
+        for j in other:
+            terms.append(kernel[j])
+            grad[i][j] = -kernel[j]
+    return MpResult(mp.fsum(terms), _freeze(grad))
+
+
+def mp_nca_logspace(d, labels, candidate_labels, self_mask):
+    """``mean over rows with a same-class candidate of log(P_all / P_same)``."""
+    rows, cols = len(d), len(d[0])
+    grad = _zeros(rows, cols)
+    parts = [_row(d, i, labels, candidate_labels, self_mask) for i in range(rows)]
+    included = [i for i in range(rows) if parts[i][1]]
+    if not included:
+        return MpResult(mp.zero, _freeze(grad))
+    n = len(included)
+    terms = []
+    for i in included:
+        kernel, same, other, p_same, p_diff = parts[i]
+        p_all = p_same + p_diff
+        terms.append(mp.log1p(p_diff / p_same))
+        to_other = -1 / (p_all * n)
+        to_same = p_diff / (p_same * p_all * n)  # (1/P_same - 1/P_all) / n without cancellation
+        for j in other:
+            grad[i][j] = kernel[j] * to_other
+        for j in same:
+            grad[i][j] = kernel[j] * to_same
+    return MpResult(mp.fsum(terms) / n, _freeze(grad))
+
+
+def mp_modernnca(d, labels, candidate_labels, self_mask):
+    """TALENT's classification objective: ``mean_i -log(q_i + 1e-7)``, q = softmax mass on the label.
+
+    With ``p_ij = exp(-d_ij) / Z_i`` (self excluded): ``dq/dd_ij = p_ij (q - [j same])``,
+    and ``1 - q = P_diff / Z`` exactly.
+    """
+    from .losses import MODERNNCA_EPS
+
+    eps = mp.mpf(MODERNNCA_EPS)
+    rows, cols = len(d), len(d[0])
+    grad = _zeros(rows, cols)
+    terms = []
+    for i in range(rows):
+        kernel, same, other, p_same, p_diff = _row(d, i, labels, candidate_labels, self_mask)
+        z = p_same + p_diff
+        q = p_same / z
+        terms.append(-mp.log(q + eps))
+        to_same = p_diff / (z * z * (q + eps) * rows)
+        to_other = -q / (z * (q + eps) * rows)
+        for j in same:
+            grad[i][j] = kernel[j] * to_same
+        for j in other:
+            grad[i][j] = kernel[j] * to_other
+    return MpResult(mp.fsum(terms) / rows, _freeze(grad))
+
+
+def _float64_builtin(name: str) -> Callable:
+    def run(distances, labels, candidate_labels, self_mask):
+        from . import losses
+
+        return losses.evaluate(losses.get(name), distances, labels, candidate_labels, self_mask)
+
+    run.__name__ = f"float64_{name}"
+    return run
+
+
+for _name, _fn in [("ratio", mp_ratio), ("ratio_eps", mp_ratio_eps), ("difference", mp_difference),
+                   ("nca_logspace", mp_nca_logspace), ("modernnca", mp_modernnca)]:
+    register_reference(_name, _fn, float64_fn=_float64_builtin(_name), summary=(_fn.__doc__ or "").split("\n")[0])
+
+
+# --------------------------------------------------------------------------- computing references
+
+
+def to_mp_inputs(distances, labels, candidate_labels, self_mask):
+    """Torch inputs → Python lists; distances become exact mpf (every float is exact in mpmath)."""
+    d = distances.detach().to(torch.float64).tolist()
+    exact: dict[float, Any] = {}
+    for row in d:
+        for x in row:
+            if x not in exact:
+                exact[x] = mp.mpf(x)
+    return ([[exact[x] for x in row] for row in d], [int(v) for v in labels.tolist()],
+            [int(v) for v in candidate_labels.tolist()], [[bool(v) for v in row] for row in self_mask.tolist()])
+
+
+def mp_loss(name_or_reference, distances, labels, candidate_labels, self_mask, *, dps: int = DEFAULT_DPS,
+            mp_inputs=None) -> MpResult:
+    """The mpmath reference of a loss at ``dps`` digits, from torch inputs.
+
+    >>> d = torch.tensor([[0., 200.], [200., 0.]], dtype=torch.float64)
+    >>> float(mp_loss("nca_logspace", d, torch.tensor([0, 0]), torch.tensor([0, 0]), torch.eye(2, dtype=torch.bool)).loss)
+    0.0
+    >>> r = mp_loss("ratio", torch.tensor([[0., 200., 201.], [200., 0., 300.], [201., 300., 0.]]),
+    ...             torch.tensor([0, 0, 1]), torch.tensor([0, 0, 1]), torch.eye(3, dtype=torch.bool))
+    >>> r.loss  # row 2 has no same-class candidate: log 0
+    mpf('+inf')
+    """
+    reference = name_or_reference if isinstance(name_or_reference, Reference) else get_reference(name_or_reference)
+    if reference.mp is None:
+        raise ConfigError(f"reference {reference.name!r} has no mpmath function", fix="use float64_loss instead")
+    with mp.workdps(dps):
+        if mp_inputs is None:
+            mp_inputs = to_mp_inputs(distances, labels, candidate_labels, self_mask)
+        result = reference.mp(*mp_inputs)
+    return result if isinstance(result, MpResult) else MpResult(result, None)
+
+
+def float64_loss(fn: Callable, distances, labels, candidate_labels, self_mask) -> tuple[float, np.ndarray]:
+    """Evaluate ``fn`` (loss signature) in float64 with autograd: (loss, gradient w.r.t. distances)."""
+    from .user_loss import as_loss_output
+
+    d = distances.detach().to(torch.float64).clone().requires_grad_(True)
+    with torch.enable_grad():
+        out = as_loss_output(fn(d, labels, candidate_labels, self_mask), d, getattr(fn, "__name__", "reference"))
+        loss = out.loss
+        if loss.requires_grad:
+            (grad,) = torch.autograd.grad(loss, d, allow_unused=True)
+        else:
+            grad = None
+    grad = torch.zeros_like(d) if grad is None else grad
+    return float(loss.detach()), grad.detach().numpy().copy()
+
+
+def reference_for(formulation) -> Reference:
+    """The reference a formulation is compared with.
+
+    A registered name (the five built-ins) → its mpmath reference; a user loss with a
+    ``reference`` attribute → that (a :class:`Reference`, the name of a registered one,
+    or a float64 callable with the loss signature); otherwise the float64 evaluation
+    of the function itself, labelled ``"float64 (self)"``.
+    """
+    name = formulation.name
+    if name in REFERENCES:
+        return REFERENCES[name]
+    attached = getattr(formulation.fn, "reference", None)
+    if isinstance(attached, Reference):
+        return attached
+    if isinstance(attached, str):
+        return get_reference(attached)
+    if callable(attached):
+        return Reference(name, None, attached, label="float64 (user reference)")
+
+    def self_reference(distances, labels, candidate_labels, self_mask):
+        return formulation.fn(distances, labels, candidate_labels, self_mask)
+
+    return Reference(name, None, self_reference, label="float64 (self)")
+
+
+def compute_reference(reference: Reference, distances, labels, candidate_labels, self_mask,
+                      *, dps: int = DEFAULT_DPS, mp_inputs=None) -> RefResult:
+    """Evaluate a loss reference on one batch (once; it does not depend on the evaluated dtype).
+
+    ``mp_inputs`` (from :func:`to_mp_inputs`) saves converting the batch again when
+    several references share it.
+    """
+    if reference.mp is not None:
+        result = mp_loss(reference, distances, labels, candidate_labels, self_mask, dps=dps, mp_inputs=mp_inputs)
+        if result.grad is not None:
+            grad = np.array([[float(x) for x in row] for row in result.grad], dtype=np.float64)
+            nonzero = any(x != 0 for row in result.grad for x in row)
+        elif reference.float64 is not None:
+            grad = float64_loss(reference.float64, distances, labels, candidate_labels, self_mask)[1]
+            nonzero = bool((grad != 0).any())
+        else:
+            grad, nonzero = None, False
+        return RefResult(result.loss, grad, reference.describe(dps), nonzero)
+    loss, grad = float64_loss(reference.float64, distances, labels, candidate_labels, self_mask)
+    return RefResult(mp.mpf(loss), grad, reference.describe(dps), bool((grad != 0).any()))
+
+
+# --------------------------------------------------------------------------- rounding and bits of error
+
+
+def round_to_dtype(value, dtype) -> float:
+    """Correctly round a real (mpf or float) to ``dtype`` (round to nearest, ties to even).
+
+    The result is returned as a Python float (every value of the four dtypes is a
+    float64). No double rounding: the mpf is rounded once at the dtype's precision,
+    with its subnormal spacing and overflow to inf. mpmath values far below 1e-308
+    round to 0.0 (or to the dtype's smallest subnormal) correctly.
+
+    >>> round_to_dtype(mp.mpf("1e-400"), torch.float64), round_to_dtype(1e-40, torch.float32)
+    (0.0, 9.99994610111476e-41)
+    >>> round_to_dtype(65520.0, torch.float16)  # halfway between max and 2**16: even → inf
+    inf
+    """
+    p, emin, emax, _, _ = _FORMATS[as_dtype(dtype)]
+    x = value if isinstance(value, mpmath.mpf) else mp.mpf(value)
+    if not mpmath.isfinite(x):
+        return float(x)
+    if x == 0:
+        return 0.0
+    with mp.workprec(max(mp.prec, p + 10)):
+        _, e = mpmath.frexp(x)  # |x| = m 2^e with 1/2 <= m < 1: leading bit 2^(e-1)
+        quantum = max(e - 1, emin) - (p - 1)
+        n = mpmath.nint(mpmath.ldexp(x, -quantum))  # ties to even
+        rounded = mpmath.ldexp(n, quantum)
+        largest = mpmath.ldexp(mp.mpf(2) - mpmath.ldexp(1, 1 - p), emax)
+        if abs(rounded) > largest:
+            return math.copysign(math.inf, float(rounded))
+        return float(rounded)
+
+
+def _as_float64_array(values) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        return values.detach().to(torch.float64).cpu().numpy().reshape(-1)
+    if isinstance(values, (mpmath.mpf, float, int, np.floating)):
+        return np.array([float(values)], dtype=np.float64)
+    return np.asarray(values, dtype=np.float64).reshape(-1)
+
+
+def _ordered(values: np.ndarray, dtype) -> np.ndarray:
+    """Floats → ordered integers (int64): consecutive representable numbers differ by 1, -0 == +0."""
+    _, _, _, width, int_type = _FORMATS[as_dtype(dtype)]
+    bits = torch.from_numpy(np.ascontiguousarray(values)).to(as_dtype(dtype)).view(int_type).to(torch.int64)
+    bits = bits.numpy()
+    if width == 64:
+        magnitude = bits & np.int64(0x7FFFFFFFFFFFFFFF)
+    else:
+        magnitude = bits & np.int64((1 << (width - 1)) - 1)
+    return np.where(bits < 0, -magnitude, magnitude)
+
+
+def ulp_distance(computed, reference_rounded, dtype) -> np.ndarray:
+    """How many representable ``dtype`` numbers lie between two values (both in the dtype), as float64."""
+    a = _ordered(_as_float64_array(computed), dtype)
+    b = _ordered(_as_float64_array(reference_rounded), dtype)
+    hi, lo = np.maximum(a, b), np.minimum(a, b)
+    with np.errstate(over="ignore"):
+        gap = hi.view(np.uint64) - lo.view(np.uint64)  # exact modulo 2**64, and the gap is < 2**64
+    return gap.astype(np.float64)
+
+
+def _reference_list(reference, size: int) -> list:
+    if isinstance(reference, mpmath.mpf) or np.isscalar(reference):
+        return [reference]
+    if isinstance(reference, torch.Tensor):
+        return reference.detach().to(torch.float64).reshape(-1).tolist()
+    if isinstance(reference, np.ndarray):
+        return reference.reshape(-1).tolist()
+    flat: list = []
+    for item in reference:
+        if isinstance(item, (list, tuple, np.ndarray)):
+            flat.extend(_reference_list(item, len(item)))
+        else:
+            flat.append(item)
+    return flat
+
+
+def bits_of_error(computed, reference, dtype) -> float | np.ndarray:
+    """Herbie's bits of error of ``computed`` (values of ``dtype``) against ``reference``.
+
+    ``reference``: mpf, float, or a sequence / array / tensor of them, same size as
+    ``computed`` (or a scalar for all). It is rounded correctly to ``dtype`` first;
+    then ``log2(1 + ulp distance)``. A non-finite result against a finite reference
+    counts as the dtype's bit width; a non-finite reference counts 0 bits when the
+    result is the same non-finite value, else the width. A scalar in, a float out.
+    """
+    dtype = as_dtype(dtype)
+    width = float(bit_width(dtype))
+    got = _as_float64_array(computed)
+    refs = _reference_list(reference, got.size)
+    if len(refs) == 1 and got.size > 1:
+        refs = refs * got.size
+    if len(refs) != got.size:
+        raise ValueError(f"computed has {got.size} values, reference {len(refs)}")
+    exact = [r if isinstance(r, mpmath.mpf) else mp.mpf(float(r)) for r in refs]
+    rounded = np.array([round_to_dtype(r, dtype) for r in exact], dtype=np.float64)
+    ref_finite = np.array([bool(mpmath.isfinite(r)) for r in exact])
+    got_finite = np.isfinite(got)
+    both = ref_finite & got_finite
+    bits = np.full(got.size, width)
+    if both.any():
+        bits[both] = np.minimum(np.log2(ulp_distance(got[both], rounded[both], dtype) + 1.0), width)
+    same_nonfinite = ~both & ((got == rounded) | (np.isnan(got) & np.isnan(rounded)))
+    bits[same_nonfinite] = 0.0
+    if np.ndim(computed) == 0 and not isinstance(computed, (list, tuple)):
+        return float(bits[0])
+    return bits
+
+
+def spacing(magnitude: float, dtype) -> float:
+    """The gap between ``dtype`` numbers at ``magnitude`` (the subnormal gap below the normal range).
+
+    >>> spacing(1.0, torch.float32) == 2**-23, spacing(0.0, torch.float32) == 2**-149
+    (True, True)
+    """
+    p, emin, _, _, _ = _FORMATS[as_dtype(dtype)]
+    if magnitude == 0 or not math.isfinite(magnitude):
+        exponent = emin
+    else:
+        exponent = max(math.frexp(abs(magnitude))[1] - 1, emin)
+    return math.ldexp(1.0, exponent - (p - 1))
+
+
+def gradient_bits_of_error(computed, reference: np.ndarray, dtype) -> float:
+    """Normwise bits of error of a gradient: ``log2(1 + max|g - r| / spacing(max|r|))``.
+
+    The error of the whole gradient measured in ulps (of ``dtype``) of its largest
+    reference entry, so an entry that is negligible at the dtype's precision may
+    underflow without counting, while a vanished or garbled gradient counts fully.
+    Any non-finite entry: the bit width. An all-zero reference: 0 if the result is
+    all zero too, else the width.
+
+    >>> gradient_bits_of_error(np.array([1.0, 0.0]), np.array([1.0, 1e-60]), torch.float32)
+    0.0
+    >>> round(gradient_bits_of_error(np.zeros(2), np.array([1.0, 0.5]), torch.float32), 3)  # vanished
+    23.0
+    """
+    dtype = as_dtype(dtype)
+    width = float(bit_width(dtype))
+    got = _as_float64_array(computed)
+    ref = np.asarray(reference, dtype=np.float64).reshape(-1)
+    if not np.isfinite(got).all() or not np.isfinite(ref).all():
+        return width
+    scale = float(np.max(np.abs(ref))) if ref.size else 0.0
+    error = float(np.max(np.abs(got - ref))) if ref.size else 0.0
+    if scale == 0.0:
+        return 0.0 if error == 0.0 else width
+    return float(min(math.log2(1.0 + error / spacing(scale, dtype)), width))
+
+
+def relative_error(computed, reference) -> float | np.ndarray:
+    """``|computed - reference| / |reference|`` (computed in mpmath; 0/0 → 0, x/0 → inf).
+
+    >>> relative_error(1.5, 1.0)
+    0.5
+    """
+    got = _as_float64_array(computed)
+    refs = _reference_list(reference, got.size)
+    if len(refs) == 1 and got.size > 1:
+        refs = refs * got.size
+    out = []
+    for g, r in zip(got.tolist(), refs):
+        r = r if isinstance(r, mpmath.mpf) else mp.mpf(float(r))
+        if not (math.isfinite(g) and mpmath.isfinite(r)):
+            out.append(0.0 if (g == float(r) or (math.isnan(g) and mpmath.isnan(r))) else math.inf)
+        elif r == 0:
+            out.append(0.0 if g == 0 else math.inf)
+        else:
+            out.append(float(abs(mp.mpf(g) - r) / abs(r)))
+    if np.ndim(computed) == 0 and not isinstance(computed, (list, tuple)):
+        return out[0]
+    return np.array(out)

@@ -1,0 +1,235 @@
+"""Cheap always-on detection, pre-step snapshots, capsules and replay.
+
+Modes:
+
+* ``sentinel`` (default): each step the loss and gradient norms are checked (one
+  host sync, done by the trainer anyway) and the step's pre-state — model
+  parameters and buffers, optimizer state, the candidate-sampling generator, the
+  global RNG, the batch — is copied into preallocated buffers. On the first
+  non-finite step that pre-state is restored and the step is replayed once under
+  the full tracer (:mod:`stablenca.trace`) to name the first bad op and its chain.
+* ``full``: the tracer runs on every step (slower; precursors of every step are seen).
+* ``off``: nothing but the trainer's own finiteness check.
+
+A capsule (``capsule.pt``) holds the pre-state, the config and the chain found in
+the run. It loads with ``torch.load(weights_only=True)``, so reading one cannot
+execute code. :func:`replay` reruns the step from a capsule under the tracer and
+gives the same first bad op, bit for bit: the in-run replay goes through the same
+:func:`traced_step`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import CapsuleError
+from .records import atomic_write_bytes, atomic_write_json
+from .train import Hook, StepContext, Trainer, TrainConfig
+
+CAPSULE_FORMAT = "stablenca-capsule"
+CAPSULE_VERSION = 1
+MODES = ("sentinel", "full", "off")
+
+
+class Snapshot:
+    """Pre-step state of a model and its optimizer, copied into reusable buffers."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
+                 generator: torch.Generator | None = None) -> None:
+        self.model, self.optimizer, self.generator = model, optimizer, generator
+        self._model_keys = list(model.state_dict(keep_vars=True))
+        self._model_live = [t.detach() for t in model.state_dict(keep_vars=True).values()]
+        self._model_copy = [t.clone() for t in self._model_live]
+        self._optimizer_live: list[torch.Tensor] = []
+        self._optimizer_copy: list[torch.Tensor] = []
+        self.generator_state: torch.Tensor | None = None
+        self.rng_state: torch.Tensor | None = None
+        self.extra: dict[str, Any] = {}
+
+    def _optimizer_tensors(self) -> list[torch.Tensor]:
+        if self.optimizer is None:
+            return []
+        return [value for state in self.optimizer.state.values() for value in state.values()
+                if isinstance(value, torch.Tensor)]
+
+    def restore(self) -> None:
+        """Put the snapshot back into the live model, optimizer, generator and global RNG."""
+        with torch.no_grad():
+            torch._foreach_copy_(self._model_live, self._model_copy)
+            if self._optimizer_live:
+                torch._foreach_copy_(self._optimizer_live, self._optimizer_copy)
+        if self.generator is not None and self.generator_state is not None:
+            self.generator.set_state(self.generator_state)
+        if self.rng_state is not None:
+            torch.set_rng_state(self.rng_state)
+
+    def take(self, **extra: Any) -> None:
+        """Copy the current state (cheap: fused copies into buffers allocated once)."""
+        torch._foreach_copy_(self._model_copy, self._model_live)
+        live = self._optimizer_tensors()
+        if len(live) != len(self._optimizer_live) or any(a is not b for a, b in zip(live, self._optimizer_live)):
+            # Adam creates its state lazily at the first step.
+            self._optimizer_live = live
+            self._optimizer_copy = [t.clone() for t in live]
+        elif live:
+            torch._foreach_copy_(self._optimizer_copy, live)
+        self.generator_state = self.generator.get_state() if self.generator is not None else None
+        self.rng_state = torch.get_rng_state()
+        self.extra = extra
+
+    def model_state(self) -> dict[str, torch.Tensor]:
+        return {key: value.clone() for key, value in zip(self._model_keys, self._model_copy)}
+
+    def optimizer_state(self) -> dict[str, Any]:
+        """The optimizer's state_dict with the snapshot's tensors in place of the live ones."""
+        state_dict = self.optimizer.state_dict()
+        copies = {id(live): copy for live, copy in zip(self._optimizer_live, self._optimizer_copy)}
+        state_dict["state"] = {
+            index: {key: (copies[id(value)].clone() if id(value) in copies else
+                          (torch.zeros_like(value) if isinstance(value, torch.Tensor) else value))
+                    for key, value in state.items()}
+            for index, state in state_dict["state"].items()
+        }
+        if not self._optimizer_live:
+            state_dict["state"] = {}
+        return state_dict
+
+
+def traced_step(trainer: Trainer, capsule: dict[str, Any]) -> tuple[Any, StepContext]:
+    """Restore a capsule's pre-state into ``trainer`` and rerun its step under the tracer.
+
+    The optimizer update is traced too when the gradients are finite, so a step that
+    turns the parameters non-finite is explained as well.
+    """
+    from .trace import Tracer
+
+    trainer.model.load_state_dict(capsule["model_state"])
+    trainer.optimizer.load_state_dict(capsule["optimizer_state"])
+    if capsule.get("generator_state") is not None:
+        trainer.generator.set_state(capsule["generator_state"])
+    torch.set_rng_state(capsule["rng_state"])
+    ctx = StepContext(capsule["epoch"], capsule["step"], capsule["step_in_epoch"], capsule["batch_indices"])
+    with Tracer(model=trainer.model) as tracer:
+        trainer.forward_backward(ctx)
+        if ctx.finite:
+            trainer.optimizer.step()
+    return tracer.finding, ctx
+
+
+class Sentinel(Hook):
+    """Training hook: detect the first non-finite step, trace it, write its capsule."""
+
+    def __init__(self, *, mode: str = "sentinel", run_dir: str | Path | None = None) -> None:
+        if mode not in MODES:
+            from .errors import ConfigError
+
+            raise ConfigError(f"unknown mode {mode!r}", fix=f"use one of {', '.join(MODES)}")
+        self.mode = mode
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.snapshot: Snapshot | None = None
+        self.finding = None
+        self.capsule: dict[str, Any] | None = None
+        self._tracer = None
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        if self.mode != "off":
+            self.snapshot = Snapshot(trainer.model, trainer.optimizer, trainer.generator)
+
+    def before_step(self, trainer: Trainer, ctx: StepContext) -> None:
+        if self.snapshot is not None and self.capsule is None:
+            self.snapshot.take()
+
+    def step_context(self, trainer: Trainer, ctx: StepContext):
+        if self.mode != "full" or self.capsule is not None:
+            return contextlib.nullcontext()
+        from .trace import Tracer
+
+        self._tracer = Tracer(model=trainer.model)
+        return self._tracer
+
+    def after_step(self, trainer: Trainer, ctx: StepContext) -> None:
+        if ctx.finite or self.capsule is not None or self.snapshot is None:
+            return
+        self.capsule = build_capsule(trainer, ctx, self.snapshot)
+        # Replay from the capsule exactly as `stablenca replay` does, so both give the same chain.
+        finding, _ = traced_step(trainer, self.capsule)
+        if self.mode == "full" and self._tracer is not None and self._tracer.finding is not None:
+            live = self._tracer.finding
+            if finding is None or live.to_dict() != finding.to_dict():
+                finding = live if finding is None else finding
+        self.finding = finding
+        self.capsule["finding"] = finding.to_dict() if finding is not None else None
+        if self.run_dir is not None:
+            save_capsule(self.run_dir / "capsule.pt", self.capsule)
+            atomic_write_json(self.run_dir / "finding.json", self.capsule["finding"])
+
+
+def build_capsule(trainer: Trainer, ctx: StepContext, snapshot: Snapshot) -> dict[str, Any]:
+    return {
+        "format": CAPSULE_FORMAT,
+        "version": CAPSULE_VERSION,
+        "torch_version": str(torch.__version__),
+        "config": trainer.config.to_dict(),
+        "epoch": ctx.epoch,
+        "step": ctx.step,
+        "step_in_epoch": ctx.step_in_epoch,
+        "batch_indices": ctx.batch_indices.clone(),
+        "model_state": snapshot.model_state(),
+        "optimizer_state": snapshot.optimizer_state(),
+        "generator_state": snapshot.generator_state,
+        "rng_state": snapshot.rng_state,
+        "finding": None,
+    }
+
+
+def save_capsule(path: str | Path, capsule: dict[str, Any]) -> None:
+    buffer = io.BytesIO()
+    torch.save(capsule, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+REQUIRED_KEYS = ("config", "epoch", "step", "step_in_epoch", "batch_indices", "model_state", "optimizer_state",
+                 "rng_state")
+
+
+def load_capsule(path: str | Path) -> dict[str, Any]:
+    """Load and validate a capsule; anything else raises :class:`CapsuleError` (one line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CapsuleError(f"capsule {path} does not exist",
+                           fix="pass the capsule.pt that stablenca diagnose wrote for a failed run")
+    try:
+        capsule = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as exc:  # truncated zip, pickle that weights_only refuses, garbage bytes
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise CapsuleError(f"{path} is not a readable capsule ({reason})",
+                           fix="pass an untruncated capsule.pt written by stablenca diagnose") from None
+    if not isinstance(capsule, dict) or capsule.get("format") != CAPSULE_FORMAT:
+        raise CapsuleError(f"{path} is not a stablenca capsule",
+                           fix="pass the capsule.pt that stablenca diagnose wrote for a failed run")
+    missing = [key for key in REQUIRED_KEYS if key not in capsule]
+    if missing:
+        raise CapsuleError(f"capsule {path} lacks {', '.join(missing)}",
+                           fix="re-run stablenca diagnose to write a complete capsule")
+    if capsule.get("version") != CAPSULE_VERSION:
+        raise CapsuleError(f"capsule {path} has version {capsule.get('version')}, expected {CAPSULE_VERSION}",
+                           fix="re-run stablenca diagnose with this version of stablenca")
+    return capsule
+
+
+def replay(path: str | Path, data=None):
+    """Rerun a capsule's step under the tracer; returns ``(finding, capsule)``."""
+    capsule = load_capsule(path)
+    config = TrainConfig(**capsule["config"])
+    trainer = Trainer(config, data=data)
+    try:
+        finding, _ = traced_step(trainer, capsule)
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise CapsuleError(f"capsule {path} does not fit its own config ({type(exc).__name__})",
+                           fix="re-run stablenca diagnose to write a fresh capsule") from None
+    return finding, capsule

@@ -1,0 +1,1953 @@
+"""Find the first NaN/Inf of a PyTorch computation *and* the silent step that caused it.
+
+A per-op NaN checker run on the student's ratio loss ``-log(P_same / P_diff)`` blames
+``aten.div`` (0/0), and ``torch.autograd.detect_anomaly`` blames ``LogBackward0``. The real
+origin is earlier and finite: ``exp`` mapped distances above 103.97 (float32) to exactly
+0.0. This module runs a computation under a :class:`~torch.utils._python_dispatch.TorchDispatchMode`
+that sees every ATen op of the forward *and* the backward pass, and
+
+* records the **first op that makes NaN/Inf out of finite values** (a :class:`Finding`:
+  op, phase, backward node, module path, user source line, input/output statistics and
+  the NaN/Inf *pattern* such as ``0/0``, ``x/0``, ``log(0)``, ``inf-inf``, ``0*inf``,
+  ``overflow``);
+* records **precursors** as they happen: finite results that are silently wrong
+  (:class:`Precursor`);
+* walks back from the first non-finite op, through the ops that carried the offending
+  zeros or infinities, to the earliest precursor: the **root-cause chain**.
+
+Root-cause vocabulary (``Finding.root_cause["kind"]``, shared with the rest of stablenca):
+
+``underflow``
+    finite non-zero inputs became exact zeros (``exp(-d)`` with ``d > 103.97`` in float32,
+    a product of two tiny numbers, a softmax entry far below the row maximum).
+``overflow``
+    finite inputs became ±inf (``exp(x)`` with ``x > 88.72`` in float32).
+``cancellation``
+    an add/sub of finite operands lost at least half of the significand bits
+    (``bits lost = log2(max(|a|, |b|) / |a ± b|)``; 12 of 24 in float32, 26 of 53 in
+    float64), or cancelled to exactly 0.0 (``1 - exp(-1e-8) == 0`` in float32).
+``empty_set``
+    a reduction over nothing: a sum/mean whose rows are exact zeros because every reduced
+    element is 0 (a mask that selected nothing, e.g. the only member of its class in a
+    batch), a reduction over a size-0 dimension, or a softmax/logsumexp over a row that is
+    entirely -inf.
+``nonfinite_input``
+    the NaN/Inf was already in a tensor that was not produced under the tracer (a leaf
+    input or a parameter); the root-cause ``op`` is then ``"input"``.
+``domain``
+    a function evaluated outside its domain from finite inputs with no precursor
+    (``log(negative)``, ``sqrt(negative)``, ``pow(negative, 0.5)``, ``acos(2)``).
+``division_by_zero``
+    an exact zero reached a pole with no precursor to explain the zero (``x/0``, ``0/0``,
+    ``log(0)``, ``1/sqrt(0)``): the zero was an exact input value.
+``unknown``
+    none of the above (for instance ``inf - inf`` of two allow-listed infinities).
+
+Intentional infinities are not findings: ops on the allow-list (``fill_``,
+``fill_diagonal_``, ``masked_fill``, ``full``, ``scalar_tensor``, ``where``,
+``index_put_``, ``copy_``, ...) may write ±inf when one of their scalar arguments is ±inf
+(TALENT's ``distances.fill_diagonal_(torch.inf)``), and ops that merely carry such an inf
+(``neg``, ``exp(-inf) = 0``, a softmax over a row with some -inf entries) are fine. Only a
+*new* NaN made out of them, or one reaching the traced result, is reported. Extend the list
+with ``allow=("aten.log",)`` (an op name, overload packet or short name) or a predicate
+``allow=lambda func, args, kwargs: ...``.
+
+Usage::
+
+    >>> import torch
+    >>> from stablenca import losses
+    >>> d = torch.tensor([[0., 150., 160.], [150., 0., 170.], [160., 170., 0.]])
+    >>> y = torch.tensor([0, 0, 1])
+    >>> finding = find_nonfinite(lambda d: losses.ratio(d, y, y, torch.eye(3, dtype=torch.bool)).loss, d)
+    >>> finding.op, finding.pattern, finding.phase, finding.root_cause["kind"]
+    ('aten.div.Tensor', '0/0', 'forward', 'underflow')
+    >>> print(finding.chain_text())
+    div (0/0 in 1 of 3 elements, forward) ← sum empty_set (exact 0 in 3 of 3 rows: every selected term was 0.0, underflow upstream) ← mul (mask multiply) ← exp underflow (6 finite inputs → 0.0: x ≤ -150 (float32 exp(x) rounds to 0.0 below -103.97))
+    >>> find_nonfinite(lambda d: losses.nca_logspace(d, y, y, torch.eye(3, dtype=torch.bool)).loss, d) is None
+    True
+
+:func:`find_nonfinite` returns the :class:`Finding` or ``None``; :func:`trace_call` returns a
+:class:`TraceResult` that also carries the precursors of a clean run (its ``bool()`` is
+False when nothing non-finite happened). :class:`Tracer` is the context manager underneath.
+
+Cost: Python dispatch of every ATen op. Per op the tracer does one fused ``aminmax`` on each
+floating output (NaN propagates through it, so one reduction tells finite from non-finite),
+a zero/subnormal check only on ops that can underflow (``exp``, ``exp2``, ``_softmax``,
+``sigmoid``, ``erfc``, ``mul``, ``div``, ``pow``), a cancellation pre-filter on
+out-of-place ``add``/``sub``/``rsub``, a frame walk for the source line of ops that build an
+autograd node, and full statistics only for flagged ops. In-place variants are checked for
+NaN/Inf but not for precursors (their inputs are gone). See ``docs/trace.md`` for measured
+overheads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import linecache
+import math
+import os
+import sys
+import warnings
+import weakref
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.weak import WeakIdKeyDictionary
+
+__all__ = [
+    "ROOT_CAUSE_KINDS",
+    "PRECURSOR_KINDS",
+    "DEFAULT_ALLOW",
+    "ChainLink",
+    "Finding",
+    "Precursor",
+    "TraceResult",
+    "Tracer",
+    "find_nonfinite",
+    "trace_call",
+    "tensor_stats",
+]
+
+#: Every value ``Finding.root_cause["kind"]`` can take.
+ROOT_CAUSE_KINDS = (
+    "underflow",
+    "overflow",
+    "cancellation",
+    "empty_set",
+    "nonfinite_input",
+    "domain",
+    "division_by_zero",
+    "unknown",
+)
+#: Kinds a :class:`Precursor` can have (finite results that are silently wrong).
+PRECURSOR_KINDS = ("underflow", "overflow", "cancellation", "empty_set")
+
+#: Ops that may write ±inf on purpose when one of their scalar arguments is ±inf.
+DEFAULT_ALLOW = (
+    "aten.fill_diagonal_",
+    "aten.fill_",
+    "aten.fill",
+    "aten.masked_fill",
+    "aten.masked_fill_",
+    "aten.full",
+    "aten.full_like",
+    "aten.new_full",
+    "aten.scalar_tensor",
+    "aten.where",
+    "aten.index_put",
+    "aten.index_put_",
+    "aten.index_fill",
+    "aten.index_fill_",
+    "aten.copy_",
+)
+
+_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
+_THIS_FILE = os.path.abspath(__file__)
+_SOURCE_KEY = "stablenca.trace.source"
+_INF = math.inf
+
+# Taint bits: why a tensor produced under the tracer is worth following back.
+_ZERO = 1  # carries zeros of interest (underflow, cancellation to 0, mask, empty set)
+_INFOK = 2  # carries intentional ±inf (allow-listed writer, or an inf-only leaf)
+_BAD = 4  # carries NaN/Inf of a finding, or of a NaN leaf / non-finite parameter
+_INEXACT = 8  # carries precision loss (cancellation), followed for a few ops only
+_INEXACT_HOPS = 8
+
+# Op categories (cached per OpOverload).
+_C_PLAIN, _C_VIEW, _C_SKIP, _C_UF_POS, _C_UF_SIGNED, _C_CANCEL, _C_REDUCE, _C_MASK = range(8)
+
+_UF_POS = {"exp", "exp2", "_softmax", "sigmoid", "erfc"}  # outputs >= 0
+_UF_SIGNED = {"mul", "div", "pow"}
+_CANCEL = {"add", "sub", "rsub"}
+_REDUCE = {"sum", "mean"}
+_MASKCAND = {"_to_copy", "where", "masked_fill"}
+_SKIP = {
+    "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "resize_",
+    "set_", "_local_scalar_dense", "zero_", "zeros", "zeros_like", "ones", "ones_like",
+    "eye", "arange", "randperm", "_to_dense",
+}
+_VIEW_EXTRA = {"_unsafe_view", "lift_fresh", "lift_fresh_copy", "detach", "alias"}
+#: Ops whose output element i depends only on input element i (after broadcasting).
+_ELEMENTWISE = {
+    "abs", "add", "sub", "rsub", "mul", "div", "true_divide", "neg", "exp", "exp2", "expm1",
+    "log", "log2", "log10", "log1p", "sqrt", "rsqrt", "pow", "reciprocal", "sigmoid", "tanh",
+    "sin", "cos", "tan", "sinh", "cosh", "asin", "acos", "atan", "asinh", "acosh", "atanh",
+    "clamp", "clamp_min", "clamp_max", "maximum", "minimum", "fmax", "fmin", "where",
+    "masked_fill", "_to_copy", "clone", "copy", "square", "xlogy", "lerp", "addcmul",
+    "addcdiv", "threshold_backward", "relu", "gelu", "silu", "softplus", "erf", "erfc",
+    "lgamma", "digamma", "atan2", "hypot", "fmod", "remainder", "sign", "floor", "ceil",
+    "round", "trunc", "frac", "nan_to_num", "logit", "special_xlog1py", "sgn",
+}
+_LOG_POLE = {"log": 0.0, "log2": 0.0, "log10": 0.0, "log1p": -1.0}
+
+
+def _base_name(short: str) -> str:
+    return short[:-1] if short.endswith("_") and not short.endswith("__") else short
+
+
+class _OpInfo:
+    __slots__ = ("name", "packet", "short", "base", "cat", "written", "elementwise", "argnames",
+                 "full_reduction")
+
+    def __init__(self, func) -> None:
+        self.name = str(func)  # aten.div.Tensor
+        self.packet = str(func.overloadpacket)  # aten.div
+        self.short = func._opname  # div / div_
+        self.base = _base_name(self.short)
+        schema = func._schema
+        self.argnames = tuple(a.name for a in schema.arguments)
+        written = [(i, a.name) for i, a in enumerate(schema.arguments)
+                   if a.alias_info is not None and a.alias_info.is_write]
+        # positions and keyword names of the arguments the op writes to (in-place / out=)
+        self.written = frozenset([i for i, _ in written] + [n for _, n in written])
+        self.full_reduction = func._overloadname == "default"
+        self.elementwise = self.base in _ELEMENTWISE
+        if func.is_view or self.short in _VIEW_EXTRA:
+            self.cat = _C_VIEW
+        elif self.short in _SKIP:
+            self.cat = _C_SKIP
+        elif self.written:  # in-place or out=: the inputs are gone, check NaN/Inf only
+            self.cat = _C_PLAIN
+        elif self.short in _UF_POS:
+            self.cat = _C_UF_POS
+        elif self.short in _UF_SIGNED:
+            self.cat = _C_UF_SIGNED
+        elif self.short in _CANCEL:
+            self.cat = _C_CANCEL
+        elif self.short in _REDUCE:
+            self.cat = _C_REDUCE
+        elif self.short in _MASKCAND:
+            self.cat = _C_MASK
+        else:
+            self.cat = _C_PLAIN
+
+
+# ----------------------------------------------------------------------------------------
+# statistics and JSON helpers
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+_TINY: dict[torch.dtype, float] = {}
+
+
+def _tiny(dtype: torch.dtype) -> float:
+    v = _TINY.get(dtype)
+    if v is None:
+        v = _TINY[dtype] = torch.finfo(dtype).tiny
+    return v
+
+
+def _significand_bits(dtype: torch.dtype) -> int:
+    return int(round(-math.log2(torch.finfo(dtype).eps))) + 1
+
+
+def _exp_limits(dtype: torch.dtype) -> tuple[float, float]:
+    """(x below which exp(x) rounds to 0.0, x above which exp(x) overflows)."""
+    fi = torch.finfo(dtype)
+    smallest_subnormal = fi.tiny * fi.eps
+    return math.log(smallest_subnormal / 2), math.log(fi.max)
+
+
+def tensor_stats(t: torch.Tensor) -> dict[str, Any]:
+    """Shape, dtype and value statistics of a tensor that survive NaN/Inf.
+
+    ``min``/``max`` are over the finite elements (``None`` when there are none); the
+    counts are ``zeros``, ``negative``, ``nan``, ``posinf``, ``neginf`` and ``subnormal``.
+
+    >>> tensor_stats(torch.tensor([0.0, -1.0, float("nan"), float("inf")]))["nan"]
+    1
+    """
+    with torch.no_grad():
+        x = t.detach()
+        out: dict[str, Any] = {"shape": list(x.shape), "dtype": _dtype_name(x.dtype), "numel": x.numel()}
+        empty = {"min": None, "max": None, "zeros": 0, "negative": 0, "nan": 0, "posinf": 0, "neginf": 0,
+                 "subnormal": 0}
+        if x.numel() == 0 or x.is_complex() or x.layout != torch.strided or x.device.type == "meta":
+            out.update(empty)
+            return out
+        if x.dtype == torch.bool:
+            n_true = int(x.sum())
+            out.update(empty)
+            out.update({"min": 0.0 if n_true < x.numel() else 1.0, "max": 1.0 if n_true else 0.0,
+                        "zeros": x.numel() - n_true})
+            return out
+        if not x.is_floating_point():
+            lo, hi = torch.aminmax(x)
+            out.update(empty)
+            out.update({"min": float(lo), "max": float(hi), "zeros": int((x == 0).sum()),
+                        "negative": int((x < 0).sum())})
+            return out
+        finite = torch.isfinite(x)
+        tiny = torch.finfo(x.dtype).tiny
+        counts = torch.stack([
+            (x == 0).sum(), (x < 0).sum(), torch.isnan(x).sum(), (x == _INF).sum(), (x == -_INF).sum(),
+            ((x != 0) & (x.abs() < tiny)).sum(), finite.sum(),
+        ]).tolist()
+        if counts[6]:
+            lo, hi = torch.aminmax(x[finite])
+            lo, hi = float(lo), float(hi)
+        else:
+            lo = hi = None
+        out.update({"min": lo, "max": hi, "zeros": counts[0], "negative": counts[1], "nan": counts[2],
+                    "posinf": counts[3], "neginf": counts[4], "subnormal": counts[5]})
+        return out
+
+
+def _json_safe(value: Any) -> Any:
+    """Replace non-finite floats by the strings "NaN", "Infinity", "-Infinity"."""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        if math.isinf(value):
+            return "Infinity" if value > 0 else "-Infinity"
+        return value
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _n(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _fmt(x: float) -> str:
+    if x is None:
+        return "-"
+    if x == 0 or (1e-3 <= abs(x) < 1e5):
+        return f"{x:.4g}"
+    return f"{x:.3g}"
+
+
+def _stats_line(s: dict[str, Any] | None) -> str:
+    if not s:
+        return "(freed)"
+    head = f"{s.get('dtype', '?')}{s.get('shape', '?')}"
+    if "min" not in s:
+        return head
+    parts = [f"min {_fmt(s['min'])}", f"max {_fmt(s['max'])}", f"zeros {s['zeros']}", f"negative {s['negative']}"]
+    for key in ("nan", "posinf", "neginf", "subnormal"):
+        if s.get(key):
+            parts.append(f"{key} {s[key]}")
+    return f"{head} " + ", ".join(parts)
+
+
+def _format_source(src: tuple[str, int] | None) -> str | None:
+    if src is None:
+        return None
+    filename, lineno = src
+    code = linecache.getline(filename, lineno).strip()
+    shown = filename
+    try:
+        rel = os.path.relpath(filename)
+        if not rel.startswith(".."):
+            shown = rel
+    except ValueError:
+        pass
+    return f"{shown}:{lineno}  {code}" if code else f"{shown}:{lineno}"
+
+
+# ----------------------------------------------------------------------------------------
+# public records
+
+
+@dataclasses.dataclass
+class ChainLink:
+    """One op of the root-cause chain (first link: the first non-finite op)."""
+
+    op: str
+    phase: str
+    detail: str
+    stats: dict[str, Any] | None = None
+    kind: str | None = None  # a precursor kind, "mask", "allowed_inf", "input", or None (carried)
+    backward_node: str | None = None
+    module: str | None = None
+    source: str | None = None
+
+    @property
+    def short(self) -> str:
+        if self.op == "input":
+            return "input"
+        parts = self.op.split(".")
+        return parts[1] if len(parts) > 1 else self.op
+
+    def __str__(self) -> str:
+        name = self.short
+        if self.kind in PRECURSOR_KINDS:
+            name = f"{name} {self.kind}"
+        return f"{name} ({self.detail})" if self.detail else name
+
+    def to_dict(self) -> dict[str, Any]:
+        return _json_safe(dataclasses.asdict(self))
+
+
+@dataclasses.dataclass
+class Precursor:
+    """A finite result that is silently wrong (underflow, overflow, cancellation, empty set)."""
+
+    kind: str
+    op: str
+    phase: str
+    detail: str
+    count: int
+    index: int  # position of the op in the traced sequence (first occurrence)
+    backward_node: str | None = None
+    module: str | None = None
+    source: str | None = None
+    occurrences: int = 1
+
+    def __str__(self) -> str:
+        where = f" at {self.source}" if self.source else ""
+        times = f" (×{self.occurrences})" if self.occurrences > 1 else ""
+        return f"{self.kind} in {self.op} ({self.phase}){where}: {self.detail}{times}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return _json_safe(dataclasses.asdict(self))
+
+
+@dataclasses.dataclass
+class Finding:
+    """The first op that produced NaN/Inf from finite values, and why.
+
+    ``to_dict()`` is JSON-safe: non-finite floats are written as the strings ``"NaN"``,
+    ``"Infinity"`` and ``"-Infinity"``, so ``json.dumps(d, allow_nan=False)`` works and
+    ``json.loads(json.dumps(d)) == d``.
+    """
+
+    op: str
+    phase: str
+    backward_node: str | None
+    module: str | None
+    source: str | None
+    inputs: list[dict[str, Any]]
+    output: dict[str, Any]
+    pattern: str
+    detail: str
+    chain: list[ChainLink]
+    root_cause: dict[str, str]
+    precursors: list[Precursor]
+    index: int = 0
+
+    @property
+    def short(self) -> str:
+        parts = self.op.split(".")
+        return parts[1] if len(parts) > 1 else self.op
+
+    def chain_text(self) -> str:
+        """The chain on one line, first non-finite op first: ``div (...) ← sum (...) ← ...``."""
+        return " ← ".join(str(link) for link in self.chain)
+
+    def __str__(self) -> str:
+        lines = [self.chain_text()]
+        where = f"{self.phase}" + (f" in {self.backward_node}" if self.backward_node else "")
+        lines.append(f"first non-finite: {self.op} ({where})"
+                     + (f", module {self.module}" if self.module else ""))
+        if self.source:
+            lines.append(f"  at {self.source}")
+        lines.append(f"pattern: {self.detail}")
+        rc = self.root_cause
+        lines.append(f"root cause: {rc['kind']} at {rc['op']}: {rc['detail']}")
+        for s in self.inputs:
+            lines.append(f"  input {s.get('arg', '?')}: {_stats_line(s)}")
+        lines.append(f"  output: {_stats_line(self.output)}")
+        for link in self.chain[1:]:
+            if link.source:
+                lines.append(f"  {link.short} at {link.source}")
+        if self.precursors:
+            lines.append(f"precursors ({len(self.precursors)}):")
+            lines.extend(f"  {p}" for p in self.precursors[:10])
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {
+            "op": self.op,
+            "short": self.short,
+            "phase": self.phase,
+            "backward_node": self.backward_node,
+            "module": self.module,
+            "source": self.source,
+            "index": self.index,
+            "pattern": self.pattern,
+            "detail": self.detail,
+            "inputs": self.inputs,
+            "output": self.output,
+            "chain": [link.to_dict() for link in self.chain],
+            "chain_text": self.chain_text(),
+            "root_cause": dict(self.root_cause),
+            "precursors": [p.to_dict() for p in self.precursors],
+        }
+        return _json_safe(d)
+
+
+@dataclasses.dataclass
+class TraceResult:
+    """What :func:`trace_call` saw: the value, the first finding (or None) and precursors.
+
+    ``bool(result)`` is True when something non-finite happened.
+    """
+
+    value: Any
+    finding: Finding | None
+    findings: list[Finding]
+    precursors: list[Precursor]
+    precursors_dropped: int = 0
+
+    def __bool__(self) -> bool:
+        return self.finding is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return _json_safe({
+            "finding": None if self.finding is None else self.finding.to_dict(),
+            "findings": [f.to_dict() for f in self.findings],
+            "precursors": [p.to_dict() for p in self.precursors],
+            "precursors_dropped": self.precursors_dropped,
+        })
+
+
+# ----------------------------------------------------------------------------------------
+# internal event graph
+
+
+class _Event:
+    """What produced a tainted tensor (internal; never holds the output tensor strongly)."""
+
+    __slots__ = ("index", "op", "phase", "node", "module", "src", "kind", "detail", "taint", "inputs",
+                 "shape", "dtype", "stats", "ref", "extra", "elementwise", "__weakref__")
+
+    def __init__(self, index, op, phase, node, module, src, kind, detail, taint, inputs, out, elementwise):
+        self.index = index
+        self.op = op
+        self.phase = phase
+        self.node = node
+        self.module = module
+        self.src = src
+        self.kind = kind
+        self.detail = detail
+        self.taint = taint
+        self.inputs = inputs  # tuple of (arg position, _Event)
+        self.elementwise = elementwise
+        self.stats = None
+        self.extra = None
+        if out is not None:
+            self.shape = tuple(out.shape)
+            self.dtype = out.dtype
+            try:
+                self.ref = weakref.ref(out)
+            except TypeError:
+                self.ref = None
+        else:
+            self.shape = None
+            self.dtype = None
+            self.ref = None
+
+
+_MAX_HELD = 16  # candidates whose tensors are kept for a later analysis
+
+
+class _Candidate:
+    """NaN/Inf produced from finite values, kept until it is used (then analysed) or dropped."""
+
+    __slots__ = ("info", "func", "args", "kwargs", "out", "tainted", "leaf_bad", "index", "phase", "bnode",
+                 "module", "src", "n_nan", "n_inf", "precursors", "versions", "finding")
+
+    def __init__(self, info, func, args, kwargs, out, tainted, leaf_bad, index, phase, bnode, module, src,
+                 n_nan, n_inf, precursors):
+        self.info, self.func, self.args, self.kwargs, self.out = info, func, args, kwargs, out
+        self.tainted, self.leaf_bad, self.index = tainted, leaf_bad, index
+        self.phase, self.bnode, self.module, self.src = phase, bnode, module, src
+        self.n_nan, self.n_inf, self.precursors = n_nan, n_inf, precursors
+        self.versions = [(t, t._version) for _, t in _flat_tensors(args, kwargs) if not t.is_inference()]
+        self.finding: Finding | None = None
+
+    def modified(self) -> bool:
+        return any(t._version != v for t, v in self.versions if t is not self.out)
+
+    def drop(self) -> None:
+        """Release the tensors (the analysis then only reports counts)."""
+        self.args, self.kwargs, self.out, self.versions = (), {}, None, []
+
+    def light(self) -> Finding:
+        detail = (f"{self.n_nan} NaN and {self.n_inf} ±inf appeared here but never reached a non-finite "
+                  f"result (masked out or absorbed)")
+        src = _format_source(self.src)
+        first = ChainLink(self.info.name, self.phase, detail, None, "source", self.bnode, self.module, src)
+        return Finding(self.info.name, self.phase, self.bnode, self.module, src, [], {}, "discarded", detail,
+                       [first], {"op": self.info.name, "kind": "unknown", "detail": detail}, self.precursors,
+                       self.index)
+
+
+def _root_eligible(ev: _Event) -> bool:
+    return ev.kind in PRECURSOR_KINDS or ev.kind == "input"
+
+
+class _Mode(TorchDispatchMode):
+    def __init__(self, tracer: Tracer) -> None:
+        super().__init__()
+        self.tracer = tracer
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if kwargs is None:
+            kwargs = {}
+        out = func(*args, **kwargs)
+        tracer = self.tracer
+        if tracer._live:
+            try:
+                tracer._observe(func, args, kwargs, out)
+            except Exception as exc:  # never break the user's computation
+                tracer._give_up(func, exc)
+        return out
+
+
+def _flat_tensors(args, kwargs):
+    """(position or keyword, tensor) for every tensor argument, one level of lists flattened."""
+    for i, a in enumerate(args):
+        if isinstance(a, torch.Tensor):
+            yield i, a
+        elif isinstance(a, (list, tuple)):
+            for b in a:
+                if isinstance(b, torch.Tensor):
+                    yield i, b
+    for k, a in kwargs.items():
+        if isinstance(a, torch.Tensor):
+            yield k, a
+        elif isinstance(a, (list, tuple)):
+            for b in a:
+                if isinstance(b, torch.Tensor):
+                    yield k, b
+
+
+def _scalar_value(a) -> float | None:
+    if isinstance(a, (int, float)) and not isinstance(a, bool):
+        return float(a)
+    if isinstance(a, torch.Tensor) and a.numel() == 1 and a.dim() == 0 and (a.is_floating_point()):
+        return float(a)
+    return None
+
+
+def _as_operand(a, like: torch.Tensor) -> torch.Tensor:
+    if isinstance(a, torch.Tensor):
+        return a.to(like.dtype) if a.dtype != like.dtype else a
+    return torch.as_tensor(a, dtype=like.dtype, device=like.device)
+
+
+def _broadcast(t: torch.Tensor, shape) -> torch.Tensor | None:
+    try:
+        return torch.broadcast_to(t, shape)
+    except RuntimeError:
+        return None
+
+
+def _positions_for(pos: torch.Tensor | None, shape) -> torch.Tensor | None:
+    """Map a bool mask over an op's output to one of its (broadcast) inputs."""
+    if pos is None:
+        return None
+    shape = tuple(shape)
+    if tuple(pos.shape) == shape:
+        return pos
+    try:
+        return pos.to(torch.int32).sum_to_size(shape) > 0
+    except RuntimeError:
+        return None
+
+
+def _reduce_dims(args, kwargs, ndim: int) -> tuple[list[int], bool]:
+    dim = args[1] if len(args) > 1 else kwargs.get("dim")
+    keepdim = bool(args[2]) if len(args) > 2 else bool(kwargs.get("keepdim", False))
+    if isinstance(dim, int):
+        dim = [dim]
+    if dim is None or len(dim) == 0:
+        return list(range(ndim)), keepdim
+    return [d % max(ndim, 1) for d in dim], keepdim
+
+
+# ----------------------------------------------------------------------------------------
+# the tracer
+
+
+class Tracer:
+    """Trace every ATen op run inside the ``with`` block (forward and backward).
+
+    Keyword-only arguments:
+
+    ``model``
+        an ``nn.Module`` whose qualified names (``encoder.0``) name the module an op ran in
+        and the parameters a non-finite input came from. Without it, the outermost module
+        called in the block names its submodules (the root shows as ``<ClassName>``).
+    ``allow``
+        more ops allowed to write ±inf on purpose: names (``"aten.log"``, ``"aten.log.default"``
+        or ``"log"``) and/or predicates ``f(func, args, kwargs) -> bool``. Added to
+        :data:`DEFAULT_ALLOW`, whose ops are only allowed when a scalar argument is ±inf.
+    ``sources``
+        record the forward source line of every autograd node (a short frame walk per op that
+        builds one), so that a backward finding names the forward line that created its node.
+        Forward findings always get their line.
+    ``stop_at_first``
+        stop analysing after the first finding (the rest of the block runs unobserved).
+        With False every independent NaN/Inf source becomes a finding (``findings``).
+    ``max_precursors``
+        distinct precursors kept (repeats of the same op/kind/line are counted in
+        ``occurrences``); the rest are counted in ``precursors_dropped``.
+    ``cancellation_bits``
+        flag an add/sub that loses at least this many significand bits (default: half the
+        dtype's significand, 12 for float32, 26 for float64).
+
+    After the block: ``finding`` (the first :class:`Finding` or None), ``findings``,
+    ``precursors``, ``precursors_dropped``. Entering again starts a fresh trace.
+    """
+
+    def __init__(self, *, model: torch.nn.Module | None = None, allow: Iterable[str | Callable] = (),
+                 sources: bool = True, stop_at_first: bool = True, max_precursors: int = 100,
+                 cancellation_bits: int | None = None) -> None:
+        self.model = model
+        if isinstance(allow, (str, bytes)) or callable(allow):
+            allow = (allow,)
+        allow = tuple(allow)
+        self._allow_names_default = frozenset(DEFAULT_ALLOW)
+        self._allow_names_user = frozenset(a for a in allow if isinstance(a, str))
+        self._allow_preds = tuple(a for a in allow if callable(a) and not isinstance(a, str))
+        self.sources = bool(sources)
+        self.stop_at_first = bool(stop_at_first)
+        self.max_precursors = int(max_precursors)
+        self.cancellation_bits = cancellation_bits
+        self.finding: Finding | None = None
+        self.findings: list[Finding] = []
+        self.precursors: list[Precursor] = []
+        self.precursors_dropped = 0
+        self._live = False
+        self._mode: _Mode | None = None
+        self._infos: dict[Any, _OpInfo] = {}
+        self._reset()
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def _reset(self) -> None:
+        self.finding = None
+        self.findings = []
+        self.precursors = []
+        self.precursors_dropped = 0
+        self._precursor_keys: dict[tuple, Precursor] = {}
+        self._candidates: list[_Candidate] = []
+        self._map = WeakIdKeyDictionary()
+        self._index = 0
+        self._pending = None
+        self._modstack: list[str] = []
+        self._modnames: dict[int, str] = {}
+        self._paramnames: dict[int, str] = {}
+        self._keepalive: list[Any] = []
+        self._internal_cache: dict[str, bool] = {}
+        self._handles: list[Any] = []
+        self._gave_up = False
+        if self.model is not None:
+            self._register_root(self.model)
+
+    def __enter__(self) -> Tracer:
+        self._reset()
+        mm = torch.nn.modules.module
+        self._handles = [
+            mm.register_module_forward_pre_hook(self._pre_hook),
+            mm.register_module_forward_hook(self._post_hook, always_call=True),
+        ]
+        self._mode = _Mode(self)
+        self._mode.__enter__()
+        self._live = True
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._live = False
+        try:
+            if self._mode is not None:
+                self._mode.__exit__(exc_type, exc, tb)
+        finally:
+            self._mode = None
+            for h in self._handles:
+                h.remove()
+            self._handles = []
+            if self._pending is not None:
+                try:
+                    self._flush_pending()
+                except Exception:
+                    self._pending = None
+            self._modstack = []
+
+    def _release(self) -> None:
+        """Drop the provenance map, held tensors and module tables (after the caller is done)."""
+        for c in self._candidates:
+            c.drop()
+        self._map = WeakIdKeyDictionary()
+        self._keepalive = []
+        self._modnames = {}
+        self._paramnames = {}
+
+    def _give_up(self, func, exc: Exception) -> None:
+        self._live = False
+        if not self._gave_up:
+            self._gave_up = True
+            warnings.warn(f"stablenca.trace: stopped tracing at {func}: {type(exc).__name__}: {exc}",
+                          RuntimeWarning, stacklevel=3)
+
+    # -- modules --------------------------------------------------------------------------
+
+    def _register_root(self, root: torch.nn.Module) -> None:
+        self._keepalive.append(root)
+        for name, m in root.named_modules():
+            self._modnames.setdefault(id(m), name if name else f"<{type(root).__name__}>")
+        for name, p in root.named_parameters():
+            self._paramnames.setdefault(id(p), name)
+
+    def _pre_hook(self, module, args) -> None:
+        name = self._modnames.get(id(module))
+        if name is None:
+            if not self._modstack:
+                self._register_root(module)
+                name = self._modnames.get(id(module))
+            if name is None:
+                name = f"<{type(module).__name__}>"
+        self._modstack.append(name)
+
+    def _post_hook(self, module, args, output) -> None:
+        if self._modstack:
+            self._modstack.pop()
+
+    # -- sources --------------------------------------------------------------------------
+
+    def _user_src(self) -> tuple[str, int] | None:
+        f = sys._getframe(1)
+        cache = self._internal_cache
+        while f is not None:
+            fn = f.f_code.co_filename
+            internal = cache.get(fn)
+            if internal is None:
+                absfn = os.path.abspath(fn) if not fn.startswith("<") else fn
+                internal = absfn.startswith(_TORCH_DIR) or absfn == _THIS_FILE or fn.startswith("<frozen")
+                cache[fn] = internal
+            if not internal:
+                return fn, f.f_lineno
+            f = f.f_back
+        return None
+
+    def _flush_pending(self) -> None:
+        outs, info = self._pending
+        self._pending = None
+        for o in outs:
+            gf = o.grad_fn
+            if gf is not None:
+                md = gf.metadata
+                if _SOURCE_KEY not in md:
+                    md[_SOURCE_KEY] = info
+
+    # -- the per-op observer --------------------------------------------------------------
+
+    def _observe(self, func, args, kwargs, out) -> None:
+        info = self._infos.get(func)
+        if info is None:
+            info = self._infos[func] = _OpInfo(func)
+        self._index += 1
+        if self._pending is not None:
+            self._flush_pending()
+        cat = info.cat
+        mapping = self._map
+        if cat == _C_VIEW:
+            if mapping.data and args and isinstance(args[0], torch.Tensor):
+                ev = self._lookup(args[0])
+                if ev is not None:
+                    if isinstance(out, torch.Tensor):
+                        mapping[out] = ev
+                    elif isinstance(out, (tuple, list)):
+                        for o in out:
+                            if isinstance(o, torch.Tensor):
+                                mapping[o] = ev
+            return
+        if cat == _C_SKIP:
+            if self._candidates and info.short == "_local_scalar_dense" and isinstance(args[0], torch.Tensor):
+                ev = self._lookup(args[0])
+                if ev is not None and ev.taint & _BAD:
+                    self._confirm((ev.extra or {}).get("origins", ()))
+            return
+
+        if isinstance(out, torch.Tensor):
+            outs = (out,)
+        elif isinstance(out, (tuple, list)):
+            outs = tuple(o for o in out if isinstance(o, torch.Tensor))
+        else:
+            outs = ()
+        if not outs and info.written:
+            outs = tuple(t for i, t in _flat_tensors(args, kwargs) if i in info.written)
+
+        node = torch._C._current_autograd_node()
+        if self.sources and node is None and torch.is_grad_enabled():
+            for _, a in _flat_tensors(args, kwargs):
+                if a.requires_grad:
+                    self._pending = (outs, (self._user_src(), self._modstack[-1] if self._modstack else None))
+                    break
+
+        finite = True
+        lo = None  # None: no floating output; else the output's minimum (|output| for mul/div/pow)
+        isfinite = math.isfinite
+        for o in outs:
+            if o.dtype.is_floating_point and o.numel():
+                if cat == _C_UF_POS or cat == _C_UF_SIGNED:
+                    lo_t, hi_t = torch.aminmax(o.abs() if cat == _C_UF_SIGNED else o)
+                    lo = lo_t.item()
+                    if not (isfinite(lo) and isfinite(hi_t.item())):
+                        finite = False
+                else:
+                    # A finite sum proves every element finite (one NaN/inf poisons it); a
+                    # non-finite sum may be an overflow of the sum itself: check exactly.
+                    lo = 0.0
+                    if not isfinite(o.sum().item()):
+                        lo_t, hi_t = torch.aminmax(o)
+                        if not (isfinite(lo_t.item()) and isfinite(hi_t.item())):
+                            finite = False
+
+        tainted = self._tainted(args, kwargs) if mapping.data else None
+
+        if not finite:
+            self._nonfinite(info, func, node, args, kwargs, outs, tainted)
+            return
+        if lo is None and not tainted:
+            return  # no floating output
+
+        ev = None
+        if cat == _C_UF_POS:
+            if lo is not None and lo < _tiny(outs[0].dtype):
+                ev = self._check_underflow(info, node, args, kwargs, outs[0], tainted, lo)
+        elif cat == _C_UF_SIGNED:
+            ev = self._check_mask_mul(info, node, args, outs[0], tainted)
+            if ev is None and lo is not None and lo < _tiny(outs[0].dtype):
+                ev = self._check_underflow(info, node, args, kwargs, outs[0], tainted, lo)
+        elif cat == _C_CANCEL:
+            if lo is not None:
+                ev = self._check_cancellation(info, node, args, kwargs, outs[0], tainted)
+        elif cat == _C_REDUCE:
+            if node is None and lo is not None:
+                ev = self._check_empty_reduction(info, node, args, kwargs, outs[0], tainted)
+        elif cat == _C_MASK:
+            if lo is not None:
+                ev = self._check_mask_op(info, node, args, kwargs, outs[0], tainted)
+        if ev is None and tainted:
+            ev = self._propagate_finite(info, node, outs, tainted)
+        if ev is not None:
+            self._map_outs(info, outs, ev)
+        elif tainted:
+            for o in outs:  # an in-place op may have cleaned a tainted tensor
+                if o in mapping:
+                    del mapping[o]
+
+    # -- provenance -----------------------------------------------------------------------
+
+    def _map_outs(self, info, outs, ev: _Event) -> None:
+        mapping = self._map
+        for o in outs:
+            mapping[o] = ev
+            if info.written:  # an in-place write into a view also changes its base
+                base = o._base
+                if base is not None:
+                    mapping[base] = ev
+
+    def _lookup(self, t: torch.Tensor) -> _Event | None:
+        ev = self._map.get(t)
+        if ev is None:
+            base = t._base
+            if base is not None:
+                ev = self._map.get(base)
+        return ev
+
+    def _tainted(self, args, kwargs) -> list[tuple[int, _Event]]:
+        found = []
+        for i, a in _flat_tensors(args, kwargs):
+            ev = self._lookup(a)
+            if ev is not None:
+                found.append((i, ev))
+        return found
+
+    def _where(self, node) -> tuple[str, str | None, str | None, tuple | None]:
+        """(phase, backward node name, module, raw source) for an op being observed now."""
+        if node is not None:
+            meta = None
+            try:
+                meta = node.metadata.get(_SOURCE_KEY)
+            except Exception:
+                meta = None
+            src, module = meta if meta else (None, None)
+            return "backward", node.name(), module, src
+        module = self._modstack[-1] if self._modstack else None
+        return "forward", None, module, self._user_src()
+
+    def _event(self, info, node, kind, detail, taint, inputs, out, stats=False) -> _Event:
+        phase, bnode, module, src = self._where(node)
+        ev = _Event(self._index, info.name, phase, bnode, module, src, kind, detail, taint,
+                    tuple(inputs or ()), out, info.elementwise)
+        if stats and out is not None:
+            ev.stats = tensor_stats(out)
+        return ev
+
+    def _precursor(self, ev: _Event, count: int) -> None:
+        source = _format_source(ev.src)
+        key = (ev.kind, ev.op, ev.phase, ev.node, ev.module, source)
+        p = self._precursor_keys.get(key)
+        if p is not None:
+            p.occurrences += 1
+            return
+        if len(self.precursors) >= self.max_precursors:
+            self.precursors_dropped += 1
+            return
+        p = Precursor(ev.kind, ev.op, ev.phase, ev.detail, int(count), ev.index, ev.node, ev.module, source)
+        self._precursor_keys[key] = p
+        self.precursors.append(p)
+
+    @staticmethod
+    def _taint_of(tainted, bits) -> list[tuple[int, _Event]]:
+        return [(i, ev) for i, ev in (tainted or ()) if ev.taint & bits]
+
+    # -- precursor checks (finite outputs) ------------------------------------------------
+
+    def _check_underflow(self, info, node, args, kwargs, out, tainted, lo) -> _Event | None:
+        base = info.base
+        dtype = out.dtype
+        tiny = torch.finfo(dtype).tiny
+        x = args[0]
+        if base in _UF_POS and isinstance(x, torch.Tensor) and x.shape == out.shape:
+            # Cheap pre-check: exact zeros that an infinite input explains (a mask) are fine.
+            masked = (x == _INF) if base == "erfc" else (x == -_INF)
+            if int((out < tiny).sum()) == int(masked.sum()):
+                return None
+        if base not in _UF_POS and lo == 0.0:
+            # Cheap pre-check: zeros explained by a zero (or infinite divisor) operand are fine.
+            operands = self._binary_operands(info, args, kwargs, out)
+            if operands is None:
+                return None
+            (_, a), (_, b) = operands
+            if base == "mul":
+                explained = (a == 0) | (b == 0)
+            elif base == "div":
+                explained = (a == 0) | torch.isinf(b)
+            else:
+                explained = (a == 0) | torch.isinf(b)
+            explained = _broadcast(explained, out.shape)
+            if explained is None or int((out == 0).sum()) == int(explained.sum()):
+                return None
+        zero = out == 0
+        sub = (out != 0) & (out.abs() < tiny)
+        if base in ("exp", "exp2", "sigmoid", "erfc"):
+            if not isinstance(x, torch.Tensor):
+                return None
+            uf = zero & torch.isfinite(x)
+            n = int(uf.sum())
+            n_sub = int(sub.sum())
+            if n == 0 and n_sub == 0:
+                return None
+            lo_x, hi_x = (float(v) for v in torch.aminmax(x[uf])) if n else (None, None)
+            limit = _exp_limits(dtype)[0]
+            if base == "exp2":
+                limit = limit / math.log(2)
+            if n:
+                if base in ("exp", "exp2"):
+                    detail = (f"{_n(n, 'finite input')} → 0.0: x ≤ {_fmt(hi_x)} ({_dtype_name(dtype)} {base}(x) "
+                              f"rounds to 0.0 below {limit:.2f})")
+                else:
+                    detail = f"{_n(n, 'finite input')} → 0.0 (x from {_fmt(lo_x)} to {_fmt(hi_x)})"
+            else:
+                detail = f"no exact zeros"
+            if n_sub:
+                detail += f"; {n_sub} subnormal outputs"
+        elif base == "_softmax":
+            if not isinstance(x, torch.Tensor):
+                return None
+            dim = args[1] if len(args) > 1 else -1
+            fin = torch.isfinite(x)
+            uf = zero & fin
+            n = int(uf.sum())
+            n_sub = int(sub.sum())
+            if n == 0 and n_sub == 0:
+                return None
+            if n:
+                gap = (torch.amax(x.masked_fill(~fin, -_INF), dim=dim, keepdim=True) - x)[uf]
+                detail = (f"{n} of {out.numel()} entries → 0.0 from finite logits (gap to the row max "
+                          f"≥ {_fmt(float(gap.min()))}; {_dtype_name(dtype)} exp rounds to 0.0 beyond "
+                          f"{-_exp_limits(dtype)[0]:.2f})")
+            else:
+                detail = "no exact zeros"
+            if n_sub:
+                detail += f"; {n_sub} subnormal outputs"
+        else:  # mul, div, pow
+            operands = self._binary_operands(info, args, kwargs, out)
+            if operands is None:
+                return None
+            (_, a), (_, b) = operands
+            a = _broadcast(a, out.shape)
+            b = _broadcast(b, out.shape)
+            if a is None or b is None:
+                return None
+            if base == "pow":
+                ok = (a != 0) & torch.isfinite(a) & torch.isfinite(b)
+            else:
+                ok = (a != 0) & (b != 0) & torch.isfinite(a) & torch.isfinite(b)
+            uf = zero & ok
+            n = int(uf.sum())
+            n_sub = int((sub & ok).sum())
+            if n == 0 and n_sub == 0:
+                return None
+            sym = {"mul": "×", "div": "/", "pow": "^"}[base]
+            if n:
+                idx = int(uf.reshape(-1).nonzero()[0])
+                ex = f"{_fmt(float(a.reshape(-1)[idx]))} {sym} {_fmt(float(b.reshape(-1)[idx]))}"
+                detail = f"{n} results of finite non-zero operands → 0.0 (e.g. {ex})"
+            else:
+                detail = "no exact zeros"
+            if n_sub:
+                detail += f"; {n_sub} subnormal outputs"
+        ev = self._event(info, node, "underflow", detail, _ZERO if n else _INEXACT,
+                         self._taint_of(tainted, _INEXACT | _ZERO), out, stats=True)
+        if not n:
+            ev.extra = {"hops": _INEXACT_HOPS}
+        self._precursor(ev, n or n_sub)
+        return ev
+
+    def _binary_operands(self, info, args, kwargs, out):
+        """((argpos, a), (argpos, b)) as tensors for a binary arithmetic op, b scaled by alpha/sign."""
+        base = info.base
+        if base == "reciprocal":
+            return (-1, torch.ones((), dtype=out.dtype, device=out.device)), (0, args[0])
+        if len(args) < 2:
+            return None
+        if base == "rsub":  # other - alpha * self
+            alpha = args[2] if len(args) > 2 else kwargs.get("alpha", 1)
+            a = _as_operand(args[1], out)
+            b = _as_operand(args[0], out) * (-alpha)
+            return (1, a), (0, b)
+        a = _as_operand(args[0], out)
+        b = _as_operand(args[1], out)
+        if base in ("add", "sub"):
+            alpha = args[2] if len(args) > 2 else kwargs.get("alpha", 1)
+            if base == "sub":
+                alpha = -alpha
+            if alpha != 1:
+                b = b * alpha
+        return (0, a), (1, b)
+
+    def _cancel_bits(self, dtype) -> int:
+        if self.cancellation_bits is not None:
+            return int(self.cancellation_bits)
+        return _significand_bits(dtype) // 2
+
+    def _check_cancellation(self, info, node, args, kwargs, out, tainted) -> _Event | None:
+        bits = self._cancel_bits(out.dtype)
+        k = 2.0 ** bits - 1.0
+        if info.base == "rsub":
+            alpha = args[2] if len(args) > 2 else kwargs.get("alpha", 1)
+            first = args[0]
+            scale = abs(float(alpha)) if alpha else 0.0
+        else:
+            first = args[0]
+            scale = 1.0
+        if scale == 0.0:
+            return None
+        if isinstance(first, torch.Tensor):
+            if not bool(torch.gt(first.abs() * scale, out.abs() * k).any()):
+                return None
+        else:
+            return None
+        operands = self._binary_operands(info, args, kwargs, out)
+        if operands is None:
+            return None
+        (_, a), (_, b) = operands
+        a = _broadcast(a, out.shape)
+        b = _broadcast(b, out.shape)
+        if a is None or b is None:
+            return None
+        m = torch.maximum(a.abs(), b.abs())
+        valid = torch.isfinite(a) & torch.isfinite(b) & (m > 0)
+        r = out.abs()
+        total = valid & (r == 0)
+        with_bits = valid & (r > 0)
+        lost = torch.where(with_bits, torch.log2(m / torch.where(with_bits, r, torch.ones_like(r))),
+                           torch.zeros_like(r))
+        flagged = total | (with_bits & (lost >= bits))
+        n = int(flagged.sum())
+        if n == 0:
+            return None
+        n_total = int(total.sum())
+        p = _significand_bits(out.dtype)
+        op_sym = "+"
+        if n_total:
+            idx = int(total.reshape(-1).nonzero()[0])
+        else:
+            idx = int(torch.where(with_bits, lost, torch.full_like(lost, -1)).reshape(-1).argmax())
+        av = float(a.reshape(-1)[idx])
+        bv = float(b.reshape(-1)[idx])
+        rv = float(out.reshape(-1)[idx])
+        if bv < 0:
+            op_sym, bv = "−", -bv
+        example = f"{av:.9g} {op_sym} {bv:.9g} = {rv:.9g}"
+        if n_total:
+            detail = (f"{n_total} of {out.numel()} results cancelled to exactly 0.0 (e.g. {example}): all "
+                      f"{p} significand bits lost")
+            if n > n_total:
+                detail += f"; {n - n_total} more lost ≥ {bits} bits"
+        else:
+            max_lost = float(lost[with_bits].max())
+            detail = (f"{n} of {out.numel()} results lost ≥ {bits} of {p} significand bits "
+                      f"(max {max_lost:.1f}, e.g. {example})")
+        taint = (_ZERO if n_total else 0) | _INEXACT
+        ev = self._event(info, node, "cancellation", detail, taint, self._taint_of(tainted, _ZERO | _INEXACT),
+                         out, stats=True)
+        ev.extra = {"hops": _INEXACT_HOPS}
+        self._precursor(ev, n)
+        return ev
+
+    def _check_empty_reduction(self, info, node, args, kwargs, out, tainted) -> _Event | None:
+        x = args[0]
+        if not isinstance(x, torch.Tensor):
+            return None
+        if info.full_reduction:
+            dims, keepdim = list(range(x.dim())), False
+        else:
+            dims, keepdim = _reduce_dims(args, kwargs, x.dim())
+        reduced = 1
+        for d in dims:
+            reduced *= x.shape[d] if x.dim() else 1
+        zero_in = self._taint_of(tainted, _ZERO)
+        if reduced == 0 and x.dim():
+            n = out.numel()
+            detail = f"{info.base} over 0 elements → 0.0 in {n} rows (an empty selection)"
+            ev = self._event(info, node, "empty_set", detail, _ZERO, (), out, stats=True)
+            ev.extra = {"rows_mask": torch.ones(out.shape, dtype=torch.bool), "rows_zero": None}
+            self._precursor(ev, n)
+            return ev
+        if not zero_in:
+            return None
+        out_zero = out == 0
+        if not bool(out_zero.any()):
+            return None
+        if x.dim():
+            all_zero = ~torch.any(x != 0, dim=tuple(dims), keepdim=keepdim)
+        else:
+            all_zero = x == 0
+        rows = out_zero & all_zero
+        n_rows = int(rows.sum())
+        if n_rows == 0:
+            return None
+        # Why are the rows empty: a mask that selected nothing, or zeros carried from upstream?
+        src_ev = zero_in[0][1]
+        rows_mask = rows_zero = None
+        mask_info = src_ev.extra.get("mask") if (src_ev.kind == "mask" and src_ev.extra) else None
+        if mask_info is not None:
+            mask_t, inverted = mask_info
+            sel = (mask_t == 0) if inverted else (mask_t != 0)
+            sel = _broadcast(sel, x.shape)
+            if sel is not None:
+                selected_any = torch.any(sel, dim=tuple(dims), keepdim=keepdim) if x.dim() else sel
+                rows_mask = rows & ~selected_any
+                rows_zero = rows & selected_any
+        upstream = self._upstream_kinds(src_ev)
+        if rows_mask is None:
+            if "mask" in upstream and not (upstream & {"underflow", "cancellation", "empty_set"}):
+                rows_mask, rows_zero = rows, torch.zeros_like(rows)
+            else:
+                rows_mask, rows_zero = torch.zeros_like(rows), rows
+        n_mask = int(rows_mask.sum())
+        n_zero = n_rows - n_mask
+        why = []
+        if n_mask:
+            why.append(f"the mask selected nothing in {n_mask}" if n_zero else "the mask selected nothing")
+        if n_zero:
+            cause = "underflow upstream" if "underflow" in upstream else (
+                "cancellation upstream" if "cancellation" in upstream else "zeros upstream")
+            what = f"every selected term was 0.0, {cause}"
+            why.append(f"{what} in {n_zero}" if n_mask else what)
+        detail = f"exact 0 in {n_rows} of {out.numel()} rows: " + "; ".join(why)
+        ev = self._event(info, node, "empty_set", detail, _ZERO, zero_in, out, stats=True)
+        ev.extra = {"rows_mask": rows_mask, "rows_zero": rows_zero}
+        self._precursor(ev, n_rows)
+        return ev
+
+    def _upstream_kinds(self, ev: _Event, limit: int = 64) -> set[str]:
+        kinds: set[str] = set()
+        stack = [ev]
+        seen: set[int] = set()
+        while stack and len(seen) < limit:
+            e = stack.pop()
+            if id(e) in seen:
+                continue
+            seen.add(id(e))
+            if e.kind:
+                kinds.add(e.kind)
+            stack.extend(u for _, u in e.inputs)
+        return kinds
+
+    def _mask_event(self, info, node, out, tainted, mask_t, inverted) -> _Event:
+        ev = self._event(info, node, "mask", "mask multiply" if info.base == "mul" else "mask",
+                         _ZERO, self._taint_of(tainted, _ZERO), out)
+        ev.extra = {"mask": (mask_t, inverted)}
+        return ev
+
+    def _check_mask_mul(self, info, node, args, out, tainted) -> _Event | None:
+        if info.base != "mul" or len(args) < 2:
+            return None
+        for a in args[:2]:
+            if isinstance(a, torch.Tensor) and a.dtype == torch.bool:
+                return self._mask_event(info, node, out, tainted, a, False)
+        for i, ev in tainted or ():
+            if ev.kind == "mask" and ev.extra and i in (0, 1) and ev.op.endswith("_to_copy.default"):
+                return self._mask_event(info, node, out, tainted, args[i], False)
+        return None
+
+    def _check_mask_op(self, info, node, args, kwargs, out, tainted) -> _Event | None:
+        base = info.base
+        if base == "_to_copy":
+            x = args[0]
+            if isinstance(x, torch.Tensor) and x.dtype == torch.bool and out.is_floating_point():
+                return self._mask_event(info, node, out, tainted, x, False)
+            return None
+        if base == "where" and len(args) >= 3 and isinstance(args[0], torch.Tensor):
+            for pos, inverted in ((2, False), (1, True)):
+                v = _scalar_value(args[pos]) if not (isinstance(args[pos], torch.Tensor) and args[pos].dim()) else None
+                if v == 0.0:
+                    return self._mask_event(info, node, out, tainted, args[0], inverted)
+            return None
+        if base == "masked_fill" and len(args) >= 3 and isinstance(args[1], torch.Tensor):
+            if _scalar_value(args[2]) == 0.0:
+                return self._mask_event(info, node, out, tainted, args[1], True)
+        return None
+
+    def _propagate_finite(self, info, node, outs, tainted) -> _Event | None:
+        carried = 0
+        zero_in = self._taint_of(tainted, _ZERO)
+        inputs = []
+        if zero_in:
+            for o in outs:
+                if o.dtype.is_floating_point and o.numel() and bool((o == 0).any()):
+                    carried |= _ZERO
+                    inputs.extend(zero_in)
+                    break
+        hops = 0
+        for i, ev in tainted:
+            if ev.taint & _INEXACT and ev.extra and ev.extra.get("hops", 0) > 0:
+                hops = max(hops, ev.extra["hops"] - 1)
+                if (i, ev) not in inputs:
+                    inputs.append((i, ev))
+        if hops:
+            carried |= _INEXACT
+        if not carried:
+            return None
+        out = outs[0] if outs else None
+        ev = self._event(info, node, None, "", carried, inputs, out)
+        if hops:
+            ev.extra = {"hops": hops}
+        return ev
+
+    # -- non-finite outputs ---------------------------------------------------------------
+
+    def _allowed(self, info, func, args, kwargs) -> bool:
+        if info.name in self._allow_names_user or info.packet in self._allow_names_user \
+                or info.short in self._allow_names_user:
+            return True
+        for pred in self._allow_preds:
+            if pred(func, args, kwargs):
+                return True
+        if info.packet in self._allow_names_default or info.name in self._allow_names_default:
+            for a in list(args[1:]) + list(kwargs.values()):
+                if isinstance(a, (int, float)) and not isinstance(a, bool) and math.isinf(a):
+                    return True
+        return False
+
+    def _leaf_event(self, info, node, t: torch.Tensor) -> _Event | None:
+        """An event for a non-finite tensor that was not produced under the tracer."""
+        has_nan = bool(torch.isnan(t).any())
+        if not has_nan and not bool(torch.isinf(t).any()):
+            return None
+        owner = t._base if t._base is not None else t  # a view such as weight.t() names its base
+        name = self._paramnames.get(id(owner))
+        is_param = (isinstance(owner, torch.nn.Parameter) or name is not None
+                    or (owner.is_leaf and owner.requires_grad))
+        st = tensor_stats(t)
+        what = f"parameter {name}" if name else ("a parameter" if is_param else "an input tensor")
+        if owner is not t:
+            what += " (seen through a view)"
+        counts = ", ".join(f"{st[k]} {lbl}" for k, lbl in (("nan", "NaN"), ("posinf", "+inf"),
+                                                           ("neginf", "-inf")) if st[k])
+        detail = (f"{what} {_dtype_name(t.dtype)}{list(t.shape)} already holds {counts} "
+                  f"(not produced under the tracer)")
+        bad = has_nan or is_param
+        ev = _Event(self._index, "input", "forward" if node is None else "backward", None, None, None,
+                    "input" if bad else "leaf_inf", detail, _BAD if bad else _INFOK, (), t, False)
+        ev.stats = st
+        self._map[t] = ev
+        if owner is not t:
+            self._map[owner] = ev
+        return ev
+
+    def _nonfinite(self, info, func, node, args, kwargs, outs, tainted) -> None:
+        float_outs = [o for o in outs if o.dtype.is_floating_point and o.numel()]
+        out_nan = any(bool(torch.isnan(o).any()) for o in float_outs)
+        in_bad: list[tuple[Any, _Event]] = []
+        in_inf: list[tuple[Any, _Event]] = []
+        in_nonfinite = False
+        written = info.written
+        for i, a in _flat_tensors(args, kwargs):
+            if not (a.dtype.is_floating_point and a.numel()):
+                continue
+            ev = self._lookup(a)
+            if ev is None:
+                if i in written:  # overwritten by this op: its old values are gone
+                    continue
+                lo_t, hi_t = torch.aminmax(a)
+                if math.isfinite(lo_t.item()) and math.isfinite(hi_t.item()):
+                    continue
+                ev = self._leaf_event(info, node, a)
+                if ev is None:
+                    continue
+            if ev.taint & _BAD:
+                in_nonfinite = True
+                in_bad.append((i, ev))
+            elif ev.taint & _INFOK:
+                in_nonfinite = True
+                in_inf.append((i, ev))
+        out0 = float_outs[0] if float_outs else outs[0]
+
+        if not in_nonfinite:
+            if not out_nan and self._allowed(info, func, args, kwargs):
+                ev = self._event(info, node, "allowed_inf", f"intentional ±inf ({info.short})", _INFOK, (), out0)
+                self._map_outs(info, outs, ev)
+                return
+            self._record_finding(info, func, node, args, kwargs, outs, tainted, leaf_bad=None)
+            return
+        if in_bad:
+            fresh = [(i, ev) for i, ev in in_bad if ev.kind == "input" and not (ev.extra or {}).get("origins")]
+            if fresh:
+                self._record_finding(info, func, node, args, kwargs, outs, tainted, leaf_bad=fresh)
+                return
+            ev = self._event(info, node, None, "", _BAD, in_bad, out0)
+            origins = self._origins(in_bad)
+            ev.extra = {"origins": origins}
+            self._map_outs(info, outs, ev)
+            self._confirm(origins)  # the NaN/Inf of an earlier candidate went on: it is real
+            return
+        # only intentional infinities come in
+        if out_nan or self._new_inf(info, args, kwargs, float_outs):
+            self._record_finding(info, func, node, args, kwargs, outs, tainted, leaf_bad=None)
+            return
+        kind, detail, n_rows = None, "", 0
+        if info.base in ("logsumexp", "amax", "max", "_softmax", "_log_softmax"):
+            kind, detail, n_rows = self._inf_rows(info, args, kwargs, out0)
+        ev = self._event(info, node, kind, detail, _INFOK, in_inf, out0, stats=kind is not None)
+        if kind is not None:
+            ev.extra = {"rows_zero": None}
+            self._precursor(ev, n_rows)
+        self._map_outs(info, outs, ev)
+
+    @staticmethod
+    def _origins(bad_inputs) -> tuple[Finding, ...]:
+        found: dict[int, Finding] = {}
+        for _, ev in bad_inputs:
+            for f in (ev.extra or {}).get("origins", ()):
+                found.setdefault(id(f), f)
+        return tuple(sorted(found.values(), key=lambda f: f.index))
+
+    def _confirm(self, origins) -> None:
+        for cand in origins:
+            if cand.finding is None and any(cand is c for c in self._candidates):
+                self._candidates = [c for c in self._candidates if c is not cand]
+                with torch.no_grad():
+                    cand.finding = self._build_finding(cand)
+                cand.drop()
+                self.findings.append(cand.finding)
+                if self.finding is None:
+                    self.finding = cand.finding
+        if self.finding is not None and self.stop_at_first:
+            self._live = False
+            self._pending = None
+
+    @property
+    def discarded(self) -> list[Finding]:
+        """NaN/Inf that appeared but never reached a non-finite result (masked out or absorbed).
+
+        For example ``torch.where(x > 0, torch.sqrt(x), 0)`` traced without backward, or
+        PyTorch's own ``ratio = grad / dist; ratio.masked_fill_(dist == 0, 0)`` in the
+        backward of ``cdist``. Only op, place and counts are kept for these.
+        """
+        return [c.light() for c in self._candidates]
+
+    def _lookup_tensor(self, args, kwargs, pos):
+        if isinstance(pos, int) and 0 <= pos < len(args) and isinstance(args[pos], torch.Tensor):
+            return args[pos]
+        if isinstance(pos, str) and isinstance(kwargs.get(pos), torch.Tensor):
+            return kwargs[pos]
+        return None
+
+    def _new_inf(self, info, args, kwargs, float_outs) -> bool:
+        """An elementwise op that put ±inf where all its inputs were finite (hidden overflow)."""
+        if not info.elementwise or len(float_outs) != 1:
+            return False
+        out = float_outs[0]
+        fresh = torch.isinf(out)
+        for _, a in _flat_tensors(args, kwargs):
+            if a.dtype.is_floating_point:
+                fa = _broadcast(torch.isfinite(a), out.shape)
+                if fa is None:
+                    return False
+                fresh = fresh & fa
+        return bool(fresh.any())
+
+    def _inf_rows(self, info, args, kwargs, out) -> tuple[str | None, str, int]:
+        x = args[0]
+        if not isinstance(x, torch.Tensor) or x.dim() == 0:
+            return None, "", 0
+        dim = args[1] if len(args) > 1 else kwargs.get("dim", -1)
+        dims = tuple(dim) if isinstance(dim, (list, tuple)) else (dim,)
+        if not dims:
+            dims = tuple(range(x.dim()))
+        all_neg = torch.all(x == -_INF, dim=dims)
+        n = int(all_neg.sum())
+        if n == 0:
+            return None, "", 0
+        return "empty_set", f"{info.short} over {n} rows whose every entry is -inf (masked) → -inf", n
+
+    # -- findings -------------------------------------------------------------------------
+
+    def _record_finding(self, info, func, node, args, kwargs, outs, tainted, leaf_bad) -> None:
+        """A candidate: NaN/Inf appeared here. It becomes a finding once its values go on."""
+        float_outs = [o for o in outs if o.dtype.is_floating_point and o.numel()]
+        out = float_outs[0]
+        if len(float_outs) > 1:
+            out = next((o for o in float_outs if not math.isfinite(o.sum().item())), out)
+        n_nan = int(torch.isnan(out).sum())
+        n_inf = int(torch.isinf(out).sum())
+        phase, bnode, module, src = self._where(node)
+        cand = _Candidate(info, func, args, kwargs, out, tainted, leaf_bad, self._index, phase, bnode, module,
+                          src, n_nan, n_inf, list(self.precursors))
+        ev = _Event(self._index, info.name, phase, bnode, module, src, "source",
+                    f"{n_nan} NaN, {n_inf} ±inf", _BAD, (), out, info.elementwise)
+        ev.extra = {"origins": (cand,)}
+        self._map_outs(info, outs, ev)
+        self._candidates.append(cand)
+        if len(self._candidates) > _MAX_HELD:
+            self._candidates[-_MAX_HELD - 1].drop()
+        if leaf_bad:  # the NaN/Inf of a leaf already went through this op: confirmed
+            for _, lev in leaf_bad:
+                lev.extra = {"origins": (cand,)}
+            self._confirm((cand,))
+
+    def _build_finding(self, cand: _Candidate) -> Finding:
+        """The full analysis of a confirmed candidate (statistics, pattern, chain, root cause)."""
+        info, args, kwargs, out = cand.info, cand.args, cand.kwargs, cand.out
+        phase, bnode, module, src = cand.phase, cand.bnode, cand.module, cand.src
+        n_bad = cand.n_nan + cand.n_inf
+        if out is None:  # too many candidates were pending: only the counts survive
+            detail = f"{cand.n_nan} NaN and {cand.n_inf} ±inf in the output"
+            first = ChainLink(info.name, phase, f"{detail}, {phase}" + (f" {bnode}" if bnode else ""), None,
+                              "source", bnode, module, _format_source(src))
+            return Finding(info.name, phase, bnode, module, _format_source(src), [], {}, "unknown", detail,
+                           [first], {"op": info.name, "kind": "unknown", "detail": detail}, cand.precursors,
+                           cand.index)
+        pos_nan = torch.isnan(out)
+        pos_inf = torch.isinf(out)
+        leaf_bad = cand.leaf_bad
+        if leaf_bad:
+            pattern = "NaN input" if any(ev.stats and ev.stats.get("nan") for _, ev in leaf_bad) else "inf input"
+            kind = "nonfinite_input"
+            explain = [(i, self._lookup_tensor(args, kwargs, i), _BAD, None, ev) for i, ev in leaf_bad]
+            prec = None
+        else:
+            pattern, kind, explain, prec = self._analyse(info, args, kwargs, out, pos_nan, pos_inf)
+            explain = [(i, t, need, p, None) for i, t, need, p in explain]
+        detail = f"{pattern} in {n_bad} of {out.numel()} elements"
+        if cand.modified():
+            detail += " (some inputs were modified in place before the values were used)"
+        precursors = cand.precursors
+        if prec is not None:  # the finding is itself a precursor (overflow, empty set)
+            pev = _Event(cand.index, info.name, phase, bnode, module, src, prec[0], prec[1], _BAD, (), out,
+                         info.elementwise)
+            self._precursor(pev, prec[2])
+            precursors = precursors + [p for p in self.precursors if p.index == cand.index]
+        # the chain
+        best: list[_Event] | None = None
+        for i, t, need, p, leaf_ev in explain:
+            up = leaf_ev if leaf_ev is not None else (self._lookup(t) if isinstance(t, torch.Tensor) else None)
+            if up is None or not (up.taint & need) or up.index >= cand.index:
+                continue
+            upos = _positions_for(p, up.shape) if (p is not None and up.shape is not None) else None
+            path = self._walk(up, upos, need, 0, {})
+            if best is None or self._better(path, best):
+                best = path
+        first = ChainLink(info.name, phase, f"{detail}, {phase}" + (f" {bnode}" if bnode else ""),
+                          tensor_stats(out), "source", bnode, module, _format_source(src))
+        chain = [first]
+        root = None
+        if best:
+            prev_phase = phase
+            for e in best:
+                link = self._link(e)
+                if link.phase != prev_phase:
+                    link.detail = f"{link.detail}, {link.phase}" if link.detail else link.phase
+                prev_phase = link.phase
+                chain.append(link)
+            if _root_eligible(best[-1]):
+                root = best[-1]
+        if root is not None:
+            rkind = "nonfinite_input" if root.kind == "input" else root.kind
+            root_cause = {"op": "input" if root.kind == "input" else root.op, "kind": rkind, "detail": root.detail}
+        else:
+            rdetail = detail
+            if kind == "division_by_zero":
+                rdetail = f"{detail}: the zero is an exact value with no precursor upstream"
+            if best and best[-1].kind in ("allowed_inf", "leaf_inf"):
+                origin = best[-1].op if best[-1].kind == "allowed_inf" else "an input tensor"
+                rdetail = f"{detail}; the infinities came from {origin} (intentional, allow-listed)"
+            if prec is not None:
+                rdetail = prec[1]
+            root_cause = {"op": info.name, "kind": kind, "detail": rdetail}
+        inputs = []
+        for i, a in enumerate(args):
+            if isinstance(a, torch.Tensor):
+                st = tensor_stats(a)
+                st["arg"] = info.argnames[i] if i < len(info.argnames) else str(i)
+                inputs.append(st)
+            elif isinstance(a, (list, tuple)):
+                for j, b in enumerate(a):
+                    if isinstance(b, torch.Tensor):
+                        st = tensor_stats(b)
+                        name = info.argnames[i] if i < len(info.argnames) else str(i)
+                        st["arg"] = f"{name}[{j}]"
+                        inputs.append(st)
+        for k, a in kwargs.items():
+            if isinstance(a, torch.Tensor):
+                st = tensor_stats(a)
+                st["arg"] = k
+                inputs.append(st)
+        return Finding(
+            op=info.name, phase=phase, backward_node=bnode, module=module, source=_format_source(src),
+            inputs=inputs, output=first.stats, pattern=pattern, detail=detail, chain=chain,
+            root_cause=root_cause, precursors=precursors, index=cand.index,
+        )
+
+    def _better(self, path: list[_Event], best: list[_Event]) -> bool:
+        a, b = path[-1], best[-1]
+        ra, rb = _root_eligible(a), _root_eligible(b)
+        if ra != rb:
+            return ra
+        if ra and a.index != b.index:
+            return a.index < b.index
+        return len(path) > len(best) and not rb
+
+    def _walk(self, ev: _Event, pos, need: int, depth: int, memo: dict) -> list[_Event]:
+        """The path from ``ev`` upstream to the earliest root-eligible event it can reach."""
+        key = (id(ev), need, pos is None)
+        if pos is None and key in memo:
+            return memo[key]
+        go_up = True
+        if ev.kind == "input":
+            go_up = False
+        elif ev.kind == "empty_set" and ev.extra is not None:
+            rows_zero = ev.extra.get("rows_zero")
+            if rows_zero is None:
+                go_up = False
+            elif pos is not None and tuple(pos.shape) == tuple(rows_zero.shape):
+                go_up = bool((pos & rows_zero).any())
+            else:
+                go_up = bool(rows_zero.any())
+        best: list[_Event] | None = None
+        if go_up and depth < 200:
+            for _, up in ev.inputs:
+                if not (up.taint & need):
+                    continue
+                upos = None
+                if pos is not None and ev.elementwise and up.shape == ev.shape:
+                    upos = pos
+                path = self._walk(up, upos, need, depth + 1, memo)
+                if best is None or self._better(path, best):
+                    best = path
+        if best is not None and (_root_eligible(best[-1]) or not _root_eligible(ev)):
+            result = [ev] + best
+        else:
+            result = [ev]
+        if pos is None:
+            memo[key] = result
+        return result
+
+    def _link(self, ev: _Event) -> ChainLink:
+        stats = ev.stats
+        if stats is None and ev.ref is not None:
+            t = ev.ref()
+            if t is not None:
+                stats = tensor_stats(t)
+        if stats is None:
+            stats = {"shape": list(ev.shape or ()), "dtype": _dtype_name(ev.dtype) if ev.dtype else None}
+        kind = ev.kind
+        return ChainLink(ev.op, ev.phase, ev.detail, stats, kind, ev.node, ev.module, _format_source(ev.src))
+
+    def _analyse(self, info, args, kwargs, out, pos_nan, pos_inf):
+        """(pattern, root kind if nothing upstream, [(argpos, tensor, need, positions)], precursor)."""
+        base = info.base
+        dtype = out.dtype
+        shape = out.shape
+        anyup = _ZERO | _INFOK | _BAD | _INEXACT
+
+        def cnt(m):
+            return int(m.sum())
+
+        tensors = [(i, a) for i, a in enumerate(args) if isinstance(a, torch.Tensor) and a.is_floating_point()
+                   and i not in info.written]
+        finite_inputs = all(bool(torch.isfinite(a).all()) for _, a in tensors)
+        if info.written:
+            if base == "div" and len(args) > 1:  # the divisor survives an in-place division
+                b = _broadcast(_as_operand(args[1], out), shape)
+                if b is not None and cnt((pos_nan | pos_inf) & (b == 0)):
+                    z = (pos_nan | pos_inf) & (b == 0)
+                    tb = args[1] if isinstance(args[1], torch.Tensor) else None
+                    return "x/0 (in-place)", "division_by_zero", [(1, tb, _ZERO, z)], None
+            base = "<in-place>"  # the overwritten operand is gone: only the generic analysis applies
+
+        def ov_detail(n):
+            big = 0.0
+            for _, a in tensors:
+                fa = a[torch.isfinite(a)]
+                if fa.numel():
+                    big = max(big, float(fa.abs().max()))
+            if base in ("exp", "exp2", "expm1"):
+                lim = _exp_limits(dtype)[1]
+                if base == "exp2":
+                    lim /= math.log(2)
+                return (f"{_n(n, 'finite input')} → inf (largest input {_fmt(big)}; {_dtype_name(dtype)} "
+                        f"{base}(x) overflows above {lim:.2f})")
+            return (f"{_n(n, 'finite result')} beyond ±{_fmt(torch.finfo(dtype).max)} → ±inf "
+                    f"(largest input magnitude {_fmt(big)})")
+
+        if base in ("div", "true_divide", "reciprocal"):
+            ops = self._binary_operands(info, args, kwargs, out)
+            if ops is not None:
+                (ia, a), (ib, b) = ops
+                a = _broadcast(a, shape)
+                b = _broadcast(b, shape)
+                if a is not None and b is not None:
+                    z00 = pos_nan & (a == 0) & (b == 0)
+                    zx0 = pos_inf & (b == 0) & torch.isfinite(a)
+                    iii = pos_nan & torch.isinf(a) & torch.isinf(b)
+                    ovf = pos_inf & (b != 0) & torch.isfinite(a) & torch.isfinite(b)
+                    ta = args[ia] if ia >= 0 else None
+                    tb = args[ib]
+                    if cnt(z00):
+                        ex = [(ia, ta, _ZERO, z00), (ib, tb, _ZERO, z00)]
+                        return "0/0", "division_by_zero", ex, None
+                    if cnt(zx0):
+                        return ("1/0" if base == "reciprocal" else "x/0"), "division_by_zero", \
+                            [(ib, tb, _ZERO, zx0)], None
+                    if cnt(iii):
+                        return "inf/inf", "unknown", [(ia, ta, _INFOK | _BAD, iii), (ib, tb, _INFOK | _BAD, iii)], None
+                    if cnt(ovf):
+                        d = ov_detail(cnt(ovf))
+                        return "overflow", "overflow", [(ia, ta, _INEXACT, None), (ib, tb, _INEXACT, None)], \
+                            ("overflow", d, cnt(ovf))
+        elif base in _LOG_POLE:
+            x = args[0]
+            pole = _LOG_POLE[base]
+            at_pole = pos_inf & (x == pole)
+            below = pos_nan & (x < pole)
+            if cnt(at_pole):
+                pat = "log(0)" if pole == 0 else "log1p(-1)"
+                return pat, "division_by_zero", [(0, x, _ZERO if pole == 0 else anyup, at_pole)], None
+            if cnt(below):
+                return "log(negative)", "domain", [(0, x, _INEXACT | _ZERO, below)], None
+        elif base in ("sqrt", "rsqrt"):
+            x = args[0]
+            neg = pos_nan & (x < 0)
+            if base == "rsqrt":
+                z = pos_inf & (x == 0)
+                if cnt(z):
+                    return "1/sqrt(0)", "division_by_zero", [(0, x, _ZERO, z)], None
+            if cnt(neg):
+                return f"{base}(negative)", "domain", [(0, x, _INEXACT | _ZERO, neg)], None
+        elif base == "pow":
+            ops = self._binary_operands(info, args, kwargs, out)
+            if ops is not None:
+                (ia, a), (ib, b) = ops
+                a = _broadcast(a, shape)
+                b = _broadcast(b, shape)
+                if a is not None and b is not None:
+                    ta = args[ia] if isinstance(args[ia], torch.Tensor) else None
+                    frac = pos_nan & (a < 0) & (b != torch.round(b))
+                    zneg = pos_inf & (a == 0) & (b < 0)
+                    if cnt(frac):
+                        return "pow(negative, fractional)", "domain", [(ia, ta, _INEXACT | _ZERO, frac)], None
+                    if cnt(zneg):
+                        return "0^negative", "division_by_zero", [(ia, ta, _ZERO, zneg)], None
+        elif base == "mul":
+            ops = self._binary_operands(info, args, kwargs, out)
+            if ops is not None:
+                (ia, a), (ib, b) = ops
+                a = _broadcast(a, shape)
+                b = _broadcast(b, shape)
+                if a is not None and b is not None:
+                    za = pos_nan & (a == 0) & torch.isinf(b)
+                    zb = pos_nan & torch.isinf(a) & (b == 0)
+                    ta = args[ia] if isinstance(args[ia], torch.Tensor) else None
+                    tb = args[ib] if isinstance(args[ib], torch.Tensor) else None
+                    if cnt(za) or cnt(zb):
+                        ex = []
+                        if cnt(za):
+                            ex += [(ib, tb, _INFOK | _BAD, za), (ia, ta, _ZERO, za)]
+                        if cnt(zb):
+                            ex += [(ia, ta, _INFOK | _BAD, zb), (ib, tb, _ZERO, zb)]
+                        return "0*inf", "unknown", ex, None
+        elif base in ("add", "sub", "rsub"):
+            ops = self._binary_operands(info, args, kwargs, out)
+            if ops is not None:
+                (ia, a), (ib, b) = ops
+                a = _broadcast(a, shape)
+                b = _broadcast(b, shape)
+                if a is not None and b is not None:
+                    ii = pos_nan & torch.isinf(a) & torch.isinf(b)
+                    if cnt(ii):
+                        ta = args[ia] if isinstance(args[ia], torch.Tensor) else None
+                        tb = args[ib] if isinstance(args[ib], torch.Tensor) else None
+                        return "inf-inf", "unknown", [(ia, ta, _INFOK | _BAD, ii), (ib, tb, _INFOK | _BAD, ii)], None
+        elif base in ("_softmax", "_log_softmax"):
+            x = args[0]
+            dim = args[1] if len(args) > 1 else -1
+            rows = torch.all(x == -_INF, dim=dim, keepdim=True) if x.dim() else (x == -_INF)
+            m = pos_nan & _broadcast(rows, shape)
+            if cnt(m):
+                n_rows = int(rows.sum())
+                return (f"softmax of an all -inf row ({n_rows} rows)", "empty_set",
+                        [(0, x, _INFOK | _BAD, None)],
+                        ("empty_set", f"{info.short} over {n_rows} rows whose every entry is -inf → NaN", n_rows))
+        elif base == "mean":
+            x = args[0]
+            if isinstance(x, torch.Tensor):
+                dims = list(range(x.dim())) if info.full_reduction else _reduce_dims(args, kwargs, x.dim())[0]
+                if x.dim() and any(x.shape[d] == 0 for d in dims):
+                    return ("mean of an empty set", "empty_set", [],
+                            ("empty_set", f"mean over 0 elements → NaN in {out.numel()} rows", out.numel()))
+        # generic
+        if finite_inputs:
+            n_inf = cnt(pos_inf & ~pos_nan)
+            n_nan = cnt(pos_nan)
+            if n_inf and not n_nan:
+                d = ov_detail(n_inf)
+                return "overflow", "overflow", [(i, a, _INEXACT, None) for i, a in tensors], ("overflow", d, n_inf)
+            return "NaN from finite inputs", "domain", [(i, a, _INEXACT | _ZERO, None) for i, a in tensors], None
+        if cnt(pos_nan):
+            return "NaN from infinite inputs", "unknown", [(i, a, _INFOK | _BAD, None) for i, a in tensors], None
+        n_inf = cnt(pos_inf)
+        return "overflow", "overflow", [(i, a, _INEXACT | _INFOK, None) for i, a in tensors], \
+            ("overflow", ov_detail(n_inf), n_inf)
+
+    # -- used by trace_call ----------------------------------------------------------------
+
+    def check_result(self, value: torch.Tensor, what: str = "result") -> Finding | None:
+        """Call after the block with the traced result (or a gradient): returns ``finding``.
+
+        A non-finite ``value`` confirms the candidate whose NaN/Inf it carries, or, when no op
+        was blamed (an allow-listed ±inf or an inf-only input reached it), becomes a finding
+        itself.
+        """
+        if self.finding is None and isinstance(value, torch.Tensor) and value.is_floating_point():
+            with torch.no_grad():
+                self._check_value(value, what)
+        return self.finding
+
+    def _check_value(self, value: torch.Tensor, what: str) -> None:
+        v = value.detach()
+        if v.numel() == 0 or bool(torch.isfinite(v).all()):
+            return
+        ev = self._map.get(value) or (self._map.get(value._base) if value._base is not None else None)
+        origins = (ev.extra or {}).get("origins", ()) if ev is not None else ()
+        if origins:  # the candidate's NaN/Inf is the result itself
+            self._confirm(origins[:1])
+            if self.finding is not None:
+                return
+        pos = torch.isnan(v) | torch.isinf(v)
+        pattern = f"non-finite {what}"
+        detail = f"{pattern}: {int(pos.sum())} of {v.numel()} elements"
+        chain = [ChainLink(ev.op if ev else "result", ev.phase if ev else "forward", detail, tensor_stats(v),
+                           "source", ev.node if ev else None, ev.module if ev else None,
+                           _format_source(ev.src) if ev else None)]
+        root_cause = {"op": ev.op if ev else "result", "kind": "unknown", "detail": detail}
+        if ev is not None:
+            path = self._walk(ev, None, _INFOK | _BAD, 0, {})
+            for e in path[1:]:
+                chain.append(self._link(e))
+            term = path[-1]
+            if _root_eligible(term):
+                root_cause = {"op": term.op, "kind": "nonfinite_input" if term.kind == "input" else term.kind,
+                              "detail": term.detail}
+            elif term.kind in ("allowed_inf", "leaf_inf"):
+                origin = term.op if term.kind == "allowed_inf" else "an input tensor"
+                root_cause["detail"] = f"{detail}; an intentional ±inf from {origin} reached the {what}"
+        finding = Finding(
+            op=ev.op if ev else "result", phase=ev.phase if ev else "forward", backward_node=ev.node if ev else None,
+            module=ev.module if ev else None, source=_format_source(ev.src) if ev else None, inputs=[],
+            output=tensor_stats(v), pattern=pattern, detail=detail, chain=chain, root_cause=root_cause,
+            precursors=list(self.precursors), index=ev.index if ev else self._index,
+        )
+        self.findings.append(finding)
+        self.finding = finding
+
+
+# ----------------------------------------------------------------------------------------
+# convenience entry points
+
+_TRACER_KWARGS = ("allow", "sources", "stop_at_first", "max_precursors", "cancellation_bits")
+
+
+def _loss_tensor(value):
+    if isinstance(value, torch.Tensor):
+        return value
+    loss = getattr(value, "loss", None)
+    return loss if isinstance(loss, torch.Tensor) else None
+
+
+def trace_call(fn: Callable, *args, model: torch.nn.Module | None = None, backward: bool = True,
+               allow: Iterable[str | Callable] = (), sources: bool = True, stop_at_first: bool = True,
+               max_precursors: int = 100, cancellation_bits: int | None = None, **kwargs) -> TraceResult:
+    """Run ``fn(*args, **kwargs)`` under a :class:`Tracer` and return a :class:`TraceResult`.
+
+    If the result is a tensor (or has a tensor ``.loss``, like a ``LossOutput``) that requires
+    grad, its backward pass (``.sum().backward()`` when it is not a scalar) also runs under
+    the tracer, so a NaN that only appears in backward is found; gradients accumulate into
+    ``.grad`` as usual. Backward is skipped once the forward pass already has a finding.
+    A non-finite result (or, with ``model``, a non-finite parameter gradient) that no op was
+    blamed for, for example an allow-listed inf that reached the loss, becomes a finding too.
+    The keywords above are the tracer's; every other keyword goes to ``fn``.
+    """
+    tracer = Tracer(model=model, allow=allow, sources=sources, stop_at_first=stop_at_first,
+                    max_precursors=max_precursors, cancellation_bits=cancellation_bits)
+    with tracer:
+        value = fn(*args, **kwargs)
+        loss = _loss_tensor(value)
+        if backward and loss is not None and loss.requires_grad and tracer.finding is None:
+            (loss if loss.dim() == 0 else loss.sum()).backward()
+    if tracer.finding is None and loss is not None:
+        tracer.check_result(loss, "result")
+    if tracer.finding is None and model is not None and backward:
+        for name, p in model.named_parameters():
+            if p.grad is not None:
+                tracer.check_result(p.grad, f"gradient of {name}")
+                if tracer.finding is not None:
+                    break
+    result = TraceResult(value, tracer.finding, list(tracer.findings), list(tracer.precursors),
+                         tracer.precursors_dropped)
+    tracer._release()
+    return result
+
+
+def find_nonfinite(fn: Callable, *args, model: torch.nn.Module | None = None, backward: bool = True,
+                   **kwargs) -> Finding | None:
+    """Run ``fn(*args, **kwargs)`` (and its backward) under the tracer; the first finding or None.
+
+    The tracer keywords ``allow``, ``sources``, ``stop_at_first``, ``max_precursors`` and
+    ``cancellation_bits`` are accepted too; use :func:`trace_call` to also get the
+    precursors of a clean run.
+
+    >>> find_nonfinite(lambda x: torch.exp(x) - torch.exp(x), torch.tensor([100.0])).root_cause["kind"]
+    'overflow'
+    >>> find_nonfinite(lambda x: (x * 2).sum(), torch.ones(3, requires_grad=True)) is None
+    True
+    """
+    return trace_call(fn, *args, model=model, backward=backward, **kwargs).finding
