@@ -2,13 +2,45 @@
 
 Flagship case: the NCA loss of a ModernNCA homework on Abalone, whose ratio form
 goes NaN because ``exp`` silently underflows to 0.0 long before any NaN appears.
+
+Public names are imported lazily, so ``import stablenca`` (and the pytest plugin)
+does not pay for torch until something is used.
 """
 
+from __future__ import annotations
+
+import importlib
+
 from .errors import StableNCAError
-from .losses import REGISTRY as LOSSES
-from .losses import LossOutput
-from .publish import capture, publish
+
+# Bound eagerly: the function shares its name with its module (publish.py imports no torch).
+from .publish import capture, publish  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["LOSSES", "LossOutput", "StableNCAError", "__version__", "capture", "publish"]
+_LAZY = {
+    "LOSSES": ("stablenca.losses", "REGISTRY"),
+    "LossOutput": ("stablenca.losses", "LossOutput"),
+    "find_nonfinite": ("stablenca.trace", "find_nonfinite"),
+    "Tracer": ("stablenca.trace", "Tracer"),
+    "watch": ("stablenca.watch", "watch"),
+    "Watch": ("stablenca.watch", "Watch"),
+    "TrainConfig": ("stablenca.train", "TrainConfig"),
+    "train": ("stablenca.train", "train"),
+    "diagnose": ("stablenca.diagnose", "diagnose"),
+}
+
+__all__ = ["StableNCAError", "__version__", "capture", "publish", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        module, attribute = _LAZY[name]
+        value = getattr(importlib.import_module(module), attribute)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'stablenca' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)

@@ -137,9 +137,12 @@ class Batch:
     def rows(self) -> int:
         return len(self.labels)
 
+    def __repr__(self) -> str:
+        return f"Batch({self.summary()})"
+
     def summary(self) -> str:
         """One line: scale, labels, and the nearest same/other distances per row."""
-        d = self.distances
+        d = self.distances.detach()
         same = self.labels[:, None] == self.labels[None, :]
         off = ~self.self_mask
         inf = torch.tensor(math.inf, dtype=d.dtype)
@@ -242,7 +245,7 @@ class Evaluation:
 def run_formulation(formulation, batch: Batch, dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss (a 0-d tensor of ``dtype``) and its gradient w.r.t. the distances (float64)."""
     dtype = ref.as_dtype(dtype)
-    d = batch.distances.to(dtype).requires_grad_(True)
+    d = batch.distances.detach().to(dtype, copy=True).requires_grad_(True)
     try:
         with torch.enable_grad():
             out = losses.evaluate(formulation, d, batch.labels, batch.labels, batch.self_mask,
@@ -398,9 +401,9 @@ _ENTRY_KEYS = {"breakdown", "loss_breakdown", "tolerance_factor", "max_loss_bits
 
 def _number(value, what: str, where: str, *, positive: bool = True) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or \
-            (positive and value <= 0):
-        raise ContractError(f"{where}: {what} must be a {'positive ' if positive else ''}number, not {value!r}",
-                            fix="see docs/check.md for the contract format")
+            (value <= 0 if positive else value < 0):
+        raise ContractError(f"{where}: {what} must be a {'positive' if positive else 'non-negative'} number, "
+                            f"not {value!r}", fix="see docs/check.md for the contract format")
     return float(value)
 
 

@@ -23,10 +23,11 @@ from typing import Any
 
 import torch
 
-from .records import atomic_write_json, prepare_out_dir
+from .records import atomic_write_json, deferred_interrupts, prepare_out_dir, read_jsonl
+from .errors import OutputError
 from .recorder import Recorder
 from .sentinel import Sentinel
-from .train import TrainConfig, Trainer
+from .train import TrainConfig, Trainer, check_data_fits
 
 DEFAULT_RUNS: tuple[tuple[str, str], ...] = (
     ("seed", "ratio"),  # the student's setting, as in the story
@@ -89,10 +90,13 @@ def diagnose(
     configs = [dataclasses.replace(base, model=model, loss=loss) for model, loss in plan]
     for config in configs:
         config.resolved()  # reject bad combinations before anything is written
-    out = prepare_out_dir(out, force=force)
     from .train import load_data
 
+    # Bad data is reported before anything is written (or an earlier run set is cleared).
     data = load_data(configs[0].resolved())
+    for config in configs:
+        check_data_fits(config.resolved(), data)
+    out = prepare_out_dir(out, force=force)
     summary: dict[str, Any] = {
         "stablenca": "diagnose", "mode": mode, "data": base.data or "abalone (embedded, scikit-lego)",
         "task": base.task, "seed": base.seed, "interrupted": False, "runs": [],
@@ -102,36 +106,82 @@ def diagnose(
     }
     atomic_write_json(out / "summary.json", summary)
     started = time.perf_counter()
+    crash: BaseException | None = None
     try:
         for config in configs:
-            entry = _one_run(config, data, out, mode, progress)
+            try:
+                entry = _one_run(config, data, out, mode, progress)
+            except BaseException as exc:  # Ctrl-C or a crash inside a run: keep what it recorded
+                entry = _unfinished_entry(config, out, exc)
+                summary["runs"].append(entry)
+                raise
             summary["runs"].append(entry)
+            if entry["status"] == "interrupted":
+                summary["interrupted"] = True
             atomic_write_json(out / "summary.json", summary)
             if log is not None:
                 log(summary_line(entry))
-            if entry["status"] == "interrupted":
-                summary["interrupted"] = True
+            if summary["interrupted"]:
                 break
     except KeyboardInterrupt:
         summary["interrupted"] = True
-    summary["seconds"] = round(time.perf_counter() - started, 2)
-    atomic_write_json(out / "summary.json", summary)
-    if report:
-        _build_report(out, log)
+    except BaseException as exc:
+        summary["interrupted"] = True
+        summary["error"] = _one_line(exc)
+        crash = exc
+    with deferred_interrupts():  # a second Ctrl-C must not leave a summary that hides the first
+        summary["seconds"] = round(time.perf_counter() - started, 2)
+        atomic_write_json(out / "summary.json", summary)
+    if report:  # built from what was recorded, also after Ctrl-C or a crash
+        try:
+            _build_report(out, log)
+        except Exception:
+            if crash is None:
+                raise
+    if crash is not None:
+        raise crash
     return summary
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _unfinished_entry(config: TrainConfig, out: Path, exc: BaseException) -> dict[str, Any]:
+    """The summary entry of a run that ended by Ctrl-C or a crash before it returned a result."""
+    config = config.resolved()
+    name = run_name(config.model, config.loss, config.dtype)
+    records = read_jsonl(out / name / "records.jsonl")
+    epochs = read_jsonl(out / name / "epochs.jsonl")
+    entry: dict[str, Any] = {
+        "run": name, "model": config.model, "loss": config.loss, "dtype": config.dtype, "task": config.task,
+        "status": "interrupted", "diverged": False, "diverged_at": None, "epochs_run": len(epochs),
+        "steps_run": len(records), "best_epoch": None, "first_nonfinite": None, "capsule": None,
+        "test": {}, "val": {}, "train_seconds": None, "excluded_rows": None,
+    }
+    if not isinstance(exc, KeyboardInterrupt):
+        entry["error"] = _one_line(exc)
+    return entry
 
 
 def _one_run(config: TrainConfig, data, out: Path, mode: str, progress: bool) -> dict[str, Any]:
     config = config.resolved()
     name = run_name(config.model, config.loss, config.dtype)
     run_dir = out / name
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the run directory {run_dir}: {exc.strerror}",
+                          fix="remove what is in the way, or choose another --out directory") from None
     atomic_write_json(run_dir / "config.json", config.to_dict())
     recorder = Recorder(run_dir)
     sentinel = Sentinel(mode=mode, run_dir=run_dir)
-    trainer = Trainer(config, data=data, hooks=[sentinel, recorder], progress=progress)
-    result = trainer.fit()
-    recorder.close()
+    try:
+        trainer = Trainer(config, data=data, hooks=[sentinel, recorder], progress=progress)
+        result = trainer.fit()
+    finally:
+        recorder.close()
     atomic_write_json(run_dir / "result.json", result.to_dict())
     return {
         "run": name, "model": config.model, "loss": config.loss, "dtype": config.dtype, "task": config.task,

@@ -24,10 +24,13 @@ nan
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import signal
 import tempfile
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -54,39 +57,46 @@ def dumps(value: Any, **kwargs) -> str:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to a temporary file beside ``path``, fsync, then rename over it."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``.NAME.*.tmp`` beside ``path``, fsync, then rename over it.
+
+    A reader sees the old file or the new one, never a part; the temporary file is
+    removed on any failure (Ctrl-C included). An OS error is an :class:`OutputError`.
+    """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror}",
+        raise OutputError(f"cannot write {path}: {exc.strerror or type(exc).__name__}",
                           fix="choose a writable --out directory") from None
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with _suppress():
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), 0o666 & ~_UMASK)  # mkstemp makes 0600; use the usual permissions
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with _suppress():
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise OutputError(f"cannot write {path}: {exc.strerror or type(exc).__name__}",
+                              fix="free some disk space or choose a writable --out directory") from None
         raise
+
+
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: Read once at import: os.umask can only be read by setting it, which races with other threads.
+_UMASK = _read_umask()
 
 
 def atomic_write_json(path: str | os.PathLike, value: Any) -> None:
@@ -102,20 +112,33 @@ class _suppress:
 
 
 class JsonlWriter:
-    """Append one JSON object per line and flush it at once (a crash loses nothing written)."""
+    """Append one JSON object per line, each line in one unbuffered write (a crash loses nothing written).
+
+    This append-only stream is the one exception to "every file is written atomically":
+    a cut last line can only come from the machine dying mid-write, and
+    :func:`read_jsonl` ignores it.
+    """
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._handle = open(self.path, "a", encoding="utf-8")
+            self._handle = open(self.path, "ab", buffering=0)
         except OSError as exc:
             raise OutputError(f"cannot write {self.path}: {exc.strerror}",
                               fix="choose a writable --out directory") from None
 
     def write(self, record: dict[str, Any]) -> None:
-        self._handle.write(dumps(record) + "\n")
-        self._handle.flush()
+        line = (dumps(record) + "\n").encode("utf-8")
+        try:
+            with deferred_interrupts():  # never leave half a line behind on Ctrl-C
+                written = self._handle.write(line)
+                while written is not None and written < len(line):  # a short write (rare): finish the line
+                    line = line[written:]
+                    written = self._handle.write(line)
+        except OSError as exc:
+            raise OutputError(f"cannot write {self.path}: {exc.strerror or type(exc).__name__}",
+                              fix="free some disk space or choose a writable --out directory") from None
 
     def close(self) -> None:
         self._handle.close()
@@ -125,6 +148,33 @@ class JsonlWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def deferred_interrupts():
+    """Hold a Ctrl-C (SIGINT) that arrives inside the block and raise it at the end.
+
+    Only the main thread can install signal handlers; elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    try:
+        previous = signal.getsignal(signal.SIGINT)
+    except (ValueError, OSError):
+        yield
+        return
+    if previous is not signal.default_int_handler:  # SIG_IGN, or a handler of the embedding program
+        yield
+        return
+    received = []
+    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:

@@ -239,14 +239,15 @@ def _mp_ratio_family(d, labels, candidate_labels, self_mask, eps):
     grad = _zeros(rows, cols)
     terms = []
     for i in range(rows):
-        kernel, same, other, p_same, p_diff = _row(d, i, labels, candidate_labels, self_mask)
-        p_same, p_diff = p_same + eps, p_diff + eps
+        kernel, same, other, raw_same, raw_diff = _row(d, i, labels, candidate_labels, self_mask)
+        p_same, p_diff = raw_same + eps, raw_diff + eps
         if p_same == 0 or p_diff == 0:
             # log 0: +inf (no same-class candidate), -inf, or nan (0/0); the mathematical value.
             terms.append(mp.nan if p_same == p_diff else (mp.inf if p_same == 0 else mp.ninf))
             continue
-        # log(P_diff / P_same) = log1p((P_diff - P_same) / P_same): exact near 0.
-        terms.append(mp.log1p((p_diff - p_same) / p_same) if eps else mp.log(p_diff / p_same))
+        # log((P_diff + eps) / (P_same + eps)) = log1p((P_diff - P_same) / (P_same + eps)): the
+        # difference of the raw sums, never of the sums plus eps (that would cancel).
+        terms.append(mp.log1p((raw_diff - raw_same) / p_same) if eps else mp.log(p_diff / p_same))
         to_same, to_diff = 1 / (p_same * rows), -1 / (p_diff * rows)
         for j in same:
             grad[i][j] = kernel[j] * to_same
@@ -528,7 +529,7 @@ def _reference_list(reference, size: int) -> list:
     return flat
 
 
-def bits_of_error(computed, reference, dtype) -> float | np.ndarray:
+def bits_of_error(computed, reference, dtype, *, floor: float = 0.0) -> float | np.ndarray:
     """Herbie's bits of error of ``computed`` (values of ``dtype``) against ``reference``.
 
     ``reference``: mpf, float, or a sequence / array / tensor of them, same size as
@@ -536,6 +537,16 @@ def bits_of_error(computed, reference, dtype) -> float | np.ndarray:
     then ``log2(1 + ulp distance)``. A non-finite result against a finite reference
     counts as the dtype's bit width; a non-finite reference counts 0 bits when the
     result is the same non-finite value, else the width. A scalar in, a float out.
+
+    ``floor > 0`` measures the error in ulps of ``max(|reference|, floor)`` instead
+    (``log2(1 + |computed - rounded| / spacing(max(|reference|, floor)))``): an
+    absolute error for values smaller than ``floor``, e.g. a loss that is tiny
+    compared with the distances it is computed from.
+
+    >>> round(bits_of_error(torch.tensor(0.0), 1e-10, torch.float32), 1)  # relative: all wrong
+    29.6
+    >>> round(bits_of_error(torch.tensor(0.0), 1e-10, torch.float32, floor=1.0), 1)  # absolute: fine
+    0.0
     """
     dtype = as_dtype(dtype)
     width = float(bit_width(dtype))
@@ -551,7 +562,11 @@ def bits_of_error(computed, reference, dtype) -> float | np.ndarray:
     got_finite = np.isfinite(got)
     both = ref_finite & got_finite
     bits = np.full(got.size, width)
-    if both.any():
+    if both.any() and floor > 0:
+        magnitude = np.maximum(np.abs(rounded[both]), floor)
+        gaps = np.array([spacing(float(m), dtype) for m in magnitude])
+        bits[both] = np.minimum(np.log2(1.0 + np.abs(got[both] - rounded[both]) / gaps), width)
+    elif both.any():
         bits[both] = np.minimum(np.log2(ulp_distance(got[both], rounded[both], dtype) + 1.0), width)
     same_nonfinite = ~both & ((got == rounded) | (np.isnan(got) & np.isnan(rounded)))
     bits[same_nonfinite] = 0.0
@@ -574,14 +589,14 @@ def spacing(magnitude: float, dtype) -> float:
     return math.ldexp(1.0, exponent - (p - 1))
 
 
-def gradient_bits_of_error(computed, reference: np.ndarray, dtype) -> float:
+def gradient_bits_of_error(computed, reference: np.ndarray, dtype, *, floor: float = 0.0) -> float:
     """Normwise bits of error of a gradient: ``log2(1 + max|g - r| / spacing(max|r|))``.
 
     The error of the whole gradient measured in ulps (of ``dtype``) of its largest
     reference entry, so an entry that is negligible at the dtype's precision may
     underflow without counting, while a vanished or garbled gradient counts fully.
     Any non-finite entry: the bit width. An all-zero reference: 0 if the result is
-    all zero too, else the width.
+    all zero too, else the width. ``floor > 0``: ulps of ``max(max|r|, floor)``.
 
     >>> gradient_bits_of_error(np.array([1.0, 0.0]), np.array([1.0, 1e-60]), torch.float32)
     0.0
@@ -594,7 +609,7 @@ def gradient_bits_of_error(computed, reference: np.ndarray, dtype) -> float:
     ref = np.asarray(reference, dtype=np.float64).reshape(-1)
     if not np.isfinite(got).all() or not np.isfinite(ref).all():
         return width
-    scale = float(np.max(np.abs(ref))) if ref.size else 0.0
+    scale = max(float(np.max(np.abs(ref))) if ref.size else 0.0, floor)
     error = float(np.max(np.abs(got - ref))) if ref.size else 0.0
     if scale == 0.0:
         return 0.0 if error == 0.0 else width

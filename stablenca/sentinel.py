@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -200,14 +201,29 @@ REQUIRED_KEYS = ("config", "epoch", "step", "step_in_epoch", "batch_indices", "m
 def load_capsule(path: str | Path) -> dict[str, Any]:
     """Load and validate a capsule; anything else raises :class:`CapsuleError` (one line)."""
     path = Path(path)
+    if path.is_dir():
+        raise CapsuleError(f"capsule {path} is a directory, not a capsule file",
+                           fix=f"pass {path}/<run>/capsule.pt, written by stablenca diagnose for a failed run")
     if not path.is_file():
         raise CapsuleError(f"capsule {path} does not exist",
                            fix="pass the capsule.pt that stablenca diagnose wrote for a failed run")
     try:
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+    except OSError as exc:
+        raise CapsuleError(f"capsule {path} cannot be read ({exc.strerror})", fix="check the path and its permissions"
+                           ) from None
+    try:
+        # weights_only=True: tensors and plain containers only, so a crafted pickle cannot run code.
         capsule = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as exc:  # truncated zip, pickle that weights_only refuses, garbage bytes
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise CapsuleError(f"{path} is not a readable capsule ({reason})",
+    except pickle.UnpicklingError:
+        raise CapsuleError(f"{path} holds Python objects other than tensors and plain data, which are refused "
+                           "for safety (torch.load weights_only=True)",
+                           fix="pass a capsule.pt written by stablenca diagnose; never load an untrusted pickle"
+                           ) from None
+    except Exception as exc:  # truncated zip, garbage bytes, ...
+        what = "is truncated or damaged" if magic == b"PK\x03\x04" else "is not a torch.save file"
+        raise CapsuleError(f"{path} {what}, so it is not a readable capsule ({type(exc).__name__})",
                            fix="pass an untruncated capsule.pt written by stablenca diagnose") from None
     if not isinstance(capsule, dict) or capsule.get("format") != CAPSULE_FORMAT:
         raise CapsuleError(f"{path} is not a stablenca capsule",
@@ -225,11 +241,15 @@ def load_capsule(path: str | Path) -> dict[str, Any]:
 def replay(path: str | Path, data=None):
     """Rerun a capsule's step under the tracer; returns ``(finding, capsule)``."""
     capsule = load_capsule(path)
-    config = TrainConfig(**capsule["config"])
+    try:
+        config = TrainConfig(**capsule["config"])
+    except TypeError:
+        raise CapsuleError(f"capsule {path} holds a config that is not a TrainConfig",
+                           fix="re-run stablenca diagnose with this version of stablenca") from None
     trainer = Trainer(config, data=data)
     try:
         finding, _ = traced_step(trainer, capsule)
-    except (RuntimeError, KeyError, ValueError) as exc:
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
         raise CapsuleError(f"capsule {path} does not fit its own config ({type(exc).__name__})",
                            fix="re-run stablenca diagnose to write a fresh capsule") from None
     return finding, capsule

@@ -760,7 +760,8 @@ def render_markdown(study: dict[str, Any]) -> str:
     ]
     if study["max_epochs"] is not None:
         lines += ["", f"> **Smoke run**: every trained row was capped at {study['max_epochs']} epoch(s), and "
-                      "scikit-learn NCA at as many iterations (`--max-epochs`). These numbers are not comparable with TALENT's or with a full study."]
+                      "scikit-learn NCA at as many iterations (`--max-epochs`). These numbers are not "
+                      "comparable with TALENT's or with a full study."]
     lines += ["", "## Main table", ""]
     published_header = f"Published {METRIC_LABELS[study['published']['metric']]} (TALENT¹)"
     lines += [f"| Row | Protocol | Test {METRIC_LABELS[metric_a]} | Test {METRIC_LABELS[metric_b]} | Diverged | "
@@ -778,7 +779,8 @@ def render_markdown(study: dict[str, Any]) -> str:
                      f"{_diverged(summary)} | {_epochs(summary)} | {_seconds(summary)} | {published} |")
     for row in study["published"]["rows"]:
         if row["name"] not in shown:
-            lines.append(f"| {row['name']} (published only, not run here) | TALENT defaults | — | — | — | — | — | "
+            lines.append(f"| {row['name']} (published only, not run here) | TALENT defaults "
+                         "| — | — | — | — | — | "
                          f"{_published_for(study, row['name'])} |")
     tuned = next((e for e in study["rows"] if e["kind"] == "knn_tuned"), None)
     selection = "accuracy" if task == "multiclass" else "MAE"
@@ -840,8 +842,9 @@ def _ablation_markdown(study: dict[str, Any]) -> list[str]:
     last = study["ablation"][-1]
     regression = last["summary"].get("regression")
     if regression and regression["rmse"]["mean"] is not None:
-        lines += ["", f"A9's regression model itself: test RMSE {_mean_std(regression['rmse'], last['summary']['runs'])}"
-                      f", MAE {_mean_std(regression['mae'], last['summary']['runs'])} rings."]
+        runs = last["summary"]["runs"]
+        lines += ["", f"A9's regression model itself: test RMSE {_mean_std(regression['rmse'], runs)}, "
+                      f"MAE {_mean_std(regression['mae'], runs)} rings."]
     lines += ["", "Why this order: the loss goes first, because with the ratio loss the later steps would be "
                   "measured on diverging runs; the encoder goes last, because the trainer's `patience=None` means "
                   "\"the model's default\" (20 for ModernNCA), so a ModernNCA row without early stopping cannot be "
@@ -959,8 +962,8 @@ def format_table(study: dict[str, Any]) -> str:
     lines = []
     for entry in study["rows"] + study["ablation"]:
         metric = METRICS[entry["task"]][0]
-        lines.append(f"{entry['id']:<20} {_mean_std(entry['summary'][metric], entry['summary']['runs'], entry['deterministic'])}"
-                     f"  {entry['label']}")
+        value = _mean_std(entry["summary"][metric], entry["summary"]["runs"], entry["deterministic"])
+        lines.append(f"{entry['id']:<20} {value:<28} {entry['label']}")
     return "\n".join(lines)
 
 

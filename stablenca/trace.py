@@ -62,7 +62,7 @@ Usage::
     >>> finding.op, finding.pattern, finding.phase, finding.root_cause["kind"]
     ('aten.div.Tensor', '0/0', 'forward', 'underflow')
     >>> print(finding.chain_text())
-    div (0/0 in 1 of 3 elements, forward) ← sum empty_set (exact 0 in 3 of 3 rows: every selected term was 0.0, underflow upstream) ← mul (mask multiply) ← exp underflow (6 finite inputs → 0.0: x ≤ -150 (float32 exp(x) rounds to 0.0 below -103.97))
+    div (0/0 in 3 of 3 elements, forward) ← sum empty_set (exact 0 in 3 of 3 rows: the mask selected nothing in 1; every selected term was 0.0, underflow upstream in 2) ← mul (mask multiply) ← exp underflow (6 finite inputs → 0.0: x ≤ -150 (float32 exp(x) rounds to 0.0 below -103.97))
     >>> find_nonfinite(lambda d: losses.nca_logspace(d, y, y, torch.eye(3, dtype=torch.bool)).loss, d) is None
     True
 
@@ -180,7 +180,14 @@ _ELEMENTWISE = {
     "lgamma", "digamma", "atan2", "hypot", "fmod", "remainder", "sign", "floor", "ceil",
     "round", "trunc", "frac", "nan_to_num", "logit", "special_xlog1py", "sgn",
 }
+#: Elementwise ops that cannot turn finite inputs into ±inf.
+_NO_OVERFLOW = {"neg", "clone", "abs", "masked_fill", "where", "copy", "relu", "clamp", "clamp_min",
+                "clamp_max", "maximum", "minimum", "fmax", "fmin", "sign", "sgn", "floor", "ceil", "round",
+                "trunc", "frac", "sigmoid", "tanh", "sin", "cos", "threshold_backward", "nan_to_num"}
 _LOG_POLE = {"log": 0.0, "log2": 0.0, "log10": 0.0, "log1p": -1.0}
+
+
+_INFOS: dict[Any, "_OpInfo"] = {}  # per OpOverload, shared by all tracers
 
 
 def _base_name(short: str) -> str:
@@ -257,7 +264,8 @@ def tensor_stats(t: torch.Tensor) -> dict[str, Any]:
     """Shape, dtype and value statistics of a tensor that survive NaN/Inf.
 
     ``min``/``max`` are over the finite elements (``None`` when there are none); the
-    counts are ``zeros``, ``negative``, ``nan``, ``posinf``, ``neginf`` and ``subnormal``.
+    counts ``zeros``, ``negative`` (finite), ``nan``, ``posinf`` and ``neginf`` are disjoint;
+    ``subnormal`` counts the non-zero finite values below the smallest normal number.
 
     >>> tensor_stats(torch.tensor([0.0, -1.0, float("nan"), float("inf")]))["nan"]
     1
@@ -293,7 +301,7 @@ def tensor_stats(t: torch.Tensor) -> dict[str, Any]:
             lo, hi = float(lo), float(hi)
         else:
             lo = hi = None
-        out.update({"min": lo, "max": hi, "zeros": counts[0], "negative": counts[1], "nan": counts[2],
+        out.update({"min": lo, "max": hi, "zeros": counts[0], "negative": counts[1] - counts[4], "nan": counts[2],
                     "posinf": counts[3], "neginf": counts[4], "subnormal": counts[5]})
         return out
 
@@ -553,13 +561,13 @@ _MAX_HELD = 16  # candidates whose tensors are kept for a later analysis
 class _Candidate:
     """NaN/Inf produced from finite values, kept until it is used (then analysed) or dropped."""
 
-    __slots__ = ("info", "func", "args", "kwargs", "out", "tainted", "leaf_bad", "index", "phase", "bnode",
-                 "module", "src", "n_nan", "n_inf", "precursors", "versions", "finding")
+    __slots__ = ("info", "args", "kwargs", "out", "leaf_bad", "index", "phase", "bnode", "module", "src",
+                 "n_nan", "n_inf", "precursors", "versions", "finding")
 
-    def __init__(self, info, func, args, kwargs, out, tainted, leaf_bad, index, phase, bnode, module, src,
-                 n_nan, n_inf, precursors):
-        self.info, self.func, self.args, self.kwargs, self.out = info, func, args, kwargs, out
-        self.tainted, self.leaf_bad, self.index = tainted, leaf_bad, index
+    def __init__(self, info, args, kwargs, out, leaf_bad, index, phase, bnode, module, src, n_nan, n_inf,
+                 precursors):
+        self.info, self.args, self.kwargs, self.out = info, args, kwargs, out
+        self.leaf_bad, self.index = leaf_bad, index
         self.phase, self.bnode, self.module, self.src = phase, bnode, module, src
         self.n_nan, self.n_inf, self.precursors = n_nan, n_inf, precursors
         self.versions = [(t, t._version) for _, t in _flat_tensors(args, kwargs) if not t.is_inference()]
@@ -721,7 +729,6 @@ class Tracer:
         self.precursors_dropped = 0
         self._live = False
         self._mode: _Mode | None = None
-        self._infos: dict[Any, _OpInfo] = {}
         self._reset()
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -844,9 +851,9 @@ class Tracer:
     # -- the per-op observer --------------------------------------------------------------
 
     def _observe(self, func, args, kwargs, out) -> None:
-        info = self._infos.get(func)
+        info = _INFOS.get(func)
         if info is None:
-            info = self._infos[func] = _OpInfo(func)
+            info = _INFOS[func] = _OpInfo(func)
         self._index += 1
         if self._pending is not None:
             self._flush_pending()
@@ -886,15 +893,19 @@ class Tracer:
                     self._pending = (outs, (self._user_src(), self._modstack[-1] if self._modstack else None))
                     break
 
+        if node is not None and (cat == _C_UF_SIGNED or cat == _C_CANCEL):
+            cat = _C_PLAIN  # mul/div/pow underflow and cancellation: forward ops only
         finite = True
-        lo = None  # None: no floating output; else the output's minimum (|output| for mul/div/pow)
+        lo = None  # None: no floating output; else the output's minimum (0.0 when not needed)
+        hi = 0.0
         isfinite = math.isfinite
         for o in outs:
             if o.dtype.is_floating_point and o.numel():
                 if cat == _C_UF_POS or cat == _C_UF_SIGNED:
-                    lo_t, hi_t = torch.aminmax(o.abs() if cat == _C_UF_SIGNED else o)
+                    lo_t, hi_t = torch.aminmax(o)  # NaN propagates into both
                     lo = lo_t.item()
-                    if not (isfinite(lo) and isfinite(hi_t.item())):
+                    hi = hi_t.item()
+                    if not (isfinite(lo) and isfinite(hi)):
                         finite = False
                 else:
                     # A finite sum proves every element finite (one NaN/inf poisons it); a
@@ -919,8 +930,10 @@ class Tracer:
                 ev = self._check_underflow(info, node, args, kwargs, outs[0], tainted, lo)
         elif cat == _C_UF_SIGNED:
             ev = self._check_mask_mul(info, node, args, outs[0], tainted)
-            if ev is None and lo is not None and lo < _tiny(outs[0].dtype):
-                ev = self._check_underflow(info, node, args, kwargs, outs[0], tainted, lo)
+            if ev is None and lo is not None:
+                tiny = _tiny(outs[0].dtype)
+                if lo < tiny and hi > -tiny:  # the range touches zero
+                    ev = self._check_underflow(info, node, args, kwargs, outs[0], tainted, lo)
         elif cat == _C_CANCEL:
             if lo is not None:
                 ev = self._check_cancellation(info, node, args, kwargs, outs[0], tainted)
@@ -1012,25 +1025,30 @@ class Tracer:
         dtype = out.dtype
         tiny = torch.finfo(dtype).tiny
         x = args[0]
-        if base in _UF_POS and isinstance(x, torch.Tensor) and x.shape == out.shape:
+        if base in _UF_POS and isinstance(x, torch.Tensor) and x.shape == out.shape and lo == 0.0:
             # Cheap pre-check: exact zeros that an infinite input explains (a mask) are fine.
-            masked = (x == _INF) if base == "erfc" else (x == -_INF)
-            if int((out < tiny).sum()) == int(masked.sum()):
-                return None
-        if base not in _UF_POS and lo == 0.0:
-            # Cheap pre-check: zeros explained by a zero (or infinite divisor) operand are fine.
+            x_lo, x_hi = (v.item() for v in torch.aminmax(x))
+            if (x_hi if base == "erfc" else x_lo) in (_INF, -_INF):
+                masked = (x == _INF) if base == "erfc" else (x == -_INF)
+                n_zero = out.numel() - int(torch.count_nonzero(out))
+                if n_zero == int(torch.count_nonzero(masked)):
+                    return None  # (subnormal outputs next to a mask are not counted)
+        if base not in _UF_POS:
+            # Cheap pre-check: an underflow needs more exact zeros than the operands explain.
+            n_zero = out.numel() - int(torch.count_nonzero(out))
+            if n_zero == 0:
+                return None  # only subnormals in a signed output: not counted
             operands = self._binary_operands(info, args, kwargs, out)
             if operands is None:
                 return None
             (_, a), (_, b) = operands
+            numel = out.numel()
+            explained = (a.numel() - int(torch.count_nonzero(a))) * (numel // max(a.numel(), 1))
             if base == "mul":
-                explained = (a == 0) | (b == 0)
-            elif base == "div":
-                explained = (a == 0) | torch.isinf(b)
-            else:
-                explained = (a == 0) | torch.isinf(b)
-            explained = _broadcast(explained, out.shape)
-            if explained is None or int((out == 0).sum()) == int(explained.sum()):
+                explained += (b.numel() - int(torch.count_nonzero(b))) * (numel // max(b.numel(), 1))
+            elif not math.isfinite(b.sum().item()):
+                explained += int(torch.count_nonzero(torch.isinf(b))) * (numel // max(b.numel(), 1))
+            if n_zero <= explained:
                 return None
         zero = out == 0
         sub = (out != 0) & (out.abs() < tiny)
@@ -1097,13 +1115,13 @@ class Tracer:
             if n:
                 idx = int(uf.reshape(-1).nonzero()[0])
                 ex = f"{_fmt(float(a.reshape(-1)[idx]))} {sym} {_fmt(float(b.reshape(-1)[idx]))}"
-                detail = f"{n} results of finite non-zero operands → 0.0 (e.g. {ex})"
+                detail = f"{_n(n, 'result')} of finite non-zero operands → 0.0 (e.g. {ex})"
             else:
                 detail = "no exact zeros"
             if n_sub:
                 detail += f"; {n_sub} subnormal outputs"
         ev = self._event(info, node, "underflow", detail, _ZERO if n else _INEXACT,
-                         self._taint_of(tainted, _INEXACT | _ZERO), out, stats=True)
+                         self._taint_of(tainted, _INEXACT | _ZERO), out)
         if not n:
             ev.extra = {"hops": _INEXACT_HOPS}
         self._precursor(ev, n or n_sub)
@@ -1196,7 +1214,7 @@ class Tracer:
                       f"(max {max_lost:.1f}, e.g. {example})")
         taint = (_ZERO if n_total else 0) | _INEXACT
         ev = self._event(info, node, "cancellation", detail, taint, self._taint_of(tainted, _ZERO | _INEXACT),
-                         out, stats=True)
+                         out)
         ev.extra = {"hops": _INEXACT_HOPS}
         self._precursor(ev, n)
         return ev
@@ -1216,7 +1234,7 @@ class Tracer:
         if reduced == 0 and x.dim():
             n = out.numel()
             detail = f"{info.base} over 0 elements → 0.0 in {n} rows (an empty selection)"
-            ev = self._event(info, node, "empty_set", detail, _ZERO, (), out, stats=True)
+            ev = self._event(info, node, "empty_set", detail, _ZERO, (), out)
             ev.extra = {"rows_mask": torch.ones(out.shape, dtype=torch.bool), "rows_zero": None}
             self._precursor(ev, n)
             return ev
@@ -1262,7 +1280,7 @@ class Tracer:
             what = f"every selected term was 0.0, {cause}"
             why.append(f"{what} in {n_zero}" if n_mask else what)
         detail = f"exact 0 in {n_rows} of {out.numel()} rows: " + "; ".join(why)
-        ev = self._event(info, node, "empty_set", detail, _ZERO, zero_in, out, stats=True)
+        ev = self._event(info, node, "empty_set", detail, _ZERO, zero_in, out)
         ev.extra = {"rows_mask": rows_mask, "rows_zero": rows_zero}
         self._precursor(ev, n_rows)
         return ev
@@ -1322,7 +1340,7 @@ class Tracer:
         inputs = []
         if zero_in:
             for o in outs:
-                if o.dtype.is_floating_point and o.numel() and bool((o == 0).any()):
+                if o.dtype.is_floating_point and o.numel() and int(torch.count_nonzero(o)) < o.numel():
                     carried |= _ZERO
                     inputs.extend(zero_in)
                     break
@@ -1385,7 +1403,7 @@ class Tracer:
 
     def _nonfinite(self, info, func, node, args, kwargs, outs, tainted) -> None:
         float_outs = [o for o in outs if o.dtype.is_floating_point and o.numel()]
-        out_nan = any(bool(torch.isnan(o).any()) for o in float_outs)
+        out_nan = any(math.isnan(torch.aminmax(o)[0].item()) for o in float_outs)  # NaN propagates
         in_bad: list[tuple[Any, _Event]] = []
         in_inf: list[tuple[Any, _Event]] = []
         in_nonfinite = False
@@ -1483,7 +1501,7 @@ class Tracer:
 
     def _new_inf(self, info, args, kwargs, float_outs) -> bool:
         """An elementwise op that put ±inf where all its inputs were finite (hidden overflow)."""
-        if not info.elementwise or len(float_outs) != 1:
+        if not info.elementwise or len(float_outs) != 1 or info.base in _NO_OVERFLOW:
             return False
         out = float_outs[0]
         fresh = torch.isinf(out)
@@ -1520,8 +1538,8 @@ class Tracer:
         n_nan = int(torch.isnan(out).sum())
         n_inf = int(torch.isinf(out).sum())
         phase, bnode, module, src = self._where(node)
-        cand = _Candidate(info, func, args, kwargs, out, tainted, leaf_bad, self._index, phase, bnode, module,
-                          src, n_nan, n_inf, list(self.precursors))
+        cand = _Candidate(info, args, kwargs, out, leaf_bad, self._index, phase, bnode, module, src, n_nan, n_inf,
+                          list(self.precursors))
         ev = _Event(self._index, info.name, phase, bnode, module, src, "source",
                     f"{n_nan} NaN, {n_inf} ±inf", _BAD, (), out, info.elementwise)
         ev.extra = {"origins": (cand,)}
@@ -1570,7 +1588,7 @@ class Tracer:
         best: list[_Event] | None = None
         for i, t, need, p, leaf_ev in explain:
             up = leaf_ev if leaf_ev is not None else (self._lookup(t) if isinstance(t, torch.Tensor) else None)
-            if up is None or not (up.taint & need) or up.index >= cand.index:
+            if up is None or not (up.taint & need) or (up.index >= cand.index and up.kind != "input"):
                 continue
             upos = _positions_for(p, up.shape) if (p is not None and up.shape is not None) else None
             path = self._walk(up, upos, need, 0, {})
@@ -1875,11 +1893,14 @@ class Tracer:
                 chain.append(self._link(e))
             term = path[-1]
             if _root_eligible(term):
-                root_cause = {"op": term.op, "kind": "nonfinite_input" if term.kind == "input" else term.kind,
-                              "detail": term.detail}
-            elif term.kind in ("allowed_inf", "leaf_inf"):
-                origin = term.op if term.kind == "allowed_inf" else "an input tensor"
-                root_cause["detail"] = f"{detail}; an intentional ±inf from {origin} reached the {what}"
+                is_input = term.kind == "input"
+                root_cause = {"op": "input" if is_input else term.op,
+                              "kind": "nonfinite_input" if is_input else term.kind, "detail": term.detail}
+            elif term.kind == "leaf_inf":
+                root_cause = {"op": "input", "kind": "nonfinite_input",
+                              "detail": f"{term.detail}; it reached the {what}"}
+            elif term.kind == "allowed_inf":
+                root_cause["detail"] = f"{detail}; an intentional ±inf from {term.op} reached the {what}"
         finding = Finding(
             op=ev.op if ev else "result", phase=ev.phase if ev else "forward", backward_node=ev.node if ev else None,
             module=ev.module if ev else None, source=_format_source(ev.src) if ev else None, inputs=[],

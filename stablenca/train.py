@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from . import losses
-from .errors import ConfigError
+from .errors import ConfigError, StableNCAError, UserLossError
 from .neighbours import in_batch_pairs, knn_readout, onehot_targets, sampled_pool_pairs, soft_neighbour_readout
 from .publish import capture
 
@@ -89,6 +89,9 @@ class TrainConfig:
         if self.loss is None and self.task == "regression":
             changes["loss"] = "modernnca"
         config = dataclasses.replace(self, **changes)
+        config._check_types()
+        if not 0 <= config.seed <= _MAX_SEED:
+            raise ConfigError(f"seed={config.seed} is out of range", fix=f"use --seed between 0 and {_MAX_SEED}")
         if config.epochs < 1:
             raise ConfigError(f"epochs={config.epochs} must be >= 1", fix="use --epochs 1 or more")
         if config.batch_size < 2:
@@ -111,10 +114,61 @@ class TrainConfig:
         if config.chunk_size < 1:
             raise ConfigError(f"chunk_size={config.chunk_size} must be >= 1", fix="use 4096 or so")
         losses.resolve(config.loss, config.task)  # unknown loss, or a loss that does not fit the task
+        _check_device(config.device)
         return config
+
+    def _check_types(self) -> None:
+        """Reject values of the wrong type (the API takes any object) with the option to fix."""
+        def option(name: str) -> str:
+            return "--" + name.replace("_", "-")
+
+        integers = ["epochs", "seed", "batch_size", "chunk_size", "split_seed"]
+        if self.patience is not None:
+            integers.append("patience")
+        for name in integers:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise ConfigError(f"{name}={value!r} is not an integer", fix=f"use {option(name)} with a whole number")
+        for name in ("lr", "weight_decay", "sample_rate"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+                raise ConfigError(f"{name}={value!r} is not a number", fix=f"use {option(name)} with a number")
+        for name in ("loss", "device"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"{name}={getattr(self, name)!r} is not a string", fix=f"use {option(name)} NAME")
+        if not isinstance(self.model_options, dict):
+            raise ConfigError(f"model_options={self.model_options!r} is not a dict", fix="pass a dict of keyword arguments")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+#: torch seeds are unsigned 64-bit integers.
+_MAX_SEED = 2 ** 64 - 1
+
+
+def _check_device(device: str) -> None:
+    """A device this machine has: an unknown or absent one is a ConfigError, not a torch traceback."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ConfigError(f"device {device!r} is not a torch device", fix="use --device cpu (or cuda, cuda:1, mps)") from None
+    if parsed.type == "cpu":
+        return
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device {device!r} is not available: this torch sees no CUDA GPU",
+                              fix="use --device cpu, or install a CUDA build of torch on a machine with a GPU")
+        if parsed.index is not None and parsed.index >= count:
+            raise ConfigError(f"device {device!r} is not available: there are {count} CUDA device(s)",
+                              fix=f"use --device cuda:0 to cuda:{count - 1}")
+        return
+    if parsed.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(f"device {device!r} is not available on this machine", fix="use --device cpu")
+        return
+    raise ConfigError(f"device type {parsed.type!r} is not supported", fix="use --device cpu, cuda or mps")
 
 
 @dataclasses.dataclass
@@ -189,6 +243,21 @@ def load_data(config: TrainConfig):
     return prepare(raw, numerical=config.numerical)
 
 
+def check_data_fits(config: TrainConfig, data) -> None:
+    """Reject a resolved config that cannot train on ``data``, before any step is taken."""
+    n_train = len(data.y["train"])
+    if n_train < 2:
+        raise ConfigError(f"the training split has {n_train} row(s)", fix="provide at least two training rows")
+    batch_size = config.batch_size
+    if config.candidates == "in_batch" and batch_size < n_train and n_train % batch_size == 1:
+        # A one-row batch has no in-batch neighbour at all: an empty candidate set (and
+        # BatchNorm cannot train on one row). Refuse before training, not at the last batch.
+        better = next(b for b in range(batch_size + 1, n_train + 1) if n_train % b != 1)
+        raise ConfigError(
+            f"with {n_train} training rows and batch_size={batch_size} the last batch of every epoch holds "
+            "1 row, whose in-batch candidate set is empty", fix=f"use --batch-size {better}")
+
+
 class Trainer:
     """Train one configuration; see the module docstring.
 
@@ -206,6 +275,8 @@ class Trainer:
         self.task = self.config.task
         self.n_classes = self.data.n_classes
         self.formulation = losses.resolve(self.config.loss, self.task)
+        if ":" in self.config.loss:
+            self.formulation = _guard_user_loss(self.formulation)
         torch.manual_seed(self.config.seed)
         self.model = build_model(self.config, self.data.n_num, self.data.n_onehot).to(self.device, self.dtype)
         self.parameter_names = [name for name, _ in self.model.named_parameters()]
@@ -213,9 +284,7 @@ class Trainer:
         #: Batches and training candidates are drawn from this generator (replayable).
         self.generator = torch.Generator().manual_seed(self.config.seed)
         self.x_train, self.y_train = (t.to(self.device) for t in self.data.tensors("train", self.dtype))
-        if len(self.x_train) < 2:
-            raise ConfigError(f"the training split has {len(self.x_train)} row(s)",
-                              fix="provide at least two training rows")
+        check_data_fits(self.config, self.data)
         self.epoch = 0
         self.global_step = 0
         self.excluded_rows = 0
@@ -228,7 +297,9 @@ class Trainer:
 
     def epoch_batches(self) -> list[torch.Tensor]:
         """TALENT's ``randperm(N).split(batch_size)``: no drop_last."""
-        return list(torch.randperm(len(self.x_train), generator=self.generator).split(self.config.batch_size))
+        n_train = len(self.x_train)
+        # A batch size above N gives the same single batch; min() keeps a huge value from overflowing.
+        return list(torch.randperm(n_train, generator=self.generator).split(min(self.config.batch_size, n_train)))
 
     def pairs(self, batch_indices: torch.Tensor):
         batch_indices = batch_indices.to(self.device)
@@ -328,7 +399,8 @@ class Trainer:
 
         labels = prediction.argmax(axis=1)
         return {"accuracy": float(np.mean(labels == truth)),
-                "macro_f1": float(f1_score(truth, labels, average="macro", labels=list(range(self.n_classes))))}
+                "macro_f1": float(f1_score(truth, labels, average="macro", labels=list(range(self.n_classes)),
+                                           zero_division=0.0))}
 
     def _improved(self, metrics: dict[str, float], best: float | None) -> tuple[bool, float]:
         # TALENT selects on accuracy (classification) or MAE (regression); ties count.
@@ -382,15 +454,18 @@ class Trainer:
             progress.close()
         if best_state is not None and status != "interrupted":
             self.model.load_state_dict(best_state)
-        result = self._result(status, best_epoch, started)
+        try:
+            result = self._result(status, best_epoch, started)
+        except KeyboardInterrupt:  # Ctrl-C during the final evaluation: keep the run, without metrics
+            result = self._result("interrupted", best_epoch, started, evaluate=False)
         for hook in self.hooks:
             hook.on_fit_end(self, result)
         return result
 
-    def _result(self, status: str, best_epoch: int | None, started: float) -> FitResult:
+    def _result(self, status: str, best_epoch: int | None, started: float, evaluate: bool = True) -> FitResult:
         config = self.config
         train_seconds = time.perf_counter() - started
-        finite_model = all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+        finite_model = evaluate and all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
         val = self.evaluate("val") if finite_model else {}
         test = self.evaluate("test") if finite_model else {}
         epochs_run = self.epoch + 1 if self.global_step else 0
@@ -400,6 +475,25 @@ class Trainer:
             diverged_at=self.diverged_at, best_epoch=best_epoch, val=val, test=test,
             train_seconds=round(train_seconds, 3), excluded_rows=self.excluded_rows,
         )
+
+
+def _guard_user_loss(formulation: losses.Formulation) -> losses.Formulation:
+    """A user loss whose exceptions become one-line :class:`UserLossError` s (Ctrl-C passes through)."""
+    function = formulation.fn
+
+    def guarded(distances, labels, candidate_labels, self_mask):
+        try:
+            return function(distances, labels, candidate_labels, self_mask)
+        except StableNCAError:
+            raise
+        except Exception as exc:
+            detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            raise UserLossError(f"loss {formulation.name!r} raised {type(exc).__name__}" + (f": {detail}" if detail else ""),
+                                fix="fix the function; try it on a small batch of "
+                                    "(distances, labels, candidate_labels, self_mask) first") from None
+
+    guarded.reference = getattr(function, "reference", None)
+    return dataclasses.replace(formulation, fn=guarded)
 
 
 def _postfix(metrics: dict[str, float]) -> str:

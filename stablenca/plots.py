@@ -1,0 +1,974 @@
+"""Figures of a ``stablenca diagnose`` output directory, from the recorded data alone.
+
+Nothing here trains or replays: every figure is drawn from ``summary.json``,
+``<run>/records.jsonl``, ``<run>/finding.json`` (and ``check.json`` for figure 3).
+Matplotlib is imported lazily, with the Agg canvas and no pyplot state, and every
+PNG is rendered into memory and written atomically.
+
+The figures (``OUT/figures/``):
+
+1. ``<run>-timeline.png``: loss, gradient norm, the largest distance against the
+   dtype's ``exp`` limits, and the count of ``exp``/softmax outputs that underflowed
+   to 0.0, per step; the first non-finite step labelled with its root cause.
+2. ``ratio-failure-domain.png``: where the ratio loss (and its gradient) is finite,
+   +inf, -inf or NaN, as a function of the same-class and other-class distance, in
+   float32 and float64, with the ratio runs' trajectories drawn over it.
+3. ``error-vs-scale.png``: bits of error against the distance scale per formulation
+   and dtype, from ``stablenca check --json`` (see :func:`check_curves`).
+4. ``<run>-gradients.png``: per-parameter gradient norms over steps (log colour).
+5. ``<run>-chain.png``: the root-cause chain of a failed run as boxes and arrows.
+
+>>> [round(x, 2) for x in exp_limits("float32")], [round(x, 1) for x in exp_limits("float64")]
+([87.34, 103.97], [708.4, 745.1])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+import textwrap
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import DataError
+from .records import atomic_write_bytes, iter_run_dirs, read_json, read_jsonl
+
+FIGURES_DIR = "figures"
+#: Loss names of the ratio family (the failure-domain figure overlays their runs).
+RATIO_FAMILY = ("ratio", "ratio_eps")
+
+# Colours shared by the figures (colour-blind safe where it matters).
+_RED = "#c0392b"
+_BLUE = "#1f77b4"
+_ORANGE = "#e67e22"
+_GREY = "#7f7f7f"
+
+
+# --------------------------------------------------------------------------- numbers
+
+
+def exp_limits(dtype: str) -> tuple[float, float]:
+    """``(normal, zero)``: ``exp(-d)`` is subnormal for ``d > normal`` and exactly 0.0 for ``d > zero``.
+
+    Measured constants of IEEE binary floats: ``normal = -ln(smallest normal)``,
+    ``zero = -ln(smallest subnormal / 2)`` (below half the smallest subnormal,
+    round-to-nearest gives 0.0). float32: 87.34 and 103.97; float64: 708.4 and 745.1.
+    """
+    import torch
+
+    info = torch.finfo(getattr(torch, dtype))
+    normal = -math.log(info.tiny)
+    zero = -(math.log(info.tiny) + math.log(info.eps) - math.log(2.0))
+    return normal, zero
+
+
+def float_max(dtype: str) -> float:
+    """The largest finite value of ``dtype`` (beyond it a result overflows to inf)."""
+    import torch
+
+    return float(torch.finfo(getattr(torch, dtype)).max)
+
+
+def num(value: Any) -> float:
+    """A recorded value as a float: NaN for missing, JSON-safe strings ('NaN', 'Infinity') decoded."""
+    if value is None or isinstance(value, bool):
+        return math.nan if value is None else float(value)
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.replace("Infinity", "inf"))
+        except ValueError:
+            return math.nan
+    return math.nan
+
+
+# --------------------------------------------------------------------------- recorded data
+
+
+@dataclasses.dataclass
+class RunData:
+    """One run of a diagnose output, as recorded (nothing recomputed)."""
+
+    name: str
+    path: Path
+    entry: dict[str, Any]  # the run's summary.json entry (synthesised when the summary lacks it)
+    config: dict[str, Any]
+    records: list[dict[str, Any]]
+    epochs: list[dict[str, Any]]
+    result: dict[str, Any] | None
+    finding: dict[str, Any] | None
+    in_summary: bool = True
+
+    @property
+    def model(self) -> str:
+        return str(self.entry.get("model") or self.config.get("model") or "?")
+
+    @property
+    def loss(self) -> str:
+        return str(self.entry.get("loss") or self.config.get("loss") or "?")
+
+    @property
+    def dtype(self) -> str:
+        dtype = self.entry.get("dtype") or self.config.get("dtype") or "float32"
+        return dtype if dtype in ("float16", "bfloat16", "float32", "float64") else "float32"
+
+    @property
+    def status(self) -> str:
+        return str(self.entry.get("status") or "interrupted")
+
+    @property
+    def interrupted(self) -> bool:
+        return self.status == "interrupted"
+
+    @property
+    def first_nonfinite(self) -> dict[str, Any] | None:
+        return self.entry.get("first_nonfinite")
+
+    @property
+    def failure_step(self) -> int | None:
+        first = self.first_nonfinite
+        if first and first.get("step") is not None:
+            return int(first["step"])
+        at = self.entry.get("diverged_at")
+        return int(at["step"]) if at and at.get("step") is not None else None
+
+    def has(self, key: str) -> bool:
+        return any(key in r for r in self.records)
+
+    def steps(self) -> np.ndarray:
+        return np.array([num(r.get("step", i)) for i, r in enumerate(self.records)], dtype=float)
+
+    def series(self, key: str) -> np.ndarray:
+        """One recorded key per step (NaN where a record lacks it; NaN/inf values kept)."""
+        return np.array([num(r.get(key)) for r in self.records], dtype=float)
+
+    def grad_keys(self) -> list[str]:
+        keys: list[str] = []
+        for record in self.records:
+            for key in record:
+                if key.startswith("grad_2.0_norm/") and key not in keys:
+                    keys.append(key)
+        return keys
+
+    def chain_links(self) -> list[dict[str, Any]]:
+        """The root-cause chain, first non-finite op first (finding.json, else the summary's text)."""
+        if self.finding and isinstance(self.finding.get("chain"), list) and self.finding["chain"]:
+            return [link for link in self.finding["chain"] if isinstance(link, dict)]
+        first = self.first_nonfinite or {}
+        chain = first.get("chain")
+        if isinstance(chain, str):
+            chain = [part.strip() for part in chain.split("←") if part.strip()]
+        links = []
+        for item in chain or []:
+            if isinstance(item, dict):
+                links.append(item)
+            else:
+                head, _, rest = str(item).partition(" (")
+                links.append({"op": head.split(" ")[0], "phase": "", "detail": rest.rstrip(")"), "kind": None})
+        return links
+
+
+@dataclasses.dataclass
+class RunSet:
+    """A diagnose output directory: its summary and its runs in summary order."""
+
+    out: Path
+    summary: dict[str, Any]
+    runs: list[RunData]
+
+    @property
+    def interrupted(self) -> bool:
+        return bool(self.summary.get("interrupted")) or any(r.interrupted for r in self.runs)
+
+    def run(self, loss: str, model: str | None = None) -> RunData | None:
+        for run in self.runs:
+            if run.loss == loss and (model is None or run.model == model):
+                return run
+        return None
+
+
+def load_run_set(out: str | Path) -> RunSet:
+    """Read a diagnose output directory; a directory without ``summary.json`` is refused (one line)."""
+    out = Path(out)
+    fix = "pass the --out directory of a `stablenca diagnose` run"
+    if not out.is_dir():
+        raise DataError(f"{out} is not a directory", fix=fix)
+    try:
+        summary = read_json(out / "summary.json")
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{out / 'summary.json'} is not readable JSON ({type(exc).__name__})",
+                        fix="re-run stablenca diagnose, or pass another directory") from None
+    if summary is None:
+        raise DataError(f"{out} has no summary.json, so it is not a stablenca diagnose output", fix=fix)
+    if not isinstance(summary, dict) or not isinstance(summary.get("runs", []), list):
+        raise DataError(f"{out / 'summary.json'} is not a stablenca diagnose summary", fix=fix)
+    entries = [e for e in summary.get("runs", []) if isinstance(e, dict) and e.get("run")]
+    names = [str(e["run"]) for e in entries]
+    # A run that was cut before its summary entry was written still has its directory.
+    extra = [p.name for p in iter_run_dirs(out) if p.name not in names]
+    runs = []
+    for name in names + extra:
+        run_dir = out / name
+        entry = next((e for e in entries if e["run"] == name), None)
+        config = _read_json_or(run_dir / "config.json", {}) or {}
+        if entry is None:
+            entry = {"run": name, "model": config.get("model"), "loss": config.get("loss"),
+                     "dtype": config.get("dtype"), "status": "interrupted", "diverged": False,
+                     "first_nonfinite": None}
+        runs.append(RunData(
+            name=name, path=run_dir, entry=entry, config=config,
+            records=_read_jsonl_or(run_dir / "records.jsonl"), epochs=_read_jsonl_or(run_dir / "epochs.jsonl"),
+            result=_read_json_or(run_dir / "result.json", None), finding=_read_json_or(run_dir / "finding.json", None),
+            in_summary=name in names))
+    return RunSet(out, summary, runs)
+
+
+def _read_json_or(path: Path, default: Any) -> Any:
+    try:
+        return read_json(path, default)
+    except (OSError, ValueError):  # a file cut by an interruption
+        return default
+
+
+def _read_jsonl_or(path: Path) -> list[dict[str, Any]]:
+    try:
+        return [r for r in read_jsonl(path) if isinstance(r, dict)]
+    except OSError:
+        return []
+
+
+# --------------------------------------------------------------------------- matplotlib plumbing
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Render ``fig`` to PNG in memory, then write it atomically."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    atomic_write_bytes(path, buffer.getvalue())
+    return Path(path)
+
+
+def _fmt(value: float) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "NaN"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    if value == 0:
+        return "0"
+    if abs(value) >= 1e5 or abs(value) < 1e-3:
+        return f"{value:.2g}"
+    return f"{value:.4g}"
+
+
+def _mark_nonfinite(ax, x: np.ndarray, y: np.ndarray, label: str = "NaN / ±inf recorded") -> bool:
+    """Red crosses on the top edge of ``ax`` where ``y`` is NaN or ±inf (True when any)."""
+    bad = ~np.isfinite(y)
+    if not bad.any():
+        return False
+    ax.plot(x[bad], np.full(bad.sum(), 0.97), "x", color=_RED, ms=9, mew=2, label=label,
+            transform=ax.get_xaxis_transform(), clip_on=False, zorder=5)
+    return True
+
+
+def _root_label(run: RunData) -> str:
+    """'overflow at div (backward, DivBackward0)' from the summary entry."""
+    first = run.first_nonfinite or {}
+    root = first.get("root_cause") or {}
+    op = root.get("op") or first.get("op") or "?"
+    short = op.split(".")[1] if op.startswith("aten.") and "." in op else op
+    phase = first.get("phase")
+    node = first.get("backward_node")
+    where = ", ".join(x for x in (phase, node) if x)
+    first_op = first.get("op") or "?"
+    first_short = first_op.split(".")[1] if first_op.startswith("aten.") and "." in first_op else first_op
+    text = f"{root.get('kind', 'unknown')} at {short}"
+    if first_short != short:
+        text += f" → first non-finite op {first_short}"
+    return text + (f" ({where})" if where else "")
+
+
+def _epoch_axis(ax, run: RunData) -> None:
+    """A secondary x axis on top with the epoch number."""
+    steps = run.steps()
+    epochs = run.series("epoch")
+    ok = np.isfinite(steps) & np.isfinite(epochs)
+    if ok.sum() < 2 or np.nanmax(epochs) == np.nanmin(epochs):
+        return
+    starts_step, starts_epoch = [], []
+    for s, e in zip(steps[ok], epochs[ok]):
+        if not starts_epoch or e != starts_epoch[-1]:
+            starts_step.append(s)
+            starts_epoch.append(e)
+    starts_step.append(steps[ok][-1] + 1)
+    starts_epoch.append(starts_epoch[-1] + 1)
+    xs, es = np.array(starts_step), np.array(starts_epoch)
+    secondary = ax.secondary_xaxis("top", functions=(lambda s: np.interp(s, xs, es),
+                                                     lambda e: np.interp(e, es, xs)))
+    secondary.set_xlabel("epoch")
+    from matplotlib.ticker import MaxNLocator
+
+    secondary.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+# --------------------------------------------------------------------------- figure 1: timeline
+
+
+def timeline_figure(run: RunData):
+    """Loss, gradient norm, distance scale against the exp limits, underflow counts; failure marked."""
+    fig = _figure(10, 11)
+    axes = fig.subplots(4, 1, sharex=True)
+    steps = run.steps()
+    status = run.status
+    fail = run.failure_step
+    headline = f"{run.name}: training timeline ({run.model} model, {run.loss} loss, {run.dtype})"
+    if fail is not None:
+        sub = f"diverged at step {fail}: {_root_label(run)}"
+    elif run.interrupted:
+        sub = f"interrupted after {len(run.records)} recorded steps"
+    else:
+        sub = f"{status}: all {len(run.records)} recorded steps finite" if all(
+            r.get("finite", True) for r in run.records) else status
+    fig.suptitle(f"{headline}\n{sub}", fontsize=12)
+    if not run.records:
+        for ax in axes:
+            ax.text(0.5, 0.5, "no records were written for this run", ha="center", va="center",
+                    transform=ax.transAxes)
+        return fig
+
+    # (a) loss
+    ax = axes[0]
+    loss = run.series("loss")
+    ok = np.isfinite(loss)
+    ax.plot(steps[ok], loss[ok], lw=0.9, color=_BLUE, label="loss (batch mean)")
+    _mark_nonfinite(ax, steps, loss, "loss NaN / ±inf")
+    if np.nanmin(np.where(ok, loss, np.nan), initial=np.inf) < 0 < np.nanmax(np.where(ok, loss, np.nan),
+                                                                             initial=-np.inf):
+        ax.axhline(0, color=_GREY, lw=0.8, ls=":")
+    ax.set_ylabel("training loss\n(per batch)")
+    ax.set_title("(a) loss", loc="left", fontsize=10)
+
+    # (b) gradient norm
+    ax = axes[1]
+    grad = run.series("grad_norm")
+    ok = np.isfinite(grad) & (grad > 0)
+    ax.plot(steps[ok], grad[ok], lw=0.9, color=_ORANGE, label="‖gradient‖₂ over all parameters")
+    _mark_nonfinite(ax, steps, grad, "gradient NaN / ±inf")
+    if ok.any():
+        ax.set_yscale("log")
+    ax.set_ylabel("total gradient\nL2 norm (log)")
+    ax.set_title("(b) gradient norm", loc="left", fontsize=10)
+
+    # (c) distance scale against the exp limits
+    ax = axes[2]
+    normal, zero = exp_limits(run.dtype)
+    key = "max_d_over_T" if run.has("max_d_over_T") else "d_max"
+    dmax = run.series(key)
+    drawn = []
+    for name, values, style in ((f"largest d/T ({key})", dmax, dict(color="black", lw=1.1)),
+                                ("99th percentile d_p99", run.series("d_p99"), dict(color=_BLUE, lw=0.8)),
+                                ("median d_p50", run.series("d_p50"), dict(color=_GREY, lw=0.8))):
+        good = np.isfinite(values) & (values > 0)
+        if good.any():
+            ax.plot(steps[good], values[good], label=name, **style)
+            drawn.append(values[good])
+    _mark_nonfinite(ax, steps, dmax, "distance NaN / inf")
+    ax.axhline(normal, color=_ORANGE, ls="--", lw=1.2, label=f"{normal:.2f}: exp(-d) becomes subnormal ({run.dtype})")
+    ax.axhline(zero, color=_RED, ls="-", lw=1.4, label=f"{zero:.2f}: exp(-d) = 0.0 exactly ({run.dtype})")
+    ax.set_yscale("log")
+    low = min((np.min(v) for v in drawn), default=0.1)
+    ax.set_ylim(max(low * 0.5, 1e-3), max(zero * 1.6, max((np.max(v) for v in drawn), default=1.0) * 1.3))
+    ax.set_ylabel("distance d/T\n(dimensionless, log)")
+    ax.set_title("(c) distance scale vs the exp underflow limits", loc="left", fontsize=10)
+
+    # (d) underflow counts
+    ax = axes[3]
+    any_count = False
+    for key, label, colour in (("exp_zero", "exp(-d) outputs exactly 0.0", _RED),
+                               ("exp_subnormal", "exp(-d) outputs subnormal", _ORANGE),
+                               ("softmax_zero", "softmax outputs exactly 0.0", "purple")):
+        if not run.has(key):
+            continue
+        values = run.series(key)
+        good = np.isfinite(values)
+        ax.step(steps[good], values[good], where="mid", lw=1.0, color=colour, label=label)
+        any_count = True
+        first = np.argmax(values > 0) if (values > 0).any() else None
+        if first is not None and key != "exp_subnormal":
+            ax.annotate(f"first 0.0 at step {int(steps[first])}", (steps[first], values[first]),
+                        xytext=(8, 12), textcoords="offset points", fontsize=8, color=colour,
+                        arrowprops=dict(arrowstyle="->", color=colour, lw=0.8))
+    ax.set_yscale("symlog", linthresh=1)
+    ax.set_ylim(bottom=0)
+    if not any_count:
+        ax.text(0.5, 0.5, "this loss published no exp / softmax outputs", ha="center", va="center",
+                transform=ax.transAxes, color=_GREY)
+    else:
+        totals = [np.nansum(run.series(k)) for k in ("exp_zero", "softmax_zero") if run.has(k)]
+        if not any(t > 0 for t in totals):
+            ax.text(0.5, 0.55, "no exp / softmax output underflowed to 0.0 in this run",
+                    ha="center", va="center", transform=ax.transAxes, color=_GREY)
+    ax.set_ylabel("entries per batch\n(symlog)")
+    ax.set_xlabel("training step (batch index)")
+    ax.set_title("(d) underflowed outputs", loc="left", fontsize=10)
+
+    for ax in axes:
+        if fail is not None:
+            ax.axvline(fail, color=_RED, lw=1.2, ls="-.", label=f"first non-finite step {fail}")
+        elif run.interrupted and len(steps):
+            ax.axvline(steps[-1], color=_GREY, lw=1.0, ls="-.", label=f"interrupted after step {int(steps[-1])}")
+        ax.grid(True, alpha=0.25)
+        ax.legend(loc="upper left", fontsize=8, framealpha=0.85)
+    if fail is not None:
+        ax0 = axes[0]
+        ax0.annotate(_root_label(run), (fail, 0.5), xycoords=ax0.get_xaxis_transform(),
+                     xytext=(-10, 0), textcoords="offset points", ha="right", va="center", fontsize=9,
+                     color=_RED, bbox=dict(boxstyle="round", fc="white", ec=_RED, alpha=0.9))
+    _epoch_axis(axes[0], run)
+    return fig
+
+
+# --------------------------------------------------------------------------- figure 2: failure domain
+
+#: Category codes of the failure-domain grid, in legend order.
+DOMAIN_CATEGORIES = (
+    ("finite loss and gradient", "#d9f0d3"),
+    ("finite loss, non-finite gradient (backward overflow)", "#fdb863"),
+    ("loss = +inf  (P_same = 0: log 0)", "#9e9ac8"),
+    ("loss = -inf  (P_diff = 0: x/0)", "#4a1486"),
+    ("loss = NaN  (0/0)", "#d7191c"),
+)
+
+
+def ratio_domain(dtype: str, d_max: float, n: int = 241) -> tuple[np.ndarray, np.ndarray]:
+    """Evaluate :func:`stablenca.losses.ratio` and its gradient on an ``n × n`` grid in ``dtype``.
+
+    Each grid point is one query with one same-class candidate at distance ``d_same``
+    (x) and one other-class candidate at ``d_other`` (y). Returns the axis values and
+    an ``(n, n)`` array of category codes (rows: d_other, columns: d_same; see
+    :data:`DOMAIN_CATEGORIES`). A cheap analytic evaluation, no training.
+    """
+    import torch
+
+    from .losses import ratio
+
+    axis = np.linspace(0.0, d_max, n)
+    grid_same, grid_other = np.meshgrid(axis, axis, indexing="xy")
+    torch_dtype = getattr(torch, dtype)
+    distances = torch.tensor(np.stack([grid_same.ravel(), grid_other.ravel()], axis=1), dtype=torch_dtype)
+    distances.requires_grad_(True)
+    queries = torch.zeros(len(distances), dtype=torch.long)
+    candidates = torch.tensor([0, 1])
+    self_mask = torch.zeros(distances.shape, dtype=torch.bool)
+    with torch.enable_grad():
+        per_row = ratio(distances, queries, candidates, self_mask).per_sample
+        (grad,) = torch.autograd.grad(per_row.sum(), distances)
+    loss = per_row.detach().double().numpy()
+    grad_ok = torch.isfinite(grad).all(dim=1).numpy()
+    codes = np.zeros(loss.shape, dtype=int)
+    codes[~grad_ok] = 1
+    codes[loss == np.inf] = 2
+    codes[loss == -np.inf] = 3
+    codes[np.isnan(loss)] = 4
+    return axis, codes.reshape(n, n)
+
+
+def _trajectory(run: RunData) -> dict[str, np.ndarray]:
+    """The run's path in the (same-class, other-class) distance plane, from the records."""
+    out = {"steps": run.steps(), "d_same_min": run.series("d_same_min"), "d_other_min": run.series("d_other_min")}
+    if run.has("p_same_min") and run.has("p_diff_min"):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out["eff_same"] = -np.log(run.series("p_same_min"))
+            out["eff_other"] = -np.log(run.series("p_diff_min"))
+    return out
+
+
+def failure_domain_figure(runs: Iterable[RunData] = ()):
+    """Figure 2: the ratio loss's failure domain in float32 and float64, trajectories overlaid."""
+    from matplotlib.colors import ListedColormap
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    runs = [r for r in runs if r.records and (r.has("d_same_min") or r.has("p_same_min"))]
+    overlay = [r for r in runs if r.loss in RATIO_FAMILY] or runs
+    fig = _figure(14, 7.2)
+    axes = fig.subplots(1, 2)
+    cmap = ListedColormap([colour for _, colour in DOMAIN_CATEGORIES])
+    fig.suptitle("Failure domain of the ratio loss  −log(P_same / P_diff),  P = exp(−d),  for one query with "
+                 "one same-class and one other-class neighbour\n(computed on a grid, loss and gradient in "
+                 "the panel's dtype; training trajectories from the records drawn over it)", fontsize=11)
+    present: set[int] = set()
+    markers = ("o", "s", "^", "D")
+    legend_runs = []
+    for ax, dtype in zip(axes, ("float32", "float64")):
+        normal, zero = exp_limits(dtype)
+        extent = zero * 1.55
+        axis, codes = ratio_domain(dtype, extent)
+        present.update(int(c) for c in np.unique(codes))
+        ax.imshow(codes, origin="lower", extent=(0, extent, 0, extent), cmap=cmap, vmin=-0.5,
+                  vmax=len(DOMAIN_CATEGORIES) - 0.5, interpolation="nearest", aspect="equal")
+        for value, style, text in ((zero, dict(color="black", lw=1.0, ls="-"), f"{zero:.2f}: exp(−d) = 0.0"),
+                                   (normal, dict(color="black", lw=0.8, ls=":"), f"{normal:.2f}: subnormal")):
+            ax.axvline(value, **style)
+            ax.axhline(value, **style)
+            ax.text(value, extent * 0.985, f" {text}", rotation=90, va="top", ha="right", fontsize=8)
+        ax.set_xlim(0, extent)
+        ax.set_ylim(0, extent)
+        ax.set_xlabel("same-class distance d_same / T  (the numerator's exponent)")
+        ax.set_ylabel("other-class distance d_other / T  (the denominator's exponent)")
+        ax.set_title(f"{dtype}: exp underflows at d > {zero:.2f}", fontsize=10)
+        mine = [r for r in overlay if r.dtype == dtype]
+        if not mine:
+            ax.text(0.03, 0.03, f"no {dtype} run recorded: grid only", transform=ax.transAxes, fontsize=9,
+                    color=_GREY, bbox=dict(fc="white", ec=_GREY, alpha=0.8))
+        for k, run in enumerate(mine):
+            marker = markers[k % len(markers)]
+            path = _trajectory(run)
+            ok = np.isfinite(path["d_same_min"]) & np.isfinite(path["d_other_min"])
+            ax.plot(path["d_same_min"][ok], path["d_other_min"][ok], marker, ms=3, color=_GREY, alpha=0.6,
+                    mec="none")
+            if "eff_same" in path:
+                xs = np.clip(np.nan_to_num(path["eff_same"], nan=np.nan, posinf=extent), 0, extent)
+                ys = np.clip(np.nan_to_num(path["eff_other"], nan=np.nan, posinf=extent), 0, extent)
+                good = np.isfinite(xs) & np.isfinite(ys)
+                points = ax.scatter(xs[good], ys[good], c=path["steps"][good], cmap="viridis", s=12,
+                                    marker=marker, edgecolors="none", zorder=3)
+                if good.any():
+                    last = np.flatnonzero(good)[-1]
+                    label = f"step {int(path['steps'][last])}"
+                    if run.failure_step is not None and int(path["steps"][last]) == run.failure_step:
+                        label += " (first non-finite)"
+                    ax.plot(xs[last], ys[last], "X", color=_RED, ms=12, mec="white", zorder=4)
+                    ax.annotate(f"{run.name}\n{label}", (xs[last], ys[last]), xytext=(10, -28),
+                                textcoords="offset points", fontsize=8, color=_RED,
+                                arrowprops=dict(arrowstyle="->", color=_RED),
+                                bbox=dict(fc="white", ec=_RED, alpha=0.85))
+                    cbar = fig.colorbar(points, ax=ax, shrink=0.7, pad=0.01)
+                    cbar.set_label(f"training step ({run.name})")
+            legend_runs.append(Line2D([], [], marker=marker, ls="", color=_GREY,
+                                      label=f"{run.name}: batch minima (d_same_min, d_other_min)"))
+            if "eff_same" in path:
+                legend_runs.append(Line2D([], [], marker=marker, ls="", color="#21918c",
+                                          label=f"{run.name}: worst rows (−ln P_same_min, −ln P_diff_min)"))
+    handles = [Patch(color=colour, label=label) for k, (label, colour) in enumerate(DOMAIN_CATEGORIES)
+               if k in present or k == 0]
+    fig.legend(handles=handles + legend_runs, loc="outside lower center", ncol=2, fontsize=9, frameon=False)
+    return fig
+
+
+# --------------------------------------------------------------------------- figure 3: error vs scale
+
+_CURVE_KEYS = ("per_scale", "curve", "curves", "by_scale", "sweep")
+_SCALE_KEYS = ("scale", "s")
+_LOSS_BITS_KEYS = ("loss_bits_median", "loss_bits", "bits", "loss_bits_max")
+_GRAD_BITS_KEYS = ("grad_bits_median", "grad_bits", "grad_bits_max")
+_FINITE_KEYS = ("finite_fraction", "finite")
+
+
+def _first(mapping: dict[str, Any], keys: Iterable[str]) -> Any:
+    for key in keys:
+        if key in mapping:
+            return mapping[key]
+    return None
+
+
+def _points(raw: Any) -> list[dict[str, Any]]:
+    """Per-scale points from a list of dicts or a dict of parallel lists."""
+    if isinstance(raw, dict):
+        scales = _first(raw, _SCALE_KEYS + ("scales",))
+        if not isinstance(scales, list):
+            return []
+        return [{k: (v[i] if isinstance(v, list) and i < len(v) else None) for k, v in raw.items()} | {"scale": s}
+                for i, s in enumerate(scales)]
+    if isinstance(raw, list):
+        return [p for p in raw if isinstance(p, dict)]
+    return []
+
+
+def check_curves(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """Normalise ``stablenca check --json`` output for figure 3 (the schema adapter).
+
+    Input: ``{"sweep": {...}, "results": [row, ...]}`` with, per row, ``loss``, ``dtype``,
+    ``breakdown_scale``, ``breakdown_reason``, ``threshold_bits`` and ``populations``
+    (``paired``/``singleton``: ``finite_fraction``, ``loss_bits_median``/``_max``, ...).
+    Per-scale curves are read when a row carries them under ``per_scale`` (or ``curve``,
+    ``by_scale``): a list of ``{"scale", "loss_bits_median", "grad_bits_median",
+    "finite_fraction"}`` or a dict of parallel lists; a population-keyed dict of such
+    (``{"paired": [...]}``) is accepted too, the ``paired`` population is drawn.
+
+    Output, one dict per (loss, dtype): ``loss``, ``dtype``, ``threshold_bits``,
+    ``breakdown_scale``, ``breakdown_reason``, ``loss_bits_median``, ``loss_bits_max``,
+    ``finite_fraction`` (population a) and ``curve`` (sorted points with ``scale``,
+    ``loss_bits``, ``grad_bits``, ``finite``; empty when the JSON has no per-scale data).
+    """
+    if not isinstance(data, dict) or not isinstance(data.get("results"), list):
+        raise DataError("the check JSON has no 'results' list",
+                        fix="pass the output of `stablenca check --json`")
+    rows = []
+    for row in data["results"]:
+        if not isinstance(row, dict) or "loss" not in row or "dtype" not in row:
+            continue
+        raw = _first(row, _CURVE_KEYS)
+        if isinstance(raw, dict) and "paired" in raw:
+            raw = raw["paired"]
+        curve = []
+        for point in _points(raw):
+            scale = num(_first(point, _SCALE_KEYS))
+            if not (math.isfinite(scale) and scale > 0):
+                continue
+            curve.append({"scale": scale, "loss_bits": num(_first(point, _LOSS_BITS_KEYS)),
+                          "grad_bits": num(_first(point, _GRAD_BITS_KEYS)),
+                          "finite": num(_first(point, _FINITE_KEYS))})
+        curve.sort(key=lambda p: p["scale"])
+        paired = (row.get("populations") or {}).get("paired") or {}
+        rows.append({"loss": str(row["loss"]), "dtype": str(row["dtype"]),
+                     "threshold_bits": num(row.get("threshold_bits")),
+                     "breakdown_scale": num(row.get("breakdown_scale")),
+                     "breakdown_reason": str(row.get("breakdown_reason") or ""),
+                     "loss_bits_median": num(paired.get("loss_bits_median")),
+                     "loss_bits_max": num(paired.get("loss_bits_max")),
+                     "finite_fraction": num(paired.get("finite_fraction")),
+                     "curve": curve})
+    return rows
+
+
+def _precision_bits(dtype: str) -> float:
+    return {"float16": 11.0, "bfloat16": 8.0, "float32": 24.0, "float64": 53.0}.get(dtype, 24.0)
+
+
+def error_vs_scale_figure(check: dict[str, Any]):
+    """Figure 3: bits of error of each formulation against the distance scale, per dtype."""
+    rows = check_curves(check)
+    sweep = check.get("sweep") or {}
+    scale_min = num(sweep.get("scale_min"))
+    scale_max = num(sweep.get("scale_max"))
+    dtypes = [d for d in ("float16", "bfloat16", "float32", "float64") if any(r["dtype"] == d for r in rows)]
+    dtypes += sorted({r["dtype"] for r in rows} - set(dtypes))
+    losses = list(dict.fromkeys(r["loss"] for r in rows))
+    colours = dict(zip(losses, ("#d62728", "#ff7f0e", "#8c564b", "#1f77b4", "#2ca02c", "#9467bd", "#17becf")))
+    has_curves = any(r["curve"] for r in rows)
+    n = max(1, len(dtypes))
+    cols = 2 if n > 1 else 1
+    fig = _figure(7 * cols, 4.6 * math.ceil(n / cols) + 0.8)
+    axes = np.atleast_1d(fig.subplots(math.ceil(n / cols), cols)).ravel()
+    title = ("Bits of error of the loss against the distance scale (stablenca check, Herbie-style; "
+             "batches where every class has ≥ 2 members)")
+    if not has_curves:
+        title += ("\nthis check JSON has no per-scale curves: each bar shows where the formulation stays within "
+                  "the error threshold (green) and where it breaks (red), with its median / max bits of error")
+    fig.suptitle(title, fontsize=11)
+    if not rows:
+        axes[0].text(0.5, 0.5, "the check JSON has no results", ha="center", va="center",
+                     transform=axes[0].transAxes)
+    for ax, dtype in zip(axes, dtypes):
+        mine = [r for r in rows if r["dtype"] == dtype]
+        precision = _precision_bits(dtype)
+        normal, zero = exp_limits(dtype) if dtype in ("float32", "float64") else (math.nan, math.nan)
+        if dtype in ("float16", "bfloat16"):
+            import torch
+
+            info = torch.finfo(getattr(torch, dtype))
+            normal = -math.log(info.tiny)
+            zero = -(math.log(info.tiny) + math.log(info.eps) - math.log(2.0))
+        if has_curves:
+            _curve_panel(ax, mine, colours, precision, dtype)
+        else:
+            _bar_panel(ax, mine, colours, scale_min, scale_max)
+        for value, style in ((normal, ":"), (zero, "-")):
+            if math.isfinite(value):
+                ax.axvline(value, color="black", ls=style, lw=0.9)
+        ax.text(zero, 1.0, f" exp(−s)=0.0\n at s={zero:.4g}", transform=ax.get_xaxis_transform(), fontsize=7,
+                va="top", ha="left")
+        ax.set_xscale("log")
+        if math.isfinite(scale_min) and math.isfinite(scale_max):
+            ax.set_xlim(scale_min, scale_max)
+        ax.set_xlabel("distance scale s  (nearest neighbours at d/T ∈ [s, 1.25 s]; log)")
+        ax.set_title(dtype, fontsize=10)
+        ax.grid(True, alpha=0.25)
+    for ax in axes[len(dtypes):]:
+        ax.set_visible(False)
+    if has_curves:
+        from matplotlib.lines import Line2D
+
+        handles = [Line2D([], [], color=colours[name], lw=1.6, label=name) for name in losses]
+        handles.append(Line2D([], [], color="black", marker="x", ls="", label="non-finite loss or gradient"))
+        handles.append(Line2D([], [], color=_GREY, ls="--", label="threshold: half the significand bits"))
+        fig.legend(handles=handles, loc="outside lower center", ncol=min(4, len(handles)), fontsize=9,
+                   frameon=False)
+    return fig
+
+
+def _curve_panel(ax, rows, colours, precision, dtype) -> None:
+    top = precision + 2
+    for row in rows:
+        xs = np.array([p["scale"] for p in row["curve"]])
+        bits = np.array([p["loss_bits"] for p in row["curve"]])
+        finite = np.array([p["finite"] for p in row["curve"]])
+        broken = (~np.isfinite(bits)) | (np.isfinite(finite) & (finite < 1))
+        colour = colours[row["loss"]]
+        shown = np.where(np.isfinite(bits), np.minimum(bits, top), np.nan)
+        ax.plot(xs, shown, lw=1.5, color=colour)
+        ax.plot(xs[broken], np.full(broken.sum(), top), "x", color=colour, ms=6)
+    threshold = next((r["threshold_bits"] for r in rows if math.isfinite(r["threshold_bits"])), precision / 2)
+    ax.axhline(threshold, color=_GREY, ls="--", lw=1)
+    ax.axhline(top, color=_GREY, lw=0.5)
+    ax.text(0.01, top, " non-finite ↓", transform=ax.get_yaxis_transform(), fontsize=7, va="bottom")
+    ax.set_ylim(-0.5, top + 1.5)
+    ax.set_ylabel(f"bits of error of the loss\n(0 = correctly rounded, {precision:g} = all {dtype} bits wrong)")
+
+
+def _bar_panel(ax, rows, colours, scale_min, scale_max) -> None:
+    lo = scale_min if math.isfinite(scale_min) else 1e-3
+    hi = scale_max if math.isfinite(scale_max) else 1e4
+    for y, row in enumerate(rows):
+        breakdown = row["breakdown_scale"]
+        end = breakdown if math.isfinite(breakdown) else hi
+        ax.barh(y, end - lo, left=lo, height=0.6, color="#a1d99b", edgecolor="none")
+        if math.isfinite(breakdown):
+            ax.barh(y, hi - breakdown, left=breakdown, height=0.6, color="#fc9272", edgecolor="none")
+            reason = textwrap.shorten(row["breakdown_reason"], 38, placeholder="…")
+            ax.text(breakdown * 1.15, y, f"breaks at {breakdown:.3g}: {reason}", va="center", fontsize=7)
+        else:
+            ax.text(hi / 1.2, y, "no breakdown", va="center", ha="right", fontsize=7)
+        bits = f"bits med {_fmt(row['loss_bits_median'])} / max {_fmt(row['loss_bits_max'])}"
+        ax.text(lo * 1.15, y + 0.36, bits, va="center", fontsize=6.5, color="#333333")
+    ax.set_yticks(range(len(rows)), [r["loss"] for r in rows])
+    ax.set_ylim(-0.6, len(rows) - 0.2)
+    ax.invert_yaxis()
+    ax.set_ylabel("formulation")
+
+
+# --------------------------------------------------------------------------- figure 4: gradient flow
+
+
+def gradient_flow_figure(run: RunData):
+    """Figure 4: per-parameter gradient norms over steps as a heatmap (log colour)."""
+    import matplotlib
+    from matplotlib.colors import LogNorm
+    from matplotlib.patches import Patch
+
+    keys = run.grad_keys()
+    steps = run.steps()
+    fig = _figure(11, max(3.6, 1.6 + 0.42 * len(keys)))
+    ax = fig.subplots()
+    fail = run.failure_step
+    title = f"{run.name}: gradient flow, L2 norm of each parameter's gradient per step"
+    if fail is not None:
+        title += f"\n(first non-finite step {fail}: {_root_label(run)})"
+    fig.suptitle(title, fontsize=11)
+    if not keys or not len(steps):
+        ax.text(0.5, 0.5, "no per-parameter gradient norms were recorded", ha="center", va="center",
+                transform=ax.transAxes)
+        ax.set_axis_off()
+        return fig
+    matrix = np.array([run.series(k) for k in keys])
+    positive = matrix[np.isfinite(matrix) & (matrix > 0)]
+    vmin, vmax = (np.min(positive), np.max(positive)) if positive.size else (1e-8, 1.0)
+    if vmax <= vmin:
+        vmax = vmin * 10
+    shown = np.where(matrix == 0, vmin / 10, matrix)
+    cmap = matplotlib.colormaps["viridis"].copy()
+    cmap.set_bad(_RED)
+    cmap.set_under("white")
+    image = ax.imshow(np.ma.masked_invalid(shown), aspect="auto", interpolation="nearest", cmap=cmap,
+                      norm=LogNorm(vmin=vmin, vmax=vmax),
+                      extent=(steps[0] - 0.5, steps[-1] + 0.5, len(keys) - 0.5, -0.5))
+    cbar = fig.colorbar(image, ax=ax, extend="min", pad=0.01)
+    cbar.set_label("‖∂loss/∂θ‖₂ of the parameter tensor (log colour)")
+    ax.set_yticks(range(len(keys)), [k.split("/", 1)[1] for k in keys], fontsize=8)
+    ax.set_ylabel("parameter tensor")
+    ax.set_xlabel("training step (batch index)")
+    handles = [Patch(color=_RED, label="NaN / inf gradient"), Patch(fc="white", ec="black", label="exactly 0")]
+    if fail is not None:
+        ax.axvline(fail, color=_RED, lw=1.5, ls="-.")
+        handles.append(matplotlib.lines.Line2D([], [], color=_RED, ls="-.", label=f"first non-finite step {fail}"))
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(0, -0.16), ncol=3, fontsize=8, frameon=False)
+    # Growth before the failure: the largest finite per-parameter norm, early vs late.
+    finite_max = np.nanmax(np.where(np.isfinite(matrix), matrix, np.nan), axis=0, initial=np.nan) \
+        if matrix.size else np.array([])
+    ok = np.isfinite(finite_max)
+    if ok.sum() >= 4:
+        tenth = max(1, ok.sum() // 10)
+        early, late = np.median(finite_max[ok][:tenth]), np.median(finite_max[ok][-tenth:])
+        ax.text(0.99, 1.01, f"largest per-parameter norm: median {_fmt(early)} over the first {tenth} steps, "
+                            f"{_fmt(late)} over the last {tenth} finite ones", transform=ax.transAxes,
+                ha="right", va="bottom", fontsize=8)
+    return fig
+
+
+# --------------------------------------------------------------------------- figure 5: chain
+
+
+def _stats_text(stats: dict[str, Any] | None) -> str:
+    if not isinstance(stats, dict) or "min" not in stats:
+        return ""
+    parts = [f"min {_fmt(num(stats.get('min')))}, max {_fmt(num(stats.get('max')))}"]
+    counts = [f"{label} {stats[key]}" for key, label in (("zeros", "zeros"), ("nan", "NaN"), ("posinf", "+inf"),
+                                                         ("neginf", "-inf"), ("subnormal", "subnormal"))
+              if stats.get(key)]
+    if counts:
+        parts.append(", ".join(counts))
+    shape = stats.get("shape")
+    if shape is not None:
+        parts.append(f"{stats.get('dtype', '')} {list(shape)}")
+    return "\n".join(parts)
+
+
+def _short(op: str | None) -> str:
+    if not op:
+        return "?"
+    if op == "input":
+        return "input"
+    parts = op.split(".")
+    return parts[1] if len(parts) > 1 and parts[0] == "aten" else op
+
+
+def chain_figure(run: RunData):
+    """Figure 5: the root-cause chain as boxes (op, phase, statistics) joined by arrows, cause first."""
+    first = run.first_nonfinite or {}
+    links = run.chain_links()
+    causal = list(reversed(links))  # earliest cause first
+    boxes: list[tuple[str, str]] = []
+    for k, link in enumerate(causal):
+        kind = link.get("kind")
+        head = _short(link.get("op"))
+        if kind and kind not in ("source", None):
+            head += f"  [{kind}]"
+        phase = link.get("phase") or ""
+        if link.get("backward_node"):
+            phase = f"{phase}, {link['backward_node']}" if phase else link["backward_node"]
+        detail = textwrap.fill(str(link.get("detail") or ""), 30)
+        stats = _stats_text(link.get("stats"))
+        body = "\n".join(x for x in (phase, detail, stats) if x)
+        colour = "#fde0dd" if k == len(causal) - 1 else ("#fff2cc" if kind in ("underflow", "overflow",
+                                                                                "cancellation", "empty_set")
+                                                          else "#eeeeee")
+        boxes.append((f"{head}\n{body}", colour))
+    root = first.get("root_cause") or {}
+    step = run.failure_step
+    outcome = f"step {step} not applied:\nloss or gradient non-finite" if step is not None else "non-finite result"
+    if run.records:
+        last = run.records[-1]
+        extra = [f"loss {_fmt(num(last.get('loss')))}", f"grad_norm {_fmt(num(last.get('grad_norm')))}"]
+        if last.get("grad_nonfinite"):
+            extra.append(f"{last['grad_nonfinite']} non-finite gradient tensors")
+        outcome += "\n" + "\n".join(extra)
+    n = len(boxes) + 1
+    fig = _figure(min(18, max(8, 3.3 * n)), 6.2)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_axis_off()
+    where = f" (epoch {first.get('epoch')}, step {step})" if step is not None else ""
+    fig.text(0.5, 0.97, f"{run.name}: root-cause chain of the first non-finite value{where}", ha="center",
+             va="top", fontsize=12, weight="bold")
+    fig.text(0.5, 0.91, textwrap.fill(f"root cause: {root.get('kind', 'unknown')} at {_short(root.get('op'))}: "
+                                      f"{root.get('detail', '')}", 130), ha="center", va="top", fontsize=9)
+    if first.get("source"):
+        fig.text(0.5, 0.04, f"source: {first['source']}", ha="center", va="bottom", fontsize=8, family="monospace")
+    if not boxes:
+        ax.text(0.5, 0.5, "no traced chain was recorded for this run\n(the replayed step was finite, or the "
+                          "finding was not written)", ha="center", va="center", fontsize=10)
+        return fig
+    y = 0.58
+    xs = np.linspace(0.5 / n, 1 - 0.5 / n, n)
+    artists = []
+    for x, (text, colour) in zip(xs, boxes + [(outcome, "#f4cccc")]):
+        artists.append(ax.text(x, y, text, ha="center", va="center", fontsize=8.5, family="DejaVu Sans",
+                               bbox=dict(boxstyle="round,pad=0.6", fc=colour, ec="black", lw=1.0)))
+    for a, b in zip(artists[:-1], artists[1:]):
+        ax.annotate("", xy=(0, 0.5), xycoords=b, xytext=(1, 0.5), textcoords=a,
+                    arrowprops=dict(arrowstyle="-|>", color="black", lw=1.3, shrinkA=2, shrinkB=2))
+    inputs = (run.finding or {}).get("inputs") or first.get("inputs") or []
+    if inputs:
+        lines = [f"inputs of {_short(first.get('op'))}:"]
+        for stats in inputs[:4]:
+            if isinstance(stats, dict):
+                lines.append(f"{stats.get('arg', '?')}: " + _stats_text(stats).replace("\n", "; "))
+        box = ax.text(xs[len(boxes) - 1], 0.2, "\n".join(textwrap.fill(line, 60) for line in lines), ha="center",
+                      va="center", fontsize=8, bbox=dict(boxstyle="round,pad=0.5", fc="white", ec=_GREY))
+        ax.annotate("", xy=(0.5, 0), xycoords=artists[len(boxes) - 1], xytext=(0.5, 1), textcoords=box,
+                    arrowprops=dict(arrowstyle="-|>", color=_GREY, lw=1.0))
+    ax.text(0.01, 0.36, "cause → effect (left to right)", fontsize=8, color=_GREY, transform=ax.transAxes)
+    return fig
+
+
+# --------------------------------------------------------------------------- all figures
+
+
+@dataclasses.dataclass
+class Figure:
+    """A written figure: where it is and what it shows (for the report)."""
+
+    path: Path
+    kind: str  # "timeline", "gradients", "chain", "domain", "check"
+    run: str | None = None
+
+
+def load_check(path: str | Path) -> dict[str, Any]:
+    """Read a ``stablenca check --json`` file (one-line error when it is not one)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"check file {path} does not exist",
+                        fix="write it with `stablenca check --json > FILE`, or drop --check")
+    try:
+        data = read_json(path)
+    except (OSError, ValueError):
+        raise DataError(f"check file {path} is not JSON",
+                        fix="write it with `stablenca check --json > FILE`") from None
+    check_curves(data)  # validates the shape
+    return data
+
+
+def plot_all(out: str | Path, check_path: str | Path | None = None, *, run_set: RunSet | None = None,
+             strict: bool = True, problems: list[str] | None = None) -> list[Figure]:
+    """Draw every figure of a diagnose output into ``out/figures`` (from recorded data only).
+
+    ``check_path`` defaults to ``out/check.json`` when that exists. With ``strict=False``
+    a figure that cannot be drawn is skipped and its error appended to ``problems``.
+    """
+    run_set = run_set or load_run_set(out)
+    out = Path(out)
+    figures_dir = out / FIGURES_DIR
+    written: list[Figure] = []
+
+    def draw(kind: str, name: str, make: Callable[[], Any], run: str | None = None) -> None:
+        try:
+            fig = make()
+            written.append(Figure(save_figure(fig, figures_dir / f"{name}.png"), kind, run))
+        except Exception as exc:  # noqa: BLE001 - a report with one figure missing beats no report
+            if strict:
+                raise
+            if problems is not None:
+                problems.append(f"{name}.png: {type(exc).__name__}: {exc}")
+
+    for run in run_set.runs:
+        draw("timeline", f"{run.name}-timeline", lambda run=run: timeline_figure(run), run.name)
+        if run.grad_keys():
+            draw("gradients", f"{run.name}-gradients", lambda run=run: gradient_flow_figure(run), run.name)
+        if run.first_nonfinite is not None:
+            draw("chain", f"{run.name}-chain", lambda run=run: chain_figure(run), run.name)
+    draw("domain", "ratio-failure-domain", lambda: failure_domain_figure(run_set.runs))
+    if check_path is None and (out / "check.json").is_file():
+        check_path = out / "check.json"
+    if check_path is not None:
+        if strict:
+            check = load_check(check_path)
+        else:
+            try:
+                check = load_check(check_path)
+            except DataError as exc:
+                check = None
+                if problems is not None:
+                    problems.append(str(exc))
+        if check is not None:
+            draw("check", "error-vs-scale", lambda: error_vs_scale_figure(check))
+    return written
