@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from .errors import EXIT_INTERRUPTED, EXIT_USAGE, StableNCAError
+from .errors import EXIT_INTERRUPTED, EXIT_USAGE, INTERRUPTED_MESSAGE, StableNCAError
 
 #: Subcommand modules, in the order ``--help`` lists them (the data flow).
 SUBCOMMANDS = ("train", "diagnose", "replay", "check", "report", "plot", "study")
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stablenca: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("stablenca: interrupted; what was recorded is kept", file=sys.stderr)
+        print(INTERRUPTED_MESSAGE, file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # `stablenca ... | head`
         return 0

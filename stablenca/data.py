@@ -633,6 +633,12 @@ def _load_npy(path: Path) -> np.ndarray:
     if arr.dtype.kind not in "biufUS":
         raise DataError(f"{path} has dtype {arr.dtype}, not numbers or strings",
                         fix="save it as a numeric or string array")
+    if arr.dtype.kind == "S":  # bytes: decode once here, so later astype(str) cannot fail
+        try:
+            arr = arr.astype(str)
+        except UnicodeDecodeError:
+            raise DataError(f"{path} holds bytes that are not ASCII text",
+                            fix="save it as a str array, e.g. np.save(path, arr.astype(str))") from None
     return arr
 
 

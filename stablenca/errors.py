@@ -15,6 +15,8 @@ EXIT_CONTRACT = 1
 EXIT_USAGE = 2
 #: Interrupted by SIGINT; what was recorded is kept.
 EXIT_INTERRUPTED = 130
+#: What the CLI prints on stderr when Ctrl-C ended a command.
+INTERRUPTED_MESSAGE = "stablenca: interrupted; what was recorded is kept"
 
 
 class StableNCAError(Exception):

@@ -58,19 +58,21 @@ def exp_limits(dtype: str) -> tuple[float, float]:
     ``zero = -ln(smallest subnormal / 2)`` (below half the smallest subnormal,
     round-to-nearest gives 0.0). float32: 87.34 and 103.97; float64: 708.4 and 745.1.
     """
-    import torch
-
-    info = torch.finfo(getattr(torch, dtype))
-    normal = -math.log(info.tiny)
-    zero = -(math.log(info.tiny) + math.log(info.eps) - math.log(2.0))
+    if dtype == "bfloat16":  # numpy has no bfloat16: float32's exponent range, 8 significand bits
+        tiny, eps = 2.0 ** -126, 2.0 ** -7
+    else:
+        info = np.finfo(np.dtype(dtype))
+        tiny, eps = float(info.tiny), float(info.eps)
+    normal = -math.log(tiny)
+    zero = -(math.log(tiny) + math.log(eps) - math.log(2.0))
     return normal, zero
 
 
 def float_max(dtype: str) -> float:
     """The largest finite value of ``dtype`` (beyond it a result overflows to inf)."""
-    import torch
-
-    return float(torch.finfo(getattr(torch, dtype)).max)
+    if dtype == "bfloat16":
+        return float((2 - 2.0 ** -7) * 2.0 ** 127)
+    return float(np.finfo(np.dtype(dtype)).max)
 
 
 def num(value: Any) -> float:
@@ -245,10 +247,10 @@ def _read_jsonl_or(path: Path) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- matplotlib plumbing
 
 
-def _figure(width: float, height: float):
+def _figure(width: float, height: float, layout: str | None = "constrained"):
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+    return Figure(figsize=(width, height), dpi=100, layout=layout)
 
 
 def save_figure(fig, path: str | Path) -> Path:
@@ -326,7 +328,7 @@ def _epoch_axis(ax, run: RunData) -> None:
 
 def timeline_figure(run: RunData):
     """Loss, gradient norm, distance scale against the exp limits, underflow counts; failure marked."""
-    fig = _figure(10, 11)
+    fig = _figure(13, 11)
     axes = fig.subplots(4, 1, sharex=True)
     steps = run.steps()
     status = run.status
@@ -388,6 +390,10 @@ def timeline_figure(run: RunData):
     ax.set_yscale("log")
     low = min((np.min(v) for v in drawn), default=0.1)
     ax.set_ylim(max(low * 0.5, 1e-3), max(zero * 1.6, max((np.max(v) for v in drawn), default=1.0) * 1.3))
+    if fail is not None and np.isfinite(dmax[steps == fail]).any():
+        at = float(dmax[steps == fail][0])
+        ax.annotate(f"{at:.4g} at step {fail}", (fail, at), xytext=(-12, 16), textcoords="offset points",
+                    ha="right", fontsize=8, arrowprops=dict(arrowstyle="->", lw=0.8))
     ax.set_ylabel("distance d/T\n(dimensionless, log)")
     ax.set_title("(c) distance scale vs the exp underflow limits", loc="left", fontsize=10)
 
@@ -409,7 +415,9 @@ def timeline_figure(run: RunData):
                         xytext=(8, 12), textcoords="offset points", fontsize=8, color=colour,
                         arrowprops=dict(arrowstyle="->", color=colour, lw=0.8))
     ax.set_yscale("symlog", linthresh=1)
-    ax.set_ylim(bottom=0)
+    peak = max((np.nanmax(run.series(k), initial=0) for k in ("exp_zero", "exp_subnormal", "softmax_zero")
+                if run.has(k)), default=0)
+    ax.set_ylim(0, max(10.0, float(peak) * 3 if math.isfinite(peak) else 10.0))
     if not any_count:
         ax.text(0.5, 0.5, "this loss published no exp / softmax outputs", ha="center", va="center",
                 transform=ax.transAxes, color=_GREY)
@@ -428,7 +436,8 @@ def timeline_figure(run: RunData):
         elif run.interrupted and len(steps):
             ax.axvline(steps[-1], color=_GREY, lw=1.0, ls="-.", label=f"interrupted after step {int(steps[-1])}")
         ax.grid(True, alpha=0.25)
-        ax.legend(loc="upper left", fontsize=8, framealpha=0.85)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     if fail is not None:
         ax0 = axes[0]
         ax0.annotate(_root_label(run), (fail, 0.5), xycoords=ax0.get_xaxis_transform(),
@@ -500,7 +509,8 @@ def failure_domain_figure(runs: Iterable[RunData] = ()):
     from matplotlib.patches import Patch
 
     runs = [r for r in runs if r.records and (r.has("d_same_min") or r.has("p_same_min"))]
-    overlay = [r for r in runs if r.loss in RATIO_FAMILY] or runs
+    overlay = next((chosen for chosen in ([r for r in runs if r.loss == name] for name in RATIO_FAMILY) if chosen),
+                   runs)
     fig = _figure(14, 7.2)
     axes = fig.subplots(1, 2)
     cmap = ListedColormap([colour for _, colour in DOMAIN_CATEGORIES])
@@ -508,6 +518,7 @@ def failure_domain_figure(runs: Iterable[RunData] = ()):
                  "one same-class and one other-class neighbour\n(computed on a grid, loss and gradient in "
                  "the panel's dtype; training trajectories from the records drawn over it)", fontsize=11)
     present: set[int] = set()
+    colourbar_source = None
     markers = ("o", "s", "^", "D")
     legend_runs = []
     for ax, dtype in zip(axes, ("float32", "float64")):
@@ -541,25 +552,29 @@ def failure_domain_figure(runs: Iterable[RunData] = ()):
                 xs = np.clip(np.nan_to_num(path["eff_same"], nan=np.nan, posinf=extent), 0, extent)
                 ys = np.clip(np.nan_to_num(path["eff_other"], nan=np.nan, posinf=extent), 0, extent)
                 good = np.isfinite(xs) & np.isfinite(ys)
-                points = ax.scatter(xs[good], ys[good], c=path["steps"][good], cmap="viridis", s=12,
+                span = max(1.0, float(np.nanmax(path["steps"]) - np.nanmin(path["steps"])))
+                progress = (path["steps"] - np.nanmin(path["steps"])) / span
+                points = ax.scatter(xs[good], ys[good], c=progress[good], cmap="viridis", vmin=0, vmax=1, s=14,
                                     marker=marker, edgecolors="none", zorder=3)
                 if good.any():
                     last = np.flatnonzero(good)[-1]
-                    label = f"step {int(path['steps'][last])}"
+                    label = f"last recorded step {int(path['steps'][last])}"
                     if run.failure_step is not None and int(path["steps"][last]) == run.failure_step:
-                        label += " (first non-finite)"
+                        label = f"step {run.failure_step}: first non-finite"
                     ax.plot(xs[last], ys[last], "X", color=_RED, ms=12, mec="white", zorder=4)
-                    ax.annotate(f"{run.name}\n{label}", (xs[last], ys[last]), xytext=(10, -28),
-                                textcoords="offset points", fontsize=8, color=_RED,
-                                arrowprops=dict(arrowstyle="->", color=_RED),
-                                bbox=dict(fc="white", ec=_RED, alpha=0.85))
-                    cbar = fig.colorbar(points, ax=ax, shrink=0.7, pad=0.01)
-                    cbar.set_label(f"training step ({run.name})")
+                    ax.annotate(f"{run.name}\n{label}", (xs[last], ys[last]),
+                                xytext=(28 + 6 * k, 40 - 58 * k), textcoords="offset points", fontsize=8,
+                                color=_RED, arrowprops=dict(arrowstyle="->", color=_RED),
+                                bbox=dict(fc="white", ec=_RED, alpha=0.9))
+                    colourbar_source = points
             legend_runs.append(Line2D([], [], marker=marker, ls="", color=_GREY,
                                       label=f"{run.name}: batch minima (d_same_min, d_other_min)"))
             if "eff_same" in path:
                 legend_runs.append(Line2D([], [], marker=marker, ls="", color="#21918c",
                                           label=f"{run.name}: worst rows (−ln P_same_min, −ln P_diff_min)"))
+    if colourbar_source is not None:
+        cbar = fig.colorbar(colourbar_source, ax=list(axes), shrink=0.6, pad=0.01)
+        cbar.set_label("progress through the run (0 = first recorded step, 1 = last)")
     handles = [Patch(color=colour, label=label) for k, (label, colour) in enumerate(DOMAIN_CATEGORIES)
                if k in present or k == 0]
     fig.legend(handles=handles + legend_runs, loc="outside lower center", ncol=2, fontsize=9, frameon=False)
@@ -673,13 +688,8 @@ def error_vs_scale_figure(check: dict[str, Any]):
     for ax, dtype in zip(axes, dtypes):
         mine = [r for r in rows if r["dtype"] == dtype]
         precision = _precision_bits(dtype)
-        normal, zero = exp_limits(dtype) if dtype in ("float32", "float64") else (math.nan, math.nan)
-        if dtype in ("float16", "bfloat16"):
-            import torch
-
-            info = torch.finfo(getattr(torch, dtype))
-            normal = -math.log(info.tiny)
-            zero = -(math.log(info.tiny) + math.log(info.eps) - math.log(2.0))
+        normal, zero = exp_limits(dtype) if dtype in ("float16", "bfloat16", "float32", "float64") \
+            else (math.nan, math.nan)
         if has_curves:
             _curve_panel(ax, mine, colours, precision, dtype)
         else:
@@ -777,9 +787,7 @@ def gradient_flow_figure(run: RunData):
     if vmax <= vmin:
         vmax = vmin * 10
     shown = np.where(matrix == 0, vmin / 10, matrix)
-    cmap = matplotlib.colormaps["viridis"].copy()
-    cmap.set_bad(_RED)
-    cmap.set_under("white")
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad=_RED, under="white")
     image = ax.imshow(np.ma.masked_invalid(shown), aspect="auto", interpolation="nearest", cmap=cmap,
                       norm=LogNorm(vmin=vmin, vmax=vmax),
                       extent=(steps[0] - 0.5, steps[-1] + 0.5, len(keys) - 0.5, -0.5))
@@ -794,8 +802,8 @@ def gradient_flow_figure(run: RunData):
         handles.append(matplotlib.lines.Line2D([], [], color=_RED, ls="-.", label=f"first non-finite step {fail}"))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(0, -0.16), ncol=3, fontsize=8, frameon=False)
     # Growth before the failure: the largest finite per-parameter norm, early vs late.
-    finite_max = np.nanmax(np.where(np.isfinite(matrix), matrix, np.nan), axis=0, initial=np.nan) \
-        if matrix.size else np.array([])
+    finite = np.where(np.isfinite(matrix), matrix, -np.inf)
+    finite_max = finite.max(axis=0) if matrix.size else np.array([])
     ok = np.isfinite(finite_max)
     if ok.sum() >= 4:
         tenth = max(1, ok.sum() // 10)
@@ -812,7 +820,10 @@ def gradient_flow_figure(run: RunData):
 def _stats_text(stats: dict[str, Any] | None) -> str:
     if not isinstance(stats, dict) or "min" not in stats:
         return ""
-    parts = [f"min {_fmt(num(stats.get('min')))}, max {_fmt(num(stats.get('max')))}"]
+    if stats.get("min") is None and stats.get("max") is None:
+        parts = ["no finite value"]
+    else:
+        parts = [f"min {_fmt(num(stats.get('min')))}, max {_fmt(num(stats.get('max')))}"]
     counts = [f"{label} {stats[key]}" for key, label in (("zeros", "zeros"), ("nan", "NaN"), ("posinf", "+inf"),
                                                          ("neginf", "-inf"), ("subnormal", "subnormal"))
               if stats.get(key)]
@@ -856,48 +867,66 @@ def chain_figure(run: RunData):
         boxes.append((f"{head}\n{body}", colour))
     root = first.get("root_cause") or {}
     step = run.failure_step
+    at_step = next((r for r in reversed(run.records) if step is not None and r.get("step") == step), None)
+    at_step = at_step or (run.records[-1] if run.records else None)
     outcome = f"step {step} not applied:\nloss or gradient non-finite" if step is not None else "non-finite result"
-    if run.records:
-        last = run.records[-1]
-        extra = [f"loss {_fmt(num(last.get('loss')))}", f"grad_norm {_fmt(num(last.get('grad_norm')))}"]
-        if last.get("grad_nonfinite"):
-            extra.append(f"{last['grad_nonfinite']} non-finite gradient tensors")
+    if at_step is not None:
+        extra = [f"loss {_fmt(num(at_step.get('loss')))}", f"grad_norm {_fmt(num(at_step.get('grad_norm')))}"]
+        if at_step.get("grad_nonfinite"):
+            extra.append(f"{at_step['grad_nonfinite']} non-finite gradient tensors")
         outcome += "\n" + "\n".join(extra)
-    n = len(boxes) + 1
-    fig = _figure(min(18, max(8, 3.3 * n)), 6.2)
+    context = None
+    if at_step is not None:
+        lines = [f"recorded at step {at_step.get('step')}", "(records.jsonl, context)"]
+        for key, label in (("d_max", "largest d/T"), ("exp_zero", "exp outputs = 0.0"),
+                           ("exp_subnormal", "exp outputs subnormal"), ("softmax_zero", "softmax outputs = 0.0"),
+                           ("p_same_min", "smallest P_same"), ("p_diff_min", "smallest P_diff"),
+                           ("rows_without_same_class", "rows without own class")):
+            if key in at_step:
+                lines.append(f"{label}: {_fmt(num(at_step[key]))}")
+        context = "\n".join(lines)
+    entries = ([(context, "white")] if context else []) + boxes + [(outcome, "#f4cccc")]
+    n = len(entries)
+    fig = _figure(min(18, max(11, 3.4 * n)), 5.4, layout=None)
     ax = fig.add_axes((0, 0, 1, 1))
     ax.set_axis_off()
     where = f" (epoch {first.get('epoch')}, step {step})" if step is not None else ""
-    fig.text(0.5, 0.97, f"{run.name}: root-cause chain of the first non-finite value{where}", ha="center",
+    fig.text(0.5, 0.975, f"{run.name}: root-cause chain of the first non-finite value{where}", ha="center",
              va="top", fontsize=12, weight="bold")
-    fig.text(0.5, 0.91, textwrap.fill(f"root cause: {root.get('kind', 'unknown')} at {_short(root.get('op'))}: "
-                                      f"{root.get('detail', '')}", 130), ha="center", va="top", fontsize=9)
+    fig.text(0.5, 0.905, textwrap.fill(f"root cause: {root.get('kind', 'unknown')} at {_short(root.get('op'))}: "
+                                       f"{root.get('detail', '')}", 130), ha="center", va="top", fontsize=9)
+    footer = "arrows: cause → effect.  Solid boxes: the traced chain (finding.json); dashed: recorded context."
     if first.get("source"):
-        fig.text(0.5, 0.04, f"source: {first['source']}", ha="center", va="bottom", fontsize=8, family="monospace")
+        footer = f"source: {first['source']}\n{footer}"
+    fig.text(0.5, 0.03, footer, ha="center", va="bottom", fontsize=8, family="monospace")
     if not boxes:
         ax.text(0.5, 0.5, "no traced chain was recorded for this run\n(the replayed step was finite, or the "
                           "finding was not written)", ha="center", va="center", fontsize=10)
         return fig
-    y = 0.58
+    y = 0.6
     xs = np.linspace(0.5 / n, 1 - 0.5 / n, n)
     artists = []
-    for x, (text, colour) in zip(xs, boxes + [(outcome, "#f4cccc")]):
-        artists.append(ax.text(x, y, text, ha="center", va="center", fontsize=8.5, family="DejaVu Sans",
-                               bbox=dict(boxstyle="round,pad=0.6", fc=colour, ec="black", lw=1.0)))
-    for a, b in zip(artists[:-1], artists[1:]):
+    for k, (x, (text, colour)) in enumerate(zip(xs, entries)):
+        dashed = context is not None and k == 0
+        artists.append(ax.text(x, y, text, ha="center", va="center", fontsize=8.5,
+                               bbox=dict(boxstyle="round,pad=0.6", fc=colour, ec=_GREY if dashed else "black",
+                                         lw=1.0, ls="--" if dashed else "-")))
+    for k, (a, b) in enumerate(zip(artists[:-1], artists[1:])):
+        dashed = context is not None and k == 0
         ax.annotate("", xy=(0, 0.5), xycoords=b, xytext=(1, 0.5), textcoords=a,
-                    arrowprops=dict(arrowstyle="-|>", color="black", lw=1.3, shrinkA=2, shrinkB=2))
+                    arrowprops=dict(arrowstyle="-|>", color=_GREY if dashed else "black", lw=1.3, shrinkA=2,
+                                    shrinkB=2, ls="--" if dashed else "-"))
     inputs = (run.finding or {}).get("inputs") or first.get("inputs") or []
+    bad_index = n - 2  # the first non-finite op, just before the outcome
     if inputs:
-        lines = [f"inputs of {_short(first.get('op'))}:"]
+        lines = [f"inputs of {_short(first.get('op'))} (finding.json):"]
         for stats in inputs[:4]:
             if isinstance(stats, dict):
                 lines.append(f"{stats.get('arg', '?')}: " + _stats_text(stats).replace("\n", "; "))
-        box = ax.text(xs[len(boxes) - 1], 0.2, "\n".join(textwrap.fill(line, 60) for line in lines), ha="center",
-                      va="center", fontsize=8, bbox=dict(boxstyle="round,pad=0.5", fc="white", ec=_GREY))
-        ax.annotate("", xy=(0.5, 0), xycoords=artists[len(boxes) - 1], xytext=(0.5, 1), textcoords=box,
-                    arrowprops=dict(arrowstyle="-|>", color=_GREY, lw=1.0))
-    ax.text(0.01, 0.36, "cause → effect (left to right)", fontsize=8, color=_GREY, transform=ax.transAxes)
+        box = ax.text(xs[bad_index], 0.24, "\n".join(textwrap.fill(line, 60) for line in lines), ha="center",
+                      va="center", fontsize=8, bbox=dict(boxstyle="round,pad=0.5", fc="white", ec="black"))
+        ax.annotate("", xy=(0.5, 0), xycoords=artists[bad_index], xytext=(0.5, 1), textcoords=box,
+                    arrowprops=dict(arrowstyle="-|>", color="black", lw=1.0))
     return fig
 
 

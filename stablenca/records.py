@@ -152,9 +152,13 @@ class JsonlWriter:
 
 @contextlib.contextmanager
 def deferred_interrupts():
-    """Hold a Ctrl-C (SIGINT) that arrives inside the block and raise it at the end.
+    """Hold a Ctrl-C (SIGINT) that arrives inside the block and raise it when the block ends.
 
-    Only the main thread can install signal handlers; elsewhere this does nothing.
+    So a block (one training step and its record, one file write) is done whole or not
+    at all. A second Ctrl-C inside the block raises at once, so a block that hangs can
+    still be stopped. Only the main thread can install signal handlers: elsewhere, and
+    when SIGINT is not Python's default handler (ignored, or the embedding program's
+    own, or an enclosing ``deferred_interrupts``), this does nothing.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -164,11 +168,17 @@ def deferred_interrupts():
     except (ValueError, OSError):
         yield
         return
-    if previous is not signal.default_int_handler:  # SIG_IGN, or a handler of the embedding program
+    if previous is not signal.default_int_handler:
         yield
         return
     received = []
-    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+
+    def hold(signum, frame):
+        received.append(signum)
+        if len(received) > 1:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, hold)
     try:
         yield
     finally:
@@ -216,9 +226,8 @@ def prepare_out_dir(out: str | os.PathLike, *, force: bool) -> Path:
         _remove_run_set(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".stablenca-write-test"
-        probe.write_text("")
-        probe.unlink()
+        with tempfile.TemporaryFile(dir=out):  # can we create files there? (removed on close)
+            pass
     except OSError as exc:
         raise OutputError(f"cannot write to {out}: {exc.strerror}",
                           fix="choose a writable --out directory") from None

@@ -43,6 +43,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import struct
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -205,20 +206,29 @@ def _exp_neg(x, prec: int):
         return mp.exp(-x)
 
 
-@functools.lru_cache(maxsize=4096)
-def _row_sums(d_row: tuple, same: tuple, other: tuple, prec: int):
-    """(kernel exp(-d) of the row, P_same, P_diff), shared by the five references."""
-    with mp.workprec(prec):
-        kernel = tuple(_exp_neg(x, prec) for x in d_row)
-        return kernel, mp.fsum(kernel[j] for j in same), mp.fsum(kernel[j] for j in other)
+class MpRows(list):
+    """The distance matrix as a list of rows of mpf, with a cache of per-row kernel sums
+    (what :func:`to_mp_inputs` returns): the five references share one exp per entry."""
+
+    def __init__(self, rows):
+        super().__init__(rows)
+        self.sums: dict = {}
 
 
 def _row(d, i, labels, candidate_labels, self_mask):
-    """(kernel, same indices, other indices, P_same, P_diff) of row i."""
+    """(kernel exp(-d) of row i, same-class indices, other-class indices, P_same, P_diff)."""
     same = tuple(j for j, c in enumerate(candidate_labels) if not self_mask[i][j] and c == labels[i])
     other = tuple(j for j, c in enumerate(candidate_labels) if not self_mask[i][j] and c != labels[i])
-    kernel, p_same, p_diff = _row_sums(tuple(d[i]), same, other, mp.prec)
-    return kernel, same, other, p_same, p_diff
+    prec = mp.prec
+    cache = getattr(d, "sums", None)
+    key = (i, prec, same, other)
+    if cache is not None and key in cache:
+        return cache[key]
+    kernel = [_exp_neg(x, prec) for x in d[i]]
+    result = kernel, same, other, mp.fsum(kernel[j] for j in same), mp.fsum(kernel[j] for j in other)
+    if cache is not None:
+        cache[key] = result
+    return result
 
 
 def _zeros(rows, cols):
@@ -361,7 +371,7 @@ def to_mp_inputs(distances, labels, candidate_labels, self_mask):
         for x in row:
             if x not in exact:
                 exact[x] = mp.mpf(x)
-    return ([[exact[x] for x in row] for row in d], [int(v) for v in labels.tolist()],
+    return (MpRows([exact[x] for x in row] for row in d), [int(v) for v in labels.tolist()],
             [int(v) for v in candidate_labels.tolist()], [[bool(v) for v in row] for row in self_mask.tolist()])
 
 
@@ -438,7 +448,7 @@ def compute_reference(reference: Reference, distances, labels, candidate_labels,
     if reference.mp is not None:
         result = mp_loss(reference, distances, labels, candidate_labels, self_mask, dps=dps, mp_inputs=mp_inputs)
         if result.grad is not None:
-            grad = np.array([[float(x) for x in row] for row in result.grad], dtype=np.float64)
+            grad = np.array([[_to_float64(x) for x in row] for row in result.grad], dtype=np.float64)
             nonzero = any(x != 0 for row in result.grad for x in row)
         elif reference.float64 is not None:
             grad = float64_loss(reference.float64, distances, labels, candidate_labels, self_mask)[1]
@@ -472,7 +482,11 @@ def round_to_dtype(value, dtype) -> float:
         return float(x)
     if x == 0:
         return 0.0
-    with mp.workprec(max(mp.prec, p + 10)):
+    sign, man, exp, bc = x._mpf_
+    sign, man, exp, bc = mpmath.libmp.normalize1(sign, man, exp, bc, p, mpmath.libmp.round_nearest)
+    if emin <= exp + bc - 1 <= emax:  # a normal number of the dtype: one rounding at p bits, exact ldexp
+        return math.ldexp(-man if sign else man, exp)
+    with mp.workprec(max(mp.prec, p + 10)):  # subnormal or overflow: round at the dtype's quantum
         _, e = mpmath.frexp(x)  # |x| = m 2^e with 1/2 <= m < 1: leading bit 2^(e-1)
         quantum = max(e - 1, emin) - (p - 1)
         n = mpmath.nint(mpmath.ldexp(x, -quantum))  # ties to even
@@ -491,26 +505,38 @@ def _as_float64_array(values) -> np.ndarray:
     return np.asarray(values, dtype=np.float64).reshape(-1)
 
 
-def _ordered(values: np.ndarray, dtype) -> np.ndarray:
-    """Floats → ordered integers (int64): consecutive representable numbers differ by 1, -0 == +0."""
-    _, _, _, width, int_type = _FORMATS[as_dtype(dtype)]
-    bits = torch.from_numpy(np.ascontiguousarray(values)).to(as_dtype(dtype)).view(int_type).to(torch.int64)
-    bits = bits.numpy()
-    if width == 64:
-        magnitude = bits & np.int64(0x7FFFFFFFFFFFFFFF)
+_PACK = {torch.float16: ("<e", "<h"), torch.float32: ("<f", "<i"), torch.float64: ("<d", "<q")}
+
+
+def _ordered(value: float, dtype: torch.dtype) -> int:
+    """A float of ``dtype`` → its ordered integer: consecutive numbers differ by 1, -0 == +0, inf is
+    one past the largest finite number."""
+    _, _, _, width, _ = _FORMATS[dtype]
+    if dtype is torch.bfloat16:
+        bits = struct.unpack("<i", struct.pack("<f", value))[0] >> 16  # bfloat16 = the top half of float32
     else:
-        magnitude = bits & np.int64((1 << (width - 1)) - 1)
-    return np.where(bits < 0, -magnitude, magnitude)
+        float_code, int_code = _PACK[dtype]
+        bits = struct.unpack(int_code, struct.pack(float_code, value))[0]
+    return -(bits & ((1 << (width - 1)) - 1)) if bits < 0 else bits
 
 
 def ulp_distance(computed, reference_rounded, dtype) -> np.ndarray:
-    """How many representable ``dtype`` numbers lie between two values (both in the dtype), as float64."""
-    a = _ordered(_as_float64_array(computed), dtype)
-    b = _ordered(_as_float64_array(reference_rounded), dtype)
-    hi, lo = np.maximum(a, b), np.minimum(a, b)
-    with np.errstate(over="ignore"):
-        gap = hi.view(np.uint64) - lo.view(np.uint64)  # exact modulo 2**64, and the gap is < 2**64
-    return gap.astype(np.float64)
+    """How many representable ``dtype`` numbers lie between two values (both in the dtype), as float64.
+
+    >>> ulp_distance(1.0, 1.0 + 2**-23, torch.float32).tolist(), ulp_distance(-0.0, 5e-324, torch.float64).tolist()
+    ([1.0], [1.0])
+    """
+    dtype = as_dtype(dtype)
+    a = _as_float64_array(computed).tolist()
+    b = _as_float64_array(reference_rounded).tolist()
+    return np.array([float(abs(_ordered(x, dtype) - _ordered(y, dtype))) for x, y in zip(a, b)])
+
+
+def _to_float64(value) -> float:
+    """mpf → the nearest float64 (``float(mpf)`` truncates to 53 bits)."""
+    if isinstance(value, mpmath.mpf):
+        return mpmath.libmp.to_float(value._mpf_, False, mpmath.libmp.round_nearest)
+    return float(value)
 
 
 def _reference_list(reference, size: int) -> list:
@@ -550,29 +576,28 @@ def bits_of_error(computed, reference, dtype, *, floor: float = 0.0) -> float | 
     """
     dtype = as_dtype(dtype)
     width = float(bit_width(dtype))
-    got = _as_float64_array(computed)
-    refs = _reference_list(reference, got.size)
-    if len(refs) == 1 and got.size > 1:
-        refs = refs * got.size
-    if len(refs) != got.size:
-        raise ValueError(f"computed has {got.size} values, reference {len(refs)}")
-    exact = [r if isinstance(r, mpmath.mpf) else mp.mpf(float(r)) for r in refs]
-    rounded = np.array([round_to_dtype(r, dtype) for r in exact], dtype=np.float64)
-    ref_finite = np.array([bool(mpmath.isfinite(r)) for r in exact])
-    got_finite = np.isfinite(got)
-    both = ref_finite & got_finite
-    bits = np.full(got.size, width)
-    if both.any() and floor > 0:
-        magnitude = np.maximum(np.abs(rounded[both]), floor)
-        gaps = np.array([spacing(float(m), dtype) for m in magnitude])
-        bits[both] = np.minimum(np.log2(1.0 + np.abs(got[both] - rounded[both]) / gaps), width)
-    elif both.any():
-        bits[both] = np.minimum(np.log2(ulp_distance(got[both], rounded[both], dtype) + 1.0), width)
-    same_nonfinite = ~both & ((got == rounded) | (np.isnan(got) & np.isnan(rounded)))
-    bits[same_nonfinite] = 0.0
+    got = _as_float64_array(computed).tolist()
+    refs = _reference_list(reference, len(got))
+    if len(refs) == 1 and len(got) > 1:
+        refs = refs * len(got)
+    if len(refs) != len(got):
+        raise ValueError(f"computed has {len(got)} values, reference {len(refs)}")
+    bits = [_bits(value, r if isinstance(r, mpmath.mpf) else mp.mpf(float(r)), dtype, width, floor)
+            for value, r in zip(got, refs)]
     if np.ndim(computed) == 0 and not isinstance(computed, (list, tuple)):
-        return float(bits[0])
-    return bits
+        return bits[0]
+    return np.array(bits)
+
+
+def _bits(value: float, exact, dtype: torch.dtype, width: float, floor: float) -> float:
+    rounded = round_to_dtype(exact, dtype)
+    if not (math.isfinite(value) and mpmath.isfinite(exact)):
+        same = value == rounded or (math.isnan(value) and math.isnan(rounded))
+        return 0.0 if same else width
+    if floor > 0:
+        gap = spacing(max(abs(rounded), floor), dtype)
+        return min(math.log2(1.0 + abs(value - rounded) / gap), width)
+    return min(math.log2(1.0 + abs(_ordered(value, dtype) - _ordered(rounded, dtype))), width)
 
 
 def spacing(magnitude: float, dtype) -> float:

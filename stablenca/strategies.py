@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from hypothesis import strategies as st
 
@@ -125,15 +126,16 @@ def batches(draw, regime: str = "all", *, scale: float | None = None, rows: tupl
     Every row's nearest same-class and nearest other-class distance lies in
     [s, 1.25 s] and the others in [s, 3 s] (up to the 8-bit input rounding), as in
     ``stablenca check``. ``batch.self_mask`` is the identity (in-batch neighbours).
+    The labels, the scale and each row's nearest neighbours are drawn (and shrink);
+    the far distances come from one drawn seed (seed 0: all equal to s).
     """
     y = draw(labels(rows=rows, classes=classes, singletons=singletons))
     s = draw(scales(regime)) if scale is None else float(scale)
     n = len(y)
-    unit = st.floats(1.0, FAR)
-    far = [[1.0] * n for _ in range(n)]
-    for i in range(n):
-        for j in range(i + 1, n):
-            far[i][j] = draw(unit)
+    # The far distances only have to be no nearer than the nearest ones: drawn from a seed
+    # (one choice instead of n²/2, so generation stays cheap; shrinks towards all 1.0... seed 0).
+    seed = draw(st.integers(0, 2 ** 32 - 1), label="far distances seed")
+    far = np.random.default_rng(seed).uniform(1.0, FAR, size=(n, n)).tolist() if seed else [[1.0] * n] * n
     near_same, near_other = [], []
     near = st.floats(1.0, KAPPA)
     for i in range(n):

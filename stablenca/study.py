@@ -881,7 +881,7 @@ def reading(study: dict[str, Any]) -> list[str]:
         if summary.get("diverged"):
             where = summary.get("diverged_at_epoch")
             text += (f" {summary['diverged']}/{summary['runs']} ratio runs hit a non-finite loss or gradient"
-                     + (f" (epoch {where['min']}-{where['max']}, median {where['median']:g})" if where else "")
+                     + (_epoch_range(where) if where else "")
                      + "; their accuracy is that of the last finite parameters.")
         else:
             text += f" No ratio run diverged within {_epochs(summary)} epochs on average."
@@ -955,6 +955,12 @@ def reading(study: dict[str, Any]) -> list[str]:
                          f"on TALENT's split): measured here {describe(modern)}, a difference of {difference:+.4f}"
                          f" ({abs(difference) / reference['std']:.1f} published std).")
     return sentences
+
+
+def _epoch_range(where: dict[str, Any]) -> str:
+    if where["min"] == where["max"]:
+        return f" (all in epoch {where['min']})"
+    return f" (epochs {where['min']}-{where['max']}, median {where['median']:g})"
 
 
 def format_table(study: dict[str, Any]) -> str:

@@ -70,14 +70,19 @@ Usage::
 :class:`TraceResult` that also carries the precursors of a clean run (its ``bool()`` is
 False when nothing non-finite happened). :class:`Tracer` is the context manager underneath.
 
-Cost: Python dispatch of every ATen op. Per op the tracer does one fused ``aminmax`` on each
-floating output (NaN propagates through it, so one reduction tells finite from non-finite),
-a zero/subnormal check only on ops that can underflow (``exp``, ``exp2``, ``_softmax``,
-``sigmoid``, ``erfc``, ``mul``, ``div``, ``pow``), a cancellation pre-filter on
-out-of-place ``add``/``sub``/``rsub``, a frame walk for the source line of ops that build an
-autograd node, and full statistics only for flagged ops. In-place variants are checked for
-NaN/Inf but not for precursors (their inputs are gone). See ``docs/trace.md`` for measured
-overheads.
+Cost: Python dispatch of every ATen op (a do-nothing dispatch mode alone costs about 2× on a
+tiny MLP step). Per op the tracer adds one reduction of each floating output (``sum``: a
+finite sum proves every element finite; ``aminmax`` for ops that can underflow), nothing
+for ops that cannot create NaN/Inf from finite inputs (``neg``, ``relu``, ``where``,
+indexing, ...) unless an input is tainted, cheap pre-checks for underflow (``exp``,
+``exp2``, ``_softmax``, ``sigmoid``, ``erfc``; ``mul``/``div``/``pow`` in forward) and
+cancellation (out-of-place ``add``/``sub``/``rsub`` in forward), a short frame walk for the
+source line of ops that build an autograd node, and full statistics only for flagged ops.
+In-place variants are checked for NaN/Inf but not for precursors (their inputs are gone).
+A NaN/Inf is a *candidate* until its values go on (an op consumes it and its output is
+non-finite, ``.item()`` reads it, or it is the traced result): PyTorch's own
+``ratio = grad / dist; ratio.masked_fill_(dist == 0, 0)`` in the backward of ``cdist`` is not
+reported (see :attr:`Tracer.discarded`). Measured overheads are in ``docs/trace.md``.
 """
 
 from __future__ import annotations
@@ -180,6 +185,16 @@ _ELEMENTWISE = {
     "lgamma", "digamma", "atan2", "hypot", "fmod", "remainder", "sign", "floor", "ceil",
     "round", "trunc", "frac", "nan_to_num", "logit", "special_xlog1py", "sgn",
 }
+#: Ops whose output is finite whenever their inputs (and scalar arguments) are finite and
+#: that cannot underflow: their output is not checked unless an input is tainted.
+_NONCREATING = {
+    "neg", "abs", "relu", "clone", "masked_fill", "where", "index", "index_select", "gather", "cat", "stack",
+    "maximum", "minimum", "fmax", "fmin", "clamp", "clamp_min", "clamp_max", "sign", "sgn", "threshold_backward",
+    "tanh", "hardtanh", "fill", "zero", "constant_pad_nd", "embedding", "index_put", "masked_scatter", "copy",
+    "_to_copy", "flip", "roll", "repeat", "tril", "triu", "select_backward", "slice_backward",
+    "index_select_backward", "floor", "ceil", "round", "trunc", "new_zeros", "new_ones", "zeros_like",
+    "scatter", "full_like", "ones_like",
+}
 #: Elementwise ops that cannot turn finite inputs into ±inf.
 _NO_OVERFLOW = {"neg", "clone", "abs", "masked_fill", "where", "copy", "relu", "clamp", "clamp_min",
                 "clamp_max", "maximum", "minimum", "fmax", "fmin", "sign", "sgn", "floor", "ceil", "round",
@@ -188,6 +203,7 @@ _LOG_POLE = {"log": 0.0, "log2": 0.0, "log10": 0.0, "log1p": -1.0}
 
 
 _INFOS: dict[Any, "_OpInfo"] = {}  # per OpOverload, shared by all tracers
+_current_node = torch._C._current_autograd_node
 
 
 def _base_name(short: str) -> str:
@@ -196,7 +212,7 @@ def _base_name(short: str) -> str:
 
 class _OpInfo:
     __slots__ = ("name", "packet", "short", "base", "cat", "written", "elementwise", "argnames",
-                 "full_reduction")
+                 "full_reduction", "nocreate")
 
     def __init__(self, func) -> None:
         self.name = str(func)  # aten.div.Tensor
@@ -211,6 +227,7 @@ class _OpInfo:
         self.written = frozenset([i for i, _ in written] + [n for _, n in written])
         self.full_reduction = func._overloadname == "default"
         self.elementwise = self.base in _ELEMENTWISE
+        self.nocreate = self.base in _NONCREATING
         if func.is_view or self.short in _VIEW_EXTRA:
             self.cat = _C_VIEW
         elif self.short in _SKIP:
@@ -555,7 +572,7 @@ class _Event:
             self.ref = None
 
 
-_MAX_HELD = 16  # candidates whose tensors are kept for a later analysis
+_MAX_HELD = 4  # candidates whose tensors are kept for a later analysis
 
 
 class _Candidate:
@@ -696,8 +713,9 @@ class Tracer:
         builds one), so that a backward finding names the forward line that created its node.
         Forward findings always get their line.
     ``stop_at_first``
-        stop analysing after the first finding (the rest of the block runs unobserved).
-        With False every independent NaN/Inf source becomes a finding (``findings``).
+        stop analysing after the first finding (the rest of the block runs unobserved, at
+        the cost of the bare dispatch). With False every independent NaN/Inf source whose
+        values go on becomes a finding (``findings``).
     ``max_precursors``
         distinct precursors kept (repeats of the same op/kind/line are counted in
         ``occurrences``); the rest are counted in ``precursors_dropped``.
@@ -706,7 +724,10 @@ class Tracer:
         dtype's significand, 12 for float32, 26 for float64).
 
     After the block: ``finding`` (the first :class:`Finding` or None), ``findings``,
-    ``precursors``, ``precursors_dropped``. Entering again starts a fresh trace.
+    ``precursors``, ``precursors_dropped``, ``discarded`` (NaN/Inf that never went on), and
+    :meth:`check_result` for the block's result. Entering again starts a fresh trace. A NaN/Inf
+    is analysed when its values are used (see the module docstring); until then the tracer
+    keeps the tensors of at most four such candidates.
     """
 
     def __init__(self, *, model: torch.nn.Module | None = None, allow: Iterable[str | Callable] = (),
@@ -886,13 +907,27 @@ class Tracer:
         if not outs and info.written:
             outs = tuple(t for i, t in _flat_tensors(args, kwargs) if i in info.written)
 
-        node = torch._C._current_autograd_node()
+        node = _current_node()
         if self.sources and node is None and torch.is_grad_enabled():
-            for _, a in _flat_tensors(args, kwargs):
-                if a.requires_grad:
+            for a in args:
+                if isinstance(a, torch.Tensor):
+                    needs = a.requires_grad
+                elif isinstance(a, (list, tuple)):
+                    needs = any(isinstance(b, torch.Tensor) and b.requires_grad for b in a)
+                else:
+                    continue
+                if needs:
                     self._pending = (outs, (self._user_src(), self._modstack[-1] if self._modstack else None))
                     break
 
+        if info.nocreate and (cat == _C_PLAIN or cat == _C_MASK) and self._cannot_create(args, kwargs, outs):
+            # Finite inputs give a finite output here: skip the check unless an input is tainted.
+            if not (mapping.data and self._tainted(args, kwargs)):
+                if cat == _C_MASK and outs and outs[0].is_floating_point() and outs[0].numel():
+                    ev = self._check_mask_op(info, node, args, kwargs, outs[0], None)
+                    if ev is not None:
+                        self._map_outs(info, outs, ev)
+                return
         if node is not None and (cat == _C_UF_SIGNED or cat == _C_CANCEL):
             cat = _C_PLAIN  # mul/div/pow underflow and cancellation: forward ops only
         finite = True
@@ -950,7 +985,29 @@ class Tracer:
         elif tainted:
             for o in outs:  # an in-place op may have cleaned a tainted tensor
                 if o in mapping:
+                    old = mapping[o]
                     del mapping[o]
+                    for cand in (old.extra or {}).get("origins", ()):
+                        if cand.out is o:
+                            cand.drop()  # its NaN/Inf were overwritten: keep only the counts
+
+    @staticmethod
+    def _cannot_create(args, kwargs, outs) -> bool:
+        """No non-finite scalar argument and no narrowing float conversion."""
+        for a in list(args) + list(kwargs.values()):
+            if isinstance(a, float):
+                if not math.isfinite(a):
+                    return False
+            elif isinstance(a, torch.Tensor):
+                if a.dim() == 0 and a.is_floating_point() and not math.isfinite(a.item()):
+                    return False
+        if outs and args and isinstance(args[0], torch.Tensor):
+            src = args[1] if len(args) > 1 and isinstance(args[1], torch.Tensor) else args[0]  # copy_(self, src)
+            dst = outs[0]
+            if src.dtype != dst.dtype and src.is_floating_point() and dst.is_floating_point():
+                if torch.finfo(dst.dtype).max < torch.finfo(src.dtype).max:
+                    return False  # a narrowing copy can overflow
+        return True
 
     # -- provenance -----------------------------------------------------------------------
 
@@ -1035,6 +1092,11 @@ class Tracer:
                     return None  # (subnormal outputs next to a mask are not counted)
         if base not in _UF_POS:
             # Cheap pre-check: an underflow needs more exact zeros than the operands explain.
+            other = args[1] if len(args) > 1 else None
+            if isinstance(other, (int, float)) and not isinstance(other, bool) and base != "pow":
+                m = abs(float(other))
+                if (base == "mul" and m >= 1.0) or (base == "div" and 0.0 < m <= 1.0):
+                    return None  # |x * s| >= |x|, |x / s| >= |x|: no new zero
             n_zero = out.numel() - int(torch.count_nonzero(out))
             if n_zero == 0:
                 return None  # only subnormals in a signed output: not counted
@@ -1535,8 +1597,8 @@ class Tracer:
         out = float_outs[0]
         if len(float_outs) > 1:
             out = next((o for o in float_outs if not math.isfinite(o.sum().item())), out)
-        n_nan = int(torch.isnan(out).sum())
-        n_inf = int(torch.isinf(out).sum())
+        n_nan = int(torch.count_nonzero(torch.isnan(out)))
+        n_inf = int(torch.count_nonzero(torch.isinf(out)))
         phase, bnode, module, src = self._where(node)
         cand = _Candidate(info, args, kwargs, out, leaf_bad, self._index, phase, bnode, module, src, n_nan, n_inf,
                           list(self.precursors))

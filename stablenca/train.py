@@ -27,6 +27,7 @@ from . import losses
 from .errors import ConfigError, StableNCAError, UserLossError
 from .neighbours import in_batch_pairs, knn_readout, onehot_targets, sampled_pool_pairs, soft_neighbour_readout
 from .publish import capture
+from .records import deferred_interrupts
 
 MODELS = ("modernnca", "seed")
 TASKS = ("multiclass", "regression")
@@ -84,8 +85,9 @@ class TrainConfig:
         if self.dtype not in DTYPES:
             raise ConfigError(f"unsupported dtype {self.dtype!r}", fix="use float32 or float64")
         defaults = MODEL_DEFAULTS[self.model]
+        # patience=None means "no early stopping"; "default" means the model's default.
         changes = {k: v for k, v in defaults.items()
-                   if getattr(self, k) is None or (k == "patience" and self.patience == "default")}
+                   if (k != "patience" and getattr(self, k) is None) or (k == "patience" and self.patience == "default")}
         if self.loss is None and self.task == "regression":
             changes["loss"] = "modernnca"
         config = dataclasses.replace(self, **changes)
@@ -424,11 +426,14 @@ class Trainer:
             for epoch in range(config.epochs):
                 self.epoch = epoch
                 for step_in_epoch, batch_indices in enumerate(self.epoch_batches()):
-                    ctx = self.run_step(StepContext(epoch, self.global_step, step_in_epoch, batch_indices))
-                    self.global_step += 1
-                    if not ctx.finite:
-                        self.diverged_at = {"epoch": epoch, "step": ctx.step, "step_in_epoch": step_in_epoch}
-                        status = "diverged"
+                    # Ctrl-C lands between steps: a step, its hooks and its record are done whole.
+                    with deferred_interrupts():
+                        ctx = self.run_step(StepContext(epoch, self.global_step, step_in_epoch, batch_indices))
+                        self.global_step += 1
+                        if not ctx.finite:
+                            self.diverged_at = {"epoch": epoch, "step": ctx.step, "step_in_epoch": step_in_epoch}
+                            status = "diverged"
+                    if status == "diverged":
                         break
                 if status == "diverged":
                     break

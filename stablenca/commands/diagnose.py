@@ -31,7 +31,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from ..diagnose import diagnose
-    from ..errors import EXIT_INTERRUPTED
+    from ..errors import EXIT_INTERRUPTED, INTERRUPTED_MESSAGE
 
     base = config_from_args(args, model="modernnca", loss=None)
     log = None if args.json else (lambda line: print(line, flush=True))
@@ -39,4 +39,7 @@ def run(args) -> int:
                        force=args.force, report=not args.no_report, progress=sys.stderr.isatty(), log=log)
     if args.json:
         print(json.dumps(summary, allow_nan=True))
-    return EXIT_INTERRUPTED if summary["interrupted"] else 0
+    if summary["interrupted"]:
+        print(INTERRUPTED_MESSAGE, file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0

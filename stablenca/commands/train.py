@@ -22,7 +22,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..errors import EXIT_INTERRUPTED
+    from ..errors import EXIT_INTERRUPTED, INTERRUPTED_MESSAGE
     from ..train import train
 
     config = config_from_args(args, model=args.model, loss=args.loss)
@@ -34,4 +34,7 @@ def run(args) -> int:
         metrics = " ".join(f"{k}={v:.4f}" for k, v in result.test.items())
         print(f"{result.model}/{result.loss} ({result.dtype}): {result.status}{where}; "
               f"{result.epochs_run} epochs in {result.train_seconds:.1f}s; test {metrics}")
-    return EXIT_INTERRUPTED if result.status == "interrupted" else 0
+    if result.status == "interrupted":
+        print(INTERRUPTED_MESSAGE, file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0

@@ -1,0 +1,362 @@
+"""Nothing lost: Ctrl-C and crashes keep every completed batch; writes are atomic; runs never mix.
+
+The two SIGINT tests start real ``stablenca`` processes (both at once, to share the
+seconds that importing torch takes) and interrupt them mid-run.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stablenca.cli import main
+from stablenca.errors import EXIT_INTERRUPTED, EXIT_USAGE, OutputError
+from stablenca.records import atomic_write_json, deferred_interrupts, read_jsonl
+from stablenca.train import Hook, TrainConfig, Trainer
+
+CLI = [sys.executable, "-m", "stablenca.cli"]
+INTERRUPTED_LINE = "stablenca: interrupted; what was recorded is kept"
+REPO = Path(__file__).resolve().parents[1]
+
+# `stablenca train` writes no files, so the test learns that training is under way from a
+# marker line: the real CLI, with Trainer.run_step wrapped to print after step 5.
+_TRAIN_WITH_MARKER = textwrap.dedent("""
+    import importlib, sys
+    from stablenca.cli import main
+
+    T = importlib.import_module("stablenca.train")
+
+    run_step = T.Trainer.run_step
+
+    def marked(self, ctx):
+        done = run_step(self, ctx)
+        if ctx.step == 5:
+            print("STEP 5 DONE", flush=True)
+        return done
+
+    T.Trainer.run_step = marked
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def _lines(path: Path) -> int:
+    try:
+        return path.read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def _talent_dir(root: Path, n_train: int) -> Path:
+    """A TALENT directory with ``n_train`` training rows of 2 classes."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("val", 8), ("test", 8)):
+        np.save(root / f"N_{split}.npy", rng.normal(size=(n, 3)))
+        np.save(root / f"y_{split}.npy", np.arange(n) % 2)
+    (root / "info.json").write_text(json.dumps({"task_type": "multiclass"}))
+    return root
+
+
+def _interrupt_mid_run(root: Path, *, report: bool) -> dict:
+    """Start ``stablenca diagnose`` and ``stablenca train`` (ModernNCA, long runs), SIGINT both mid-run.
+
+    Both start at once, to share the seconds that importing torch takes. ``report``
+    builds the report (and its figures) after the interrupt, which takes a while.
+    """
+    data = _talent_dir(root / "data", 200)
+    out = root / "diag"
+    long_run = ["--data", str(data), "--model", "modernnca", "--batch-size", "8", "--epochs", "5000",
+                "--patience", "5000"]
+    logs = {name: (open(root / f"{name}.out", "w+"), open(root / f"{name}.err", "w+")) for name in ("diag", "train")}
+    procs = {
+        "diag": subprocess.Popen([*CLI, "diagnose", "--out", str(out), "--loss", "modernnca", *long_run,
+                                  *([] if report else ["--no-report"])],
+                                 cwd=root, stdout=logs["diag"][0], stderr=logs["diag"][1]),
+        "train": subprocess.Popen([sys.executable, "-c", _TRAIN_WITH_MARKER, "train", "--json", *long_run],
+                                  cwd=root, stdout=subprocess.PIPE, stderr=logs["train"][1], text=True),
+    }
+    records = out / "modernnca-modernnca-float32" / "records.jsonl"
+    train_stdout: list[str] = []
+    pending = set(procs)
+    deadline = time.monotonic() + 240
+    try:
+        while pending and time.monotonic() < deadline:
+            for name in list(pending):
+                if procs[name].poll() is not None:
+                    pytest.fail(f"{name} ended before it was interrupted: "
+                                f"{Path(logs[name][1].name).read_text()[-2000:]}")
+            if "diag" in pending and _lines(records) >= 4:  # some batches recorded, the run goes on
+                procs["diag"].send_signal(signal.SIGINT)
+                pending.discard("diag")
+            if "train" in pending:
+                ready, _, _ = select.select([procs["train"].stdout], [], [], 0.05)
+                if ready:
+                    line = procs["train"].stdout.readline()
+                    train_stdout.append(line)
+                    if line.startswith("STEP 5 DONE"):
+                        procs["train"].send_signal(signal.SIGINT)
+                        pending.discard("train")
+            time.sleep(0.05)
+        if pending:
+            pytest.fail(f"{sorted(pending)} did not start training within 240 s")
+        rest, _ = procs["train"].communicate(timeout=240)
+        train_stdout.append(rest)
+        procs["diag"].wait(timeout=240)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    texts = {}
+    for name, (stdout, stderr) in logs.items():
+        stdout.seek(0)
+        stderr.seek(0)
+        texts[name] = (stdout.read(), stderr.read())
+        stdout.close()
+        stderr.close()
+    return {
+        "out": out,
+        "diag": (procs["diag"].returncode, *texts["diag"]),
+        "train": (procs["train"].returncode, "".join(train_stdout), texts["train"][1]),
+    }
+
+
+@pytest.fixture(scope="module")
+def sigint_runs(tmp_path_factory):
+    return _interrupt_mid_run(tmp_path_factory.mktemp("sigint"), report=False)
+
+
+def test_sigint_mid_diagnose_keeps_every_recorded_batch(sigint_runs):
+    _check_interrupted_diagnose(sigint_runs)
+
+
+@pytest.mark.slow
+def test_sigint_mid_diagnose_builds_the_report_from_what_was_recorded(tmp_path):
+    runs = _interrupt_mid_run(tmp_path, report=True)
+    _check_interrupted_diagnose(runs)
+    if importlib.util.find_spec("stablenca.report") is not None:
+        assert (runs["out"] / "report.md").stat().st_size > 0
+
+
+def _check_interrupted_diagnose(runs: dict) -> None:
+    rc, stdout, stderr = runs["diag"]
+    out = runs["out"]
+    assert rc == EXIT_INTERRUPTED, stderr
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1] == INTERRUPTED_LINE, stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] is True
+    (run,) = summary["runs"]
+    assert run["status"] == "interrupted" and run["run"] == "modernnca-modernnca-float32"
+    run_dir = out / run["run"]
+    lines = (run_dir / "records.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]  # every line parses: no cut line
+    assert [r["step"] for r in records] == list(range(len(records)))
+    assert len(records) == run["steps_run"] >= 4  # every completed batch, and only those
+    assert all(r["applied"] for r in records)
+    epochs = [json.loads(line) for line in (run_dir / "epochs.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in epochs] == list(range(len(epochs)))
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["status"] == "interrupted" and result["steps_run"] == len(records)
+    assert not list(out.rglob(".*.tmp"))  # no temporary file left behind
+    assert "modernnca-modernnca-float32: interrupted" in stdout
+    if (out / "report.md").exists():  # the report (when its module exists) is built from what was recorded
+        assert (out / "report.md").stat().st_size > 0
+
+
+def test_sigint_mid_train_reports_an_interrupted_run(sigint_runs):
+    rc, stdout, stderr = sigint_runs["train"]
+    assert rc == EXIT_INTERRUPTED, stderr
+    assert "Traceback" not in stderr
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert result["status"] == "interrupted" and not result["diverged"]
+    assert result["steps_run"] >= 6  # steps 0..5 completed before the signal
+    assert all(np.isfinite(v) for v in result["test"].values())
+
+
+# --------------------------------------------------------------------------- the trainer's paths, in-process
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """A TALENT directory: 24 training rows of 2 classes (6 batches of 4)."""
+    root = tmp_path_factory.mktemp("small")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 24), ("val", 6), ("test", 6)):
+        np.save(root / f"N_{split}.npy", rng.normal(size=(n, 3)))
+        np.save(root / f"y_{split}.npy", np.arange(n) % 2)
+    (root / "info.json").write_text(json.dumps({"task_type": "multiclass"}))
+    from stablenca.train import load_data
+
+    config = TrainConfig(model="seed", loss="nca_logspace", batch_size=4, epochs=3, data=str(root))
+    return root, config, load_data(config.resolved())
+
+
+class _SignalAt(Hook):
+    """Sends itself SIGINT (``times`` times) inside step ``step``, as Ctrl-C would."""
+
+    def __init__(self, step: int, times: int = 1) -> None:
+        self.step, self.times = step, times
+
+    def after_backward(self, trainer, ctx) -> None:
+        if ctx.step == self.step:
+            for _ in range(self.times):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.01)  # let the handler run
+
+
+def test_ctrl_c_lands_between_steps(small):
+    _, config, data = small
+    result = Trainer(config, data=data, hooks=[_SignalAt(step=3)]).fit()
+    assert result.status == "interrupted"
+    assert result.steps_run == 4  # the step Ctrl-C arrived in was finished, then the run stopped
+    assert result.test  # and evaluated
+
+
+def test_a_second_ctrl_c_stops_the_step_at_once(small):
+    _, config, data = small
+    result = Trainer(config, data=data, hooks=[_SignalAt(step=3, times=2)]).fit()
+    assert result.status == "interrupted" and result.steps_run == 3
+
+
+def test_ctrl_c_during_evaluation_ends_cleanly(small, monkeypatch):
+    _, config, data = small
+    trainer = Trainer(config, data=data)
+
+    def interrupted(split):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "evaluate", interrupted)
+    result = trainer.fit()  # interrupted in the epoch-end evaluation, and again in the final one
+    assert result.status == "interrupted" and result.steps_run == 6
+    assert result.val == {} and result.test == {}
+
+
+@pytest.mark.parametrize("command", ["train", "diagnose"])
+def test_ctrl_c_during_data_loading_ends_cleanly(command, tmp_path, monkeypatch, capsys):
+    train_module = importlib.import_module("stablenca.train")  # the module (stablenca.train may be shadowed)
+
+    def interrupted(config):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "load_data", interrupted)
+    out = ["--out", str(tmp_path / "out")] if command == "diagnose" else []
+    assert main([command, "--epochs", "1", *out]) == EXIT_INTERRUPTED
+    assert capsys.readouterr().err.strip() == INTERRUPTED_LINE
+    assert not (tmp_path / "out").exists()  # nothing was started, so nothing half-written
+
+
+def test_a_crash_mid_diagnose_keeps_the_records_and_marks_the_summary(small, tmp_path, capsys):
+    root, _, _ = small
+    loss = tmp_path / "crashing_loss.py"
+    loss.write_text(textwrap.dedent("""
+        from stablenca.losses import nca_logspace
+        calls = 0
+
+        def crashes_at_step_3(distances, labels, candidate_labels, self_mask):
+            global calls
+            calls += 1
+            if calls == 4:
+                raise ValueError("the user's loss broke")
+            return nca_logspace(distances, labels, candidate_labels, self_mask)
+    """))
+    out = tmp_path / "out"
+    rc = main(["diagnose", "--out", str(out), "--data", str(root), "--model", "seed", "--batch-size", "4",
+               "--loss", f"{loss}:crashes_at_step_3", "--epochs", "3", "--no-report"])
+    err = capsys.readouterr().err
+    assert rc == EXIT_USAGE and len(err.strip().splitlines()) == 1, err
+    assert "raised ValueError: the user's loss broke" in err and "fix:" in err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] is True and "the user's loss broke" in summary["error"]
+    (run,) = summary["runs"]
+    assert run["status"] == "interrupted" and run["steps_run"] == 3 and "ValueError" in run["error"]
+    records = [json.loads(line) for line in (out / run["run"] / "records.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [0, 1, 2]
+    assert not list(out.rglob(".*.tmp"))
+
+
+# --------------------------------------------------------------------------- atomic writes, no mixing
+
+
+def test_an_interrupted_atomic_write_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "summary.json"
+    atomic_write_json(path, {"runs": ["old"]})
+
+    def interrupted(src, dst):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_json(path, {"runs": ["new"]})
+    assert json.loads(path.read_text()) == {"runs": ["old"]}
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_a_failed_atomic_write_is_an_output_error(tmp_path, monkeypatch):
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OutputError, match="No space left on device"):
+        atomic_write_json(tmp_path / "summary.json", {"runs": []})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_deferred_interrupts_raise_at_the_end_of_the_block():
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with deferred_interrupts():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+            done.append("the block finished")
+    assert done == ["the block finished"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+#: Modules that write run files; each write must be atomic (JSONL streams are the documented exception).
+WRITERS = ["diagnose.py", "train.py", "records.py", "sentinel.py", "recorder.py",
+           "commands/train.py", "commands/diagnose.py", "commands/replay.py"]
+
+
+@pytest.mark.parametrize("module", WRITERS)
+def test_writers_have_no_plain_writes(module):
+    source = (REPO / "stablenca" / module).read_text()
+    # os.fdopen(fd, "wb") is the atomic writer's own temporary file.
+    plain = re.compile(r"""(?<!fd)open\([^)]*["'][rab+]*[wx][^"']*["']|\.write_text\(|\.write_bytes\("""
+                       r"""|np\.save\(|torch\.save\((?!capsule, buffer)""")
+    offenders = [line.strip() for line in source.splitlines() if plain.search(line)]
+    assert offenders == [], f"plain (non-atomic) writes in stablenca/{module}: {offenders}"
+
+
+def test_rerun_refuses_to_mix_runs_and_force_replaces_them(small, tmp_path, capsys):
+    root, _, _ = small
+    out = tmp_path / "out"
+    common = ["diagnose", "--out", str(out), "--data", str(root), "--epochs", "1", "--batch-size", "4",
+              "--no-report"]
+    assert main([*common, "--model", "seed", "--loss", "nca_logspace"]) == 0
+    old_summary = (out / "summary.json").read_bytes()
+    capsys.readouterr()
+
+    assert main([*common, "--model", "seed", "--loss", "difference"]) == EXIT_USAGE
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "already holds a stablenca run" in err and "--force" in err
+    assert (out / "summary.json").read_bytes() == old_summary  # refused: nothing touched
+    assert not (out / "seed-difference-float32").exists()
+
+    assert main([*common, "--model", "seed", "--loss", "difference", "--force"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["run"] for r in summary["runs"]] == ["seed-difference-float32"]
+    assert not any((out / "seed-nca_logspace-float32").iterdir())  # the old run set was cleared first
+    assert [r["step"] for r in read_jsonl(out / "seed-difference-float32" / "records.jsonl")] == list(range(6))

@@ -1,0 +1,231 @@
+"""Every figure renders from a small synthetic run directory (NaN/Inf in the records included)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from stablenca import plots
+from stablenca.records import dumps
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def synthetic_records(steps: int = 12, fail: bool = True, *, eps: bool = False) -> list[dict]:
+    """Distances that grow 1.6x per step, exp underflow from step 8, NaN gradient at the last step."""
+    records = []
+    for step in range(steps):
+        d_max = 2.0 * 1.6 ** step
+        last = fail and step == steps - 1
+        p_diff = math.exp(-min(d_max * 0.6, 120.0))
+        records.append({
+            "epoch": step // 4, "step": step, "step_in_epoch": step % 4, "batch_size": 8,
+            "applied": not last, "finite": not last,
+            "loss": 0.7 - 0.3 * step, "grad_norm": math.nan if last else 0.5 * 1.4 ** step,
+            "grad_nonfinite": 2 if last else 0,
+            "d_min": 0.0, "d_max": d_max, "d_p50": d_max / 4, "d_p99": d_max * 0.9, "max_d_over_T": d_max,
+            "d_same_min": 0.1 * step, "d_other_min": 0.05 * step,
+            "d_other_p50": d_max / 3,
+            "exp_zero": max(0, (step - 7) * 40), "exp_subnormal": max(0, (step - 6) * 10),
+            "p_same_min": 0.0 if (eps and step > 9) else math.exp(-d_max * 0.2),
+            "p_diff_min": p_diff,
+            "rows_without_same_class": 0,
+            "grad_2.0_norm/layer.weight": math.inf if last else 0.3 * 1.5 ** step,
+            "grad_2.0_norm/layer.bias": math.nan if last else (0.0 if step == 2 else 1e-3 * 1.2 ** step),
+            "param_norm/layer.weight": 1.0 + step,
+        })
+    return records
+
+
+FINDING = {
+    "op": "aten.div.Tensor", "short": "div", "phase": "backward", "backward_node": "DivBackward0", "module": None,
+    "source": "stablenca/losses.py:131  per_sample = -torch.log(p_same / p_diff)", "index": 3,
+    "pattern": "overflow", "detail": "overflow in 1 of 8 elements",
+    "inputs": [{"shape": [8], "dtype": "float32", "numel": 8, "min": 0.5, "max": 7.7e17, "zeros": 0, "nan": 0,
+                "posinf": 0, "neginf": 0, "subnormal": 0, "negative": 0, "arg": "self"},
+               {"shape": [8], "dtype": "float32", "numel": 8, "min": 3.3e-26, "max": 2.0, "zeros": 0, "nan": 0,
+                "posinf": 0, "neginf": 0, "subnormal": 0, "negative": 0, "arg": "other"}],
+    "output": {"shape": [8], "dtype": "float32", "min": 0.1, "max": 1e30, "posinf": 1},
+    "chain": [
+        {"op": "aten.div.Tensor", "phase": "backward", "detail": "overflow in 1 of 8 elements",
+         "stats": {"shape": [8], "dtype": "float32", "min": 0.1, "max": 1e30, "zeros": 0, "posinf": 1, "nan": 0},
+         "kind": "source", "backward_node": "DivBackward0"},
+        {"op": "aten.sum.dim_IntList", "phase": "forward", "detail": "exact 0 in 2 of 8 rows", "kind": "empty_set",
+         "stats": {"shape": [8], "dtype": "float32", "min": None, "max": None, "zeros": 2, "nan": "NaN"}},
+        {"op": "aten.exp.default", "phase": "forward", "detail": "6 finite inputs → 0.0", "kind": "underflow"},
+    ],
+    "chain_text": "div (overflow in 1 of 8 elements) ← sum empty_set (exact 0 in 2 of 8 rows) ← exp underflow",
+    "root_cause": {"op": "aten.exp.default", "kind": "underflow", "detail": "6 finite inputs → 0.0 (x < -103.97)"},
+    "precursors": [],
+}
+
+
+def write_run_dir(out, *, steps: int = 12, interrupted: bool = False) -> None:
+    """A diagnose-shaped directory: a failed ratio run, a finite ratio_eps run, a modernnca run."""
+    runs = []
+    specs = [("seed-ratio-float32", "seed", "ratio", True), ("modernnca-ratio_eps-float32", "modernnca",
+                                                             "ratio_eps", False),
+             ("modernnca-modernnca-float32", "modernnca", "modernnca", False)]
+    for name, model, loss, fail in specs:
+        run_dir = out / name
+        run_dir.mkdir(parents=True)
+        records = synthetic_records(steps, fail, eps=loss == "ratio_eps")
+        if loss == "modernnca":
+            for r in records:
+                r.pop("exp_zero"), r.pop("exp_subnormal"), r.pop("p_same_min"), r.pop("p_diff_min")
+                r["softmax_zero"] = max(0, r["step"] - 9)
+        (run_dir / "config.json").write_text(json.dumps({"model": model, "loss": loss, "dtype": "float32",
+                                                         "batch_size": 8}))
+        (run_dir / "records.jsonl").write_text("".join(dumps(r) + "\n" for r in records))
+        entry = {"run": name, "model": model, "loss": loss, "dtype": "float32", "task": "multiclass",
+                 "status": "diverged" if fail else "completed", "diverged": fail, "epochs_run": 3,
+                 "steps_run": steps, "test": {"accuracy": 0.6123}, "val": {}, "excluded_rows": 0,
+                 "first_nonfinite": None, "capsule": None}
+        if fail:
+            entry["diverged_at"] = {"epoch": records[-1]["epoch"], "step": steps - 1}
+            entry["first_nonfinite"] = {
+                "epoch": records[-1]["epoch"], "step": steps - 1, "phase": "backward", "op": "aten.div.Tensor",
+                "backward_node": "DivBackward0", "module": None, "source": FINDING["source"], "pattern": "overflow",
+                "chain": FINDING["chain_text"], "chain_str": FINDING["chain_text"],
+                "root_cause": FINDING["root_cause"], "inputs": FINDING["inputs"]}
+            entry["capsule"] = f"{name}/capsule.pt"
+            (run_dir / "finding.json").write_text(json.dumps(FINDING))
+        if not (interrupted and loss == "modernnca"):
+            (run_dir / "result.json").write_text(json.dumps(entry))
+            runs.append(entry)
+    summary = {"stablenca": "diagnose", "data": "synthetic", "seed": 0, "interrupted": interrupted, "runs": runs,
+               "command": "stablenca diagnose --out synthetic"}
+    (out / "summary.json").write_text(dumps(summary, indent=2))
+
+
+@pytest.fixture(scope="module")
+def drawn(tmp_path_factory):
+    """The synthetic directory with every figure drawn once by plot_all (check.json included)."""
+    out = tmp_path_factory.mktemp("plots")
+    write_run_dir(out)
+    (out / "check.json").write_text(json.dumps(CHECK_SUMMARY))
+    figures = plots.plot_all(out)
+    return out, {f.path.name: f for f in figures}
+
+
+@pytest.fixture
+def run_set(tmp_path):
+    write_run_dir(tmp_path)
+    return plots.load_run_set(tmp_path)
+
+
+def assert_png(path):
+    data = path.read_bytes()
+    assert data.startswith(PNG) and len(data) > 5000
+
+
+def test_exp_limits_are_the_ieee_constants():
+    normal, zero = plots.exp_limits("float32")
+    assert round(normal, 2) == 87.34 and round(zero, 2) == 103.97
+    assert math.exp(-(zero + 0.01)) > 0  # in float64 still representable ...
+    import numpy as np
+
+    assert np.exp(np.float32(-(zero + 0.01))) == 0 and np.exp(np.float32(-(zero - 0.05))) > 0
+    assert np.exp(np.float32(-(normal + 0.01))) < np.finfo(np.float32).tiny
+    assert [round(x, 1) for x in plots.exp_limits("float64")] == [708.4, 745.1]
+
+
+def test_loader_reads_nan_and_inf_and_the_finding(run_set):
+    run = run_set.runs[0]
+    assert run.name == "seed-ratio-float32" and run.failure_step == 11
+    assert math.isnan(run.series("grad_norm")[-1])
+    assert math.isinf(run.series("grad_2.0_norm/layer.weight")[-1])
+    assert [link["op"] for link in run.chain_links()][-1] == "aten.exp.default"
+    assert run.grad_keys() == ["grad_2.0_norm/layer.weight", "grad_2.0_norm/layer.bias"]
+
+
+def test_timeline_figure_for_every_run(drawn):
+    out, figures = drawn
+    for name in ("seed-ratio-float32", "modernnca-ratio_eps-float32", "modernnca-modernnca-float32"):
+        assert figures[f"{name}-timeline.png"].kind == "timeline"
+        assert_png(out / "figures" / f"{name}-timeline.png")
+
+
+def test_gradient_flow_figure(drawn):
+    out, figures = drawn
+    assert_png(figures["seed-ratio-float32-gradients.png"].path)
+
+
+def test_chain_figure_from_finding_and_from_summary_text(drawn, run_set, tmp_path):
+    assert_png(drawn[1]["seed-ratio-float32-chain.png"].path)
+    run = run_set.runs[0]
+    run.finding = None  # only the summary's one-line chain
+    assert len(run.chain_links()) == 3
+    assert_png(plots.save_figure(plots.chain_figure(run), tmp_path / "c2.png"))
+    run.entry["first_nonfinite"]["chain"] = None  # nothing traced: still a figure that says so
+    assert_png(plots.save_figure(plots.chain_figure(run), tmp_path / "c3.png"))
+
+
+def test_ratio_domain_categories():
+    axis, codes = plots.ratio_domain("float32", 160.0, n=33)
+    at = {round(v): k for k, v in enumerate(axis)}
+    assert codes[at[10], at[10]] == 0  # finite
+    assert codes[at[10], at[120]] == 2  # P_same = 0: +inf
+    assert codes[at[120], at[10]] == 3  # P_diff = 0: -inf
+    assert codes[at[120], at[120]] == 4  # 0/0
+    assert codes[at[60], at[10]] == 1  # finite loss, backward overflow (exp(2*60 - 10) > float32 max)
+    assert plots.ratio_domain("float64", 160.0, n=33)[1].max() == 0
+
+
+def test_failure_domain_figure(drawn):
+    assert_png(drawn[1]["ratio-failure-domain.png"].path)
+
+
+CHECK_SUMMARY = {
+    "command": "check", "sweep": {"scale_min": 1e-3, "scale_max": 1e4, "n_scales": 71},
+    "results": [
+        {"loss": "ratio", "dtype": "float32", "threshold_bits": 12.0, "breakdown_scale": 79.4,
+         "breakdown_reason": "non-finite loss", "populations": {"paired": {"finite_fraction": 0.7,
+                                                                            "loss_bits_median": 0.5,
+                                                                            "loss_bits_max": math.inf}}},
+        {"loss": "nca_logspace", "dtype": "float32", "threshold_bits": 12.0, "breakdown_scale": None,
+         "breakdown_reason": "", "populations": {"paired": {"finite_fraction": 1.0, "loss_bits_median": 0.2,
+                                                            "loss_bits_max": 2.0}}},
+        {"loss": "ratio", "dtype": "float64", "threshold_bits": 26.5, "breakdown_scale": 631.0,
+         "breakdown_reason": "non-finite loss", "populations": {}},
+    ],
+}
+
+
+def test_error_vs_scale_from_summary_rows(drawn):
+    rows = plots.check_curves(CHECK_SUMMARY)
+    assert [r["curve"] for r in rows] == [[], [], []]
+    assert math.isnan(rows[1]["breakdown_scale"]) and rows[0]["breakdown_scale"] == 79.4
+    assert_png(drawn[1]["error-vs-scale.png"].path)
+
+
+def test_error_vs_scale_from_per_scale_curves(tmp_path):
+    check = json.loads(json.dumps(CHECK_SUMMARY))
+    scales = [10 ** (k / 4) for k in range(-12, 17)]
+    check["results"][0]["per_scale"] = [{"scale": s, "loss_bits_median": 0.5 if s < 80 else None,
+                                         "finite_fraction": 1.0 if s < 80 else 0.0} for s in scales]
+    check["results"][1]["per_scale"] = {"scale": scales, "loss_bits_median": [0.3] * len(scales)}
+    rows = plots.check_curves(check)
+    assert len(rows[0]["curve"]) == len(scales) and rows[1]["curve"][0]["loss_bits"] == 0.3
+    assert_png(plots.save_figure(plots.error_vs_scale_figure(check), tmp_path / "e.png"))
+
+
+def test_plot_all_writes_every_figure_atomically(drawn):
+    out, figures = drawn
+    names = sorted(figures)
+    assert "seed-ratio-float32-chain.png" in names and "ratio-failure-domain.png" in names
+    assert "modernnca-modernnca-float32-chain.png" not in names  # finite runs have no chain
+    assert sorted(p.name for p in (out / "figures").iterdir()) == names  # no temp files left behind
+    assert all(f.path.parent == out / "figures" for f in figures.values())
+
+
+def test_a_bad_check_file_is_one_line_error(tmp_path):
+    from stablenca.errors import DataError
+
+    (tmp_path / "c.json").write_text("{}")
+    with pytest.raises(DataError, match="no 'results' list"):
+        plots.load_check(tmp_path / "c.json")
+    with pytest.raises(DataError, match="does not exist"):
+        plots.load_check(tmp_path / "missing.json")

@@ -1,0 +1,201 @@
+"""Property tests (hypothesis): the stable losses stay accurate at every scale, the
+unstable ones fail, each in its own way, and the breakdown agrees with theory.
+
+Budgets come from the hypothesis profiles of conftest.py (HYPOTHESIS_PROFILE=dev/ci/nightly).
+
+Accuracy is measured as in ``stablenca.pytest_plugin.assert_stable``: the loss error
+in ulps of ``max(|reference|, 1, s)`` and the gradient error (normwise) in ulps of
+``max(max|reference|, max(1, s) / B)`` for a batch of B rows at scale s, i.e. what a
+one-ulp rounding of distances of size s costs anyway. (Herbie's purely relative bits
+are too strict for a loss that is tiny next to its distances: ``nca_logspace``
+computes log-sum-exp differences of numbers of size s.)
+"""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, Phase, find, given, settings
+from hypothesis import strategies as st
+
+from stablenca import check, cli, losses, strategies
+from stablenca import reference as ref
+from stablenca.pytest_plugin import _floor
+
+STABLE = ["nca_logspace", "modernnca"]
+#: Bits of error allowed to the stable formulations, per dtype (measured: <= 2).
+STABLE_BITS = {torch.float32: 4.0, torch.float64: 4.0}
+#: float32 gradient vs the float64 gradient of the same formula: relative tolerance
+#: (also applied to the floor max(1, s) / B).
+GRAD_RTOL = {torch.float32: 2.0 ** -18}
+#: For hypothesis.find: search (no shrinking: only the existence of a counterexample is asserted).
+SEARCH = settings(max_examples=300, deadline=None, database=None, phases=[Phase.generate],
+                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one torch thread is several times faster than two on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run(name, batch, dtype):
+    return check.run_formulation(losses.get(name), batch, dtype)
+
+
+def mp_reference(name, batch, mp_inputs=None):
+    return ref.compute_reference(ref.get_reference(name), batch.distances, batch.labels, batch.labels,
+                                 batch.self_mask, mp_inputs=mp_inputs)
+
+
+# --------------------------------------------------------------------------- the stable formulations
+
+
+@pytest.mark.parametrize("regime", ["small", "normal", "large", "extremal"])
+@given(data=st.data())
+def test_stable_losses_are_finite_and_accurate_in_every_regime(regime, data):
+    batch = data.draw(strategies.batches(regime=regime, singletons=True), label="batch")
+    mp_inputs = ref.to_mp_inputs(batch.distances, batch.labels, batch.labels, batch.self_mask)
+    for name in STABLE:
+        reference = mp_reference(name, batch, mp_inputs)
+        float64 = ref.float64_loss(ref.get_reference(name).float64, batch.distances, batch.labels, batch.labels,
+                                   batch.self_mask)
+        for dtype, max_bits in STABLE_BITS.items():
+            loss, grad = run(name, batch, dtype)
+            assert torch.isfinite(loss) and bool(torch.isfinite(grad).all()), (name, dtype)
+            loss_bits = ref.bits_of_error(loss, reference.loss, dtype, floor=_floor("scale", batch, "loss_floor"))
+            grad_bits = ref.gradient_bits_of_error(grad.numpy(), reference.grad, dtype,
+                                                   floor=_floor("scale", batch, "grad_floor"))
+            assert loss_bits <= max_bits, (name, dtype, loss_bits, float(loss), float(reference.loss))
+            assert grad_bits <= max_bits, (name, dtype, grad_bits)
+            if dtype in GRAD_RTOL:  # against the float64 reference (same formula, autograd)
+                rtol = GRAD_RTOL[dtype]
+                np.testing.assert_allclose(grad.numpy(), float64[1], rtol=rtol,
+                                           atol=rtol * max(1.0, batch.scale) / batch.rows)
+
+
+def _loss_and_grad(name, distances, labels):
+    d = distances.detach().clone().requires_grad_(True)
+    out = losses.evaluate(losses.get(name), d, labels, labels, torch.eye(len(labels), dtype=torch.bool),
+                          n_classes=int(labels.max()) + 1)
+    (grad,) = torch.autograd.grad(out.loss, d)
+    return out.loss.detach(), grad
+
+
+@pytest.mark.parametrize("name", STABLE)
+@given(batch=strategies.batches(regime="all"), data=st.data())
+def test_invariant_to_permuting_the_batch_and_relabelling_classes(name, batch, data):
+    loss, grad = _loss_and_grad(name, batch.distances, batch.labels)
+    tolerance = dict(rtol=1e-12, atol=1e-12 * max(1.0, batch.scale))
+    order = torch.tensor(data.draw(st.permutations(range(batch.rows)), label="row order"))
+    permuted_loss, permuted_grad = _loss_and_grad(name, batch.distances[order][:, order], batch.labels[order])
+    torch.testing.assert_close(permuted_loss, loss, **tolerance)
+    torch.testing.assert_close(permuted_grad, grad[order][:, order], rtol=1e-12, atol=1e-12 * grad.abs().max())
+    classes = data.draw(st.permutations(range(batch.n_classes)), label="class relabelling")
+    relabelled = torch.tensor(classes)[batch.labels]
+    relabelled_loss, relabelled_grad = _loss_and_grad(name, batch.distances, relabelled)
+    torch.testing.assert_close(relabelled_loss, loss, **tolerance)
+    torch.testing.assert_close(relabelled_grad, grad, rtol=1e-12, atol=1e-12 * grad.abs().max())
+
+
+@pytest.mark.parametrize("name", STABLE)
+@given(pair=strategies.embeddings_with_labels(regime="all"), data=st.data())
+def test_invariant_to_translating_the_embeddings(name, pair, data):
+    embeddings, labels = pair
+    size = float(embeddings.abs().max())
+    shift = torch.tensor(data.draw(st.lists(st.floats(-1, 1), min_size=embeddings.shape[1],
+                                            max_size=embeddings.shape[1]), label="shift"), dtype=torch.float64)
+    loss, _ = _loss_and_grad(name, torch.cdist(embeddings, embeddings), labels)
+    moved = embeddings + shift * size
+    moved_loss, _ = _loss_and_grad(name, torch.cdist(moved, moved), labels)
+    # cdist of the moved points rounds differently: of the order of ulp(size) per distance.
+    torch.testing.assert_close(moved_loss, loss, rtol=1e-9, atol=1e-9 * max(1.0, size))
+
+
+# --------------------------------------------------------------------------- hypothesis finds the failures
+
+
+def test_hypothesis_finds_that_ratio_goes_non_finite():
+    def non_finite(batch):
+        loss, grad = run("ratio", batch, torch.float32)
+        return not (torch.isfinite(loss) and bool(torch.isfinite(grad).all()))
+
+    batch = find(strategies.batches(regime="all"), non_finite, settings=SEARCH)
+    # Theory: only when exp(-d) of a row's nearest same or other candidate leaves the normal range.
+    assert batch.scale >= check.theory_window("float32")[0]
+
+
+def test_hypothesis_finds_that_ratio_eps_is_finite_but_far_from_the_true_ratio():
+    def silently_wrong(batch):
+        loss, _ = run("ratio_eps", batch, torch.float32)
+        if not torch.isfinite(loss):
+            return False
+        true_ratio = ref.mp_loss("ratio", batch.distances, batch.labels, batch.labels, batch.self_mask).loss
+        return ref.bits_of_error(loss, true_ratio, torch.float32, floor=max(1.0, batch.scale)) > 12
+
+    batch = find(strategies.batches(regime="all"), silently_wrong, settings=SEARCH)
+    loss, grad = run("ratio_eps", batch, torch.float32)
+    assert torch.isfinite(loss) and bool(torch.isfinite(grad).all())
+    assert batch.scale > 10  # P >> 1e-10 below that: the epsilon changes nothing
+
+
+def test_hypothesis_finds_that_ratio_eps_gradient_vanishes():
+    def vanished(batch):
+        _, grad = run("ratio_eps", batch, torch.float32)
+        return bool((grad == 0).all()) and mp_reference("ratio", batch).grad_nonzero
+
+    batch = find(strategies.batches(regime="all"), vanished, settings=SEARCH)
+    assert batch.scale > 100  # every exp(-d) is 0.0 in float32
+
+
+def test_hypothesis_finds_that_the_difference_gradient_vanishes():
+    def vanished(batch):
+        _, grad = run("difference", batch, torch.float32)
+        return bool((grad == 0).all()) and mp_reference("difference", batch).grad_nonzero
+
+    batch = find(strategies.batches(regime="all"), vanished, settings=SEARCH)
+    loss, _ = run("difference", batch, torch.float32)
+    assert torch.isfinite(loss)  # finite, and silent
+    assert batch.scale > 100  # every exp(-d) is 0.0 in float32 only past 103.97
+
+
+# --------------------------------------------------------------------------- theory and the contract
+
+
+def test_measured_breakdown_of_ratio_agrees_with_exp_underflow_theory():
+    report = check.run_check(["ratio"], ["float32", "float64"], scale_min=10, scale_max=1e4, batches=2,
+                             populations=("paired",))
+    step = 10 ** (1 / check.POINTS_PER_DECADE)
+    for dtype in ("float32", "float64"):
+        measured = report.row("ratio", dtype).breakdown_scale
+        lo, hi = check.theory_window(dtype)
+        assert lo <= measured <= hi * step, (dtype, measured, lo, hi)
+        middle = math.sqrt(lo * hi)
+        assert abs(math.log(measured / middle)) <= math.log(check.DEFAULT_TOLERANCE_FACTOR), (dtype, measured)
+
+
+def test_tightened_contract_fails_with_a_readable_diff(tmp_path, capsys):
+    contract = json.loads(check.SHIPPED_CONTRACT.read_text())
+    contract["sweep"]["batches"] = 1
+    contract["expect"]["ratio"]["float32"]["breakdown"] = 1000
+    contract["expect"]["nca_logspace"]["float32"]["max_loss_bits"] = 0.01
+    path = tmp_path / "tight.json"
+    path.write_text(json.dumps(contract))
+    code = cli.main(["check", "--contract", str(path), "--loss", "ratio", "nca_logspace", "--dtype", "float32"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert f"contract {path}: 2 violation(s)" in out
+    assert "  - ratio x float32: breakdown scale: expected 1e+03 (x/÷1.5: 667..1.5e+03), measured 79.4" in out
+    assert "  - nca_logspace x float32: max bits of error of the loss: expected <= 0.01, measured" in out
+
+
+def test_shipped_contract_holds(capsys):
+    code = cli.main(["check", "--contract", str(check.SHIPPED_CONTRACT)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert out.rstrip().endswith(f"contract {check.SHIPPED_CONTRACT}: OK")
