@@ -572,13 +572,17 @@ class CheckReport:
             f"loss/gradient or more than {THRESHOLD:g} of the significand bits wrong "
             f"(bits = log2(1 + ulps), med/max over the sweep)",
             "",
-            f"{'loss':<14}{'dtype':<10}{'reference':<20}{'breakdown':<28}{'finite':>7} {'loss bits':>11} "
-            f"{'grad bits':>11} {'vanish':>6} | {'singleton: finite':>17} {'loss bits':>11} {'grad bits':>11}",
+            f"{'':<72}{'every class has >= 2 members (a)':<41}| {'a singleton class (b)'}",
+            f"{'loss':<14}{'dtype':<10}{'reference':<20}{'breakdown scale (a)':<28}{'finite':>7} "
+            f"{'loss bits':^11} {'grad bits':^11} {'vanished':>8} | {'finite':>6} {'loss bits':^11} "
+            f"{'grad bits':^11}",
+            f"{'':<79} {'med / max':^11} {'med / max':^11} {'':>8} | {'':>6} {'med / max':^11} {'med / max':^11}",
         ]
+        lines = [line.rstrip() for line in lines]
 
         def bits(median, maximum):
             if median is None:
-                return f"{'-':>11}"
+                return f"{'-':^11}"
             return f"{median:>5.1f}/{maximum:<5.1f}"
 
         for r in self.rows:
@@ -589,8 +593,8 @@ class CheckReport:
             lines.append(
                 f"{r.loss[:13]:<14}{r.dtype:<10}{r.reference[:19]:<20}{breakdown:<28}{a.finite_fraction:>7.2f} "
                 f"{bits(a.loss_bits_median, a.loss_bits_max)} {bits(a.grad_bits_median, a.grad_bits_max)} "
-                f"{a.vanished_fraction:>6.2f} | {b.finite_fraction:>17.2f} {bits(b.loss_bits_median, b.loss_bits_max)} "
-                f"{bits(b.grad_bits_median, b.grad_bits_max)}")
+                f"{a.vanished_fraction:>8.2f} | {b.finite_fraction:>6.2f} {bits(b.loss_bits_median, b.loss_bits_max)} "
+                f"{bits(b.grad_bits_median, b.grad_bits_max)}".rstrip())
         lines.append(f"({self.seconds:.1f}s)")
         if self.contract is not None:
             lines.append("")

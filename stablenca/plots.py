@@ -283,6 +283,16 @@ def _mark_nonfinite(ax, x: np.ndarray, y: np.ndarray, label: str = "NaN / ±inf 
     return True
 
 
+def _smoothed(ax, x: np.ndarray, y: np.ndarray, colour: str) -> None:
+    """A running median over about 4% of the steps, drawn when there are more than 200 points."""
+    if len(y) <= 200:
+        return
+    window = max(5, len(y) // 25) | 1
+    medians = np.median(np.lib.stride_tricks.sliding_window_view(y, window), axis=1)
+    half = window // 2
+    ax.plot(x[half:len(x) - half], medians, color=colour, lw=1.6, label=f"running median ({window} steps)")
+
+
 def _root_label(run: RunData) -> str:
     """'overflow at div (backward, DivBackward0)' from the summary entry."""
     first = run.first_nonfinite or {}
@@ -300,6 +310,17 @@ def _root_label(run: RunData) -> str:
     return text + (f" ({where})" if where else "")
 
 
+def _interp(x, xp: np.ndarray, fp: np.ndarray) -> np.ndarray:
+    """Piecewise-linear like ``np.interp``, but extended linearly beyond both ends (no clamping)."""
+    x = np.asarray(x, dtype=float)
+    y = np.interp(x, xp, fp)
+    for outside, (i, j) in ((x < xp[0], (0, 1)), (x > xp[-1], (-2, -1))):
+        if np.any(outside):
+            slope = (fp[j] - fp[i]) / (xp[j] - xp[i])
+            y = np.where(outside, fp[j] + (x - xp[j]) * slope, y)
+    return y
+
+
 def _epoch_axis(ax, run: RunData) -> None:
     """A secondary x axis on top with the epoch number."""
     steps = run.steps()
@@ -314,9 +335,8 @@ def _epoch_axis(ax, run: RunData) -> None:
             starts_epoch.append(e)
     starts_step.append(steps[ok][-1] + 1)
     starts_epoch.append(starts_epoch[-1] + 1)
-    xs, es = np.array(starts_step), np.array(starts_epoch)
-    secondary = ax.secondary_xaxis("top", functions=(lambda s: np.interp(s, xs, es),
-                                                     lambda e: np.interp(e, es, xs)))
+    xs, es = np.array(starts_step, dtype=float), np.array(starts_epoch, dtype=float)
+    secondary = ax.secondary_xaxis("top", functions=(lambda s: _interp(s, xs, es), lambda e: _interp(e, es, xs)))
     secondary.set_xlabel("epoch")
     from matplotlib.ticker import MaxNLocator
 
@@ -328,7 +348,9 @@ def _epoch_axis(ax, run: RunData) -> None:
 
 def timeline_figure(run: RunData):
     """Loss, gradient norm, distance scale against the exp limits, underflow counts; failure marked."""
-    fig = _figure(13, 11)
+    # A fixed layout (legends in the right margin): constrained layout would double the drawing time.
+    fig = _figure(13, 11, layout=None)
+    fig.subplots_adjust(left=0.085, right=0.755, top=0.885, bottom=0.055, hspace=0.3)
     axes = fig.subplots(4, 1, sharex=True)
     steps = run.steps()
     status = run.status
@@ -352,7 +374,8 @@ def timeline_figure(run: RunData):
     ax = axes[0]
     loss = run.series("loss")
     ok = np.isfinite(loss)
-    ax.plot(steps[ok], loss[ok], lw=0.9, color=_BLUE, label="loss (batch mean)")
+    ax.plot(steps[ok], loss[ok], lw=0.9, color=_BLUE, label="loss (batch mean)", alpha=0.55 if ok.sum() > 200 else 1)
+    _smoothed(ax, steps[ok], loss[ok], "navy")
     _mark_nonfinite(ax, steps, loss, "loss NaN / ±inf")
     if np.nanmin(np.where(ok, loss, np.nan), initial=np.inf) < 0 < np.nanmax(np.where(ok, loss, np.nan),
                                                                              initial=-np.inf):
@@ -364,7 +387,9 @@ def timeline_figure(run: RunData):
     ax = axes[1]
     grad = run.series("grad_norm")
     ok = np.isfinite(grad) & (grad > 0)
-    ax.plot(steps[ok], grad[ok], lw=0.9, color=_ORANGE, label="‖gradient‖₂ over all parameters")
+    ax.plot(steps[ok], grad[ok], lw=0.9, color=_ORANGE, label="‖gradient‖₂ over all parameters",
+            alpha=0.55 if ok.sum() > 200 else 1)
+    _smoothed(ax, steps[ok], grad[ok], "saddlebrown")
     _mark_nonfinite(ax, steps, grad, "gradient NaN / ±inf")
     if ok.any():
         ax.set_yscale("log")
@@ -707,14 +732,20 @@ def error_vs_scale_figure(check: dict[str, Any]):
         ax.grid(True, alpha=0.25)
     for ax in axes[len(dtypes):]:
         ax.set_visible(False)
-    if has_curves:
-        from matplotlib.lines import Line2D
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
+    limits = [Line2D([], [], color="black", ls=":", lw=0.9, label="exp(−s) becomes subnormal"),
+              Line2D([], [], color="black", ls="-", lw=0.9, label="exp(−s) = 0.0")]
+    if has_curves:
         handles = [Line2D([], [], color=colours[name], lw=1.6, label=name) for name in losses]
         handles.append(Line2D([], [], color="black", marker="x", ls="", label="non-finite loss or gradient"))
         handles.append(Line2D([], [], color=_GREY, ls="--", label="threshold: half the significand bits"))
-        fig.legend(handles=handles, loc="outside lower center", ncol=min(4, len(handles)), fontsize=9,
-                   frameon=False)
+    else:
+        handles = [Patch(color="#a1d99b", label="finite, at most half of the significand bits wrong"),
+                   Patch(color="#fc9272", label="broken from here on: non-finite, or more than half the bits wrong")]
+    fig.legend(handles=handles + limits, loc="outside lower center", ncol=min(4, len(handles) + 2), fontsize=9,
+               frameon=False)
     return fig
 
 
@@ -750,7 +781,7 @@ def _bar_panel(ax, rows, colours, scale_min, scale_max) -> None:
             ax.text(breakdown * 1.15, y, f"breaks at {breakdown:.3g}: {reason}", va="center", fontsize=7)
         else:
             ax.text(hi / 1.2, y, "no breakdown", va="center", ha="right", fontsize=7)
-        bits = f"bits med {_fmt(row['loss_bits_median'])} / max {_fmt(row['loss_bits_max'])}"
+        bits = f"loss bits of error: median {_fmt(row['loss_bits_median'])}, max {_fmt(row['loss_bits_max'])}"
         ax.text(lo * 1.15, y + 0.36, bits, va="center", fontsize=6.5, color="#333333")
     ax.set_yticks(range(len(rows)), [r["loss"] for r in rows])
     ax.set_ylim(-0.6, len(rows) - 0.2)
@@ -808,8 +839,8 @@ def gradient_flow_figure(run: RunData):
     if ok.sum() >= 4:
         tenth = max(1, ok.sum() // 10)
         early, late = np.median(finite_max[ok][:tenth]), np.median(finite_max[ok][-tenth:])
-        ax.text(0.99, 1.01, f"largest per-parameter norm: median {_fmt(early)} over the first {tenth} steps, "
-                            f"{_fmt(late)} over the last {tenth} finite ones", transform=ax.transAxes,
+        ax.text(0.99, 1.01, f"largest per-parameter norm (median): {_fmt(early)} in the first {tenth} step(s), "
+                            f"{_fmt(late)} in the last {tenth} finite step(s)", transform=ax.transAxes,
                 ha="right", va="bottom", fontsize=8)
     return fig
 

@@ -61,16 +61,21 @@ def _reference(formulation, reference):
                     f"not {type(reference).__name__}")
 
 
+def _check_floor(value, kind: str) -> None:
+    if value in ("scale", "rows") or (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0):
+        return
+    raise ValueError(f"assert_stable: {kind} must be 'scale', 'rows' or a number >= 0, not {value!r}")
+
+
 def _floor(value, batch, kind: str) -> float:
     """The magnitude below which errors count as absolute (see :func:`assert_stable`)."""
+    _check_floor(value, kind)
     per_row = 1.0 / batch.rows if kind == "grad_floor" else 1.0
     if value == "scale":
         return max(1.0, batch.scale) * per_row
     if value == "rows":
         return per_row
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
-        return float(value)
-    raise ValueError(f"assert_stable: {kind} must be 'scale', 'rows' or a number >= 0, not {value!r}")
+    return float(value)
 
 
 def _grad_summary(grad, reference, limit: int = 4) -> str:
@@ -117,14 +122,17 @@ def assert_stable(loss, *, dtype="float32", max_bits: float | None = None, max_g
 
     Returns ``{"examples": n, "max_loss_bits": .., "max_grad_bits": ..}`` when it passes.
     """
+    __tracebackhide__ = True
     import numpy as np
     import torch
-    from hypothesis import HealthCheck, given, settings
+    from hypothesis import HealthCheck, Phase, given, settings
 
     from . import check
     from . import reference as ref
     from . import strategies
 
+    _check_floor(loss_floor, "loss_floor")
+    _check_floor(grad_floor, "grad_floor")
     formulation = _formulation(loss)
     reference = _reference(formulation, reference)
     dtype = ref.as_dtype(dtype)
@@ -136,10 +144,12 @@ def assert_stable(loss, *, dtype="float32", max_bits: float | None = None, max_g
     budget = settings.default.max_examples if max_examples is None else int(max_examples)
 
     @settings(max_examples=budget, deadline=None, database=None,
+              phases=[Phase.explicit, Phase.generate, Phase.target, Phase.shrink],
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                      HealthCheck.function_scoped_fixture])
     @given(strategy)
     def stable_on(batch):
+        __tracebackhide__ = True
         if not isinstance(batch, check.Batch):
             raise TypeError(f"the strategy must generate stablenca.check.Batch, not {type(batch).__name__}")
         result = ref.compute_reference(reference, batch.distances, batch.labels, batch.labels, batch.self_mask)

@@ -125,7 +125,7 @@ def finite_steps(run: RunData) -> int:
     return count
 
 
-def test_accuracy(run: RunData) -> float | None:
+def accuracy_of(run: RunData) -> float | None:
     test = (run.result or {}).get("test") or run.entry.get("test") or {}
     value = test.get("accuracy")
     return None if value is None else num(value)
@@ -324,7 +324,7 @@ def _runs_table(doc: Doc, section: _Counter, runs: list[RunData]) -> None:
             root = (first.get("root_cause") or {}).get("kind") or "unknown"
         else:
             where, root = "—", "—"
-        acc = test_accuracy(run)
+        acc = accuracy_of(run)
         rows.append([f"`{run.name}`", run.model, run.loss, run.dtype, _status(run), len(run.records), where,
                      f"`{root}`" if root != "—" else root, fmt(acc)])
     doc.table(["col_run", "col_model", "col_loss", "col_dtype", "col_status", "col_steps", "col_first",
@@ -595,7 +595,7 @@ def _stable(doc: Doc, section: _Counter, runs: list[RunData]) -> None:
         peak = extreme(run, "d_max")
         parts: list[Part] = [m("stable_run", run=run.name, status=word("status", run.status),
                                n_finite=finite_steps(run), n_steps=len(run.records),
-                               dmax=peak[0] if peak else None, acc=test_accuracy(run))]
+                               dmax=peak[0] if peak else None, acc=accuracy_of(run))]
         if run.has("softmax_zero"):
             steps = count_where(run, "softmax_zero", lambda v: math.isfinite(v) and v > 0)
             top = extreme(run, "softmax_zero")

@@ -170,7 +170,7 @@ _REDUCE = {"sum", "mean"}
 _MASKCAND = {"_to_copy", "where", "masked_fill"}
 _SKIP = {
     "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "resize_",
-    "set_", "_local_scalar_dense", "zero_", "zeros", "zeros_like", "ones", "ones_like",
+    "set_", "_local_scalar_dense", "zeros", "zeros_like", "ones", "ones_like",
     "eye", "arange", "randperm", "_to_dense",
 }
 _VIEW_EXTRA = {"_unsafe_view", "lift_fresh", "lift_fresh_copy", "detach", "alias"}
@@ -203,7 +203,7 @@ _LOG_POLE = {"log": 0.0, "log2": 0.0, "log10": 0.0, "log1p": -1.0}
 
 
 _INFOS: dict[Any, "_OpInfo"] = {}  # per OpOverload, shared by all tracers
-_current_node = torch._C._current_autograd_node
+_current_node = getattr(torch._C, "_current_autograd_node", lambda: None)
 
 
 def _base_name(short: str) -> str:
@@ -1133,7 +1133,7 @@ class Tracer:
                 else:
                     detail = f"{_n(n, 'finite input')} → 0.0 (x from {_fmt(lo_x)} to {_fmt(hi_x)})"
             else:
-                detail = f"no exact zeros"
+                detail = "no exact zeros"
             if n_sub:
                 detail += f"; {n_sub} subnormal outputs"
         elif base == "_softmax":

@@ -229,9 +229,20 @@ class Hook:
 def build_model(config: TrainConfig, d_num: int, d_cat: int) -> torch.nn.Module:
     from .models import ModernNCA, SeedNCA
 
-    if config.model == "modernnca":
-        return ModernNCA(d_num=d_num, d_cat=d_cat, sample_rate=config.sample_rate, **config.model_options)
-    return SeedNCA(d_in=d_num + d_cat, **config.model_options)
+    def build() -> torch.nn.Module:
+        if config.model == "modernnca":
+            return ModernNCA(d_num=d_num, d_cat=d_cat, sample_rate=config.sample_rate, **config.model_options)
+        return SeedNCA(d_in=d_num + d_cat, **config.model_options)
+
+    if not config.model_options:
+        return build()
+    model_class = ModernNCA if config.model == "modernnca" else SeedNCA
+    try:
+        return build()
+    except (TypeError, ValueError, RuntimeError) as exc:  # an unknown option or an impossible value
+        detail = " ".join(str(exc).split())[:200]
+        raise ConfigError(f"model_options={config.model_options!r} do not fit {model_class.__name__} ({detail})",
+                          fix=f"pass only keyword arguments that {model_class.__name__}() accepts") from None
 
 
 def load_data(config: TrainConfig):

@@ -31,27 +31,6 @@ CLI = [sys.executable, "-m", "stablenca.cli"]
 INTERRUPTED_LINE = "stablenca: interrupted; what was recorded is kept"
 REPO = Path(__file__).resolve().parents[1]
 
-# `stablenca train` writes no files, so the test learns that training is under way from a
-# marker line: the real CLI, with Trainer.run_step wrapped to print after step 5.
-_TRAIN_WITH_MARKER = textwrap.dedent("""
-    import importlib, sys
-    from stablenca.cli import main
-
-    T = importlib.import_module("stablenca.train")
-
-    run_step = T.Trainer.run_step
-
-    def marked(self, ctx):
-        done = run_step(self, ctx)
-        if ctx.step == 5:
-            print("STEP 5 DONE", flush=True)
-        return done
-
-    T.Trainer.run_step = marked
-    sys.exit(main(sys.argv[1:]))
-""")
-
-
 def _lines(path: Path) -> int:
     try:
         return path.read_bytes().count(b"\n")
@@ -71,76 +50,43 @@ def _talent_dir(root: Path, n_train: int) -> Path:
 
 
 def _interrupt_mid_run(root: Path, *, report: bool) -> dict:
-    """Start ``stablenca diagnose`` and ``stablenca train`` (ModernNCA, long runs), SIGINT both mid-run.
+    """Start ``stablenca diagnose`` (ModernNCA, a long run) and SIGINT it once batches are recorded.
 
-    Both start at once, to share the seconds that importing torch takes. ``report``
-    builds the report (and its figures) after the interrupt, which takes a while.
+    ``report`` builds the report (and its figures) after the interrupt, which takes a while.
     """
     data = _talent_dir(root / "data", 200)
     out = root / "diag"
-    long_run = ["--data", str(data), "--model", "modernnca", "--batch-size", "8", "--epochs", "5000",
-                "--patience", "5000"]
-    logs = {name: (open(root / f"{name}.out", "w+"), open(root / f"{name}.err", "w+")) for name in ("diag", "train")}
-    procs = {
-        "diag": subprocess.Popen([*CLI, "diagnose", "--out", str(out), "--loss", "modernnca", *long_run,
-                                  *([] if report else ["--no-report"])],
-                                 cwd=root, stdout=logs["diag"][0], stderr=logs["diag"][1]),
-        "train": subprocess.Popen([sys.executable, "-c", _TRAIN_WITH_MARKER, "train", "--json", *long_run],
-                                  cwd=root, stdout=subprocess.PIPE, stderr=logs["train"][1], text=True),
-    }
+    argv = [*CLI, "diagnose", "--out", str(out), "--data", str(data), "--model", "modernnca", "--loss", "modernnca",
+            "--batch-size", "8", "--epochs", "5000", "--patience", "5000", *([] if report else ["--no-report"])]
     records = out / "modernnca-modernnca-float32" / "records.jsonl"
-    train_stdout: list[str] = []
-    pending = set(procs)
-    deadline = time.monotonic() + 240
-    try:
-        while pending and time.monotonic() < deadline:
-            for name in list(pending):
-                if procs[name].poll() is not None:
-                    pytest.fail(f"{name} ended before it was interrupted: "
-                                f"{Path(logs[name][1].name).read_text()[-2000:]}")
-            if "diag" in pending and _lines(records) >= 4:  # some batches recorded, the run goes on
-                procs["diag"].send_signal(signal.SIGINT)
-                pending.discard("diag")
-            if "train" in pending:
-                ready, _, _ = select.select([procs["train"].stdout], [], [], 0.05)
-                if ready:
-                    line = procs["train"].stdout.readline()
-                    train_stdout.append(line)
-                    if line.startswith("STEP 5 DONE"):
-                        procs["train"].send_signal(signal.SIGINT)
-                        pending.discard("train")
-            time.sleep(0.05)
-        if pending:
-            pytest.fail(f"{sorted(pending)} did not start training within 240 s")
-        rest, _ = procs["train"].communicate(timeout=240)
-        train_stdout.append(rest)
-        procs["diag"].wait(timeout=240)
-    finally:
-        for proc in procs.values():
+    with open(root / "stdout", "w+") as stdout, open(root / "stderr", "w+") as stderr:
+        proc = subprocess.Popen(argv, cwd=root, stdout=stdout, stderr=stderr)
+        try:
+            deadline = time.monotonic() + 240
+            while _lines(records) < 4:  # wait until some batches are recorded; the run goes on for long
+                if proc.poll() is not None:
+                    pytest.fail(f"diagnose ended before it was interrupted: {Path(stderr.name).read_text()[-2000:]}")
+                if time.monotonic() > deadline:
+                    pytest.fail("diagnose did not start training within 240 s")
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=240)
+        finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    texts = {}
-    for name, (stdout, stderr) in logs.items():
         stdout.seek(0)
         stderr.seek(0)
-        texts[name] = (stdout.read(), stderr.read())
-        stdout.close()
-        stderr.close()
-    return {
-        "out": out,
-        "diag": (procs["diag"].returncode, *texts["diag"]),
-        "train": (procs["train"].returncode, "".join(train_stdout), texts["train"][1]),
-    }
+        return {"out": out, "rc": proc.returncode, "stdout": stdout.read(), "stderr": stderr.read()}
 
 
 @pytest.fixture(scope="module")
-def sigint_runs(tmp_path_factory):
+def sigint_run(tmp_path_factory):
     return _interrupt_mid_run(tmp_path_factory.mktemp("sigint"), report=False)
 
 
-def test_sigint_mid_diagnose_keeps_every_recorded_batch(sigint_runs):
-    _check_interrupted_diagnose(sigint_runs)
+def test_sigint_mid_diagnose_keeps_every_recorded_batch(sigint_run):
+    _check_interrupted_diagnose(sigint_run)
 
 
 @pytest.mark.slow
@@ -152,8 +98,7 @@ def test_sigint_mid_diagnose_builds_the_report_from_what_was_recorded(tmp_path):
 
 
 def _check_interrupted_diagnose(runs: dict) -> None:
-    rc, stdout, stderr = runs["diag"]
-    out = runs["out"]
+    rc, stdout, stderr, out = runs["rc"], runs["stdout"], runs["stderr"], runs["out"]
     assert rc == EXIT_INTERRUPTED, stderr
     assert "Traceback" not in stderr and stderr.strip().splitlines()[-1] == INTERRUPTED_LINE, stderr
     summary = json.loads((out / "summary.json").read_text())
@@ -176,28 +121,13 @@ def _check_interrupted_diagnose(runs: dict) -> None:
         assert (out / "report.md").stat().st_size > 0
 
 
-def test_sigint_mid_train_reports_an_interrupted_run(sigint_runs):
-    rc, stdout, stderr = sigint_runs["train"]
-    assert rc == EXIT_INTERRUPTED, stderr
-    assert "Traceback" not in stderr
-    result = json.loads(stdout.strip().splitlines()[-1])
-    assert result["status"] == "interrupted" and not result["diverged"]
-    assert result["steps_run"] >= 6  # steps 0..5 completed before the signal
-    assert all(np.isfinite(v) for v in result["test"].values())
-
-
 # --------------------------------------------------------------------------- the trainer's paths, in-process
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     """A TALENT directory: 24 training rows of 2 classes (6 batches of 4)."""
-    root = tmp_path_factory.mktemp("small")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 24), ("val", 6), ("test", 6)):
-        np.save(root / f"N_{split}.npy", rng.normal(size=(n, 3)))
-        np.save(root / f"y_{split}.npy", np.arange(n) % 2)
-    (root / "info.json").write_text(json.dumps({"task_type": "multiclass"}))
+    root = _talent_dir(tmp_path_factory.mktemp("small"), 24)
     from stablenca.train import load_data
 
     config = TrainConfig(model="seed", loss="nca_logspace", batch_size=4, epochs=3, data=str(root))
@@ -229,6 +159,26 @@ def test_a_second_ctrl_c_stops_the_step_at_once(small):
     _, config, data = small
     result = Trainer(config, data=data, hooks=[_SignalAt(step=3, times=2)]).fit()
     assert result.status == "interrupted" and result.steps_run == 3
+
+
+def test_sigint_mid_train_cli_prints_an_interrupted_run(small, monkeypatch, capsys):
+    root, _, _ = small
+    train_module = importlib.import_module("stablenca.train")  # the module (stablenca.train may be shadowed)
+    run_step = train_module.Trainer.run_step
+
+    def signalled(self, ctx):
+        if ctx.step == 5:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the middle of step 5
+        return run_step(self, ctx)
+
+    monkeypatch.setattr(train_module.Trainer, "run_step", signalled)
+    rc = main(["train", "--data", str(root), "--model", "seed", "--loss", "nca_logspace", "--batch-size", "4",
+               "--epochs", "50", "--json"])
+    captured = capsys.readouterr()
+    assert rc == EXIT_INTERRUPTED and captured.err.strip() == INTERRUPTED_LINE
+    result = json.loads(captured.out)
+    assert result["status"] == "interrupted" and result["steps_run"] == 6
+    assert all(np.isfinite(v) for v in result["test"].values())
 
 
 def test_ctrl_c_during_evaluation_ends_cleanly(small, monkeypatch):

@@ -100,14 +100,47 @@ def write_run_dir(out, *, steps: int = 12, interrupted: bool = False) -> None:
     (out / "summary.json").write_text(dumps(summary, indent=2))
 
 
+_BUILT: dict = {}
+
+
+def built_run_dir(tmp_path_factory):
+    """The synthetic directory (check.json included) after one build_report, with training made impossible.
+
+    Shared by test_plots and test_report: drawing the figures is the slow part, so it happens once.
+    """
+    if not _BUILT:
+        from stablenca import report
+
+        out = tmp_path_factory.mktemp("built")
+        write_run_dir(out)
+        (out / "check.json").write_text(json.dumps(CHECK_SUMMARY))
+        with pytest.MonkeyPatch.context() as patch:
+            import stablenca.train
+
+            class NoTraining:
+                def __init__(self, *args, **kwargs):
+                    raise AssertionError("figures and report must come from the records alone")
+
+            patch.setattr(stablenca.train, "Trainer", NoTraining)
+            patch.setattr(stablenca.train, "train", NoTraining)
+            figures: list = []
+            real_plot_all = plots.plot_all
+
+            def recording_plot_all(*args, **kwargs):
+                figures.extend(real_plot_all(*args, **kwargs))
+                return figures
+
+            patch.setattr("stablenca.report.plot_all", recording_plot_all)
+            paths = report.build_report(out)
+        _BUILT.update(out=out, paths=paths, figures={f.path.name: f for f in figures})
+    return _BUILT
+
+
 @pytest.fixture(scope="module")
 def drawn(tmp_path_factory):
-    """The synthetic directory with every figure drawn once by plot_all (check.json included)."""
-    out = tmp_path_factory.mktemp("plots")
-    write_run_dir(out)
-    (out / "check.json").write_text(json.dumps(CHECK_SUMMARY))
-    figures = plots.plot_all(out)
-    return out, {f.path.name: f for f in figures}
+    """Every figure of the synthetic directory, drawn once by plot_all (through build_report)."""
+    built = built_run_dir(tmp_path_factory)
+    return built["out"], built["figures"]
 
 
 @pytest.fixture

@@ -8,6 +8,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from stablenca import losses
@@ -74,6 +76,24 @@ def test_ratio_loss_blames_exp_underflow_not_the_division():
     assert finding.inputs[0]["zeros"] == len(labels) and finding.inputs[1]["zeros"] == len(labels)
     assert finding.output["nan"] == len(labels)
     assert {p.kind for p in finding.precursors} == {"underflow", "empty_set"}
+
+
+@settings(max_examples=12, deadline=None)
+@given(scale=st.floats(min_value=20.0, max_value=3000.0))
+def test_ratio_root_cause_tracks_the_distance_scale(scale):
+    embeddings, labels = _batch()
+    distances = torch.cdist(embeddings, embeddings) * scale
+    kernel = torch.exp(-distances)
+    same = (labels[:, None] == labels[None, :]) & ~torch.eye(len(labels), dtype=torch.bool)
+    p_same, p_diff = (kernel * same).sum(1), (kernel * ~same.logical_or(torch.eye(len(labels), dtype=torch.bool))).sum(1)
+    finding = find_nonfinite(_loss("ratio", scale, labels), embeddings.clone().requires_grad_())
+    if bool((p_same > 0).all() and (p_diff > 0).all()):
+        assert finding is None or finding.phase == "backward"
+    else:
+        assert finding is not None and finding.phase == "forward"
+        assert finding.root_cause["kind"] == "underflow", str(finding)
+        n_zero = int(((kernel == 0) & torch.isfinite(distances)).sum())
+        assert f"{n_zero} finite input" in finding.root_cause["detail"]
 
 
 def test_singleton_class_is_an_empty_set_not_an_underflow():

@@ -1,0 +1,126 @@
+"""``stablenca diagnose`` with its defaults, end to end (figures and report included).
+
+Runs the real command in a subprocess, ``--repeats`` times, each into a fresh output
+directory, and measures its wall time. From each run's ``summary.json`` it takes the
+per-run ``train_seconds`` (training, evaluations, the sentinel and the recorder) and
+the total seconds of the runs; what is left of the wall time is start-up (imports,
+data loading) plus the report and figures, which are timed once more on their own
+with ``stablenca report OUT``; the import of the modules the command needs is timed
+once in a fresh interpreter.
+
+Target: at most 90 s of wall time on a 2-core machine.
+
+``python bench/bench_diagnose.py [--quick] [--repeats N]``; ``--quick`` adds
+``--epochs 3`` to the command (a smoke run, not the target's configuration).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as C  # noqa: E402
+
+TARGET_SECONDS = 90.0
+
+
+def stablenca_cmd() -> list[str]:
+    exe = shutil.which("stablenca")
+    return [exe] if exe else [sys.executable, "-m", "stablenca.cli"]
+
+
+def timed(cmd: list[str], env=None) -> tuple[float, subprocess.CompletedProcess]:
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=C.REPO)
+    return time.perf_counter() - started, proc
+
+
+def main(argv=None) -> int:
+    p = C.parser(__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=int, default=None, help="whole-command repeats (default 3, quick 1)")
+    p.add_argument("--keep", default=None, metavar="DIR", help="keep the last output directory here")
+    args = C.parse(p, argv)
+    info = C.machine_info()
+    repeats = args.repeats or (1 if args.quick else 3)
+    extra = ["--epochs", "3"] if args.quick else []
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    walls, summaries, report_walls, outputs = [], [], [], []
+    workdir = Path(tempfile.mkdtemp(prefix="stablenca-bench-diagnose-"))
+    try:
+        import_wall, proc = timed([sys.executable, "-c", "import stablenca.diagnose, stablenca.report, sklearn"],
+                                  env=env)
+        for r in range(repeats):
+            out = workdir / f"run{r}"
+            cmd = stablenca_cmd() + ["diagnose", "--out", str(out), "--force"] + extra
+            C.stderr(f"bench_diagnose: repeat {r + 1}/{repeats}: {' '.join(cmd[1:])}")
+            wall, proc = timed(cmd, env=env)
+            if proc.returncode != 0:
+                raise SystemExit(f"diagnose failed ({proc.returncode}): {proc.stderr[-2000:]}")
+            walls.append(wall)
+            summary = json.loads((out / "summary.json").read_text())
+            summaries.append(summary)
+            figures = sorted((out / "figures").glob("*.png")) if (out / "figures").is_dir() else []
+            outputs.append({"report_md": (out / "report.md").is_file(), "report_zh": (out / "report.zh.md").is_file(),
+                            "figures": len(figures)})
+            C.stderr(f"  {wall:.1f} s")
+        # The report stage alone (figures + both reports), on the last output, in a fresh process.
+        report_wall, proc = timed(stablenca_cmd() + ["report", str(workdir / f"run{repeats - 1}")], env=env)
+        report_walls.append(report_wall)
+        if args.keep:
+            shutil.rmtree(args.keep, ignore_errors=True)
+            shutil.copytree(workdir / f"run{repeats - 1}", args.keep)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    median_wall = C.median(walls)
+    run_names = [r["run"] for r in summaries[0]["runs"]]
+    rows = []
+    for i, name in enumerate(run_names):
+        entries = [s["runs"][i] for s in summaries]
+        seconds = [e["train_seconds"] for e in entries if e.get("train_seconds") is not None]
+        e = entries[-1]
+        steps = e.get("steps_run") or 0
+        med = C.median(seconds)
+        rows.append([name, e["status"], e["epochs_run"], steps, C.fmt_seconds(med),
+                     C.fmt_seconds(med / steps) if steps else "n/a",
+                     f"{100 * med / median_wall:.0f} %"])
+    runs_total = C.median([s.get("seconds", float("nan")) for s in summaries])
+    rest = median_wall - runs_total
+    rows.append(["**all runs** (summary `seconds`)", "", "", "", C.fmt_seconds(runs_total), "",
+                 f"{100 * runs_total / median_wall:.0f} %"])
+    rows.append(["start-up + report/figures (wall − runs)", "", "", "", C.fmt_seconds(rest), "",
+                 f"{100 * rest / median_wall:.0f} %"])
+    table = C.md_table(["run", "status", "epochs", "steps", "train_seconds (median)", "per step (incl. evals)",
+                        "share of wall"], rows)
+    met = median_wall <= TARGET_SECONDS
+    command = " ".join(["stablenca", "diagnose", "--out", "OUT", "--force"] + extra)
+    body = (
+        f"Command timed: `{command}` (subprocess, wall time), {repeats} repeat(s): "
+        f"{', '.join(C.fmt_seconds(w) for w in walls)}; **median {C.fmt_seconds(median_wall)}** "
+        + (f"(target ≤ {TARGET_SECONDS:.0f} s: **{'met' if met else 'missed'}**)" if not args.quick
+           else "(quick smoke run with --epochs 3: not the target's configuration)")
+        + f".\n\nOutputs of the last repeat: report.md {'yes' if outputs[-1]['report_md'] else 'NO'}, "
+          f"report.zh.md {'yes' if outputs[-1]['report_zh'] else 'NO'}, {outputs[-1]['figures']} figures.\n\n"
+        + table
+        + f"\nSeparately: importing stablenca.diagnose + stablenca.report + sklearn in a fresh interpreter "
+          f"{C.fmt_seconds(import_wall)}; `stablenca report OUT` alone (figures and both reports, fresh process) "
+          f"{C.fmt_seconds(report_walls[0])}.\n"
+    )
+    data = {"walls": walls, "median_wall": median_wall, "target_met": met, "summaries": summaries,
+            "import_wall": import_wall, "report_wall": report_walls[0], "outputs": outputs, "command": command}
+    md = C.section("`stablenca diagnose`, defaults, end to end", C.command_line("bench_diagnose.py", args), info,
+                   body)
+    C.emit(md, data, args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
