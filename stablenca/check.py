@@ -492,7 +492,7 @@ def _scale_mismatch(what: str, expected: float | None, measured: float | None, r
     if measured is not None and expected / factor <= measured <= expected * factor:
         return None
     found = f"none up to {scale_max:.3g}" if measured is None else f"{measured:.3g}{why}"
-    return f"{what}: expected {expected:.3g} (x/÷{factor:g}: {expected / factor:.3g}..{expected * factor:.3g}), " \
+    return f"{what}: expected {expected:.3g} (tolerance factor {factor:g}: {expected / factor:.3g}..{expected * factor:.3g}), " \
            f"measured {found}"
 
 
@@ -589,7 +589,7 @@ class CheckReport:
             a, b = r.populations["paired"], r.populations["singleton"]
             breakdown = "none" if r.breakdown_scale is None else f"{r.breakdown_scale:.3g} {r.breakdown_reason}"
             if len(breakdown) > 27:
-                breakdown = breakdown[:26] + "…"
+                breakdown = breakdown[:26] + "~"
             lines.append(
                 f"{r.loss[:13]:<14}{r.dtype:<10}{r.reference[:19]:<20}{breakdown:<28}{a.finite_fraction:>7.2f} "
                 f"{bits(a.loss_bits_median, a.loss_bits_max)} {bits(a.grad_bits_median, a.grad_bits_max)} "

@@ -218,16 +218,33 @@ def load_run_set(out: str | Path) -> RunSet:
         run_dir = out / name
         entry = next((e for e in entries if e["run"] == name), None)
         config = _read_json_or(run_dir / "config.json", {}) or {}
+        records = _read_jsonl_or(run_dir / "records.jsonl")
+        result = _read_json_or(run_dir / "result.json", None)
+        finding = _read_json_or(run_dir / "finding.json", None)
         if entry is None:
-            entry = {"run": name, "model": config.get("model"), "loss": config.get("loss"),
-                     "dtype": config.get("dtype"), "status": "interrupted", "diverged": False,
-                     "first_nonfinite": None}
-        runs.append(RunData(
-            name=name, path=run_dir, entry=entry, config=config,
-            records=_read_jsonl_or(run_dir / "records.jsonl"), epochs=_read_jsonl_or(run_dir / "epochs.jsonl"),
-            result=_read_json_or(run_dir / "result.json", None), finding=_read_json_or(run_dir / "finding.json", None),
-            in_summary=name in names))
+            entry = _entry_from_files(name, config, records, result, finding)
+        runs.append(RunData(name=name, path=run_dir, entry=entry, config=config, records=records,
+                            epochs=_read_jsonl_or(run_dir / "epochs.jsonl"), result=result, finding=finding,
+                            in_summary=name in names))
     return RunSet(out, summary, runs)
+
+
+def _entry_from_files(name: str, config: dict[str, Any], records: list[dict[str, Any]],
+                      result: dict[str, Any] | None, finding: dict[str, Any] | None) -> dict[str, Any]:
+    """A summary entry for a run the summary lacks (cut before it ended), from its own files."""
+    result = result if isinstance(result, dict) else {}
+    entry: dict[str, Any] = {"run": name, "model": config.get("model"), "loss": config.get("loss"),
+                             "dtype": config.get("dtype"), "status": result.get("status") or "interrupted",
+                             "diverged": bool(result.get("diverged")), "first_nonfinite": None,
+                             "test": result.get("test") or {}, "excluded_rows": result.get("excluded_rows")}
+    bad = next((r for r in records if r.get("finite") is False), None)
+    if isinstance(finding, dict) and bad is not None:
+        entry["first_nonfinite"] = {
+            "epoch": bad.get("epoch"), "step": bad.get("step"),
+            **{k: finding.get(k) for k in ("phase", "op", "backward_node", "module", "source", "pattern",
+                                           "root_cause", "inputs")},
+            "chain": finding.get("chain_text"), "chain_str": finding.get("chain_text")}
+    return entry
 
 
 def _read_json_or(path: Path, default: Any) -> Any:

@@ -44,7 +44,7 @@ import dataclasses
 import functools
 import math
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import mpmath
@@ -422,20 +422,25 @@ def reference_for(formulation) -> Reference:
     of the function itself, labelled ``"float64 (self)"``.
     """
     name = formulation.name
-    if name in REFERENCES:
-        return REFERENCES[name]
-    attached = getattr(formulation.fn, "reference", None)
-    if isinstance(attached, Reference):
-        return attached
-    if isinstance(attached, str):
-        return get_reference(attached)
-    if callable(attached):
-        return Reference(name, None, attached, label="float64 (user reference)")
 
     def self_reference(distances, labels, candidate_labels, self_mask):
         return formulation.fn(distances, labels, candidate_labels, self_mask)
 
-    return Reference(name, None, self_reference, label="float64 (self)")
+    found = None
+    attached = getattr(formulation.fn, "reference", None)
+    if name in REFERENCES:
+        found = REFERENCES[name]
+    elif isinstance(attached, Reference):
+        found = attached
+    elif isinstance(attached, str):
+        found = get_reference(attached)
+    elif callable(attached):
+        return Reference(name, None, attached, label="float64 (user reference)")
+    if found is None:
+        return Reference(name, None, self_reference, label="float64 (self)")
+    if found.float64 is None:  # an mpmath loss without gradient: the gradient comes from float64 autograd
+        return dataclasses.replace(found, float64=self_reference)
+    return found
 
 
 def compute_reference(reference: Reference, distances, labels, candidate_labels, self_mask,

@@ -499,8 +499,7 @@ def _singleton(doc: Doc, section: _Counter, runs: list[RunData]) -> None:
                 sizes=", ".join(str(s) for s in sizes) or "?"), m("singleton_formula"))
     else:
         doc.p(m("singleton_not_recorded"), m("singleton_formula"))
-    logspace = next((r for r in runs if r.loss == "nca_logspace"), None)
-    if logspace is not None:
+    for logspace in (r for r in runs if r.loss == "nca_logspace"):
         excluded = (logspace.result or {}).get("excluded_rows", logspace.entry.get("excluded_rows"))
         if excluded is None:
             excluded = int(sum(v for v in logspace.series("rows_excluded") if math.isfinite(v)))
@@ -725,21 +724,20 @@ EN: dict[str, str] = {
     "no_failure": "None of the {n_runs} runs produced a non-finite loss or gradient.",
     "failure_head": "`{run}`, step {step} (epoch {epoch}): the first op that made NaN/inf out of finite inputs was "
                     "`{op}` in the **{phase_word}** pass{node}, at `{source}`. Pattern `{pattern}`; root cause "
-                    "`{kind}` at `{root_op}`: {detail}.",
+                    "`{kind}` at `{root_op}`: `{detail}`.",
     "explain_backward_overflow": "The forward loss of that step was still finite ({loss}). The derivative of "
                                  "`P_same / P_diff` with respect to `P_diff` is `−P_same / P_diff²`, so the backward "
                                  "pass divides by `P_diff` once more: the traced division had numerators up to {big} "
                                  "and divisors as small as {small}, and their quotient exceeded the largest {dtype} "
-                                 "number {fmax}, so it became inf. A tiny but non-zero `P_diff` (a row whose other "
-                                 "classes are all far away) is enough; no exact zero is needed.",
+                                 "number {fmax}, so it became inf.",
     "explain_backward_overflow_short": "The forward loss of that step was still finite ({loss}); the backward pass "
                                        "divides by the small sums once more, and a quotient exceeded the largest "
                                        "{dtype} number {fmax}.",
     "failure_precursor": "In the forward pass of that same step {count} outputs counted by `{key}` had already "
                          "underflowed to exactly 0.0 without any error; the first such step was {first}. Those "
-                         "silent zeros are what drove the sums towards 0.",
-    "failure_no_precursor": "No output had underflowed to exactly 0.0 at that step (`{key}` = 0): the sums were tiny "
-                            "but not zero.",
+                         "silent zeros removed terms from the sums and pushed `P_diff` towards 0.",
+    "failure_no_precursor": "No output had underflowed to exactly 0.0 at that step (`{key}` = 0): a tiny but "
+                            "non-zero `P_diff`, from a row whose other classes are all far away, was enough.",
     "explain_forward_overflow": "A finite value exceeded the largest {dtype} number {fmax} in the forward pass.",
     "explain_nan": "Some row had `P_same` and `P_diff` both exactly 0.0, so `P_same / P_diff` = 0/0 = NaN: every "
                    "`exp(−d)` of that row had underflowed.",
@@ -899,16 +897,16 @@ ZH: dict[str, str] = {
     "no_failure": "{n_runs} 个运行都没有产生非有限的损失或梯度。",
     "failure_head": "`{run}`，第 {step} 步（第 {epoch} 轮）：第一个由有限输入产生 NaN/inf 的算子是**{phase_word}**"
                     "传播中的 `{op}`{node}，位于 `{source}`。模式 `{pattern}`；根本原因：`{root_op}` 处的 `{kind}`："
-                    "{detail}。",
+                    "`{detail}`。",
     "explain_backward_overflow": "这一步的前向损失仍然是有限的（{loss}）。`P_same / P_diff` 对 `P_diff` 的导数是 "
                                  "`−P_same / P_diff²`，所以反向传播要再除一次 `P_diff`：被追踪的除法中分子最大为 {big}，"
-                                 "除数最小为 {small}，它们的商超过了 {dtype} 的最大值 {fmax}，于是变成 inf。只要 "
-                                 "`P_diff` 极小但不为零（某一行的其他类别都离得很远）就足够了，并不需要精确的零。",
+                                 "除数最小为 {small}，它们的商超过了 {dtype} 的最大值 {fmax}，于是变成 inf。",
     "explain_backward_overflow_short": "这一步的前向损失仍然是有限的（{loss}）；反向传播要再除一次这些很小的和，"
                                        "其中一个商超过了 {dtype} 的最大值 {fmax}。",
     "failure_precursor": "在同一步的前向传播中，已有 {count} 个由 `{key}` 统计的输出悄无声息地下溢为精确的 0.0，"
-                         "没有任何报错；最早出现这种情况的是第 {first} 步。正是这些无声的零把各个和推向 0。",
-    "failure_no_precursor": "在那一步没有任何输出下溢为精确的 0.0（`{key}` = 0）：这些和极小，但不为零。",
+                         "没有任何报错；最早出现这种情况的是第 {first} 步。这些无声的零从和中去掉了一些项，把 `P_diff` 推向 0。",
+    "failure_no_precursor": "在那一步没有任何输出下溢为精确的 0.0（`{key}` = 0）：某一行的其他类别都离得很远，"
+                            "使 `P_diff` 极小但不为零，这就足够了。",
     "explain_forward_overflow": "前向传播中一个有限值超过了 {dtype} 的最大值 {fmax}。",
     "explain_nan": "某一行的 `P_same` 和 `P_diff` 都精确为 0.0，所以 `P_same / P_diff` = 0/0 = NaN：该行所有的 "
                    "`exp(−d)` 都已下溢。",

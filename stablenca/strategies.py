@@ -66,7 +66,7 @@ def _regime(regime: str) -> tuple[float, float]:
 
 
 def scales(regime: str = "all") -> st.SearchStrategy[float]:
-    """Distance scales of a regime, log-uniform (shrinks towards the regime's geometric middle... or ends).
+    """Distance scales of a regime (see :data:`REGIMES`), log-uniform: ``10 ** uniform(log10 lo, log10 hi)``.
 
     >>> from hypothesis import find
     >>> 50.0 <= find(scales("large"), lambda s: True) <= 1000.0
@@ -94,9 +94,9 @@ def labels(draw, rows: tuple[int, int] = (4, 12), classes: tuple[int, int] = (2,
            singletons: bool | str = False) -> list[int]:
     """Class labels 0..k-1 (every class present), shuffled.
 
-    ``singletons``: ``False``/``"never"`` every class has >= 2 members; ``True``/
-    ``"allowed"`` classes of one member may occur; ``"always"`` class 0... one class
-    has exactly one member.
+    ``singletons``: ``False``/``"never"``: every class has >= 2 members; ``True``/
+    ``"allowed"``: classes of one member may occur; ``"always"``: class 0 has exactly
+    one member (the others may too).
 
     >>> from hypothesis import find
     >>> sorted(find(labels(singletons="always"), lambda y: True))

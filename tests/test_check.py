@@ -111,7 +111,7 @@ def test_contract_violations_read_as_a_diff(tmp_path):
     assert not report.ok
     messages = {(v.loss, v.dtype, v.field): v.message for v in report.violations}
     assert "expected none up to 1e+04, measured" in messages[("ratio", "float32", "breakdown")]
-    assert "expected 50 (x/÷1.5: 33.3..75), measured none up to 1e+04" in \
+    assert "expected 50 (tolerance factor 1.5: 33.3..75), measured none up to 1e+04" in \
         messages[("nca_logspace", "float32", "breakdown")]
     assert "expected <= 0.001" in messages[("nca_logspace", "float32", "max_loss_bits")]
     table = report.format_table()

@@ -72,21 +72,36 @@ numbers = st.one_of(
     st.sampled_from(["0", "1", "2", "-1", "-0", "1e400", "nan", "inf", "-inf", "0x10", "1_000", " 3 ", "3.0"]),
 )
 values = st.one_of(numbers, garbage, st.just(""))
-#: Values that pass argparse, so that most examples get past it to the deeper checks.
-plausible = st.one_of(st.integers(0, 40).map(str), st.sampled_from(["0.01", "0.5", "1e-8", "1e30", "cpu", "float64"]))
+#: Values that pass argparse for an option of that type, so that most examples reach the deeper checks.
+PLAUSIBLE = {
+    "positive_int": st.integers(1, 40).map(str),
+    "nonnegative_int": st.sampled_from(["0", "1", "3", str(2 ** 64), str(10 ** 30)]),
+    "positive_float": st.sampled_from(["0.01", "1e-8", "1e30", "3"]),
+    "nonnegative_float": st.sampled_from(["0", "0.01", "1e30"]),
+    "device": st.sampled_from(["cpu", "cuda", "meta", "cuda:7", "mps"]),
+    "target": st.sampled_from(["y", "a"]),
+}
+
+
+def _plausible(action: argparse.Action):
+    for key in (getattr(action.type, "__name__", None), action.dest):
+        if key in PLAUSIBLE:
+            return PLAUSIBLE[key]
+    return garbage
 
 
 @st.composite
-def argument_lists(draw, command: str) -> list[str]:
+def argument_lists(draw, command: str, *, garbage_too: bool = True) -> list[str]:
+    """``[command, --option value, ...]``: values of the option's type, or (``garbage_too``) anything."""
     argv = [command]
-    for action in draw(st.lists(st.sampled_from(_options(command)), max_size=6)):
+    for action in draw(st.lists(st.sampled_from(_options(command)), max_size=5)):
         argv.append(draw(st.sampled_from(action.option_strings)))
         if action.nargs == 0:  # a flag
             continue
         valid = list(action.choices or ()) + (["ratio", "difference", "nca_logspace", "modernnca", "nosuchmod:fn",
                                                "os:getcwd"] if action.dest == "loss" else [])
-        # Mostly plausible values (so examples reach the checks after argparse), garbage a quarter of the time.
-        one = st.one_of(*[st.sampled_from(valid) if valid else plausible] * 3, values)
+        typed = st.sampled_from(valid) if valid else _plausible(action)
+        one = st.one_of(typed, values) if garbage_too else typed
         count = draw(st.integers(1, 2)) if action.nargs in ("+", "*") else 1
         argv += [draw(one) for _ in range(count)]
     return argv
@@ -129,8 +144,8 @@ def test_fuzz_arguments_then_bad_data_is_exit_2(command, data):
 @TRAINING
 @given(data=st.data())
 def test_fuzz_arguments_on_tiny_data_is_exit_0_or_2(command, data):
-    """Random options and values on a tiny valid dataset, one epoch: it trains (exit 0) or says why not (2)."""
-    argv = data.draw(argument_lists(command))
+    """Random options with values of their type on a tiny dataset, one epoch: it trains (0) or says why not (2)."""
+    argv = data.draw(argument_lists(command, garbage_too=False))
     argv += ["--data", str(TINY), "--epochs", "1", "--mode", "sentinel"] if command == "diagnose" else \
         ["--data", str(TINY), "--epochs", "1"]
     if command == "diagnose":

@@ -242,3 +242,31 @@ def test_dtype_helpers():
     assert [ref.precision_bits(d) for d in ("float16", "bfloat16", "float32", "float64")] == [11, 8, 24, 53]
     with pytest.raises(ConfigError, match="unknown dtype"):
         ref.as_dtype("float8")
+
+
+def test_mpmath_loss_only_reference_takes_its_gradient_from_float64_autograd():
+    def user(distances, labels, candidate_labels, self_mask):
+        return losses.nca_logspace(distances, labels, candidate_labels, self_mask)
+
+    user.reference = ref.register_reference(
+        "test_user_loss_only", lambda d, y, yc, m: ref.mp_nca_logspace(d, y, yc, m).loss)
+    try:
+        formulation = losses.Formulation("test_user_loss_only_fn", user, ("multiclass",), False, "")
+        reference = ref.reference_for(formulation)
+        batch = batch_at(4.0)
+        result = ref.compute_reference(reference, *args(batch))
+        exact = ref.compute_reference(ref.get_reference("nca_logspace"), *args(batch))
+        assert result.label == "mpmath (50 digits)" and result.loss == exact.loss
+        np.testing.assert_allclose(result.grad, exact.grad, rtol=1e-10, atol=1e-15)
+    finally:
+        ref.unregister_reference("test_user_loss_only")
+
+
+def test_shared_mp_inputs_give_the_same_references():
+    batch = batch_at(30.0, "singleton", seed=5)
+    shared = ref.to_mp_inputs(*args(batch))
+    for name in NAMES:
+        alone = ref.compute_reference(ref.get_reference(name), *args(batch))
+        together = ref.compute_reference(ref.get_reference(name), *args(batch), mp_inputs=shared)
+        assert alone.loss == together.loss or (mpmath.isnan(alone.loss) and mpmath.isnan(together.loss))
+        np.testing.assert_array_equal(alone.grad, together.grad)
