@@ -263,8 +263,8 @@ def extract(run_set: RunSet, figures: list[Figure], check: dict[str, Any] | None
     _underflow(doc, section, runs)
     _failures(doc, section, runs)
     _singleton(doc, section, runs)
-    _epsilon(doc, section, run_set.run("ratio_eps"))
-    _difference(doc, section, run_set.run("difference"))
+    _epsilon(doc, section, [r for r in runs if r.loss == "ratio_eps"])
+    _difference(doc, section, [r for r in runs if r.loss == "difference"])
     _stable(doc, section, [r for r in runs if r.loss in ("nca_logspace", "modernnca")])
     if check is not None:
         _check_section(doc, section, check)
@@ -506,15 +506,19 @@ def _singleton(doc: Doc, section: _Counter, runs: list[RunData]) -> None:
         doc.p(m("singleton_logspace", run=logspace.name, excluded=excluded))
 
 
-def _epsilon(doc: Doc, section: _Counter, run: RunData | None) -> None:
+def _epsilon(doc: Doc, section: _Counter, runs: list[RunData]) -> None:
     from .losses import RATIO_EPS
 
     doc.h2("h_eps", n=section.next())
-    if run is None:
+    if not runs:
         doc.p(m("not_run", loss="ratio_eps"), m("eps_formula", eps=RATIO_EPS))
-        return
+    for run in runs:
+        _epsilon_run(doc, run, RATIO_EPS)
+
+
+def _epsilon_run(doc: Doc, run: RunData, eps: float) -> None:
     if not run.records:
-        doc.p(m("no_records", run=run.name), m("eps_formula", eps=RATIO_EPS))
+        doc.p(m("no_records", run=run.name), m("eps_formula", eps=eps))
         return
     n = len(run.records)
     lo, hi = extreme(run, "loss", largest=False), extreme(run, "loss")
@@ -531,15 +535,15 @@ def _epsilon(doc: Doc, section: _Counter, run: RunData | None) -> None:
     if psame and pdiff:
         parts.append(m("eps_small", psame=psame[0], psame_step=psame[1], pdiff=pdiff[0], pdiff_step=pdiff[1]))
     doc.p(*parts)
-    parts = [m("eps_formula", eps=RATIO_EPS)]
+    parts = [m("eps_formula", eps=eps)]
     if psame and pdiff:
-        below = sum(1 for r in run.records if min(num(r.get("p_same_min")), num(r.get("p_diff_min"))) < RATIO_EPS)
+        below = sum(1 for r in run.records if min(num(r.get("p_same_min")), num(r.get("p_diff_min"))) < eps)
         positive = [v for r in run.records for v in (num(r.get("p_same_min")), num(r.get("p_diff_min")))
                     if math.isfinite(v) and v > 0]
-        parts.append(m("eps_below", n_below=below, n_steps=n, eps=RATIO_EPS))
+        parts.append(m("eps_below", n_below=below, n_steps=n, eps=eps))
         if positive:
             smallest = min(positive)
-            parts.append(m("eps_bias", p=smallest, factor=smallest / (smallest + RATIO_EPS)))
+            parts.append(m("eps_bias", p=smallest, factor=smallest / (smallest + eps)))
         exact = sum(1 for r in run.records if num(r.get("p_same_min")) == 0 or num(r.get("p_diff_min")) == 0)
         if exact:
             parts.append(m("eps_exact_zero", n_zero=exact))
@@ -550,12 +554,16 @@ def _epsilon(doc: Doc, section: _Counter, run: RunData | None) -> None:
     doc.p(*parts)
 
 
-def _difference(doc: Doc, section: _Counter, run: RunData | None) -> None:
+def _difference(doc: Doc, section: _Counter, runs: list[RunData]) -> None:
     doc.h2("h_difference", n=section.next())
     doc.p(m("difference_formula"))
-    if run is None:
+    if not runs:
         doc.p(m("not_run", loss="difference"))
-        return
+    for run in runs:
+        _difference_run(doc, run)
+
+
+def _difference_run(doc: Doc, run: RunData) -> None:
     if not run.records:
         doc.p(m("no_records", run=run.name))
         return
@@ -796,8 +804,8 @@ EN: dict[str, str] = {
                           "proportion to `exp(−d)`: far pairs contribute (almost) nothing.",
     "difference_run": "`{run}` ({status}): {n_finite} of {n_steps} recorded steps were finite.",
     "difference_weight": "At its largest recorded distance {dmax} (step {step}) a pair's gradient weight "
-                         "`exp(−d)` is {weight}",
-    "difference_weight_zero": "(exactly 0.0 in {dtype}, beyond {zero}).",
+                         "`exp(−d)` is {weight}.",
+    "difference_weight_zero": "In {dtype} that is exactly 0.0 (beyond {zero}).",
     "difference_zeros": "`exp` outputs that were exactly 0.0, i.e. pairs with an exactly zero gradient, first "
                         "appeared at step {step} and reached {peak} per batch (step {peak_step}).",
     "difference_no_zeros": "No `exp` output was exactly 0.0.",
@@ -952,8 +960,8 @@ ZH: dict[str, str] = {
     "difference_formula": "`P_diff.sum() − P_same.sum()` 是 `exp(−d)` 项的有界和，从不产生 NaN。它对某一对样本距离的"
                           "导数是 `±exp(−d)`，所以每一对的贡献与 `exp(−d)` 成正比：远处的样本对（几乎）没有贡献。",
     "difference_run": "`{run}`（{status}）：已记录的 {n_steps} 步中有 {n_finite} 步为有限值。",
-    "difference_weight": "在记录到的最大距离 {dmax}（第 {step} 步）处，一对样本的梯度权重 `exp(−d)` 为 {weight}",
-    "difference_weight_zero": "（在 {dtype} 中精确为 0.0，因为超过了 {zero}）。",
+    "difference_weight": "在记录到的最大距离 {dmax}（第 {step} 步）处，一对样本的梯度权重 `exp(−d)` 为 {weight}。",
+    "difference_weight_zero": "在 {dtype} 中它精确为 0.0（超过了 {zero}）。",
     "difference_zeros": "精确为 0.0 的 `exp` 输出，也就是梯度精确为零的样本对，最早出现在第 {step} 步，"
                         "每批最多达到 {peak} 个（第 {peak_step} 步）。",
     "difference_no_zeros": "没有任何 `exp` 输出精确为 0.0。",

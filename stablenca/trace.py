@@ -159,6 +159,11 @@ _INFOK = 2  # carries intentional ±inf (allow-listed writer, or an inf-only lea
 _BAD = 4  # carries NaN/Inf of a finding, or of a NaN leaf / non-finite parameter
 _INEXACT = 8  # carries precision loss (cancellation), followed for a few ops only
 _INEXACT_HOPS = 8
+# carries values near underflow (zeros/subnormals of an underflow, or positive outputs of
+# exp/softmax/sigmoid/erfc below 1/sqrt(finfo.max)), followed for a few ops only: it lets an
+# overflow from dividing by a tiny number walk back through the divisor (see _tiny_operand)
+_SMALL = 16
+_SMALL_HOPS = 8
 
 # Op categories (cached per OpOverload).
 _C_PLAIN, _C_VIEW, _C_SKIP, _C_UF_POS, _C_UF_SIGNED, _C_CANCEL, _C_REDUCE, _C_MASK = range(8)
@@ -263,6 +268,20 @@ def _tiny(dtype: torch.dtype) -> float:
     v = _TINY.get(dtype)
     if v is None:
         v = _TINY[dtype] = torch.finfo(dtype).tiny
+    return v
+
+
+_SMALLV: dict[torch.dtype, float] = {}
+
+
+def _small(dtype: torch.dtype) -> float:
+    """1/sqrt(finfo.max): a divisor below it multiplies by more than sqrt(finfo.max).
+
+    float32: 5.42e-20, float64: 7.46e-155, float16: 3.91e-3, bfloat16: 5.42e-20.
+    """
+    v = _SMALLV.get(dtype)
+    if v is None:
+        v = _SMALLV[dtype] = 1.0 / math.sqrt(torch.finfo(dtype).max)
     return v
 
 
@@ -762,6 +781,7 @@ class Tracer:
         self._precursor_keys: dict[tuple, Precursor] = {}
         self._candidates: list[_Candidate] = []
         self._map = WeakIdKeyDictionary()
+        self._storages = WeakIdKeyDictionary()  # storage -> [(geometry, _Event)]: lookup fallback
         self._index = 0
         self._pending = None
         self._modstack: list[str] = []
@@ -808,6 +828,7 @@ class Tracer:
         for c in self._candidates:
             c.drop()
         self._map = WeakIdKeyDictionary()
+        self._storages = WeakIdKeyDictionary()
         self._keepalive = []
         self._modnames = {}
         self._paramnames = {}
@@ -961,8 +982,11 @@ class Tracer:
 
         ev = None
         if cat == _C_UF_POS:
-            if lo is not None and lo < _tiny(outs[0].dtype):
-                ev = self._check_underflow(info, node, args, kwargs, outs[0], tainted, lo)
+            if lo is not None and lo < _small(outs[0].dtype):
+                if lo < _tiny(outs[0].dtype):
+                    ev = self._check_underflow(info, node, args, kwargs, outs[0], tainted, lo)
+                if ev is None:
+                    ev = self._check_small(info, node, args, outs[0], tainted, lo)
         elif cat == _C_UF_SIGNED:
             ev = self._check_mask_mul(info, node, args, outs[0], tainted)
             if ev is None and lo is not None:
@@ -979,7 +1003,7 @@ class Tracer:
             if lo is not None:
                 ev = self._check_mask_op(info, node, args, kwargs, outs[0], tainted)
         if ev is None and tainted:
-            ev = self._propagate_finite(info, node, outs, tainted)
+            ev = self._propagate_finite(info, node, args, kwargs, outs, tainted)
         if ev is not None:
             self._map_outs(info, outs, ev)
         elif tainted:
@@ -1019,6 +1043,47 @@ class Tracer:
                 base = o._base
                 if base is not None:
                     mapping[base] = ev
+            self._register_storage(o, ev)
+
+    @staticmethod
+    def _geometry(t: torch.Tensor) -> tuple:
+        return (t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+
+    def _register_storage(self, t: torch.Tensor, ev: _Event) -> None:
+        """Remember ``ev`` under ``t``'s storage and geometry (see :meth:`_lookup_any`)."""
+        try:
+            storage = t.untyped_storage()
+            key = self._geometry(t)
+        except Exception:  # no storage (sparse, some subclasses)
+            return
+        entries = self._storages.get(storage)
+        if entries is None:
+            entries = self._storages[storage] = []
+        entries.append((key, ev))
+        if len(entries) > 8:
+            del entries[0]
+
+    def _lookup_any(self, t: torch.Tensor) -> _Event | None:
+        """:meth:`_lookup`, falling back to a tensor with the same storage and geometry.
+
+        The autograd engine hands a backward formula the very tensor object saved in the
+        forward pass for saved inputs (the identity lookup works); a different object that
+        views the same storage (an engine that rewraps, ``set_``) is matched by storage
+        (held weakly: a freed storage cannot be confused with a new one at the same
+        address), offset, shape, stride and dtype.
+        """
+        ev = self._lookup(t)
+        if ev is not None or not self._storages.data:
+            return ev
+        try:
+            entries = self._storages.get(t.untyped_storage())
+            key = self._geometry(t)
+        except Exception:
+            return None
+        for k, e in reversed(entries or ()):
+            if k == key:
+                return e
+        return None
 
     def _lookup(self, t: torch.Tensor) -> _Event | None:
         ev = self._map.get(t)
@@ -1182,11 +1247,34 @@ class Tracer:
                 detail = "no exact zeros"
             if n_sub:
                 detail += f"; {n_sub} subnormal outputs"
-        ev = self._event(info, node, "underflow", detail, _ZERO if n else _INEXACT,
-                         self._taint_of(tainted, _INEXACT | _ZERO), out)
-        if not n:
-            ev.extra = {"hops": _INEXACT_HOPS}
+        ev = self._event(info, node, "underflow", detail, (_ZERO if n else _INEXACT) | _SMALL,
+                         self._taint_of(tainted, _INEXACT | _ZERO | _SMALL), out)
+        ev.extra = {"small": _SMALL_HOPS} if n else {"hops": _INEXACT_HOPS, "small": _SMALL_HOPS}
         self._precursor(ev, n or n_sub)
+        return ev
+
+    def _check_small(self, info, node, args, out, tainted, lo) -> _Event | None:
+        """Positive outputs of exp/softmax/sigmoid/erfc below 1/sqrt(finfo.max), none zero or
+        subnormal (or only zeros that a -inf mask explains): not a precursor, but a ``_SMALL``
+        event, so that an overflow from dividing by them can walk back to this op."""
+        small = _small(out.dtype)
+        if lo > 0.0:
+            m = lo
+        else:  # zeros from a mask (exp(-inf)): the smallest positive output
+            m = float(torch.where(out > 0, out, torch.full_like(out, _INF)).min())
+            if not m < small:
+                return None
+        n = int(((out > 0) & (out < small)).sum())
+        detail = f"{_n(n, 'output')} below {_fmt(small)}, as small as {_fmt(m)}"
+        x = args[0] if args else None
+        if info.base == "exp" and isinstance(x, torch.Tensor) and m > 0:
+            detail += f" (x down to {_fmt(math.log(m))})"
+        if m < _tiny(out.dtype):
+            detail += " (subnormal, next to zeros that a -inf input explains)"
+        else:
+            detail += f"; none underflowed ({_dtype_name(out.dtype)} normal numbers reach {_fmt(_tiny(out.dtype))})"
+        ev = self._event(info, node, None, detail, _SMALL, self._taint_of(tainted, _SMALL), out)
+        ev.extra = {"small": _SMALL_HOPS}
         return ev
 
     def _binary_operands(self, info, args, kwargs, out):
@@ -1362,10 +1450,22 @@ class Tracer:
         return kinds
 
     def _mask_event(self, info, node, out, tainted, mask_t, inverted) -> _Event:
+        small_hops = self._hops(tainted, _SMALL, "small")
         ev = self._event(info, node, "mask", "mask multiply" if info.base == "mul" else "mask",
-                         _ZERO, self._taint_of(tainted, _ZERO), out)
+                         _ZERO | (_SMALL if small_hops else 0), self._taint_of(tainted, _ZERO | _SMALL), out)
         ev.extra = {"mask": (mask_t, inverted)}
+        if small_hops:
+            ev.extra["small"] = small_hops
         return ev
+
+    @staticmethod
+    def _hops(tainted, bit: int, key: str) -> int:
+        """Hops left for ``bit`` after this op (0: do not carry it further)."""
+        hops = 0
+        for _, ev in tainted or ():
+            if ev.taint & bit and ev.extra:
+                hops = max(hops, ev.extra.get(key, 0) - 1)
+        return hops
 
     def _check_mask_mul(self, info, node, args, out, tainted) -> _Event | None:
         if info.base != "mul" or len(args) < 2:
@@ -1396,7 +1496,7 @@ class Tracer:
                 return self._mask_event(info, node, out, tainted, args[1], True)
         return None
 
-    def _propagate_finite(self, info, node, outs, tainted) -> _Event | None:
+    def _propagate_finite(self, info, node, args, kwargs, outs, tainted) -> _Event | None:
         carried = 0
         zero_in = self._taint_of(tainted, _ZERO)
         inputs = []
@@ -1406,21 +1506,44 @@ class Tracer:
                     carried |= _ZERO
                     inputs.extend(zero_in)
                     break
-        hops = 0
-        for i, ev in tainted:
-            if ev.taint & _INEXACT and ev.extra and ev.extra.get("hops", 0) > 0:
-                hops = max(hops, ev.extra["hops"] - 1)
-                if (i, ev) not in inputs:
-                    inputs.append((i, ev))
-        if hops:
-            carried |= _INEXACT
+        extra = {}
+        for bit, key in ((_INEXACT, "hops"), (_SMALL, "small")):
+            hops = self._hops(tainted, bit, key)
+            if hops > 0:
+                carried |= bit
+                extra[key] = hops
+                for i, ev in tainted:
+                    if ev.taint & bit and ev.extra and ev.extra.get(key, 0) > 0 and (i, ev) not in inputs:
+                        inputs.append((i, ev))
         if not carried:
             return None
         out = outs[0] if outs else None
-        ev = self._event(info, node, None, "", carried, inputs, out)
-        if hops:
-            ev.extra = {"hops": hops}
+        detail = ""
+        if carried & _SMALL and out is not None and info.base in ("div", "true_divide", "reciprocal"):
+            detail = self._huge_quotient(info, args, kwargs, out, tainted)
+        ev = self._event(info, node, None, detail, carried, inputs, out)
+        if extra:
+            ev.extra = extra
         return ev
+
+    def _huge_quotient(self, info, args, kwargs, out, tainted) -> str:
+        """A finite quotient above sqrt(finfo.max) from a divisor that carries tiny values."""
+        if info.written or not (out.is_floating_point() and out.numel()):
+            return ""
+        divisor_pos = 0 if info.base == "reciprocal" else 1
+        if not any(i == divisor_pos and ev.taint & _SMALL for i, ev in tainted):
+            return ""
+        q = float(out.abs().max())
+        if not q >= 1.0 / _small(out.dtype):
+            return ""
+        operands = self._binary_operands(info, args, kwargs, out)
+        if operands is None:
+            return ""
+        b = operands[1][1].abs()
+        b = b[b != 0]
+        if not b.numel():
+            return ""
+        return f"quotient up to {_fmt(q)} from a divisor as small as {_fmt(float(b.min()))}"
 
     # -- non-finite outputs ---------------------------------------------------------------
 
@@ -1822,7 +1945,8 @@ class Tracer:
                         return "inf/inf", "unknown", [(ia, ta, _INFOK | _BAD, iii), (ib, tb, _INFOK | _BAD, iii)], None
                     if cnt(ovf):
                         d = ov_detail(cnt(ovf))
-                        return "overflow", "overflow", [(ia, ta, _INEXACT, None), (ib, tb, _INEXACT, None)], \
+                        return "overflow", "overflow", [(ia, ta, _INEXACT | _SMALL, None),
+                                                        (ib, tb, _INEXACT | _SMALL, None)], \
                             ("overflow", d, cnt(ovf))
         elif base in _LOG_POLE:
             x = args[0]
@@ -1910,12 +2034,13 @@ class Tracer:
             n_nan = cnt(pos_nan)
             if n_inf and not n_nan:
                 d = ov_detail(n_inf)
-                return "overflow", "overflow", [(i, a, _INEXACT, None) for i, a in tensors], ("overflow", d, n_inf)
+                return "overflow", "overflow", [(i, a, _INEXACT | _SMALL, None) for i, a in tensors], \
+                    ("overflow", d, n_inf)
             return "NaN from finite inputs", "domain", [(i, a, _INEXACT | _ZERO, None) for i, a in tensors], None
         if cnt(pos_nan):
             return "NaN from infinite inputs", "unknown", [(i, a, _INFOK | _BAD, None) for i, a in tensors], None
         n_inf = cnt(pos_inf)
-        return "overflow", "overflow", [(i, a, _INEXACT | _INFOK, None) for i, a in tensors], \
+        return "overflow", "overflow", [(i, a, _INEXACT | _SMALL | _INFOK, None) for i, a in tensors], \
             ("overflow", ov_detail(n_inf), n_inf)
 
     # -- used by trace_call ----------------------------------------------------------------

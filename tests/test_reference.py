@@ -66,13 +66,13 @@ def test_ratio_reference_of_a_singleton_class_is_infinite():
     assert mpmath.isfinite(ref.mp_loss("nca_logspace", *args(batch)).loss)  # the singleton row is excluded
 
 
-@pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("population", ["paired", "singleton"])
+# ratio with a singleton class has an infinite loss: covered by the test above, not here.
+@pytest.mark.parametrize("name,population", [(n, p) for n in NAMES for p in ("paired", "singleton")
+                                             if (n, p) != ("ratio", "singleton")])
 def test_analytic_gradient_matches_float64_autograd_at_moderate_scale(name, population):
     batch = batch_at(2.0, population, seed=3)
     result = ref.mp_loss(name, *args(batch))
-    if not mpmath.isfinite(result.loss):
-        pytest.skip("the loss itself is infinite (ratio with a singleton class)")
+    assert mpmath.isfinite(result.loss)
     loss64, grad64 = ref.float64_loss(ref.get_reference(name).float64, *args(batch))
     assert float(result.loss) == pytest.approx(loss64, rel=1e-12, abs=1e-14)
     analytic = np.array([[float(g) for g in row] for row in result.grad])
