@@ -189,7 +189,10 @@ def main(argv=None) -> int:
     )
     data_out = {"epoch_times": epoch_times, "round_medians": round_medians, "step_times": step_times,
                 "eval_abalone": eval_small, "eval_scaled": eval_big, "speedup_vs_port": port,
-                "float64_over_float32": fp64, "results": {k: v.to_dict() for k, v in results.items()}}
+                "float64_over_float32": fp64, "float64_step_ratio": C.median(step_ratio),
+                "eval_speedup_abalone": C.median(C.paired_ratios(eval_small, "stablenca predict")["straightforward port"]),
+                "eval_speedup_scaled": C.median(C.paired_ratios(eval_big, "stablenca predict")["straightforward port"]),
+                "results": {k: v.to_dict() for k, v in results.items()}}
     md = C.section("ModernNCA training: float32, float64 and a straightforward port",
                    C.command_line("bench_modernnca.py", args), info, body)
     C.emit(md, data_out, args)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -93,12 +94,17 @@ def worker(mode: str, n: int, repeats: int, chunk: int) -> dict:
     return result
 
 
-def run_worker(mode: str, n: int, repeats: int, chunk: int, threads: int | None) -> dict:
+def run_worker(mode: str, n: int, repeats: int, chunk: int, threads: int | None, fixed_mmap: bool = False) -> dict:
     cmd = [sys.executable, __file__, "--worker", mode, "--n", str(n), "--repeats", str(repeats),
            "--chunk", str(chunk)]
     if threads:
         cmd += ["--threads", str(threads)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=C.REPO)
+    env = dict(os.environ)
+    if fixed_mmap:
+        # A fixed threshold turns glibc's dynamic one off: every block of 1 MiB or more is mmap'ed and
+        # returned on free, so the peak is the live memory, not what the allocator kept for reuse.
+        env["MALLOC_MMAP_THRESHOLD_"] = str(1 << 20)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=C.REPO, env=env)
     if proc.returncode != 0:
         return {"mode": mode, "n": n, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip()
                 else f"exit {proc.returncode}"}
@@ -131,10 +137,11 @@ def main(argv=None) -> int:
     for n in sizes:
         C.stderr(f"bench_scale: N={n}")
         stream = run_worker("stream", n, repeats, args.chunk, args.threads)
+        live = run_worker("stream", n, 1, args.chunk, args.threads, fixed_mmap=True)
         fits = 3 * oneshot_bytes(n) <= ONESHOT_LIMIT_BYTES
         oneshot = run_worker("oneshot", n, repeats, args.chunk, args.threads) if fits else None
         embed = run_worker("embed", n, repeats, args.chunk, args.threads)
-        data.append({"n": n, "stream": stream, "oneshot": oneshot, "embed": embed})
+        data.append({"n": n, "stream": stream, "stream_live": live, "oneshot": oneshot, "embed": embed})
 
         def t(r):
             return "error: " + r["error"] if r and "error" in r else (C.fmt_seconds(r["median"]) if r else "not run")
@@ -143,7 +150,7 @@ def main(argv=None) -> int:
             return "" if not r or "error" in r else C.fmt_bytes(r.get("peak_delta"))
 
         per_row = stream["median"] / n * 1e9 if "median" in stream else float("nan")
-        rows.append([f"{n:,}", t(stream), f"{per_row:.0f} ns", m(stream),
+        rows.append([f"{n:,}", t(stream), f"{per_row:.0f} ns", m(stream), m(live),
                      t(oneshot), m(oneshot) if oneshot else "—", C.fmt_bytes(oneshot_bytes(n)),
                      t(embed), m(embed), C.fmt_bytes(n * DIM * 4)])
     ok = [d for d in data if "median" in d["stream"]]
@@ -154,6 +161,7 @@ def main(argv=None) -> int:
     block = QUERIES * args.chunk * 4
     table = C.md_table(
         ["candidates N", "stream: time per eval batch", "per candidate row", "stream: peak Δ RSS",
+         "stream: peak Δ RSS, live memory only¹",
          "one-shot: time", "one-shot: peak Δ RSS", "one (1024 × N) float32 matrix", "embed N rows: time",
          "embed: peak Δ RSS", "N × 128 float32 (the embeddings)"], rows)
     reset_note = "" if all(d["stream"].get("peak_reset", True) for d in ok) else \
@@ -162,6 +170,10 @@ def main(argv=None) -> int:
         f"One evaluation batch of {QUERIES} queries, dimension {DIM}, {CLASSES} classes, float32, chunk "
         f"{args.chunk}; medians of {repeats} calls, each size and method in a fresh process.\n\n" + table
         + reset_note
+        + "\n¹ Same call with `MALLOC_MMAP_THRESHOLD_=1048576` (glibc then returns every freed block of 1 MiB or "
+          "more at once), so the peak is what is live, not what the allocator keeps for reuse; with the default "
+          "dynamic threshold, freed 16 MiB blocks may be kept in the heap and the peak creeps up with the number "
+          "of chunks.\n"
         + f"\nTime of the streamed readout grows as N^{exponent:.2f} (least-squares exponent over the sizes; 1 = "
           f"linear); embedding grows as N^{exponent_embed:.2f}. The streamed readout's peak memory is bounded by "
           f"batch × chunk: one (1024 × {args.chunk}) float32 block is {C.fmt_bytes(block)} and a few such blocks "

@@ -40,6 +40,8 @@ def _frames(frame):
 
 
 def _name(f) -> str:
+    if f.function == "[self]" and f.parent is not None:  # pyinstrument's synthetic self-time frame
+        f = f.parent
     where = f.file_path_short or f.file_path or ""
     cls = f"{f.class_name}." if getattr(f, "class_name", None) else ""
     return f"{cls}{f.function} ({Path(where).name}:{f.line_no})" if where else f"{cls}{f.function}"
@@ -130,7 +132,6 @@ def step_profile(steps: int):
     total_us = sum(e.self_cpu_time_total for e in tp.key_averages())
     op_rows = [[f"`{e.key}`", e.count // n, f"{e.self_cpu_time_total / n / 1e3:.1f}",
                 f"{100 * e.self_cpu_time_total / total_us:.0f} %"] for e in ops]
-    # Each phase of one step, timed directly (interleaved over steps).
     hooks[1].close()
     return prof, op_rows, total_us / n / 1e6
 

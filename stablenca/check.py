@@ -327,6 +327,8 @@ class CheckRow:
     loss_breakdown_scale: float | None
     nonfinite_scale: float | None
     populations: dict[str, PopulationStats]
+    #: Population (a) per scale, for Herbie-style error-vs-scale plots.
+    per_scale: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -345,7 +347,21 @@ def summarise(loss: str, dtype: str, reference_label: str, evaluations: list[Eva
         None if loss_breakdown is None else loss_breakdown.scale,
         None if nonfinite is None else nonfinite.scale,
         {p: PopulationStats.of([e for e in evaluations if e.population == p]) for p in POPULATIONS},
+        _per_scale(paired),
     )
+
+
+def _per_scale(paired: list[Evaluation]) -> list[dict[str, Any]]:
+    """Median bits of error and the finite fraction at each scale of the sweep (population a)."""
+    by_scale: dict[float, list[Evaluation]] = {}
+    for evaluation in paired:
+        by_scale.setdefault(evaluation.scale, []).append(evaluation)
+    rows = []
+    for scale, group in sorted(by_scale.items()):
+        stats = PopulationStats.of(group)
+        rows.append({"scale": scale, "loss_bits_median": stats.loss_bits_median,
+                     "grad_bits_median": stats.grad_bits_median, "finite_fraction": stats.finite_fraction})
+    return rows
 
 
 # --------------------------------------------------------------------------- contract

@@ -132,6 +132,8 @@ def diagnose(
     with deferred_interrupts():  # a second Ctrl-C must not leave a summary that hides the first
         summary["seconds"] = round(time.perf_counter() - started, 2)
         atomic_write_json(out / "summary.json", summary)
+    if report and crash is None and not summary["interrupted"]:
+        _write_check(out, sorted({config.loss for config in configs}), base.dtype)
     if report:  # built from what was recorded, also after Ctrl-C or a crash
         try:
             _build_report(out, log)
@@ -203,6 +205,17 @@ def summary_line(entry: dict[str, Any]) -> str:
     return (f"{entry['run']}: DIVERGED at epoch {first.get('epoch')} step {first.get('step')}; first bad op "
             f"{first.get('op')} ({first.get('phase')}); root cause {root.get('kind')} at {root.get('op')}: "
             f"{root.get('detail')}; test (before the failing step) {metrics}")
+
+
+def _write_check(out: Path, loss_names: list[str], dtype: str) -> None:
+    """A small ``stablenca check`` of the formulations that were run (figure 3 of the report)."""
+    from .check import run_check
+
+    dtypes = sorted({dtype, "float32", "float64"})
+    document = run_check(loss_names, dtypes, batches=1).to_dict()
+    document["command"] = (f"stablenca check --loss {' '.join(loss_names)} --dtype {' '.join(dtypes)} "
+                           "--batches 1 --json")
+    atomic_write_json(out / "check.json", document)
 
 
 def _build_report(out: Path, log) -> None:

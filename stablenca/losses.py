@@ -287,9 +287,12 @@ def resolve(spec: str, task: str = "multiclass") -> Formulation:
                           fix=f"use --task {tasks[0]} or another loss")
 
     def wrapped(distances, labels, candidate_labels, self_mask):
+        # The inputs are published for the user (the probes need them for the distance and
+        # exp-underflow statistics); what the function publishes itself is kept too.
+        user_loss.publish_inputs(distances, labels, candidate_labels, self_mask)
         return user_loss.as_loss_output(function(distances, labels, candidate_labels, self_mask), distances, spec)
 
-    wrapped.reference = getattr(function, "reference", None)
+    wrapped.reference = user_loss.reference_of(function, spec)
     return Formulation(spec, wrapped, tasks, False, getattr(function, "__doc__", None) or spec)
 
 

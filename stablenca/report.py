@@ -303,7 +303,8 @@ def _in_short(doc: Doc, runs: list[RunData]) -> None:
         if first:
             root = first.get("root_cause") or {}
             items.append([m("short_failed", run=run.name, step=first.get("step"), kind=root.get("kind") or "unknown",
-                            op=_short_op(first.get("op")), phase=word("phase", first.get("phase") or "unknown")),
+                            op=_short_op(first.get("op")), phase=word("phase", first.get("phase") or "unknown"),
+                            root_op=_short_op(root.get("op") or first.get("op"))),
                           zero_part])
         elif run.interrupted:
             items.append([m("short_interrupted", run=run.name, n_steps=len(run.records)), zero_part])
@@ -671,7 +672,7 @@ EN: dict[str, str] = {
     "no_records": "`{run}`: no records were written.",
     "not_run": "`{loss}`: not run.",
     "h_short": "In short",
-    "short_failed": "`{run}` went non-finite at step {step}: `{kind}` in `{op}` ({phase}).",
+    "short_failed": "`{run}` went non-finite at step {step}: first bad op `{op}` ({phase}), root cause `{kind}` at `{root_op}`.",
     "short_finite": "`{run}` ({status}): {n_finite} of {n_steps} recorded steps finite.",
     "short_interrupted": "`{run}` was interrupted after {n_steps} recorded steps.",
     "short_zero": "Its first exact 0.0 from `exp`/softmax was at step {step}.",
@@ -854,7 +855,7 @@ ZH: dict[str, str] = {
     "no_records": "`{run}`：没有写入任何记录。",
     "not_run": "`{loss}`：未运行。",
     "h_short": "概要",
-    "short_failed": "`{run}` 在第 {step} 步出现非有限值：`{op}` 中的 `{kind}`（{phase}）。",
+    "short_failed": "`{run}` 在第 {step} 步出现非有限值：首个出错的运算是 `{op}`（{phase}），根本原因是 `{root_op}` 处的 `{kind}`。",
     "short_finite": "`{run}`（{status}）：已记录的 {n_steps} 步中有 {n_finite} 步为有限值。",
     "short_interrupted": "`{run}` 在记录了 {n_steps} 步之后被中断。",
     "short_zero": "它的 `exp`/softmax 第一次输出精确的 0.0 是在第 {step} 步。",

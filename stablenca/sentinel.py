@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import io
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -215,7 +216,9 @@ def load_capsule(path: str | Path) -> dict[str, Any]:
                            ) from None
     try:
         # weights_only=True: tensors and plain containers only, so a crafted pickle cannot run code.
-        capsule = torch.load(path, weights_only=True, map_location="cpu")
+        with warnings.catch_warnings():  # torch warns about odd pickle protocols in garbage files
+            warnings.simplefilter("ignore")
+            capsule = torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError:
         raise CapsuleError(f"{path} holds Python objects other than tensors and plain data, which are refused "
                            "for safety (torch.load weights_only=True)",

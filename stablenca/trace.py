@@ -43,6 +43,31 @@ Root-cause vocabulary (``Finding.root_cause["kind"]``, shared with the rest of s
 ``unknown``
     none of the above (for instance ``inf - inf`` of two allow-listed infinities).
 
+Overflow from a tiny divisor. On real runs of the ratio loss the forward pass often stays
+finite: ``P_diff`` is tiny but not zero (1.36e-24, a sum of ``exp(-d)`` terms most of which
+underflowed to 0.0 or are subnormal), and it is ``DivBackward0`` that overflows, computing
+``(P_same / P_diff) / P_diff``. An overflowing ``a / b`` (``div``, ``true_divide``,
+``reciprocal``; forward or backward, so ``LogBackward0``'s ``grad / x`` too) satisfies
+``|b| < |a| / finfo.max``; the tracer blames the *divisor* where, at an overflowing element,
+``0 < |b| < 1/sqrt(finfo.max)`` (5.42e-20 in float32, 7.46e-155 in float64): dividing by
+``b`` alone multiplies by more than ``sqrt(max)``, so any numerator up to ``sqrt(max)``
+overflows. ``pow(a, b)`` blames a base ``0 < |a| < 1`` raised to ``b < 0``. The chain then
+continues through the tensor that holds the tiny operand (in backward, the forward tensor
+saved for backward, found by identity or else by storage, offset, shape, stride and dtype) to
+the ops that produced it, and ends at the exp underflow when there is one::
+
+    div (overflow in 6 of 624 elements, backward DivBackward0: divisor as small as 1.36e-24)
+    ← sum (divisor values as small as 1.36e-24: 6 of 624 below 5.42e-20 where the result
+    overflowed, forward) ← mul (mask multiply) ← exp underflow (249300 finite inputs → 0.0: …;
+    77117 subnormal outputs)
+
+What counts as "near underflow": outputs that are exactly zero from finite inputs or
+subnormal (an ``underflow`` precursor), and, followed but *not* a precursor, positive
+outputs of ``exp``/``exp2``/``_softmax``/``sigmoid``/``erfc`` below ``1/sqrt(finfo.max)``.
+With no underflow upstream the root cause stays ``overflow`` at the division, its detail
+naming the divisor and the op it traces back to. Tiny values are followed for 8 ops
+downstream of where they appear.
+
 Intentional infinities are not findings: ops on the allow-list (``fill_``,
 ``fill_diagonal_``, ``masked_fill``, ``full``, ``scalar_tensor``, ``where``,
 ``index_put_``, ``copy_``, ...) may write ±inf when one of their scalar arguments is ±inf
@@ -75,7 +100,8 @@ tiny MLP step). Per op the tracer adds one reduction of each floating output (``
 finite sum proves every element finite; ``aminmax`` for ops that can underflow), nothing
 for ops that cannot create NaN/Inf from finite inputs (``neg``, ``relu``, ``where``,
 indexing, ...) unless an input is tainted, cheap pre-checks for underflow (``exp``,
-``exp2``, ``_softmax``, ``sigmoid``, ``erfc``; ``mul``/``div``/``pow`` in forward) and
+``exp2``, ``_softmax``, ``sigmoid``, ``erfc``, plus one count when their minimum is below
+``1/sqrt(finfo.max)``; ``mul``/``div``/``pow`` in forward) and
 cancellation (out-of-place ``add``/``sub``/``rsub`` in forward), a short frame walk for the
 source line of ops that build an autograd node, and full statistics only for flagged ops.
 In-place variants are checked for NaN/Inf but not for precursors (their inputs are gone).
@@ -409,7 +435,7 @@ class ChainLink:
     phase: str
     detail: str
     stats: dict[str, Any] | None = None
-    kind: str | None = None  # a precursor kind, "mask", "allowed_inf", "input", or None (carried)
+    kind: str | None = None  # a precursor kind, "mask", "allowed_inf", "input", or None (carried; tiny values)
     backward_node: str | None = None
     module: str | None = None
     source: str | None = None
@@ -1260,19 +1286,20 @@ class Tracer:
         small = _small(out.dtype)
         if lo > 0.0:
             m = lo
+            n = int((out < small).sum())
         else:  # zeros from a mask (exp(-inf)): the smallest positive output
             m = float(torch.where(out > 0, out, torch.full_like(out, _INF)).min())
             if not m < small:
                 return None
-        n = int(((out > 0) & (out < small)).sum())
+            n = int(((out > 0) & (out < small)).sum())
         detail = f"{_n(n, 'output')} below {_fmt(small)}, as small as {_fmt(m)}"
-        x = args[0] if args else None
-        if info.base == "exp" and isinstance(x, torch.Tensor) and m > 0:
-            detail += f" (x down to {_fmt(math.log(m))})"
+        if info.base == "exp":
+            detail += f" at x = {_fmt(math.log(m))}"
         if m < _tiny(out.dtype):
             detail += " (subnormal, next to zeros that a -inf input explains)"
         else:
-            detail += f"; none underflowed ({_dtype_name(out.dtype)} normal numbers reach {_fmt(_tiny(out.dtype))})"
+            detail += (f"; no zero or subnormal output ({_dtype_name(out.dtype)} normal numbers reach "
+                       f"{_fmt(_tiny(out.dtype))})")
         ev = self._event(info, node, None, detail, _SMALL, self._taint_of(tainted, _SMALL), out)
         ev.extra = {"small": _SMALL_HOPS}
         return ev
@@ -1760,9 +1787,21 @@ class Tracer:
         else:
             pattern, kind, explain, prec = self._analyse(info, args, kwargs, out, pos_nan, pos_inf)
             explain = [(i, t, need, p, None) for i, t, need, p in explain]
+        tiny = None
+        if pattern == "overflow" and not leaf_bad:
+            tiny = self._tiny_operand(info, args, kwargs, out, pos_inf)
         detail = f"{pattern} in {n_bad} of {out.numel()} elements"
         if cand.modified():
             detail += " (some inputs were modified in place before the values were used)"
+        first_detail = f"{detail}, {phase}" + (f" {bnode}" if bnode else "")
+        if tiny is not None:
+            # the tiny operand is followed first: on a tie (both operands reach the same
+            # precursor) its path is the one shown
+            explain = [(i, t, need, p, None) for i, t, need, p in tiny["explain"]] + explain
+            first_detail = f"{first_detail}: {tiny['note']}"
+            detail = f"{detail}: {tiny['note']}"
+            if prec is not None:
+                prec = (prec[0], f"{prec[1]}, {tiny['note']}", prec[2])
         precursors = cand.precursors
         if prec is not None:  # the finding is itself a precursor (overflow, empty set)
             pev = _Event(cand.index, info.name, phase, bnode, module, src, prec[0], prec[1], _BAD, (), out,
@@ -1771,22 +1810,33 @@ class Tracer:
             precursors = precursors + [p for p in self.precursors if p.index == cand.index]
         # the chain
         best: list[_Event] | None = None
-        for i, t, need, p, leaf_ev in explain:
-            up = leaf_ev if leaf_ev is not None else (self._lookup(t) if isinstance(t, torch.Tensor) else None)
+        best_entry = None
+        for entry, (i, t, need, p, leaf_ev) in enumerate(explain):
+            up = leaf_ev if leaf_ev is not None else (self._lookup_any(t) if isinstance(t, torch.Tensor) else None)
             if up is None or not (up.taint & need) or (up.index >= cand.index and up.kind != "input"):
                 continue
             upos = _positions_for(p, up.shape) if (p is not None and up.shape is not None) else None
             path = self._walk(up, upos, need, 0, {})
-            if best is None or self._better(path, best):
-                best = path
-        first = ChainLink(info.name, phase, f"{detail}, {phase}" + (f" {bnode}" if bnode else ""),
-                          tensor_stats(out), "source", bnode, module, _format_source(src))
+            if best is None:
+                best, best_entry = path, entry
+            elif tiny is not None and best_entry < len(tiny["explain"]):
+                # the tiny operand's path stays unless another reaches an earlier precursor
+                a, b = path[-1], best[-1]
+                if _root_eligible(a) and (not _root_eligible(b) or a.index < b.index):
+                    best, best_entry = path, entry
+            elif self._better(path, best):
+                best, best_entry = path, entry
+        first = ChainLink(info.name, phase, first_detail, tensor_stats(out), "source", bnode, module,
+                          _format_source(src))
         chain = [first]
         root = None
         if best:
+            from_tiny = tiny is not None and best_entry < len(tiny["explain"])
             prev_phase = phase
-            for e in best:
+            for k, e in enumerate(best):
                 link = self._link(e)
+                if k == 0 and from_tiny and not link.detail:
+                    link.detail = tiny["values"]  # the op that produced the tiny operand
                 if link.phase != prev_phase:
                     link.detail = f"{link.detail}, {link.phase}" if link.detail else link.phase
                 prev_phase = link.phase
@@ -1805,6 +1855,10 @@ class Tracer:
                 rdetail = f"{detail}; the infinities came from {origin} (intentional, allow-listed)"
             if prec is not None:
                 rdetail = prec[1]
+            if tiny is not None and best and best_entry is not None and best_entry < len(tiny["explain"]):
+                term = best[-1]
+                rdetail += (f"; the tiny {tiny['role']} traces back to {term.op}"
+                            + (f" ({term.detail})" if term.detail else "") + ", with no precursor upstream")
             root_cause = {"op": info.name, "kind": kind, "detail": rdetail}
         inputs = []
         for i, a in enumerate(args):
@@ -1829,6 +1883,61 @@ class Tracer:
             inputs=inputs, output=first.stats, pattern=pattern, detail=detail, chain=chain,
             root_cause=root_cause, precursors=precursors, index=cand.index,
         )
+
+    def _tiny_operand(self, info, args, kwargs, out, pos_inf) -> dict[str, Any] | None:
+        """An overflow that comes from a tiny divisor (or a tiny base to a negative power).
+
+        ``a / b`` (``div``, ``true_divide``, ``reciprocal`` = ``1 / b``) overflows where
+        ``|a / b| > finfo.max``, i.e. ``|b| < |a| / finfo.max``. The divisor is blamed where,
+        at an overflowing element with finite operands, ``0 < |b| < 1/sqrt(finfo.max)``
+        (5.42e-20 in float32): dividing by ``b`` alone multiplies by more than ``sqrt(max)``,
+        more than half of the way to overflow on a log scale, so any numerator up to
+        ``sqrt(max)`` overflows. ``pow(a, b)`` blames its base where ``0 < |a| < 1`` and
+        ``b < 0``. Returns None, or the note for the first link, the explain entries (the
+        tiny operand, at the blamed positions) and the detail of the operand's producer.
+        """
+        if info.written:
+            return None  # in-place: the numerator is overwritten
+        base = info.base
+        dtype = out.dtype
+        shape = out.shape
+        if base in ("div", "true_divide", "reciprocal"):
+            role = "divisor"
+        elif base == "pow":
+            role = "base"
+        else:
+            return None
+        operands = self._binary_operands(info, args, kwargs, out)
+        if operands is None:
+            return None
+        (ia, a), (ib, b) = operands
+        a = _broadcast(a, shape)
+        b = _broadcast(b, shape)
+        if a is None or b is None:
+            return None
+        ok = pos_inf & torch.isfinite(a) & torch.isfinite(b)
+        if role == "divisor":
+            pos, t, j, v = ok & (b != 0) & (b.abs() < _small(dtype)), b, ib, args[ib] if ib >= 0 else None
+        else:
+            pos, t, j, v = ok & (a != 0) & (a.abs() < 1.0) & (b < 0), a, ia, args[ia]
+        n = int(pos.sum())
+        if n == 0:
+            return None
+        smallest = float(t.abs()[pos].min())
+        note = f"{role} as small as {_fmt(smallest)}"
+        if role == "base":
+            note += " to a negative power"
+        values = ""
+        if isinstance(v, torch.Tensor):
+            vpos = _positions_for(pos, v.shape)
+            if vpos is not None:
+                count = int(vpos.sum())
+                values = (f"{role} values as small as {_fmt(smallest)}: {count} of {v.numel()} below "
+                          f"{_fmt(_small(dtype)) if role == 'divisor' else '1'} where the result overflowed")
+        else:
+            v = None
+        explain = [(j, v, _SMALL, pos)] if v is not None else []
+        return {"note": note, "role": role, "explain": explain, "values": values}
 
     def _better(self, path: list[_Event], best: list[_Event]) -> bool:
         a, b = path[-1], best[-1]

@@ -380,6 +380,11 @@ class Trainer:
         # recomputes them for every batch).
         train_embeddings = self.embed(self.x_train)
         query_embeddings = self.embed(x)
+        if not (torch.isfinite(train_embeddings).all() and torch.isfinite(query_embeddings).all()):
+            # Finite weights can still overflow the embeddings (a huge learning rate): no prediction,
+            # which evaluate() reports as NaN metrics instead of a scikit-learn error.
+            shape = (len(x),) if self.task == "regression" else (len(x), self.n_classes)
+            return np.full(shape, np.nan)
         if self.config.readout == "knn":
             prediction = knn_readout(train_embeddings.cpu().double().numpy(), self.y_train.cpu().numpy(),
                                      query_embeddings.cpu().double().numpy(), task=self.task,

@@ -11,16 +11,30 @@ A user loss has the same signature as the built-in formulations::
   targets for regression);
 * ``self_mask`` (B, C) is True where the candidate is the query itself.
 
-It may call :func:`stablenca.publish` to show intermediates (``exp_out``,
-``p_same``...) to the recorder. Optional attributes on the function:
-``tasks = ("multiclass",)`` (default: both tasks) and ``reference`` (a float64 or
-mpmath reference with the same signature; without one the float64 evaluation of the
-function itself is the reference).
+Its inputs are published for it (``distances``, ``self_mask`` and, for class labels,
+``same_class_mask``), so the recorder measures the distance scale of any user loss; it
+may call :func:`stablenca.publish` to show its own intermediates (``exp_out``,
+``p_same``, ``p_diff``, ``softmax``), which the recorder turns into underflow counts.
+
+Optional attributes on the function:
+
+* ``tasks = ("multiclass",)`` (default: both tasks);
+* ``reference``: a float64 callable with the same signature (on float64 tensors), the
+  name of a registered reference, or a :class:`stablenca.reference.Reference`;
+* ``reference_mp``: an mpmath reference with the same signature on Python lists
+  (``d[i][j]`` mpf, labels ints, mask bools) returning the loss as an mpf (or a
+  :class:`stablenca.reference.MpResult` with its gradient). It is evaluated at 50
+  digits; without a gradient of its own, the gradient comes from ``reference`` (float64
+  autograd) when there is one.
+
+Without either, the float64 evaluation of the function itself is the reference, and
+``stablenca check`` labels it ``float64 (self)``.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import sys
 from pathlib import Path
@@ -85,3 +99,34 @@ def as_loss_output(value, distances: torch.Tensor, spec: str):
         return LossOutput(value, "mean", rows)
     raise UserLossError(f"loss {spec!r} returned shape {tuple(value.shape)}; expected () or ({distances.shape[0]},)",
                         fix="return per-sample losses (B,) or a scalar")
+
+
+def publish_inputs(distances, labels, candidate_labels, self_mask) -> None:
+    """Publish a user loss's inputs under the names the probes read."""
+    from .publish import publish
+
+    publish("distances", distances)
+    publish("self_mask", self_mask)
+    if isinstance(labels, torch.Tensor) and isinstance(candidate_labels, torch.Tensor) \
+            and not labels.is_floating_point() and not candidate_labels.is_floating_point():
+        publish("same_class_mask", (labels[:, None] == candidate_labels[None, :]) & ~self_mask)
+
+
+def reference_of(function, spec: str):
+    """The reference a user loss declares (see the module docstring), or None.
+
+    ``reference_mp`` becomes a :class:`stablenca.reference.Reference` (with ``reference``
+    as its float64 side when that is a callable); otherwise ``reference`` is returned
+    as it is, for :func:`stablenca.reference.reference_for` to interpret.
+    """
+    attached = getattr(function, "reference", None)
+    mp_fn = getattr(function, "reference_mp", None)
+    if mp_fn is None:
+        return attached
+    from .reference import Reference
+
+    if not callable(mp_fn):
+        raise UserLossError(f"loss {spec!r} has a reference_mp that is not callable",
+                            fix="set reference_mp to an mpmath function (d, labels, candidate_labels, self_mask)")
+    float64 = attached if callable(attached) and not isinstance(attached, Reference) else None
+    return Reference(spec, mp_fn, float64, kind="loss", summary="user mpmath reference")

@@ -232,6 +232,119 @@ def test_pytorch_internal_masked_nan_is_not_reported():
     assert both.shape[0] == 80
 
 
+# -- overflow from a tiny divisor --------------------------------------------------------
+
+
+def _flagship_distances(far=(60.0, 100.0, 110.0)):
+    """Row 0: one same-class neighbour at 1, three other-class ones at ``far``.
+
+    In float32 exp(-60) = 8.8e-27 (tiny but normal), exp(-100) is subnormal and exp(-110)
+    is 0.0, so P_diff of row 0 is about 8.8e-27: P_same / P_diff = 4.2e25 is finite in the
+    forward pass, but DivBackward0 computes (P_same / P_diff) / P_diff, which overflows.
+    """
+    labels = torch.tensor([0, 0, 1, 1, 1])
+    distances = torch.full((5, 5), 3.0)
+    distances.fill_diagonal_(0.0)
+    distances[0, 1] = 1.0
+    distances[0, 2:] = torch.tensor(far)
+    return distances, labels
+
+
+def _ratio_of_distances(labels):
+    eye = torch.eye(len(labels), dtype=torch.bool)
+    return lambda d: losses.ratio(d, labels, labels, eye).loss
+
+
+def test_backward_overflow_from_a_tiny_p_diff_is_traced_through_the_divisor_to_exp():
+    distances, labels = _flagship_distances()
+    kernel = torch.exp(-distances)
+    assert kernel[0, 4] == 0 and 0 < kernel[0, 3] < torch.finfo(torch.float32).tiny  # zero, subnormal
+    d = distances.clone().requires_grad_()
+    finding = find_nonfinite(_ratio_of_distances(labels), d)
+    assert finding.phase == "backward" and finding.backward_node == "DivBackward0"
+    assert finding.op == "aten.div.Tensor" and finding.pattern == "overflow"
+    assert "p_same / p_diff" in finding.source
+    p_diff = float(kernel[0, 2:].sum())
+    assert f"divisor as small as {p_diff:.3g}" in finding.chain[0].detail
+    # the chain goes through the divisor, P_diff: sum ← mask multiply ← exp underflow
+    assert [link.short for link in finding.chain] == ["div", "sum", "mul", "exp"]
+    assert "p_diff = " in finding.chain[1].source
+    assert f"divisor values as small as {p_diff:.3g}: 1 of 5 below 5.42e-20" in finding.chain[1].detail
+    assert finding.chain[1].phase == "forward" and finding.chain[2].kind == "mask"
+    assert finding.chain[3].kind == "underflow"
+    rc = finding.root_cause
+    assert rc["kind"] == "underflow" and rc["op"] == "aten.exp.default"
+    assert "1 finite input → 0.0" in rc["detail"] and "1 subnormal outputs" in rc["detail"]
+    assert finding.chain_text().startswith(
+        f"div (overflow in 1 of 5 elements, backward DivBackward0: divisor as small as {p_diff:.3g}) ← sum (")
+    assert [p.kind for p in finding.precursors] == ["underflow", "overflow"]
+    runs = [find_nonfinite(_ratio_of_distances(labels), distances.clone().requires_grad_()).to_dict()
+            for _ in range(2)]
+    assert runs[0] == runs[1] == finding.to_dict()
+
+
+def test_tiny_divisor_without_underflow_keeps_overflow_and_names_the_divisor():
+    distances, labels = _flagship_distances(far=(60.0, 61.0, 62.0))  # all normal: no underflow
+    finding = find_nonfinite(_ratio_of_distances(labels), distances.clone().requires_grad_())
+    assert finding.phase == "backward" and finding.pattern == "overflow"
+    assert finding.root_cause["kind"] == "overflow" and finding.root_cause["op"] == "aten.div.Tensor"
+    assert "divisor as small as" in finding.root_cause["detail"]
+    assert "traces back to aten.exp.default" in finding.root_cause["detail"]
+    assert [link.short for link in finding.chain] == ["div", "sum", "mul", "exp"]
+    assert finding.chain[3].kind is None and "no zero or subnormal output" in finding.chain[3].detail
+    assert not any(p.kind == "underflow" for p in finding.precursors)
+
+
+def test_log_backward_of_a_tiny_sum():
+    x = torch.tensor([100.0, 101.0], requires_grad=True)  # exp(-x) both subnormal, log finite
+    finding = find_nonfinite(lambda x: torch.log(torch.exp(-x).sum()), x)
+    assert finding.backward_node == "LogBackward0" and finding.pattern == "overflow"
+    assert "divisor as small as 5.18e-44" in finding.chain[0].detail
+    assert [link.short for link in finding.chain] == ["div", "sum", "exp"]
+    assert finding.root_cause["kind"] == "underflow" and finding.root_cause["op"] == "aten.exp.default"
+    assert "2 subnormal outputs" in finding.root_cause["detail"]
+
+
+def test_forward_division_and_reciprocal_of_a_tiny_value():
+    x = torch.tensor([95.0, 120.0])
+    finding = find_nonfinite(lambda x: torch.ones(2) / torch.exp(-x).sum(), x)
+    assert finding.phase == "forward" and finding.pattern == "overflow"
+    assert [link.short for link in finding.chain] == ["div", "sum", "exp"]
+    assert finding.root_cause["kind"] == "underflow"
+    finding = find_nonfinite(lambda x: torch.reciprocal(torch.exp(-x)), torch.tensor([95.0, 1.0]))
+    assert finding.op == "aten.reciprocal.default" and finding.root_cause["kind"] == "underflow"
+    assert [link.short for link in finding.chain] == ["reciprocal", "exp"]
+    # a tiny *input* (not produced under the tracer): overflow, the divisor noted, no chain
+    finding = find_nonfinite(lambda b: torch.ones(2) / b, torch.tensor([1e-39, 1.0]))
+    assert finding.root_cause["kind"] == "overflow" and len(finding.chain) == 1
+    assert "divisor as small as 1e-39" in finding.chain[0].detail
+    # a huge numerator over a divisor that is not tiny: not blamed on the divisor
+    finding = find_nonfinite(lambda a: a / torch.tensor([0.5, 1.0]), torch.tensor([3e38, 1.0]))
+    assert finding.pattern == "overflow" and "divisor" not in finding.detail
+
+
+def test_tiny_base_to_a_negative_power():
+    finding = find_nonfinite(lambda x: torch.exp(-x) ** -2, torch.tensor([50.0, 1.0]))
+    assert finding.short == "pow" and finding.root_cause["kind"] == "overflow"
+    assert "base as small as 1.93e-22 to a negative power" in finding.chain[0].detail
+    assert [link.short for link in finding.chain] == ["pow", "exp"]
+
+
+def test_tiny_divisor_found_by_storage_when_the_object_differs():
+    x = torch.tensor([95.0, 1.0])
+    with Tracer() as tracer:
+        small = torch.exp(-x)
+        # another tensor object on the same storage, as an engine that rewraps would hand over
+        alias = torch.empty(0).set_(small.untyped_storage(), small.storage_offset(), small.shape,
+                                    small.stride())
+        result = torch.ones(2) / alias
+        result.sum().item()
+    assert alias is not small and alias._base is None and tracer._lookup(alias) is None
+    finding = tracer.finding
+    assert finding.pattern == "overflow" and finding.root_cause["kind"] == "underflow"
+    assert [link.short for link in finding.chain] == ["div", "exp"]
+
+
 # -- intentional infinities ---------------------------------------------------------------
 
 
