@@ -216,26 +216,30 @@ def parse(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
 
 
 def thread_canary(repeats: int = 15) -> dict[str, float]:
-    """Median time of an elementwise op and a matmul with 1 thread and with torch's default.
+    """Median time of an elementwise op and a matmul with 1 thread and with one thread per core.
 
-    On a quiet machine the default (one thread per core) is faster; on an
+    On a quiet machine one thread per core (torch's default) is faster; on an
     oversubscribed one OpenMP threads wait for each other and it is *slower*, which
     makes every multi-threaded timing in the report unreliable.
     """
     import torch
 
-    default = torch.get_num_threads()
+    current = torch.get_num_threads()
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
     m = torch.randn(1024, 2048)
     a, b = torch.randn(1024, 128), torch.randn(128, 2048)
-    out: dict[str, float] = {"default_threads": default}
+    out: dict[str, float] = {"default_threads": cores}
     try:
-        for threads in sorted({1, default}):
+        for threads in sorted({1, cores}):
             torch.set_num_threads(threads)
             t = interleaved({"exp": lambda: torch.exp(m), "mm": lambda: a @ b}, repeats, warmup=2)
             out[f"exp_{threads}"] = median(t["exp"])
             out[f"mm_{threads}"] = median(t["mm"])
     finally:
-        torch.set_num_threads(default)
+        torch.set_num_threads(current)
     return out
 
 

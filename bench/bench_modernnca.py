@@ -27,7 +27,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 import _common as C  # noqa: E402
 from naive_port import NaivePortTrainer, assert_same_predictions, naive_predict  # noqa: E402

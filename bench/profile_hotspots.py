@@ -11,7 +11,7 @@ written next to the JSON output with ``--trees DIR``):
 3. ``report``: the report stage alone (``stablenca.report.build_report``) on the
    output of (2).
 
-For each: the stablenca/bench functions with the most *inclusive* time (where in
+For each: the stablenca functions with the most *inclusive* time (where in
 the library time is spent) and the functions with the most *self* time (what the
 CPU actually runs, torch and matplotlib internals included).
 
@@ -49,7 +49,7 @@ def _name(f) -> str:
 
 def _is_app(f) -> bool:
     path = f.file_path or ""
-    return "/stablenca/" in path or "/bench/" in path
+    return "/stablenca/" in path
 
 
 def hotspots(session, top: int = 15) -> dict:
@@ -77,7 +77,7 @@ def hotspots(session, top: int = 15) -> dict:
 
 def hotspot_tables(h: dict) -> str:
     total = h["total"] or float("nan")
-    incl = C.md_table(["stablenca / bench function (inclusive)", "seconds", "share"],
+    incl = C.md_table(["stablenca function (inclusive)", "seconds", "share"],
                       [[f"`{n}`", f"{t:.2f}", f"{100 * t / total:.0f} %"] for n, t in h["inclusive"]])
     own = C.md_table(["function (self time)", "seconds", "share"],
                      [[f"`{n}`", f"{t:.2f}", f"{100 * t / total:.0f} %"] for n, t in h["self"]])
@@ -98,7 +98,6 @@ def profile(fn, interval: float = 0.002):
 
 
 def step_profile(steps: int):
-    import torch
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
     from stablenca.recorder import Recorder

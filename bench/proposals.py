@@ -13,6 +13,10 @@ interleaved, and checks that the results agree.
    (and no ``abs()``: exp and softmax outputs are never negative).
 3. ``embed``: ``Trainer.embed`` (a list of batch outputs, then ``torch.cat``: twice the
    output's memory at the peak) vs writing each batch into a preallocated output.
+4. ``png``: saving one figure shaped like the report's timeline (4 panels, 13 × 11 in,
+   100 dpi) the way :func:`stablenca.plots.save_figure` does (zlib level 6) vs
+   ``pil_kwargs={"compress_level": 1}``; and saving the same figures one after the
+   other vs in a pool of one process per core.
 
 ``python bench/proposals.py [--quick]``
 """
@@ -111,6 +115,54 @@ def bench_embed(n: int, repeats: int) -> dict:
     return {"n": n, "times": times, "output_bytes": n * model.dim * 4}
 
 
+def _timeline_like(seed: int = 0):
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    rng = np.random.default_rng(seed)
+    fig = Figure(figsize=(13, 11), dpi=100, layout="constrained")
+    axes = fig.subplots(4, 1, sharex=True)
+    steps = np.arange(300)
+    for k, ax in enumerate(axes):
+        for j in range(4):
+            ax.plot(steps, np.cumsum(rng.normal(size=300)) + 10 * j, label=f"series {j}")
+        ax.set_yscale("symlog")
+        ax.set_ylabel(f"panel {k}")
+        ax.legend(loc="upper left", fontsize=8)
+        ax.axvline(150, color="red", ls="--")
+        ax.annotate("first non-finite step", (150, 0), fontsize=8)
+    fig.suptitle("a timeline-like figure")
+    return fig
+
+
+def _save(seed: int, level: int | None = None) -> int:
+    import io
+
+    buffer = io.BytesIO()
+    kwargs = {} if level is None else {"pil_kwargs": {"compress_level": level}}
+    _timeline_like(seed).savefig(buffer, format="png", **kwargs)
+    return len(buffer.getvalue())
+
+
+def bench_png(repeats: int, figures: int) -> dict:
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    sizes = {"default": _save(0), "level 1": _save(0, 1)}
+    one = C.interleaved({"savefig (default zlib level)": lambda: _save(0),
+                         "savefig compress_level=1": lambda: _save(0, 1)}, repeats, warmup=1)
+    try:
+        workers = len(os.sched_getaffinity(0))
+    except AttributeError:
+        workers = os.cpu_count() or 1
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(_save, range(workers)))  # start the workers and import matplotlib there
+        many = C.interleaved({f"{figures} figures, one after the other": lambda: [_save(i) for i in range(figures)],
+                              f"{figures} figures, {workers} processes": lambda: list(pool.map(_save, range(figures)))},
+                             max(2, repeats // 5), warmup=0)
+    return {"one": one, "many": many, "bytes": sizes, "workers": workers}
+
+
 def rows_of(times: dict, base: str) -> list[list]:
     ratios = C.paired_ratios(times, base)
     return [[name, C.fmt_seconds(C.median(v)), f"{C.median(ratios[name]):.2f}×"] for name, v in times.items()]
@@ -125,6 +177,7 @@ def main(argv=None) -> int:
     readouts = [bench_readout(n, repeats if n < 50_000 else max(3, repeats // 6)) for n in sizes]
     probes = bench_probe_counts(repeats)
     embed = bench_embed(20000 if args.quick else 200_000, max(3, repeats // 6))
+    png = bench_png(3 if args.quick else 10, 4 if args.quick else 16)
     body = "Prototypes of the proposed changes against the current library code, interleaved.\n\n"
     for r in readouts:
         body += (f"### Readout of 1024 queries against {r['n']:,} candidates (chunk 4096)\n\n"
@@ -137,8 +190,15 @@ def main(argv=None) -> int:
              + C.md_table(["variant", "median", "vs library"], rows_of(embed["times"], "Trainer.embed (list + cat)"))
              + "\nThe list + cat version holds every batch's output and the concatenated copy at once: twice the "
                "output's memory at the peak (see the scale section's embed column).\n")
+    first_one, first_many = list(png["one"])[0], list(png["many"])[0]
+    body += ("\n### Saving report figures (a 13 × 11 in, 4-panel figure like the timelines)\n\n"
+             + C.md_table(["variant", "median", "vs first row"], rows_of(png["one"], first_one))
+             + f"\nPNG size: {C.fmt_bytes(png['bytes']['default'])} at the default level, "
+               f"{C.fmt_bytes(png['bytes']['level 1'])} at level 1.\n\n"
+             + C.md_table(["variant", "median", "vs first row"], rows_of(png["many"], first_many))
+             + "\n(The pool's workers are started and warm before timing; building each figure is included.)\n")
     md = C.section("Evidence for the proposed library changes", C.command_line("proposals.py", args), info, body)
-    C.emit(md, {"readout": readouts, "probes": probes, "embed": embed}, args)
+    C.emit(md, {"readout": readouts, "probes": probes, "embed": embed, "png": png}, args)
     return 0
 
 

@@ -3,7 +3,8 @@
 Flagship case: the NCA loss of a ModernNCA homework on Abalone, whose ratio form
 goes NaN because ``exp`` silently underflows to 0.0 long before any NaN appears.
 
-Public names are imported lazily, so ``import stablenca`` (and the pytest plugin)
+Public names are imported lazily (functions never share a name with a submodule,
+which would shadow them once the submodule is imported), so ``import stablenca`` (and the pytest plugin)
 does not pay for torch until something is used.
 """
 
@@ -23,11 +24,9 @@ _LAZY = {
     "LossOutput": ("stablenca.losses", "LossOutput"),
     "find_nonfinite": ("stablenca.trace", "find_nonfinite"),
     "Tracer": ("stablenca.trace", "Tracer"),
-    "watch": ("stablenca.watch", "watch"),
-    "Watch": ("stablenca.watch", "Watch"),
+    "watch": ("stablenca.watcher", "watch"),
+    "Watch": ("stablenca.watcher", "Watch"),
     "TrainConfig": ("stablenca.train", "TrainConfig"),
-    "train": ("stablenca.train", "train"),
-    "diagnose": ("stablenca.diagnose", "diagnose"),
 }
 
 __all__ = ["StableNCAError", "__version__", "capture", "publish", *_LAZY]

@@ -240,13 +240,13 @@ RUN_FILES = ("config.json", "records.jsonl", "epochs.jsonl", "result.json", "fin
 def _remove_run_set(out: Path) -> None:
     import shutil
 
-    for run_dir in [p.parent for p in out.glob("*/records.jsonl")]:
+    for run_dir in sorted({p.parent for pattern in ("*/records.jsonl", "*/config.json") for p in out.glob(pattern)}):
         for name in RUN_FILES:
             (run_dir / name).unlink(missing_ok=True)
         figures = run_dir / "figures"
         if figures.is_dir():
             shutil.rmtree(figures)
-    for name in ("summary.json", "report.md", "report.zh.md"):
+    for name in ("summary.json", "report.md", "report.zh.md", "check.json"):
         (out / name).unlink(missing_ok=True)
     if (out / "figures").is_dir():
         shutil.rmtree(out / "figures")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import io
 import pickle
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -219,12 +220,13 @@ def load_capsule(path: str | Path) -> dict[str, Any]:
         with warnings.catch_warnings():  # torch warns about odd pickle protocols in garbage files
             warnings.simplefilter("ignore")
             capsule = torch.load(path, weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError:
-        raise CapsuleError(f"{path} holds Python objects other than tensors and plain data, which are refused "
-                           "for safety (torch.load weights_only=True)",
-                           fix="pass a capsule.pt written by stablenca diagnose; never load an untrusted pickle"
-                           ) from None
-    except Exception as exc:  # truncated zip, garbage bytes, ...
+    except Exception as exc:  # a refused pickle, a truncated zip, garbage bytes, ...
+        blocked = re.search(r"GLOBAL (\S+)", str(exc)) if isinstance(exc, pickle.UnpicklingError) else None
+        if blocked is not None:  # the pickle asks for a Python object: it could run code
+            raise CapsuleError(f"{path} asks to load the Python object {blocked.group(1)}, which is refused for "
+                               "safety (torch.load weights_only=True)",
+                               fix="pass a capsule.pt written by stablenca diagnose; never load an untrusted pickle"
+                               ) from None
         what = "is truncated or damaged" if magic == b"PK\x03\x04" else "is not a torch.save file"
         raise CapsuleError(f"{path} {what}, so it is not a readable capsule ({type(exc).__name__})",
                            fix="pass an untruncated capsule.pt written by stablenca diagnose") from None

@@ -100,8 +100,8 @@ tiny MLP step). Per op the tracer adds one reduction of each floating output (``
 finite sum proves every element finite; ``aminmax`` for ops that can underflow), nothing
 for ops that cannot create NaN/Inf from finite inputs (``neg``, ``relu``, ``where``,
 indexing, ...) unless an input is tainted, cheap pre-checks for underflow (``exp``,
-``exp2``, ``_softmax``, ``sigmoid``, ``erfc``, plus one count when their minimum is below
-``1/sqrt(finfo.max)``; ``mul``/``div``/``pow`` in forward) and
+``exp2``, ``_softmax``, ``sigmoid``, ``erfc``, plus the smallest positive output when a
+-inf mask put zeros there; ``mul``/``div``/``pow`` in forward) and
 cancellation (out-of-place ``add``/``sub``/``rsub`` in forward), a short frame walk for the
 source line of ops that build an autograd node, and full statistics only for flagged ops.
 In-place variants are checked for NaN/Inf but not for precursors (their inputs are gone).
@@ -1285,14 +1285,12 @@ class Tracer:
         event, so that an overflow from dividing by them can walk back to this op."""
         small = _small(out.dtype)
         if lo > 0.0:
-            m = lo
-            n = int((out < small).sum())
+            m = lo  # free: the minimum is known
         else:  # zeros from a mask (exp(-inf)): the smallest positive output
-            m = float(torch.where(out > 0, out, torch.full_like(out, _INF)).min())
+            m = float(out.masked_fill(out == 0, _INF).amin())
             if not m < small:
                 return None
-            n = int(((out > 0) & (out < small)).sum())
-        detail = f"{_n(n, 'output')} below {_fmt(small)}, as small as {_fmt(m)}"
+        detail = f"outputs below {_fmt(small)}, as small as {_fmt(m)}"
         if info.base == "exp":
             detail += f" at x = {_fmt(math.log(m))}"
         if m < _tiny(out.dtype):

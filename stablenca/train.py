@@ -139,7 +139,8 @@ class TrainConfig:
             if not isinstance(getattr(self, name), str):
                 raise ConfigError(f"{name}={getattr(self, name)!r} is not a string", fix=f"use {option(name)} NAME")
         if not isinstance(self.model_options, dict):
-            raise ConfigError(f"model_options={self.model_options!r} is not a dict", fix="pass a dict of keyword arguments")
+            raise ConfigError(f"model_options={self.model_options!r} is not a dict",
+                              fix="pass a dict of keyword arguments")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -154,7 +155,8 @@ def _check_device(device: str) -> None:
     try:
         parsed = torch.device(device)
     except (RuntimeError, ValueError, TypeError):
-        raise ConfigError(f"device {device!r} is not a torch device", fix="use --device cpu (or cuda, cuda:1, mps)") from None
+        raise ConfigError(f"device {device!r} is not a torch device",
+                          fix="use --device cpu (or cuda, cuda:1, mps)") from None
     if parsed.type == "cpu":
         return
     if parsed.type == "cuda":
@@ -509,7 +511,8 @@ def _guard_user_loss(formulation: losses.Formulation) -> losses.Formulation:
             raise
         except Exception as exc:
             detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-            raise UserLossError(f"loss {formulation.name!r} raised {type(exc).__name__}" + (f": {detail}" if detail else ""),
+            problem = f"loss {formulation.name!r} raised {type(exc).__name__}" + (f": {detail}" if detail else "")
+            raise UserLossError(problem,
                                 fix="fix the function; try it on a small batch of "
                                     "(distances, labels, candidate_labels, self_mask) first") from None
 

@@ -2,7 +2,7 @@
 
 In-process for speed: ``stablenca.cli.main(argv)`` with stderr captured. Example counts
 follow the hypothesis profile of tests/conftest.py (``HYPOTHESIS_PROFILE``); the tests
-that train use a quarter of it, on tiny data, for one epoch.
+that train use an eighth of it, on tiny data, for one epoch.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 from stablenca.cli import build_parser, main
 from stablenca.errors import CapsuleError, StableNCAError
 
-#: For the fuzz cases that train (tiny data, one epoch): a quarter of the profile's examples.
-TRAINING = settings(max_examples=max(5, settings().max_examples // 4), deadline=None,
+#: For the fuzz cases that train (tiny data, one epoch): an eighth of the profile's examples.
+TRAINING = settings(max_examples=max(4, settings().max_examples // 8), deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 LOADING = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 

@@ -305,7 +305,9 @@ def test_rerun_refuses_to_mix_runs_and_force_replaces_them(small, tmp_path, caps
     assert (out / "summary.json").read_bytes() == old_summary  # refused: nothing touched
     assert not (out / "seed-difference-float32").exists()
 
+    (out / "check.json").write_text("{}")  # as a run with the report writes it
     assert main([*common, "--model", "seed", "--loss", "difference", "--force"]) == 0
+    assert not (out / "check.json").exists()
     summary = json.loads((out / "summary.json").read_text())
     assert [r["run"] for r in summary["runs"]] == ["seed-difference-float32"]
     assert not any((out / "seed-nca_logspace-float32").iterdir())  # the old run set was cleared first

@@ -3,7 +3,7 @@
 import torch
 
 import stablenca
-from stablenca.watch import watch
+from stablenca.watcher import watch
 
 
 def _loop(mode, tmp_path):

@@ -21,7 +21,9 @@ Sweep family: one logit ``x`` with target 0; the exact loss is
     on the logit: finite at any ``x``, gradient ``sigmoid(x) - y``, and accurate to a few
     ulps *of 1*. For confidently right logits (``x < -8`` with target 0) the two terms
     nearly cancel and the tiny loss is off relative to itself (float32: 4.578e-5 instead
-    of 4.540e-5 at x = -10), which is harmless next to O(1) losses; hence ``floor = 1``.
+    of 4.540e-5 at x = -10), which is harmless next to O(1) losses; hence ``floor = 1``
+    (measured worst: 2.3 bits of an ulp of 1 in float32, at x = -8.5; 4.1 bits in float64,
+    at x = -33.3).
 
 >>> import torch
 >>> x = torch.tensor([20.0, 1000.0], requires_grad=True)
@@ -89,8 +91,10 @@ CASE = Case(
     silent="loss clamped at 100 (log clamped at -100) and gradient exactly 0 once sigmoid saturates",
     expected_warning="saturated_probabilities",
     # torch computes (1 - y) x - logsigmoid(x): at x = -10 that is -10 - (-10.0000454), so the loss
-    # 4.54e-5 carries half an ulp of 10 (float32: 4.578e-5, 0.8 % off; 2.1 bits in ulps of 1).
-    budgets={"float32": Budget(3.0, 2.0), "float64": Budget(3.0, 2.0)},
+    # 4.54e-5 carries up to half an ulp of 10 (float32: 4.578e-5, 0.8 % off). In ulps of 1 the worst
+    # is where e^x is about half an ulp of |x|: 2.3 bits at x = -8.5 (float32), 4.1 bits at x = -33.3
+    # (float64), measured on a dense scan of [-60, 0].
+    budgets={"float32": Budget(3.0, 2.0), "float64": Budget(4.5, 2.0)},
     fix="use BCEWithLogitsLoss / F.binary_cross_entropy_with_logits on the logits (drop the sigmoid)",
     floor=1.0,
     grad_floor=1.0,

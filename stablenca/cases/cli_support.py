@@ -1,9 +1,9 @@
 """``stablenca check --case NAME``: everything but the argument parsing.
 
 :func:`check_case` measures one case in the given dtypes and returns a JSON-safe dict;
-:func:`format_case_table` prints it for a human; :func:`run_cases` is what the
-``check`` subcommand calls (prints, writes the figures, returns the exit code: 0 when
-every case behaves as documented, 1 otherwise).
+:func:`format_case_table` prints it for a human; :func:`run_cases` prints, writes the
+figures and returns the exit code (0 when every case behaves as documented, 1
+otherwise); :func:`run_from_args` is the ``--case`` branch of the ``check`` subcommand.
 
 >>> result = check_case("ce_on_probabilities", ["float32"])
 >>> result["ok"], result["results"][0]["warnings"][0]["kind"]
@@ -174,3 +174,20 @@ def run_cases(names: Sequence[str], dtypes: Sequence[str] | None = None, *, as_j
     else:
         print("\n\n".join(format_case_table(r) for r in results))
     return EXIT_OK if all(r["ok"] for r in results) else EXIT_CONTRACT
+
+
+def run_from_args(args) -> int:
+    """The ``check`` subcommand's ``--case`` branch, from its parsed arguments.
+
+    Reads ``args.case`` (names), ``args.dtype`` (None: float32 and float64), ``args.json``
+    and, when present, ``args.figures`` (a directory for ``case-NAME.png``). ``--loss``
+    and ``--contract`` measure losses over the distance scale, a different sweep: combining
+    them with ``--case`` is a usage error.
+    """
+    from ..errors import ConfigError
+
+    if getattr(args, "loss", None) or getattr(args, "contract", None):
+        raise ConfigError("--case cannot be combined with --loss or --contract",
+                          fix="run `stablenca check --case NAME` and `stablenca check --loss ...` separately")
+    return run_cases(args.case, getattr(args, "dtype", None), as_json=bool(getattr(args, "json", False)),
+                     figures=getattr(args, "figures", None))
