@@ -84,7 +84,8 @@ class Case:
     float64 gradient reference. ``trigger[dtype]`` is an input at which the naive form
     fails in that dtype; ``expected_root_cause`` is the tracer's root-cause kind there
     (None when the naive form never goes non-finite: then ``silent`` says what goes
-    wrong, and ``expected_warning`` names the loss-input warning that reveals it).
+    wrong, and ``expected_warning`` names the loss-input warning that reveals it);
+    ``root_cause_by_dtype`` overrides it for a dtype that fails differently.
     ``budgets[dtype]`` bounds the fixed form's bits of error over the whole sweep.
     ``floor``/``grad_floor`` > 0 measure errors of values below ``floor`` in ulps of
     ``floor`` (an absolute error: a loss term near 0 is summed with O(1) terms).
@@ -110,9 +111,14 @@ class Case:
     expected_warning: str | None = None
     floor: float = 0.0
     grad_floor: float = 0.0
+    root_cause_by_dtype: dict[str, str | None] = dataclasses.field(default_factory=dict)
     probe: dict[str, float] = dataclasses.field(default_factory=dict)
     probe_cancellation_bits: int | None = None
     form_notes: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def expected_root_cause_for(self, dtype: str) -> str | None:
+        """``expected_root_cause``, unless ``root_cause_by_dtype`` says otherwise for ``dtype``."""
+        return self.root_cause_by_dtype.get(dtype, self.expected_root_cause)
 
     @property
     def forms(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:

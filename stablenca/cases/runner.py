@@ -89,8 +89,12 @@ class CaseRun:
         return self.traces["naive"]["root_cause"]
 
     @property
+    def expected_root_cause(self) -> str | None:
+        return self.case.expected_root_cause_for(self.dtype)
+
+    @property
     def root_cause_ok(self) -> bool:
-        return self.root_cause == self.case.expected_root_cause
+        return self.root_cause == self.expected_root_cause
 
     @property
     def naive_warnings(self) -> list[LossInputWarning]:
@@ -124,7 +128,7 @@ class CaseRun:
         return self.root_cause_ok and self.warning_ok and self.fixed_ok is not False
 
     def to_dict(self) -> dict[str, Any]:
-        exact_grads = np.array([ref._to_float64(g) for g in self.gradient_reference])
+        exact_grads = np.array([float(g) for g in self.gradient_reference])
         budget = None if self.budget is None else dataclasses.asdict(self.budget)
         return _json_safe({
             "case": self.case.name,
@@ -136,7 +140,7 @@ class CaseRun:
             "forms": {name: form.summary(self.x, self.dtype, exact_grads) for name, form in self.forms.items()},
             "traces": {name: {k: v for k, v in t.items() if k != "finding_object"} for name, t in self.traces.items()},
             "precursors": self.precursors,
-            "expected_root_cause": self.case.expected_root_cause,
+            "expected_root_cause": self.expected_root_cause,
             "root_cause": self.root_cause,
             "root_cause_ok": self.root_cause_ok,
             "expected_warning": self.case.expected_warning,
