@@ -318,8 +318,8 @@ def _significand_bits(dtype: torch.dtype) -> int:
 def _exp_limits(dtype: torch.dtype) -> tuple[float, float]:
     """(x below which exp(x) rounds to 0.0, x above which exp(x) overflows)."""
     fi = torch.finfo(dtype)
-    smallest_subnormal = fi.tiny * fi.eps
-    return math.log(smallest_subnormal / 2), math.log(fi.max)
+    # log(tiny * eps / 2) summed in logs: float64's tiny*eps/2 is itself 0.0 in a Python float.
+    return math.log(fi.tiny) + math.log(fi.eps) - math.log(2), math.log(fi.max)
 
 
 def tensor_stats(t: torch.Tensor) -> dict[str, Any]:
