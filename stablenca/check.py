@@ -607,7 +607,7 @@ class CheckReport:
             if len(breakdown) > 27:
                 breakdown = breakdown[:26] + "~"
             lines.append(
-                f"{r.loss[:13]:<14}{r.dtype:<10}{r.reference[:19]:<20}{breakdown:<28}{a.finite_fraction:>7.2f} "
+                f"{_short_loss_name(r.loss):<14}{r.dtype:<10}{r.reference[:19]:<20}{breakdown:<28}{a.finite_fraction:>7.2f} "
                 f"{bits(a.loss_bits_median, a.loss_bits_max)} {bits(a.grad_bits_median, a.grad_bits_max)} "
                 f"{a.vanished_fraction:>8.2f} | {b.finite_fraction:>6.2f} {bits(b.loss_bits_median, b.loss_bits_max)} "
                 f"{bits(b.grad_bits_median, b.grad_bits_max)}".rstrip())
@@ -623,6 +623,14 @@ class CheckReport:
             for item in self.unjudged:
                 lines.append(f"  (not in the contract, measured only: {item})")
         return "\n".join(lines)
+
+
+def _short_loss_name(spec: str, width: int = 13) -> str:
+    """A table-width name: a file or module spec shows as ``stem:function``."""
+    if ":" in spec:
+        module, _, function = spec.rpartition(":")
+        spec = f"{module.replace(chr(92), '/').rsplit('/', 1)[-1].removesuffix('.py').rsplit('.', 1)[-1]}:{function}"
+    return spec if len(spec) <= width else spec[: width - 1] + "…"
 
 
 def run_check(loss_specs: Sequence[str] | None = None, dtypes: Sequence[str] | None = None, *,

@@ -102,8 +102,8 @@ def case_figure(case_or_runs, dtypes: Sequence[str] | None = None, forms: Sequen
                     ax.plot(mags, curve, style, color=colour, lw=thick if sign > 0 else lw,
                             alpha=0.95 if sign > 0 else 0.8, zorder=3 if name == "fixed" else 2)
                     if (~fin).any():
-                        ax.plot(mags[~fin], np.full(int((~fin).sum()), width), "x", color=colour, ms=5,
-                                mew=1.4, zorder=4, clip_on=False)
+                        ax.plot(mags[~fin], np.full(int((~fin).sum()), width), "x", color=colour,
+                                ms=8 if name == "naive" else 5, mew=1.4, zorder=4, clip_on=False)
             ax.axhline(limit, color="#7f7f7f", ls=":", lw=1)
             ax.text(x=np.abs(x).max(), y=limit + width * 0.015, s=f"half the bits ({limit:g}) ", color="#7f7f7f",
                     fontsize=8, va="bottom", ha="right")

@@ -28,11 +28,20 @@ def register(subparsers) -> None:
                         help="seed of the generated batches (default: the contract's, else 0)")
     parser.add_argument("--batches", type=positive_int, default=None,
                         help="batches per scale and population (default: the contract's, else 3)")
+    parser.add_argument("--case", nargs="+", default=None, metavar="NAME",
+                        help="check cases of the library instead of losses: one_minus_exp, log_softmax, "
+                             "bce_sigmoid, ce_on_probabilities (default dtypes float32 float64; docs/cases.md)")
+    parser.add_argument("--figures", default=None, metavar="DIR",
+                        help="with --case: also write the error plot case-NAME.png into DIR")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
+    if args.case:
+        from ..cases.cli_support import run_from_args
+
+        return run_from_args(args)
     from ..check import run_check
     from ..errors import EXIT_CONTRACT, EXIT_OK
 
