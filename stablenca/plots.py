@@ -278,16 +278,21 @@ def save_figure(fig, path: str | Path) -> Path:
     return Path(path)
 
 
-def _fmt(value: float) -> str:
+def format_number(value: float | None, *, small_digits: int = 2) -> str:
+    """Compact text for a number: NaN/inf spelled out, 4 significant digits, ``.Ng`` when tiny or huge."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "NaN"
+    value = float(value)
     if math.isinf(value):
         return "inf" if value > 0 else "-inf"
     if value == 0:
         return "0"
     if abs(value) >= 1e5 or abs(value) < 1e-3:
-        return f"{value:.2g}"
+        return f"{value:.{small_digits}g}"
     return f"{value:.4g}"
+
+
+_fmt = format_number
 
 
 def _mark_nonfinite(ax, x: np.ndarray, y: np.ndarray, label: str = "NaN / ±inf recorded") -> bool:

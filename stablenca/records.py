@@ -51,6 +51,25 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
+def json_safe(value: Any) -> Any:
+    """Replace non-finite floats by the strings "NaN", "Infinity", "-Infinity" (strict-JSON safe).
+
+    >>> json_safe({"a": [float("nan"), 1.0, float("-inf")]})
+    {'a': ['NaN', 1.0, '-Infinity']}
+    """
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        if math.isinf(value):
+            return "Infinity" if value > 0 else "-Infinity"
+        return value
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def dumps(value: Any, **kwargs) -> str:
     return json.dumps(to_jsonable(value), allow_nan=True, **kwargs)
 

@@ -52,16 +52,9 @@ def fmt(value: Any) -> str:
         return str(int(value))
     if isinstance(value, int):
         return str(value)
-    value = float(value)
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    if value == 0:
-        return "0"
-    if abs(value) >= 1e5 or abs(value) < 1e-3:
-        return f"{value:.3g}"
-    return f"{value:.4g}"
+    from .plots import format_number
+
+    return format_number(value, small_digits=3)
 
 
 def _step_of(record: dict[str, Any]) -> int | None:

@@ -127,6 +127,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.weak import WeakIdKeyDictionary
 
+from .records import json_safe
+
 __all__ = [
     "ROOT_CAUSE_KINDS",
     "PRECURSOR_KINDS",
@@ -368,19 +370,7 @@ def tensor_stats(t: torch.Tensor) -> dict[str, Any]:
         return out
 
 
-def _json_safe(value: Any) -> Any:
-    """Replace non-finite floats by the strings "NaN", "Infinity", "-Infinity"."""
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "NaN"
-        if math.isinf(value):
-            return "Infinity" if value > 0 else "-Infinity"
-        return value
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
+_json_safe = json_safe  # one implementation, in stablenca.records
 
 
 def _n(n: int, word: str) -> str:
@@ -1247,13 +1237,8 @@ class Tracer:
             if n_sub:
                 detail += f"; {n_sub} subnormal outputs"
         else:  # mul, div, pow
-            operands = self._binary_operands(info, args, kwargs, out)
-            if operands is None:
-                return None
-            (_, a), (_, b) = operands
-            a = _broadcast(a, out.shape)
-            b = _broadcast(b, out.shape)
-            if a is None or b is None:
+            a, b = self._broadcast_operands(info, args, kwargs, out)
+            if a is None:
                 return None
             if base == "pow":
                 ok = (a != 0) & torch.isfinite(a) & torch.isfinite(b)
@@ -1302,6 +1287,15 @@ class Tracer:
         ev.extra = {"small": _SMALL_HOPS}
         return ev
 
+    def _broadcast_operands(self, info, args, kwargs, out):
+        """Both operands of a binary op broadcast to the output's shape, or (None, None)."""
+        operands = self._binary_operands(info, args, kwargs, out)
+        if operands is None:
+            return None, None
+        (_, a), (_, b) = operands
+        a, b = _broadcast(a, out.shape), _broadcast(b, out.shape)
+        return (None, None) if a is None or b is None else (a, b)
+
     def _binary_operands(self, info, args, kwargs, out):
         """((argpos, a), (argpos, b)) as tensors for a binary arithmetic op, b scaled by alpha/sign."""
         base = info.base
@@ -1346,13 +1340,8 @@ class Tracer:
                 return None
         else:
             return None
-        operands = self._binary_operands(info, args, kwargs, out)
-        if operands is None:
-            return None
-        (_, a), (_, b) = operands
-        a = _broadcast(a, out.shape)
-        b = _broadcast(b, out.shape)
-        if a is None or b is None:
+        a, b = self._broadcast_operands(info, args, kwargs, out)
+        if a is None:
             return None
         m = torch.maximum(a.abs(), b.abs())
         valid = torch.isfinite(a) & torch.isfinite(b) & (m > 0)

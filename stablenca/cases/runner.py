@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from .. import reference as ref
+from ..records import json_safe
 from ..errors import ConfigError
 from ..trace import trace_call
 from ._base import Case
@@ -161,19 +162,13 @@ class CaseRun:
 
 
 def _json_safe(value):
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "NaN"
-        if math.isinf(value):
-            return "Infinity" if value > 0 else "-Infinity"
-        return value
+    if isinstance(value, np.generic):
+        value = value.item()
     if isinstance(value, dict):
         return {k: _json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        return _json_safe(value.item())
-    return value
+    return json_safe(value)
 
 
 def _unique(warnings: list[LossInputWarning]) -> list[LossInputWarning]:
