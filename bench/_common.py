@@ -100,20 +100,27 @@ def quartiles(values: Sequence[float]) -> tuple[float, float]:
     return float(q[0]), float(q[2])
 
 
-def interleaved(variants: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+def interleaved(variants: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1,
+                before: dict[str, Callable[[], Any]] | None = None) -> dict[str, list[float]]:
     """Wall time of each variant, ``repeats`` rounds, variants interleaved (ABCD, BCDA, ...).
 
     Rotating the order each round keeps a slow start, a cache effect or a noisy
     neighbour from always hitting the same variant. ``warmup`` untimed rounds first.
+    ``before[name]``, when given, runs untimed before each call of that variant.
     """
     names = list(variants)
+    before = before or {}
     for _ in range(warmup):
         for name in names:
+            if name in before:
+                before[name]()
             variants[name]()
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
+            if name in before:
+                before[name]()
             started = time.perf_counter()
             variants[name]()
             times[name].append(time.perf_counter() - started)
