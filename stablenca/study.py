@@ -846,9 +846,9 @@ def _ablation_markdown(study: dict[str, Any]) -> list[str]:
         lines += ["", f"A9's regression model itself: test RMSE {_mean_std(regression['rmse'], runs)}, "
                       f"MAE {_mean_std(regression['mae'], runs)} rings."]
     lines += ["", "Why this order: the loss goes first, because with the ratio loss the later steps would be "
-                  "measured on diverging runs; the encoder goes last, because the trainer's `patience=None` means "
-                  "\"the model's default\" (20 for ModernNCA), so a ModernNCA row without early stopping cannot be "
-                  "expressed and moving the encoder earlier would change two factors at once. A8 is exactly "
+                  "measured on diverging runs; the encoder goes last, so that every earlier step is measured on "
+                  "the small 3-d model the student wrote and the last step lands exactly on TALENT's ModernNCA "
+                  "configuration. A8 is exactly "
                   "the ModernNCA float32 row of the main table (same configuration, same runs)."]
     return lines
 
