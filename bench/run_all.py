@@ -111,7 +111,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="every script's fast smoke version")
     p.add_argument("--threads", type=int, default=None, help="torch threads for every script (default: torch's)")
-    p.add_argument("--only", nargs="+", choices=[b[0] for b in BENCHMARKS], default=None)
+    p.add_argument("--only", nargs="*", choices=[b[0] for b in BENCHMARKS], default=None,
+                   help="run only these benchmarks (with --reuse and no names: run nothing, only reassemble)")
     p.add_argument("--out", default=str(C.REPO / "reports" / "benchmarks.md"))
     p.add_argument("--keep", default=None, metavar="DIR",
                    help="also keep every script's JSON output (section + raw numbers) in DIR")
@@ -130,7 +131,7 @@ def main(argv=None) -> int:
     sections, results, timings = [], {}, []
     with tempfile.TemporaryDirectory(prefix="stablenca-bench-") as tmp:
         for name, script, what in BENCHMARKS:
-            if args.only and name not in args.only:
+            if args.only is not None and name not in args.only:
                 reused = Path(args.reuse) / f"{name}.json" if args.reuse else None
                 if reused is not None and reused.is_file():
                     payload = json.loads(reused.read_text())
@@ -155,7 +156,7 @@ def main(argv=None) -> int:
     end_load = C.load_average()
     total = time.perf_counter() - started
     flags = " ".join(filter(None, ["--quick" if args.quick else "", f"--threads {args.threads}" if args.threads else "",
-                                   ("--only " + " ".join(args.only)) if args.only else "",
+                                   ("--only " + " ".join(args.only)) if args.only is not None else "",
                                    "--reuse DIR" if args.reuse else ""]))
     command = "python bench/run_all.py" + (f" {flags}" if flags else "")
     end_text = "n/a" if not end_load else " / ".join(f"{x:.2f}" for x in end_load)
@@ -176,7 +177,7 @@ def main(argv=None) -> int:
     )
     text = header + "\n" + "\n".join(sections)
     findings = C.BENCH / "findings.md"
-    if findings.is_file() and (not args.only or args.reuse):
+    if findings.is_file() and (args.only is None or args.reuse):
         # Hand-written analysis (profile-backed findings and proposed library changes); its numbers are
         # from the run it was written after, so it says when that was.
         text += "\n" + findings.read_text()

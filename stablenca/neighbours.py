@@ -106,13 +106,25 @@ def soft_neighbour_readout(
     row_max = torch.full((len(queries),), -math.inf, dtype=queries.dtype, device=queries.device)
     row_sum = torch.zeros(len(queries), dtype=queries.dtype, device=queries.device)
     weighted = torch.zeros(len(queries), targets.shape[1], dtype=queries.dtype, device=queries.device)
+    if torch.is_grad_enabled() and (queries.requires_grad or candidates.requires_grad):
+        for start in range(0, len(candidates), chunk_size):
+            logits = -torch.cdist(queries, candidates[start:start + chunk_size], p=2) / temperature
+            new_max = torch.maximum(row_max, logits.max(dim=1).values)
+            rescale = torch.exp(row_max - new_max)  # exp(-inf) = 0 on the first chunk
+            weights = torch.exp(logits - new_max[:, None])
+            row_sum = row_sum * rescale + weights.sum(dim=1)
+            weighted = weighted * rescale[:, None] + weights @ targets[start:start + chunk_size]
+            row_max = new_max
+        return weighted / row_sum[:, None]
+    # Evaluation (no autograd): the same arithmetic in place, so each chunk allocates one
+    # (Q, chunk) block instead of four; about 1.5x faster (bench/proposals.py).
     for start in range(0, len(candidates), chunk_size):
-        logits = -torch.cdist(queries, candidates[start:start + chunk_size], p=2) / temperature
-        new_max = torch.maximum(row_max, logits.max(dim=1).values)
+        logits = torch.cdist(queries, candidates[start:start + chunk_size], p=2).div_(temperature).neg_()
+        new_max = torch.maximum(row_max, logits.amax(dim=1))
         rescale = torch.exp(row_max - new_max)  # exp(-inf) = 0 on the first chunk
-        weights = torch.exp(logits - new_max[:, None])
-        row_sum = row_sum * rescale + weights.sum(dim=1)
-        weighted = weighted * rescale[:, None] + weights @ targets[start:start + chunk_size]
+        weights = logits.sub_(new_max[:, None]).exp_()
+        row_sum.mul_(rescale).add_(weights.sum(dim=1))
+        weighted.mul_(rescale[:, None]).addmm_(weights, targets[start:start + chunk_size])
         row_max = new_max
     return weighted / row_sum[:, None]
 

@@ -67,7 +67,7 @@ def distance_statistics(published: dict[str, Any]) -> dict[str, torch.Tensor]:
     if same is not None:
         _range(sample, sample_pairs & same[rows], "d_same_", out)
         _range(sample, sample_pairs & ~same[rows], "d_other_", out)
-        out["rows_without_same_class"] = (~same.any(dim=1)).sum()
+        out["rows_without_same_class"] = torch.count_nonzero(~same.any(dim=1))
     if stride > 1:  # exact overall range on the full matrix
         finite_pairs = ~self_mask & torch.isfinite(distances)
         out["d_min"] = torch.where(finite_pairs, distances, math.inf).amin().double()
@@ -82,13 +82,13 @@ def distance_statistics(published: dict[str, Any]) -> dict[str, torch.Tensor]:
         if values is None:
             continue
         zero = (values == 0) & finite_pairs
-        out[f"{key}_zero"] = zero.sum()
-        out[f"{key}_subnormal"] = ((values.abs() < tiny) & finite_pairs).sum() - out[f"{key}_zero"]
+        out[f"{key}_zero"] = torch.count_nonzero(zero)
+        out[f"{key}_subnormal"] = torch.count_nonzero((values.abs() < tiny) & finite_pairs) - out[f"{key}_zero"]
     for name in ("p_same", "p_diff"):
         values = published.get(name)
         if values is not None and values.numel():
             out[f"{name}_min"] = values.detach().min()
-            out[f"{name}_zero"] = (values.detach() == 0).sum()
+            out[f"{name}_zero"] = torch.count_nonzero(values.detach() == 0)
     return out
 
 
