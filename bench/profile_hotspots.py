@@ -20,6 +20,7 @@ CPU actually runs, torch and matplotlib internals included).
 
 from __future__ import annotations
 
+import shutil
 import sys
 import tempfile
 import time
@@ -59,7 +60,8 @@ def hotspots(session, top: int = 15) -> dict:
     self_time: dict[str, float] = defaultdict(float)
     inclusive: dict[str, float] = defaultdict(float)
     for f in _frames(root) if root is not None else ():
-        self_time[_name(f)] += f.total_self_time
+        if not f.is_synthetic:  # a frame's total_self_time already includes its synthetic [self] children
+            self_time[_name(f)] += f.total_self_time
         if _is_app(f):
             # count a function once per call chain: skip frames with the same function above them
             parent, seen = f.parent, False
@@ -132,6 +134,7 @@ def step_profile(steps: int):
     op_rows = [[f"`{e.key}`", e.count // n, f"{e.self_cpu_time_total / n / 1e3:.1f}",
                 f"{100 * e.self_cpu_time_total / total_us:.0f} %"] for e in ops]
     hooks[1].close()
+    shutil.rmtree(tmp, ignore_errors=True)
     return prof, op_rows, total_us / n / 1e6
 
 
@@ -166,6 +169,7 @@ def main(argv=None) -> int:
     C.stderr("profile_hotspots: report")
     rep_prof = profile(lambda: report.build_report(out), interval=0.005)
     rep_h = hotspots(rep_prof.last_session)
+    shutil.rmtree(out.parent, ignore_errors=True)
     if trees:
         for name, prof in (("step", step_prof), ("diagnose", diag_prof), ("report", rep_prof)):
             (trees / f"profile-{name}.txt").write_text(prof.output_text(unicode=True, color=False))
