@@ -182,7 +182,7 @@ def main(argv=None) -> int:
     )
     text = header + "\n" + "\n".join(sections)
     findings = C.BENCH / "findings.md"
-    if findings.is_file() and (args.only is None or args.reuse):
+    if findings.is_file() and not args.quick and (args.only is None or args.reuse):
         # Hand-written analysis (profile-backed findings and proposed library changes); its numbers are
         # from the run it was written after, so it says when that was.
         text += "\n" + findings.read_text()
@@ -192,6 +192,9 @@ def main(argv=None) -> int:
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp makes it 0600; a report is for everyone to read
         os.replace(tmp_name, out)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
