@@ -1287,14 +1287,19 @@ class Tracer:
         ev.extra = {"small": _SMALL_HOPS}
         return ev
 
-    def _broadcast_operands(self, info, args, kwargs, out):
-        """Both operands of a binary op broadcast to the output's shape, or (None, None)."""
+    def _indexed_broadcast_operands(self, info, args, kwargs, out, shape):
+        """``(ia, a, ib, b)``: both operands' argument indices and values broadcast to ``shape``, or None."""
         operands = self._binary_operands(info, args, kwargs, out)
         if operands is None:
-            return None, None
-        (_, a), (_, b) = operands
-        a, b = _broadcast(a, out.shape), _broadcast(b, out.shape)
-        return (None, None) if a is None or b is None else (a, b)
+            return None
+        (ia, a), (ib, b) = operands
+        a, b = _broadcast(a, shape), _broadcast(b, shape)
+        return None if a is None or b is None else (ia, a, ib, b)
+
+    def _broadcast_operands(self, info, args, kwargs, out):
+        """Both operands of a binary op broadcast to the output's shape, or (None, None)."""
+        operands = self._indexed_broadcast_operands(info, args, kwargs, out, out.shape)
+        return (None, None) if operands is None else (operands[1], operands[3])
 
     def _binary_operands(self, info, args, kwargs, out):
         """((argpos, a), (argpos, b)) as tensors for a binary arithmetic op, b scaled by alpha/sign."""
@@ -2019,31 +2024,28 @@ class Tracer:
                     f"(largest input magnitude {_fmt(big)})")
 
         if base in ("div", "true_divide", "reciprocal"):
-            ops = self._binary_operands(info, args, kwargs, out)
+            ops = self._indexed_broadcast_operands(info, args, kwargs, out, shape)
             if ops is not None:
-                (ia, a), (ib, b) = ops
-                a = _broadcast(a, shape)
-                b = _broadcast(b, shape)
-                if a is not None and b is not None:
-                    z00 = pos_nan & (a == 0) & (b == 0)
-                    zx0 = pos_inf & (b == 0) & torch.isfinite(a)
-                    iii = pos_nan & torch.isinf(a) & torch.isinf(b)
-                    ovf = pos_inf & (b != 0) & torch.isfinite(a) & torch.isfinite(b)
-                    ta = args[ia] if ia >= 0 else None
-                    tb = args[ib]
-                    if cnt(z00):
-                        ex = [(ia, ta, _ZERO, z00), (ib, tb, _ZERO, z00)]
-                        return "0/0", "division_by_zero", ex, None
-                    if cnt(zx0):
-                        return ("1/0" if base == "reciprocal" else "x/0"), "division_by_zero", \
-                            [(ib, tb, _ZERO, zx0)], None
-                    if cnt(iii):
-                        return "inf/inf", "unknown", [(ia, ta, _INFOK | _BAD, iii), (ib, tb, _INFOK | _BAD, iii)], None
-                    if cnt(ovf):
-                        d = ov_detail(cnt(ovf))
-                        return "overflow", "overflow", [(ia, ta, _INEXACT | _SMALL, None),
-                                                        (ib, tb, _INEXACT | _SMALL, None)], \
-                            ("overflow", d, cnt(ovf))
+                ia, a, ib, b = ops
+                z00 = pos_nan & (a == 0) & (b == 0)
+                zx0 = pos_inf & (b == 0) & torch.isfinite(a)
+                iii = pos_nan & torch.isinf(a) & torch.isinf(b)
+                ovf = pos_inf & (b != 0) & torch.isfinite(a) & torch.isfinite(b)
+                ta = args[ia] if ia >= 0 else None
+                tb = args[ib]
+                if cnt(z00):
+                    ex = [(ia, ta, _ZERO, z00), (ib, tb, _ZERO, z00)]
+                    return "0/0", "division_by_zero", ex, None
+                if cnt(zx0):
+                    return ("1/0" if base == "reciprocal" else "x/0"), "division_by_zero", \
+                        [(ib, tb, _ZERO, zx0)], None
+                if cnt(iii):
+                    return "inf/inf", "unknown", [(ia, ta, _INFOK | _BAD, iii), (ib, tb, _INFOK | _BAD, iii)], None
+                if cnt(ovf):
+                    d = ov_detail(cnt(ovf))
+                    return "overflow", "overflow", [(ia, ta, _INEXACT | _SMALL, None),
+                                                    (ib, tb, _INEXACT | _SMALL, None)], \
+                        ("overflow", d, cnt(ovf))
         elif base in _LOG_POLE:
             x = args[0]
             pole = _LOG_POLE[base]
@@ -2064,49 +2066,40 @@ class Tracer:
             if cnt(neg):
                 return f"{base}(negative)", "domain", [(0, x, _INEXACT | _ZERO, neg)], None
         elif base == "pow":
-            ops = self._binary_operands(info, args, kwargs, out)
+            ops = self._indexed_broadcast_operands(info, args, kwargs, out, shape)
             if ops is not None:
-                (ia, a), (ib, b) = ops
-                a = _broadcast(a, shape)
-                b = _broadcast(b, shape)
-                if a is not None and b is not None:
-                    ta = args[ia] if isinstance(args[ia], torch.Tensor) else None
-                    frac = pos_nan & (a < 0) & (b != torch.round(b))
-                    zneg = pos_inf & (a == 0) & (b < 0)
-                    if cnt(frac):
-                        return "pow(negative, fractional)", "domain", [(ia, ta, _INEXACT | _ZERO, frac)], None
-                    if cnt(zneg):
-                        return "0^negative", "division_by_zero", [(ia, ta, _ZERO, zneg)], None
+                ia, a, ib, b = ops
+                ta = args[ia] if isinstance(args[ia], torch.Tensor) else None
+                frac = pos_nan & (a < 0) & (b != torch.round(b))
+                zneg = pos_inf & (a == 0) & (b < 0)
+                if cnt(frac):
+                    return "pow(negative, fractional)", "domain", [(ia, ta, _INEXACT | _ZERO, frac)], None
+                if cnt(zneg):
+                    return "0^negative", "division_by_zero", [(ia, ta, _ZERO, zneg)], None
         elif base == "mul":
-            ops = self._binary_operands(info, args, kwargs, out)
+            ops = self._indexed_broadcast_operands(info, args, kwargs, out, shape)
             if ops is not None:
-                (ia, a), (ib, b) = ops
-                a = _broadcast(a, shape)
-                b = _broadcast(b, shape)
-                if a is not None and b is not None:
-                    za = pos_nan & (a == 0) & torch.isinf(b)
-                    zb = pos_nan & torch.isinf(a) & (b == 0)
+                ia, a, ib, b = ops
+                za = pos_nan & (a == 0) & torch.isinf(b)
+                zb = pos_nan & torch.isinf(a) & (b == 0)
+                ta = args[ia] if isinstance(args[ia], torch.Tensor) else None
+                tb = args[ib] if isinstance(args[ib], torch.Tensor) else None
+                if cnt(za) or cnt(zb):
+                    ex = []
+                    if cnt(za):
+                        ex += [(ib, tb, _INFOK | _BAD, za), (ia, ta, _ZERO, za)]
+                    if cnt(zb):
+                        ex += [(ia, ta, _INFOK | _BAD, zb), (ib, tb, _ZERO, zb)]
+                    return "0*inf", "unknown", ex, None
+        elif base in ("add", "sub", "rsub"):
+            ops = self._indexed_broadcast_operands(info, args, kwargs, out, shape)
+            if ops is not None:
+                ia, a, ib, b = ops
+                ii = pos_nan & torch.isinf(a) & torch.isinf(b)
+                if cnt(ii):
                     ta = args[ia] if isinstance(args[ia], torch.Tensor) else None
                     tb = args[ib] if isinstance(args[ib], torch.Tensor) else None
-                    if cnt(za) or cnt(zb):
-                        ex = []
-                        if cnt(za):
-                            ex += [(ib, tb, _INFOK | _BAD, za), (ia, ta, _ZERO, za)]
-                        if cnt(zb):
-                            ex += [(ia, ta, _INFOK | _BAD, zb), (ib, tb, _ZERO, zb)]
-                        return "0*inf", "unknown", ex, None
-        elif base in ("add", "sub", "rsub"):
-            ops = self._binary_operands(info, args, kwargs, out)
-            if ops is not None:
-                (ia, a), (ib, b) = ops
-                a = _broadcast(a, shape)
-                b = _broadcast(b, shape)
-                if a is not None and b is not None:
-                    ii = pos_nan & torch.isinf(a) & torch.isinf(b)
-                    if cnt(ii):
-                        ta = args[ia] if isinstance(args[ia], torch.Tensor) else None
-                        tb = args[ib] if isinstance(args[ib], torch.Tensor) else None
-                        return "inf-inf", "unknown", [(ia, ta, _INFOK | _BAD, ii), (ib, tb, _INFOK | _BAD, ii)], None
+                    return "inf-inf", "unknown", [(ia, ta, _INFOK | _BAD, ii), (ib, tb, _INFOK | _BAD, ii)], None
         elif base in ("_softmax", "_log_softmax"):
             x = args[0]
             dim = args[1] if len(args) > 1 else -1
