@@ -67,7 +67,24 @@ class Domain:
 
 @dataclasses.dataclass(frozen=True)
 class Budget:
-    """The stated accuracy of a form over the sweep: max bits of error of value and gradient."""
+    """The stated accuracy of a form over the sweep: max bits of error of value and gradient.
+
+    Every budget is a worst-case error bound, derived where it is stated, never a measured
+    maximum (results differ between CPUs: ATen's vector path, ``ATEN_CPU_CAPABILITY``, sums
+    and rounds differently). The conventions of those derivations:
+
+    - ``u = 2**-p`` is the unit roundoff (float32 ``2**-24``, float64 ``2**-53``); each
+      ``+ - * /`` rounds with relative error ``<= u`` (Higham, *Accuracy and Stability of
+      Numerical Algorithms*, 2nd ed., sec. 2.2); ``exp``/``log``/``log1p`` are within 1 ulp
+      (SLEEF's ``_u10`` functions used by ATen's vector paths, and glibc's libm), i.e.
+      relative error ``<= 2u``.
+    - a sum of ``n`` terms is taken in the worst order, sequentially: relative error
+      ``<= gamma_(n-1)`` with ``gamma_n = n u / (1 - n u)`` (Higham sec. 3.1, 4.2); for
+      ``n u << 1``, ``gamma_n`` is ``n u`` to well under 1 % (rounded up in the budgets).
+    - an error ``E`` in ulps of ``M`` is ``E / spacing(M)`` with ``u M < spacing(M) <= 2 u M``;
+      the reference is rounded to the dtype before comparing, which adds up to 1/2 ulp.
+    - the bound ``N`` ulps becomes the budget in Herbie's metric: :func:`bits_for_ulps`.
+    """
 
     value_bits: float
     grad_bits: float
@@ -155,6 +172,15 @@ class Case:
         """mpmath derivatives at the points ``x``, each correct to ``dps`` digits."""
         with mp.workdps(dps):
             return [self.gradient_mp(mp.mpf(v)) for v in np.asarray(x, dtype=np.float64).reshape(-1).tolist()]
+
+
+def bits_for_ulps(ulps: float) -> float:
+    """Herbie's bits of error of an error of ``ulps`` ulps: ``log2(1 + ulps)``.
+
+    >>> bits_for_ulps(0), bits_for_ulps(1), bits_for_ulps(3), bits_for_ulps(15)
+    (0.0, 1.0, 2.0, 4.0)
+    """
+    return math.log2(1.0 + ulps)
 
 
 def guarded(fn: Callable[[Any], Any], x, lost_digits: float) -> Any:
