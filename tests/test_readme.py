@@ -25,7 +25,15 @@ def test_readme_block_runs(index, capsys):
 
 
 def test_readme_commands_are_the_ci_commands():
+    """.ci/run installs what the README's test command installs and runs its pytest command."""
     text = README.read_text(encoding="utf-8")
     ci = (README.parent / ".ci" / "run").read_text()
-    assert "python -m pytest -q" in text and "python3 -m pytest -q" in ci
+    (test_command,) = [line for line in re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+                       if "pytest" in line]
+    installs, run = test_command.strip().rsplit(" && ", 1)
+    assert run == "python -m pytest -q" and '"$venv/bin/python" -m pytest -q' in ci
+    for install in installs.split(" && "):  # pip install torch==2.13.0, pip install -e ".[test]"
+        assert install.startswith("pip install ")
+        assert f'"$venv/bin/python" -m {install}' in ci, install
+    assert "python3 -m venv" in ci  # a fresh virtual environment, not the machine's packages
     assert "stablenca diagnose" in text
