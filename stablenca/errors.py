@@ -17,6 +17,9 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 #: What the CLI prints on stderr when Ctrl-C ended a command.
 INTERRUPTED_MESSAGE = "stablenca: interrupted; what was recorded is kept"
+#: Stopped by SIGTERM (torchrun, SLURM, Kubernetes), handled like Ctrl-C: 128 + 15, as a shell reports it.
+EXIT_TERMINATED = 143
+TERMINATED_MESSAGE = "stablenca: terminated (SIGTERM); what was recorded is kept"
 
 
 class StableNCAError(Exception):

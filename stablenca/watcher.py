@@ -12,7 +12,7 @@ same idiom as ``optimizer.step(closure)``) and hand it to :meth:`Watch.step`::
                     loss.backward()
                     return loss
                 watch.step(closure, epoch=epoch)
-                if watch.failed:
+                if watch.should_stop:
                     break
                 optimizer.step()
     print(watch.finding)  # the first non-finite op and its root-cause chain, or None
@@ -22,76 +22,164 @@ norms, and whatever the loss published with :func:`stablenca.publish`. In
 ``sentinel`` mode the pre-step state is copied before the closure runs; on the first
 step whose loss or gradients are not finite that state is restored and the closure
 is replayed once under the tracer. In ``full`` mode every step runs under the tracer.
+The closure must zero the gradients itself (it is run again for a replay).
+
+Where users train:
+
+* **Mixed precision.** Pass ``scaler=`` (a ``torch.amp.GradScaler``). A step whose
+  gradients are not finite is then the scaler's intended skip: it is recorded with
+  ``status: "skipped"``, the loss scale and its finding (the op that overflowed in half
+  precision, and whether the step is finite with autocast switched off, i.e. in
+  float32), and it is *not* a failure unless ``max_skips`` skips come in a row or the
+  scale falls below ``min_scale``. Every record carries ``loss_scale``.
+* **torch.compile.** The cheap checks read the loss and the gradients, which a compiled
+  model produces like any other. The replay runs with ``torch.compiler.set_stance("force_eager")``,
+  so the tracer sees every op (as JAX re-runs a jitted function de-jitted for ``debug_nans``).
+* **torch.distributed.** Inside an initialised process group every rank records to
+  ``OUT/<run>-rank<R>/`` and the ranks agree, with one all-reduce of a small flag per
+  step, to stop at the same step (:mod:`stablenca.integrations.distributed`).
+* **Preemption.** SIGTERM (torchrun, SLURM, Kubernetes) finishes the current step, marks
+  the run interrupted, writes the summary and leaves the ``with`` block with exit code 143,
+  on every rank.
+
+With ``out=DIR`` the watch writes a run set that ``stablenca report DIR`` reads:
+``DIR/summary.json`` and ``DIR/<run>/{config.json, records.jsonl, result.json}``, plus
+``finding.json`` and ``capsule.pt`` (the pre-state of the failing step) after a failure.
 """
 
 from __future__ import annotations
 
 import contextlib
+import signal
+import threading
+import types
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from .errors import ConfigError
+from .errors import EXIT_TERMINATED, ConfigError
+from .integrations import distributed
+from .integrations.precision import HALF_DTYPES, autocast_disabled, finding_dtype
 from .probes import batch_statistics
 from .publish import capture
-from .records import JsonlWriter, atomic_write_json
-from .sentinel import MODES, Snapshot
+from .records import JsonlWriter, atomic_write_json, prepare_out_dir
+from .sentinel import CAPSULE_FORMAT, CAPSULE_VERSION, MODES, Snapshot, save_capsule
+
+#: Skipped steps traced in full (each costs two replays); later skips record the scale only.
+#: The scaler halves the scale at every skip, so a start-up calibration from 2**16 takes few.
+TRACED_SKIPS = 16
+
+
+def base_module(model: torch.nn.Module) -> torch.nn.Module:
+    """The user's module inside ``torch.compile`` (``_orig_mod``) and DDP (``module``) wrappers."""
+    while True:
+        inner = getattr(model, "_orig_mod", None)
+        if inner is None and isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            inner = model.module
+        if not isinstance(inner, torch.nn.Module):
+            return model
+        model = inner
+
+
+def eager():
+    """Run compiled functions and modules eagerly inside the block (a replay under the tracer)."""
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
 
 
 class Watch:
     """See the module docstring. ``out=None`` keeps the records in memory only."""
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
-                 out: str | Path | None = None, mode: str = "sentinel", keep: int = 10_000) -> None:
+                 out: str | Path | None = None, mode: str = "sentinel", keep: int = 10_000,
+                 scaler: Any = None, max_skips: int | None = None, min_scale: float | None = None,
+                 run: str = "watch", force: bool = False, report: bool = False) -> None:
         if mode not in MODES:
             raise ConfigError(f"unknown mode {mode!r}", fix=f"use one of {', '.join(MODES)}")
         if not isinstance(model, torch.nn.Module):
             raise ConfigError(f"model is a {type(model).__name__}, not a torch.nn.Module",
                               fix="pass the module whose parameters the loss trains")
+        if scaler is not None and not callable(getattr(scaler, "get_scale", None)):
+            raise ConfigError(f"scaler is a {type(scaler).__name__}, not a torch.amp.GradScaler",
+                              fix="pass the GradScaler that scales this loop's loss, or leave scaler out")
+        if max_skips is not None and (not isinstance(max_skips, int) or max_skips < 0):
+            raise ConfigError(f"max_skips={max_skips!r} is not a count", fix="pass an integer >= 0, or None")
+        if min_scale is not None and not min_scale > 0:
+            raise ConfigError(f"min_scale={min_scale!r} is not a positive scale", fix="pass a number > 0, or None")
         self.model, self.optimizer, self.mode = model, optimizer, mode
+        self.scaler = scaler if scaler is not None and scaler.is_enabled() else None
+        self.max_skips, self.min_scale, self.report = max_skips, min_scale, report
+        self.agreement = distributed.Agreement() if distributed.active() else None
+        self.rank = self.agreement.rank if self.agreement is not None else 0
+        self.run_name = f"{run}-rank{self.rank}" if self.agreement is not None else run
         self.out = Path(out) if out is not None else None
-        self.writer = JsonlWriter(self.out / "records.jsonl") if self.out is not None else None
+        self.run_dir = self._prepare(force) if self.out is not None else None
+        self.writer = JsonlWriter(self.run_dir / "records.jsonl") if self.run_dir is not None else None
         self.snapshot = Snapshot(model, optimizer) if mode != "off" else None
+        self._named = [(_clean_name(name), p) for name, p in model.named_parameters()]
         self.records: list[dict[str, Any]] = []
         self.keep = keep
         self.finding = None
         self.failed_at: dict[str, Any] | None = None
+        self.first_failing_rank: int | None = None
+        self._first_failing: dict[str, Any] | None = None
+        self.interrupted = False  # SIGTERM (on any rank) or Ctrl-C ended the loop
+        self.terminated = False  # ... and it was SIGTERM: the with block exits with 143
+        self.skipped = 0
+        self._skips_in_a_row = 0
+        self._sigterm_received = False
+        self._previous_sigterm = None
+        self._closed = False
         self._step = 0
+        self._install_sigterm_handler()
 
+    # -- state ---------------------------------------------------------------------
     @property
     def failed(self) -> bool:
         return self.failed_at is not None
 
+    @property
+    def should_stop(self) -> bool:
+        """Break out of the loop: a real failure (not a scaler skip), or SIGTERM on any rank."""
+        return self.failed or self.interrupted
+
+    # -- one step ------------------------------------------------------------------
     def step(self, closure: Callable[[], torch.Tensor], *, epoch: int | None = None) -> torch.Tensor:
         """Run ``closure`` (forward + backward, returns the loss), record it, and trace the first failure."""
         from .trace import Tracer
 
-        if self.snapshot is not None and not self.failed:
+        watching = not self.should_stop
+        if self.snapshot is not None and watching:
             self.snapshot.take()
-        tracer = Tracer(model=self.model) if self.mode == "full" and not self.failed else None
-        with capture() as published, (tracer if tracer is not None else contextlib.nullcontext()):
+        tracer = Tracer(model=base_module(self.model)) if self.mode == "full" and watching else None
+        with capture() as published, (eager() if tracer is not None else contextlib.nullcontext()), \
+                (tracer if tracer is not None else contextlib.nullcontext()):
             loss = closure()
         if not isinstance(loss, torch.Tensor):
             raise ConfigError(f"the closure returned {type(loss).__name__}, not the loss tensor",
                               fix="end the closure with `return loss`")
-        named = list(self.model.named_parameters())
-        record = {"epoch": epoch, "step": self._step}
+        record: dict[str, Any] = {"epoch": epoch, "step": self._step}
         record.update(batch_statistics(loss=loss, per_sample=None, rows_excluded=0, published=published,
-                                       named_parameters=named))
-        finite = bool(torch.isfinite(loss.detach()).all()) and record["grad_nonfinite"] == 0
-        record["finite"] = finite
-        if not finite and not self.failed:
-            self.failed_at = {"epoch": epoch, "step": self._step}
-            self.finding = tracer.finding if tracer is not None else None
-            if self.finding is None and self.snapshot is not None:
-                self.snapshot.restore()
-                with Tracer(model=self.model) as replay:
-                    closure()
-                self.finding = replay.finding
-            record["first_nonfinite"] = self.finding.to_dict() if self.finding is not None else None
-            if self.out is not None:
-                atomic_write_json(self.out / "finding.json", record["first_nonfinite"])
+                                       named_parameters=self._named))
+        loss_finite = bool(torch.isfinite(loss.detach()).all())
+        grads_finite = record["grad_nonfinite"] == 0
+        record["finite"] = loss_finite and grads_finite
+        if self.scaler is not None:
+            record["loss_scale"] = float(self.scaler.get_scale())
+        status = self._status(record, grads_finite)
+        record["status"] = status
+        if status == "failed" and record.get("skipped_in_a_row"):
+            record["status"] = "skipped"  # the scaler still skips it; the watch calls it a failure
+        any_failed, terminated = status == "failed", self._sigterm_received
+        if self.agreement is not None and watching:
+            any_failed, terminated = self.agreement.agree(any_failed, terminated)
+        if watching and (status == "skipped" or any_failed):
+            self._explain(closure, record, tracer, traced=status == "skipped" and self.skipped <= TRACED_SKIPS,
+                          any_failed=any_failed, epoch=epoch)
+        if terminated and not self.interrupted:
+            self.interrupted = self.terminated = True
+            record["interrupted"] = "SIGTERM"
         if self.writer is not None:
             self.writer.write(record)
         if len(self.records) < self.keep:
@@ -99,15 +187,199 @@ class Watch:
         self._step += 1
         return loss
 
-    def close(self) -> None:
+    def _status(self, record: dict[str, Any], grads_finite: bool) -> str:
+        """ok, skipped (the scaler drops the step: its gradients are not finite) or failed."""
+        if record["finite"]:
+            self._skips_in_a_row = 0
+            return "ok"
+        if self.scaler is None or grads_finite:  # a non-finite loss with finite gradients is applied
+            return "failed"
+        self.skipped += 1
+        self._skips_in_a_row += 1
+        scale = record["loss_scale"]
+        too_many = self.max_skips is not None and self._skips_in_a_row > self.max_skips
+        too_small = self.min_scale is not None and scale < self.min_scale
+        if too_many or too_small:
+            record["skipped_in_a_row"] = self._skips_in_a_row
+            record["failure"] = (f"{self._skips_in_a_row} skipped steps in a row (max_skips={self.max_skips})"
+                                 if too_many else f"loss scale {scale:g} below min_scale={self.min_scale:g}")
+            return "failed"
+        return "skipped"
+
+    def _explain(self, closure, record: dict[str, Any], tracer, *, traced: bool, any_failed: bool,
+                 epoch: int | None) -> None:
+        """Replay the step under the tracer (and in float32 for a half-precision op); record the finding."""
+        first_failure = any_failed and not self.failed
+        if not (traced or first_failure) or self.snapshot is None:
+            if first_failure:  # mode off: nothing to replay
+                self.failed_at = {"epoch": epoch, "step": self._step}
+            return
+        finding = tracer.finding if tracer is not None else None
+        if finding is None:
+            finding = self._replay(closure)
+        explained: dict[str, Any] | None = None
+        if finding is not None:
+            explained = finding.to_dict()
+            if finding_dtype(finding) in HALF_DTYPES and self.agreement is None:
+                explained["float32"] = self._float32_counterfactual(closure)
+        if record["status"] == "skipped" and not first_failure:
+            record["finding"] = _short(explained)
+            return
+        self.failed_at = {"epoch": epoch, "step": self._step}
+        self.finding = finding
+        record["first_nonfinite"] = explained
+        report = {"rank": self.rank, "finite": record["finite"], "finding": explained}
+        reports = self.agreement.gather(report) if self.agreement is not None else [report]
+        self.first_failing_rank = distributed.first_failing_rank(reports)
+        self._first_failing = reports[self.first_failing_rank] if self.first_failing_rank is not None else None
+        if self.agreement is not None:
+            record["first_failing_rank"] = self.first_failing_rank
+        if self.run_dir is not None:
+            if explained is not None:
+                atomic_write_json(self.run_dir / "finding.json", explained)
+            save_capsule(self.run_dir / "capsule.pt", self._capsule(epoch, explained))
+
+    def _replay(self, closure):
+        """Restore the pre-step state and rerun the closure eagerly under the tracer (local gradients only)."""
+        from .trace import Tracer
+
+        self.snapshot.restore()
+        with eager(), distributed.no_gradient_sync(self.model), capture(), \
+                Tracer(model=base_module(self.model)) as replay:
+            closure()
+        return replay.finding
+
+    def _float32_counterfactual(self, closure) -> dict[str, Any]:
+        """Rerun the step with autocast switched off; then rerun it as it was, so the gradients are the step's."""
+        self.snapshot.restore()
+        with eager(), capture(), autocast_disabled() as seen:
+            loss = closure()
+            grads = [p.grad for _, p in self._named if p.grad is not None]
+            finite = bool(torch.isfinite(loss.detach()).all()) and all(bool(torch.isfinite(g).all()) for g in grads)
+        self.snapshot.restore()
+        with capture():
+            closure()
+        if not seen["autocast"]:
+            return {"finite": None, "why": "the step did not enter torch.autocast: its half precision is the "
+                                           "model's own dtype, so there is no float32 run to compare"}
+        return {"finite": finite, "why": "the same step with torch.autocast switched off (the model's float32)"}
+
+    def _capsule(self, epoch: int | None, explained: dict[str, Any] | None) -> dict[str, Any]:
+        return {
+            "format": CAPSULE_FORMAT, "version": CAPSULE_VERSION, "torch_version": str(torch.__version__),
+            "source": "watch", "config": {"watch": self.run_name}, "epoch": epoch, "step": self._step,
+            "step_in_epoch": self._step, "batch_indices": torch.zeros(0, dtype=torch.long),
+            "model_state": self.snapshot.model_state(),
+            "optimizer_state": self.snapshot.optimizer_state() if self.optimizer is not None else {},
+            "generator_state": None, "rng_state": self.snapshot.rng_state, "finding": explained,
+        }
+
+    # -- files ---------------------------------------------------------------------
+    def _prepare(self, force: bool) -> Path:
+        if self.rank == 0:
+            prepare_out_dir(self.out, force=force)
+        if self.agreement is not None:
+            self.agreement.barrier()  # the other ranks write only after rank 0 cleared the directory
+        run_dir = self.out / self.run_name
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dtype = next((str(p.dtype).replace("torch.", "") for p in self.model.parameters()), "float32")
+        atomic_write_json(run_dir / "config.json", {"model": type(base_module(self.model)).__name__,
+                                                    "loss": "user loop", "dtype": dtype, "source": "watch",
+                                                    "rank": self.rank})
+        return run_dir
+
+    def _entry(self) -> dict[str, Any]:
+        from .diagnose import first_nonfinite_entry
+
+        status = "diverged" if self.failed else ("interrupted" if self.interrupted else "completed")
+        result = types.SimpleNamespace(diverged=self.failed, diverged_at=self.failed_at)
+        config = {"model": type(base_module(self.model)).__name__, "loss": "user loop"}
+        return {"run": self.run_name, **config, "dtype": next(
+                    (str(p.dtype).replace("torch.", "") for p in self.model.parameters()), "float32"),
+                "rank": self.rank, "status": status, "diverged": self.failed, "diverged_at": self.failed_at,
+                "steps_run": self._step, "skipped_steps": self.skipped,
+                "first_nonfinite": first_nonfinite_entry(result, self.finding),
+                "capsule": str(Path(self.run_name) / "capsule.pt") if self.failed and self.mode != "off" else None,
+                "test": {}, "val": {}, "excluded_rows": None}
+
+    def _write_summary(self, *, interrupted: bool, gather: bool) -> None:
+        entry = self._entry()
+        if self.run_dir is not None:
+            atomic_write_json(self.run_dir / "result.json", entry)
+        entries = self.agreement.gather(entry) if self.agreement is not None and gather else [entry]
+        if self.rank != 0 or self.out is None:
+            return
+        first = self._first_failing
+        summary = {"stablenca": "watch", "mode": self.mode, "interrupted": interrupted,
+                   "signal": "SIGTERM" if self.terminated else None,
+                   "world_size": self.agreement.world_size if self.agreement is not None else 1,
+                   "first_failing_rank": self.first_failing_rank,
+                   "first_failing_finding": first.get("finding") if first else None, "runs": entries}
+        atomic_write_json(self.out / "summary.json", summary)
+        if self.report:
+            from .report import build_report
+
+            build_report(self.out)
+
+    def close(self, *, crashed: bool = False, interrupted: bool = False) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._restore_sigterm_handler()
         if self.writer is not None:
             self.writer.close()
+        self.interrupted |= interrupted
+        # After a crash on one rank the others may never reach a collective: no gather then.
+        self._write_summary(interrupted=self.interrupted, gather=not crashed)
 
     def __enter__(self) -> Watch:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        ctrl_c = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
+        self.close(crashed=exc_type is not None and not ctrl_c, interrupted=ctrl_c)
+        if self.terminated and exc_type is None:
+            raise SystemExit(EXIT_TERMINATED)
+
+    # -- SIGTERM -------------------------------------------------------------------
+    def _install_sigterm_handler(self) -> None:
+        """Turn SIGTERM into "stop after this step"; only where nobody else handles it (main thread)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        try:
+            previous = signal.getsignal(signal.SIGTERM)
+        except (ValueError, OSError):
+            return
+        if previous not in (signal.SIG_DFL, None):
+            return
+        self._previous_sigterm = previous
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, signum, frame) -> None:
+        self._sigterm_received = True
+
+    def _restore_sigterm_handler(self) -> None:
+        if self._previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
+
+
+def _clean_name(name: str) -> str:
+    """A parameter's name without the ``_orig_mod.`` (compile) and ``module.`` (DDP) wrapper prefixes."""
+    for prefix in ("_orig_mod.", "module."):
+        while name.startswith(prefix):
+            name = name[len(prefix):]
+    return name
+
+
+def _short(finding: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The part of a finding a skipped step's record keeps: the op, its dtype, the root cause, float32."""
+    if finding is None:
+        return None
+    root = finding.get("root_cause") or {}
+    return {"op": finding.get("op"), "phase": finding.get("phase"), "module": finding.get("module"),
+            "dtype": (finding.get("output") or {}).get("dtype"), "root_cause": root.get("kind"),
+            "root_op": root.get("op"), "float32": finding.get("float32")}
 
 
 def watch(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None, **kwargs) -> Watch:

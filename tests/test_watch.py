@@ -35,8 +35,8 @@ def test_watch_records_every_step_and_traces_the_first_failure(tmp_path):
     assert [r["step"] for r in w.records] == [0, 1, 2, 3]
     assert w.finding is not None and w.finding.root_cause["kind"] == "overflow"
     assert "exp" in w.finding.root_cause["op"]
-    lines = (tmp_path / "sentinel" / "records.jsonl").read_text().splitlines()
-    assert len(lines) == 4 and (tmp_path / "sentinel" / "finding.json").exists()
+    lines = (tmp_path / "sentinel" / "watch" / "records.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and (tmp_path / "sentinel" / "watch" / "finding.json").exists()
 
 
 def test_watch_full_mode_finds_the_same_op(tmp_path):
