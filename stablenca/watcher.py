@@ -53,6 +53,7 @@ import contextlib
 import signal
 import threading
 import types
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -82,10 +83,16 @@ def base_module(model: torch.nn.Module) -> torch.nn.Module:
         model = inner
 
 
+@contextlib.contextmanager
 def eager():
     """Run compiled functions and modules eagerly inside the block (a replay under the tracer)."""
     set_stance = getattr(torch.compiler, "set_stance", None)
-    return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
+    with (set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()), \
+            warnings.catch_warnings():
+        # The tracer's module tracker is a global module hook; eager calls of the compiled
+        # wrapper warn that such hooks fire once more for it, which the tracer allows for.
+        warnings.filterwarnings("ignore", message=r"Using `torch.compile\(module\)` when there are global hooks")
+        yield
 
 
 class Watch:
