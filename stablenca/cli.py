@@ -11,7 +11,9 @@ import argparse
 import importlib
 import sys
 
-from .errors import EXIT_INTERRUPTED, EXIT_USAGE, INTERRUPTED_MESSAGE, StableNCAError
+from .errors import (EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, INTERRUPTED_MESSAGE, TERMINATED_MESSAGE,
+                     StableNCAError)
+from .records import TERMINATED, sigterm_as_interrupt
 
 #: Subcommand modules, in the order ``--help`` lists them (the data flow).
 SUBCOMMANDS = ("train", "diagnose", "replay", "check", "report", "plot", "study")
@@ -47,11 +49,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with sigterm_as_interrupt():  # torchrun, SLURM, Kubernetes: SIGTERM is handled like Ctrl-C
+            return int(args.func(args) or 0)
     except StableNCAError as exc:
         print(f"stablenca: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
+        if TERMINATED.is_set():
+            print(TERMINATED_MESSAGE, file=sys.stderr)
+            return EXIT_TERMINATED
         print(INTERRUPTED_MESSAGE, file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # `stablenca ... | head`

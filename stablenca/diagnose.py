@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .records import atomic_write_json, deferred_interrupts, prepare_out_dir, read_jsonl
+from .records import TERMINATED, atomic_write_json, deferred_interrupts, prepare_out_dir, read_jsonl
 from .errors import OutputError
 from .recorder import Recorder
 from .sentinel import Sentinel
@@ -131,6 +131,8 @@ def diagnose(
         crash = exc
     with deferred_interrupts():  # a second Ctrl-C must not leave a summary that hides the first
         summary["seconds"] = round(time.perf_counter() - started, 2)
+        if summary["interrupted"] and TERMINATED.is_set():
+            summary["signal"] = "SIGTERM"  # preempted (torchrun, SLURM, Kubernetes), not Ctrl-C
         atomic_write_json(out / "summary.json", summary)
     if report and crash is None and not summary["interrupted"]:
         _write_check(out, sorted({config.loss for config in configs}), base.dtype)

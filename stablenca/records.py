@@ -206,6 +206,48 @@ def deferred_interrupts():
         raise KeyboardInterrupt
 
 
+#: Set once SIGTERM arrived inside :func:`sigterm_as_interrupt` (the exit code is then 143, not 130).
+TERMINATED = threading.Event()
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Inside the block SIGTERM does what Ctrl-C does, and :data:`TERMINATED` is set.
+
+    torchrun, SLURM and Kubernetes stop a job with SIGTERM, whose default kills the
+    process at once. Here it is handed to the current SIGINT handler, so the same
+    machinery applies: :func:`deferred_interrupts` finishes the step, the run is marked
+    interrupted, the summary and the report are written. Only the main thread can
+    install a handler, and one that is already installed (not the default) is kept.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    try:
+        previous = signal.getsignal(signal.SIGTERM)
+    except (ValueError, OSError):
+        yield
+        return
+    if previous not in (signal.SIG_DFL, None):
+        yield
+        return
+
+    def as_interrupt(signum, frame):
+        TERMINATED.set()
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler):
+            handler(signal.SIGINT, frame)
+        else:  # SIGINT ignored: still stop, as SIGTERM asks
+            raise KeyboardInterrupt
+
+    TERMINATED.clear()
+    signal.signal(signal.SIGTERM, as_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Read records back; a last line cut by a crash is ignored."""
     records = []

@@ -1,7 +1,7 @@
-"""Nothing lost: Ctrl-C and crashes keep every completed batch; writes are atomic; runs never mix.
+"""Nothing lost: Ctrl-C, SIGTERM and crashes keep every completed batch; writes are atomic; runs never mix.
 
-The two SIGINT tests start real ``stablenca`` processes (both at once, to share the
-seconds that importing torch takes) and interrupt them mid-run.
+The SIGINT and SIGTERM tests start real ``stablenca`` processes and interrupt them mid-run;
+SIGTERM (how torchrun, SLURM and Kubernetes stop a job) is handled like Ctrl-C, exit 143.
 """
 
 from __future__ import annotations
@@ -23,12 +23,13 @@ import numpy as np
 import pytest
 
 from stablenca.cli import main
-from stablenca.errors import EXIT_INTERRUPTED, EXIT_USAGE, OutputError
+from stablenca.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, OutputError
 from stablenca.records import atomic_write_json, deferred_interrupts, read_jsonl
 from stablenca.train import Hook, TrainConfig, Trainer
 
 CLI = [sys.executable, "-m", "stablenca.cli"]
 INTERRUPTED_LINE = "stablenca: interrupted; what was recorded is kept"
+TERMINATED_LINE = "stablenca: terminated (SIGTERM); what was recorded is kept"
 REPO = Path(__file__).resolve().parents[1]
 
 def _lines(path: Path) -> int:
@@ -49,8 +50,8 @@ def _talent_dir(root: Path, n_train: int) -> Path:
     return root
 
 
-def _interrupt_mid_run(root: Path, *, report: bool) -> dict:
-    """Start ``stablenca diagnose`` (ModernNCA, a long run) and SIGINT it once batches are recorded.
+def _interrupt_mid_run(root: Path, *, report: bool, sig: int = signal.SIGINT) -> dict:
+    """Start ``stablenca diagnose`` (ModernNCA, a long run) and send ``sig`` once batches are recorded.
 
     ``report`` builds the report (and its figures) after the interrupt, which takes a while.
     """
@@ -69,7 +70,7 @@ def _interrupt_mid_run(root: Path, *, report: bool) -> dict:
                 if time.monotonic() > deadline:
                     pytest.fail("diagnose did not start training within 240 s")
                 time.sleep(0.05)
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(sig)
             proc.wait(timeout=240)
         finally:
             if proc.poll() is None:
@@ -77,7 +78,7 @@ def _interrupt_mid_run(root: Path, *, report: bool) -> dict:
                 proc.wait()
         stdout.seek(0)
         stderr.seek(0)
-        return {"out": out, "rc": proc.returncode, "stdout": stdout.read(), "stderr": stderr.read()}
+        return {"out": out, "rc": proc.returncode, "stdout": stdout.read(), "stderr": stderr.read(), "sig": sig}
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +88,15 @@ def sigint_run(tmp_path_factory):
 
 def test_sigint_mid_diagnose_keeps_every_recorded_batch(sigint_run):
     _check_interrupted_diagnose(sigint_run)
+
+
+def test_sigterm_mid_diagnose_is_handled_like_ctrl_c_with_exit_143(tmp_path):
+    runs = _interrupt_mid_run(tmp_path, report=True, sig=signal.SIGTERM)
+    _check_interrupted_diagnose(runs)
+    summary = json.loads((runs["out"] / "summary.json").read_text())
+    assert summary["signal"] == "SIGTERM"
+    if importlib.util.find_spec("stablenca.report") is not None:  # and the report is written
+        assert (runs["out"] / "report.md").stat().st_size > 0
 
 
 @pytest.mark.slow
@@ -99,8 +109,10 @@ def test_sigint_mid_diagnose_builds_the_report_from_what_was_recorded(tmp_path):
 
 def _check_interrupted_diagnose(runs: dict) -> None:
     rc, stdout, stderr, out = runs["rc"], runs["stdout"], runs["stderr"], runs["out"]
-    assert rc == EXIT_INTERRUPTED, stderr
-    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1] == INTERRUPTED_LINE, stderr
+    terminated = runs["sig"] == signal.SIGTERM
+    assert rc == (EXIT_TERMINATED if terminated else EXIT_INTERRUPTED), stderr
+    last_line = TERMINATED_LINE if terminated else INTERRUPTED_LINE
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1] == last_line, stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["interrupted"] is True
     (run,) = summary["runs"]

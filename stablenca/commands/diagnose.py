@@ -31,7 +31,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from ..diagnose import diagnose
-    from ..errors import EXIT_INTERRUPTED, INTERRUPTED_MESSAGE
+    from ..errors import EXIT_INTERRUPTED, EXIT_TERMINATED, INTERRUPTED_MESSAGE, TERMINATED_MESSAGE
 
     base = config_from_args(args, model="modernnca", loss=None)
     log = None if args.json else (lambda line: print(line, flush=True))
@@ -39,6 +39,9 @@ def run(args) -> int:
                        force=args.force, report=not args.no_report, progress=sys.stderr.isatty(), log=log)
     if args.json:
         print(json.dumps(summary, allow_nan=True))
+    if summary["interrupted"] and summary.get("signal") == "SIGTERM":
+        print(TERMINATED_MESSAGE, file=sys.stderr)
+        return EXIT_TERMINATED
     if summary["interrupted"]:
         print(INTERRUPTED_MESSAGE, file=sys.stderr)
         return EXIT_INTERRUPTED
