@@ -156,16 +156,31 @@ class Watch:
         """Run ``closure`` (forward + backward, returns the loss), record it, and trace the first failure."""
         from .trace import Tracer
 
-        watching = not self.should_stop
-        if self.snapshot is not None and watching:
-            self.snapshot.take()
-        tracer = Tracer(model=base_module(self.model)) if self.mode == "full" and watching else None
+        self.begin()
+        tracer = Tracer(model=base_module(self.model)) if self.mode == "full" and not self.should_stop else None
         with capture() as published, (eager() if tracer is not None else contextlib.nullcontext()), \
                 (tracer if tracer is not None else contextlib.nullcontext()):
             loss = closure()
         if not isinstance(loss, torch.Tensor):
             raise ConfigError(f"the closure returned {type(loss).__name__}, not the loss tensor",
                               fix="end the closure with `return loss`")
+        self.observe(loss, published, closure, epoch=epoch, tracer=tracer)
+        return loss
+
+    def begin(self) -> None:
+        """Before a step's forward: copy the pre-step state (what a replay starts from)."""
+        if self.snapshot is not None and not self.should_stop:
+            self.snapshot.take()
+
+    def observe(self, loss: torch.Tensor, published: dict[str, Any], replay: Callable[[], Any], *,
+                epoch: int | None = None, tracer=None) -> dict[str, Any]:
+        """After a step's backward: record it, agree across ranks, explain a skip or the first failure.
+
+        ``replay`` reruns the step's forward and backward (it is called after the pre-step
+        state is restored); integrations that do not own the loop (Lightning) call
+        :meth:`begin` and this method from their hooks.
+        """
+        watching = not self.should_stop
         record: dict[str, Any] = {"epoch": epoch, "step": self._step}
         record.update(batch_statistics(loss=loss, per_sample=None, rows_excluded=0, published=published,
                                        named_parameters=self._named))
@@ -182,7 +197,7 @@ class Watch:
         if self.agreement is not None and watching:
             any_failed, terminated = self.agreement.agree(any_failed, terminated)
         if watching and (status == "skipped" or any_failed):
-            self._explain(closure, record, tracer, traced=status == "skipped" and self.skipped <= TRACED_SKIPS,
+            self._explain(replay, record, tracer, traced=status == "skipped" and self.skipped <= TRACED_SKIPS,
                           any_failed=any_failed, epoch=epoch)
         if terminated and not self.interrupted:
             self.interrupted = self.terminated = True
@@ -192,7 +207,7 @@ class Watch:
         if len(self.records) < self.keep:
             self.records.append(record)
         self._step += 1
-        return loss
+        return record
 
     def _status(self, record: dict[str, Any], grads_finite: bool) -> str:
         """ok, skipped (the scaler drops the step: its gradients are not finite) or failed."""

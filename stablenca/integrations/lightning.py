@@ -1,0 +1,106 @@
+"""A Lightning ``Callback`` that watches every training batch (extra: ``pip install stablenca[lightning]``).
+
+>>> from stablenca.integrations.lightning import StableNCACallback   # doctest: +SKIP
+>>> trainer = lightning.pytorch.Trainer(callbacks=[StableNCACallback(out="runs/pl")])   # doctest: +SKIP
+
+It drives the same :class:`~stablenca.watcher.Watch` as a hand-written loop, from
+Lightning's hooks (automatic optimisation):
+
+* ``on_train_batch_start``: copy the pre-step state, start collecting what the loss
+  publishes (:func:`stablenca.publish`);
+* ``on_before_backward``: keep the loss;
+* ``on_before_optimizer_step``: the gradients exist: record the batch through the
+  recorder's probes; on the first non-finite step, replay ``training_step`` + backward
+  under the tracer from the pre-step state, write the capsule and the finding, drop the
+  gradients (so the optimizer does not apply NaN) and set ``trainer.should_stop``.
+
+On ``on_fit_end`` (or an exception) the run set is closed: ``stablenca report OUT``
+reads it. Multi-GPU Lightning runs are watched per rank by the same agreement as DDP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from ..publish import capture
+from ..watcher import Watch
+
+
+class StableNCACallback(pl.Callback):
+    """Record every training batch and stop cleanly at the first non-finite one.
+
+    ``out``: run-set directory (``None``: in memory); ``mode``: ``sentinel`` or ``off``;
+    ``force``: replace an earlier run set in ``out``. After ``fit``: :attr:`watch`
+    holds the records, ``watch.finding`` and ``watch.failed_at``.
+    """
+
+    def __init__(self, out: str | Path | None = None, *, mode: str = "sentinel", force: bool = False,
+                 run: str = "lightning") -> None:
+        super().__init__()
+        self.out, self.mode, self.force, self.run = out, mode, force, run
+        self.watch: Watch | None = None
+        self._published: contextlib.ExitStack | None = None
+        self._sink: dict[str, Any] = {}
+        self._loss: torch.Tensor | None = None
+        self._batch: tuple[Any, int] | None = None
+
+    # -- set-up and tear-down ----------------------------------------------------------
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not pl_module.automatic_optimization:
+            from ..errors import ConfigError
+
+            raise ConfigError("StableNCACallback needs automatic optimisation (it replays training_step)",
+                              fix="use stablenca.watch(...) inside a manual-optimisation training_step")
+        optimizer = trainer.optimizers[0] if trainer.optimizers else None
+        self.watch = Watch(pl_module, optimizer, out=self.out, mode=self.mode, force=self.force, run=self.run)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._finish()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._finish(interrupted=isinstance(exception, KeyboardInterrupt))
+
+    def _finish(self, interrupted: bool = False) -> None:
+        self._stop_collecting()
+        if self.watch is not None:
+            self.watch.close(interrupted=interrupted)
+
+    # -- one batch -----------------------------------------------------------------------
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.watch.begin()
+        self._batch = (batch, batch_idx)
+        self._loss = None
+        self._stop_collecting()
+        self._published = contextlib.ExitStack()
+        self._sink = self._published.enter_context(capture())
+
+    def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
+        self._loss = loss
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        published = dict(self._sink)
+        self._stop_collecting()
+        if self._loss is None or self.watch.should_stop:
+            return
+        batch, batch_idx = self._batch
+
+        def replay():
+            out = pl_module.training_step(batch, batch_idx)
+            loss = out["loss"] if isinstance(out, dict) else out
+            loss.backward()
+            return loss
+
+        self.watch.observe(self._loss.detach(), published, replay, epoch=trainer.current_epoch)
+        if self.watch.should_stop:
+            optimizer.zero_grad(set_to_none=True)  # the optimizer skips parameters without a gradient
+            trainer.should_stop = True
+
+    def _stop_collecting(self) -> None:
+        if self._published is not None:
+            self._published.close()
+            self._published = None
