@@ -16,7 +16,7 @@ from .errors import (EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, INTERRUPTED_
 from .records import TERMINATED, sigterm_as_interrupt
 
 #: Subcommand modules, in the order ``--help`` lists them (the data flow).
-SUBCOMMANDS = ("train", "diagnose", "replay", "check", "report", "plot", "study")
+SUBCOMMANDS = ("train", "diagnose", "replay", "check", "report", "plot", "study", "export_tensorboard")
 
 
 class _Parser(argparse.ArgumentParser):

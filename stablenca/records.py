@@ -309,8 +309,9 @@ def _remove_run_set(out: Path) -> None:
             shutil.rmtree(figures)
     for name in ("summary.json", "report.md", "report.zh.md", "check.json"):
         (out / name).unlink(missing_ok=True)
-    if (out / "figures").is_dir():
-        shutil.rmtree(out / "figures")
+    for folder in ("figures", "tensorboard"):  # tensorboard: written by stablenca export-tensorboard
+        if (out / folder).is_dir():
+            shutil.rmtree(out / folder)
 
 
 def finite_or_none(value: float) -> float | None:
