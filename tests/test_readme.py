@@ -1,5 +1,6 @@
 """The README's Python code blocks are executed, so they stay true."""
 
+import os
 import re
 from pathlib import Path
 
@@ -14,14 +15,34 @@ def test_readme_has_python_examples():
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
-def test_readme_block_runs(index, capsys):
+def test_readme_block_runs(index, capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # examples write runs/...: keep them out of the checkout
+    environ = dict(os.environ)  # the DDP example sets torchrun's variables when they are missing
     namespace: dict = {}
-    exec(compile(BLOCKS[index], f"README.md[python block {index}]", "exec"), namespace)
+    try:
+        exec(compile(BLOCKS[index], f"README.md[python block {index}]", "exec"), namespace)
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
     printed = capsys.readouterr().out
     assert printed.strip(), "every README example prints what it shows"
-    if "watch" in namespace:
+    block = BLOCKS[index]
+    if "print(watch.failed_at)" in block:  # "Use it on your own loop"
         assert namespace["watch"].failed_at == {"epoch": 0, "step": 2}
         assert namespace["watch"].finding is not None
+    if "scaler=scaler" in block:  # mixed precision: the scaler's skips do not stop the loop
+        watch = namespace["watch"]
+        assert watch.records[0]["status"] == "skipped" and not watch.failed and len(watch.records) == 10
+        assert watch.records[0]["finding"]["float32"]["finite"] is True
+    if "torch.compile(" in block:
+        assert namespace["watch"].failed_at == {"epoch": None, "step": 2}
+    if "StableNCACallback(" in block:
+        assert namespace["callback"].watch.failed_at == {"epoch": 0, "step": 2}
+        assert (tmp_path / "runs" / "lightning" / "summary.json").exists()
+    if "dist.init_process_group" in block:  # a world of one: rank 0 fails at step 3 and names itself
+        assert namespace["watch"].failed_at == {"epoch": None, "step": 3}
+        assert namespace["watch"].first_failing_rank == 0
+        assert (tmp_path / "runs" / "ddp" / "watch-rank0" / "records.jsonl").exists()
 
 
 def test_readme_commands_are_the_ci_commands():
