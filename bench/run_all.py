@@ -36,6 +36,7 @@ BENCHMARKS = (
     ("tracer", "bench_tracer.py", "tracer and sentinel overhead on a training step"),
     ("scale", "bench_scale.py", "candidates at scale: time and memory"),
     ("check", "bench_check.py", "`stablenca check`"),
+    ("integrations", "bench_integrations.py", "DDP watch, Lightning callback, compiled model"),
     ("profile", "profile_hotspots.py", "profiles of the step, diagnose and the report"),
     ("proposals", "proposals.py", "prototypes of the proposed library changes"),
 )
