@@ -15,7 +15,9 @@ Lightning's hooks (automatic optimisation):
   gradients (so the optimizer does not apply NaN) and set ``trainer.should_stop``.
 
 On ``on_fit_end`` (or an exception) the run set is closed: ``stablenca report OUT``
-reads it. Multi-GPU Lightning runs are watched per rank by the same agreement as DDP.
+reads it. Only single-process fits are tested: with a multi-process strategy the watch
+would agree across ranks as in :mod:`.distributed`, but the replay calls ``training_step``
+outside Lightning's DDP wrapper, which has not been tried.
 """
 
 from __future__ import annotations
