@@ -69,6 +69,7 @@ def first_nonfinite_entry(result, finding) -> dict[str, Any] | None:
     entry["chain_str"] = data.get("chain_str") or str(finding).splitlines()[0]
     entry["root_cause"] = data.get("root_cause")
     entry["inputs"] = data.get("inputs")
+    entry["verification"] = data.get("verification")  # the counterfactual verdicts (docs/trace.md)
     return entry
 
 

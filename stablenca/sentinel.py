@@ -124,6 +124,37 @@ def traced_step(trainer: Trainer, capsule: dict[str, Any]) -> tuple[Any, StepCon
     return tracer.finding, ctx
 
 
+def verify_capsule(trainer: Trainer, capsule: dict[str, Any], finding) -> None:
+    """Counterfactual replays of the capsule's step (:mod:`stablenca.trace.verify`) for ``finding``.
+
+    The float64 replays use a float64 copy of the trainer fed the working-dtype training
+    inputs (cast up exactly), so both precisions start from the same numbers.
+    """
+    import dataclasses
+
+    from .trace.verify import apply_verification, verify_step
+
+    trainers = {trainer.dtype: trainer}
+
+    def forward(dtype):
+        if dtype not in trainers:
+            other = Trainer(dataclasses.replace(trainer.config, dtype=str(dtype).replace("torch.", "")),
+                            data=trainer.data)
+            other.x_train = trainer.x_train.to(dtype)
+            trainers[dtype] = other
+        t = trainers[dtype]
+        t.model.load_state_dict(capsule["model_state"])
+        if capsule.get("generator_state") is not None:
+            t.generator.set_state(capsule["generator_state"])
+        torch.set_rng_state(capsule["rng_state"])
+        t.model.train()
+        t.optimizer.zero_grad(set_to_none=True)
+        output, _ = t.compute_loss(capsule["batch_indices"])
+        return output.loss, [p for p in t.model.parameters() if p.requires_grad]
+
+    apply_verification(finding, verify_step(forward, finding, working=trainer.dtype))
+
+
 class Sentinel(Hook):
     """Training hook: detect the first non-finite step, trace it, write its capsule."""
 
@@ -161,6 +192,8 @@ class Sentinel(Hook):
         self.capsule = build_capsule(trainer, ctx, self.snapshot)
         # Replay from the capsule exactly as `stablenca replay` does, so both give the same chain.
         finding, _ = traced_step(trainer, self.capsule)
+        if finding is not None and finding.unit is not None:
+            verify_capsule(trainer, self.capsule, finding)
         if self.mode == "full" and self._tracer is not None and self._tracer.finding is not None:
             live = self._tracer.finding
             if finding is None or live.to_dict() != finding.to_dict():
@@ -254,6 +287,8 @@ def replay(path: str | Path, data=None):
     trainer = Trainer(config, data=data)
     try:
         finding, _ = traced_step(trainer, capsule)
+        if finding is not None and finding.unit is not None:
+            verify_capsule(trainer, capsule, finding)
     except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
         raise CapsuleError(f"capsule {path} does not fit its own config ({type(exc).__name__})",
                            fix="re-run stablenca diagnose to write a fresh capsule") from None

@@ -27,6 +27,8 @@ ROOT_CAUSE_KINDS = (
     "nonfinite_input",
     "domain",
     "division_by_zero",
+    "pole",
+    "evaluation_order",
     "unknown",
 )
 #: Kinds a :class:`Precursor` can have (finite results that are silently wrong).
@@ -175,6 +177,7 @@ class ChainLink:
     backward_node: str | None = None
     module: str | None = None
     source: str | None = None
+    unit: list | None = None  # [phase, op packet or autograd node, occurrence]: stablenca.trace.units
 
     @property
     def short(self) -> str:
@@ -239,6 +242,9 @@ class Finding:
     root_cause: dict[str, str]
     precursors: list[Precursor]
     index: int = 0
+    unit: list | None = None  # the first non-finite op's unit (stablenca.trace.units)
+    #: the counterfactual replays' verdicts (stablenca.trace.verify.Verification.to_dict()), or None
+    verification: dict[str, Any] | None = None
 
     @property
     def short(self) -> str:
@@ -258,7 +264,10 @@ class Finding:
             lines.append(f"  at {self.source}")
         lines.append(f"pattern: {self.detail}")
         rc = self.root_cause
-        lines.append(f"root cause: {rc['kind']} at {rc['op']}: {rc['detail']}")
+        verdict = f" [{rc['verdict']}]" if rc.get("verdict") else ""
+        lines.append(f"root cause: {rc['kind']} at {rc['op']}{verdict}: {rc['detail']}")
+        if self.verification:
+            lines.append(f"verified by counterfactual replay: {self.verification['statement']}")
         for s in self.inputs:
             lines.append(f"  input {s.get('arg', '?')}: {_stats_line(s)}")
         lines.append(f"  output: {_stats_line(self.output)}")
@@ -287,6 +296,8 @@ class Finding:
             "chain_text": self.chain_text(),
             "root_cause": dict(self.root_cause),
             "precursors": [p.to_dict() for p in self.precursors],
+            "unit": self.unit,
+            "verification": self.verification,
         }
         return _json_safe(d)
 

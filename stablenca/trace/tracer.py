@@ -15,6 +15,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.weak import WeakIdKeyDictionary
 
+from .units import UnitCounter
 from .records import (PRECURSOR_KINDS, ROOT_CAUSE_KINDS, ChainLink, Finding, Precursor, TraceResult, _dtype_name,
                       _exp_limits, _fmt, _format_source, _json_safe, _n, _significand_bits, _small, _stats_line,
                       _tiny, tensor_stats)
@@ -154,7 +155,7 @@ class _Event:
     """What produced a tainted tensor (internal; never holds the output tensor strongly)."""
 
     __slots__ = ("index", "op", "phase", "node", "module", "src", "kind", "detail", "taint", "inputs",
-                 "shape", "dtype", "stats", "ref", "extra", "elementwise", "__weakref__")
+                 "shape", "dtype", "stats", "ref", "extra", "elementwise", "unit", "__weakref__")
 
     def __init__(self, index, op, phase, node, module, src, kind, detail, taint, inputs, out, elementwise):
         self.index = index
@@ -170,6 +171,7 @@ class _Event:
         self.elementwise = elementwise
         self.stats = None
         self.extra = None
+        self.unit = None  # see stablenca.trace.units
         if out is not None:
             self.shape = tuple(out.shape)
             self.dtype = out.dtype
@@ -190,7 +192,7 @@ class _Candidate:
     """NaN/Inf produced from finite values, kept until it is used (then analysed) or dropped."""
 
     __slots__ = ("info", "args", "kwargs", "out", "leaf_bad", "index", "phase", "bnode", "module", "src",
-                 "n_nan", "n_inf", "precursors", "versions", "finding")
+                 "n_nan", "n_inf", "precursors", "versions", "finding", "unit")
 
     def __init__(self, info, args, kwargs, out, leaf_bad, index, phase, bnode, module, src, n_nan, n_inf,
                  precursors):
@@ -198,6 +200,7 @@ class _Candidate:
         self.leaf_bad, self.index = leaf_bad, index
         self.phase, self.bnode, self.module, self.src = phase, bnode, module, src
         self.n_nan, self.n_inf, self.precursors = n_nan, n_inf, precursors
+        self.unit = None
         self.versions = [(t, t._version) for _, t in _flat_tensors(args, kwargs) if not t.is_inference()]
         self.finding: Finding | None = None
 
@@ -232,6 +235,7 @@ class _Mode(TorchDispatchMode):
             kwargs = {}
         out = func(*args, **kwargs)
         tracer = self.tracer
+        tracer._unit = tracer._units.key(func)
         if tracer._live:
             try:
                 tracer._observe(func, args, kwargs, out)
@@ -375,6 +379,8 @@ class Tracer:
         self._map = WeakIdKeyDictionary()
         self._storages = WeakIdKeyDictionary()  # storage -> [(geometry, _Event)]: lookup fallback
         self._index = 0
+        self._units = UnitCounter()
+        self._unit: tuple | None = None
         self._pending = None
         self._modstack: list[str] = []
         self._modnames: dict[int, str] = {}
@@ -710,6 +716,7 @@ class Tracer:
         phase, bnode, module, src = self._where(node)
         ev = _Event(self._index, info.name, phase, bnode, module, src, kind, detail, taint,
                     tuple(inputs or ()), out, info.elementwise)
+        ev.unit = self._unit
         if stats and out is not None:
             ev.stats = tensor_stats(out)
         return ev
@@ -1320,8 +1327,10 @@ class Tracer:
         phase, bnode, module, src = self._where(node)
         cand = _Candidate(info, args, kwargs, out, leaf_bad, self._index, phase, bnode, module, src, n_nan, n_inf,
                           list(self.precursors))
+        cand.unit = self._unit
         ev = _Event(self._index, info.name, phase, bnode, module, src, "source",
                     f"{n_nan} NaN, {n_inf} ±inf", _BAD, (), out, info.elementwise)
+        ev.unit = self._unit
         ev.extra = {"origins": (cand,)}
         self._map_outs(info, outs, ev)
         self._candidates.append(cand)
@@ -1395,7 +1404,7 @@ class Tracer:
             elif self._better(path, best):
                 best, best_entry = path, entry
         first = ChainLink(info.name, phase, first_detail, tensor_stats(out), "source", bnode, module,
-                          _format_source(src))
+                          _format_source(src), list(cand.unit) if cand.unit else None)
         chain = [first]
         root = None
         if best:
@@ -1450,6 +1459,7 @@ class Tracer:
             op=info.name, phase=phase, backward_node=bnode, module=module, source=_format_source(src),
             inputs=inputs, output=first.stats, pattern=pattern, detail=detail, chain=chain,
             root_cause=root_cause, precursors=precursors, index=cand.index,
+            unit=list(cand.unit) if cand.unit else None,
         )
 
     def _tiny_operand(self, info, args, kwargs, out, pos_inf) -> dict[str, Any] | None:
@@ -1560,7 +1570,8 @@ class Tracer:
         if stats is None:
             stats = {"shape": list(ev.shape or ()), "dtype": _dtype_name(ev.dtype) if ev.dtype else None}
         kind = ev.kind
-        return ChainLink(ev.op, ev.phase, ev.detail, stats, kind, ev.node, ev.module, _format_source(ev.src))
+        return ChainLink(ev.op, ev.phase, ev.detail, stats, kind, ev.node, ev.module, _format_source(ev.src),
+                         list(ev.unit) if ev.unit else None)
 
     def _analyse(self, info, args, kwargs, out, pos_nan, pos_inf):
         """(pattern, root kind if nothing upstream, [(argpos, tensor, need, positions)], precursor)."""

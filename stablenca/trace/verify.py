@@ -1,0 +1,385 @@
+"""Counterfactual replays: is the blamed op's rounding really what made the step fail?
+
+The tracer names the first non-finite op and walks back to a precursor. That is a story
+built from what happened; a numerical analyst asks for the counterfactual. Following
+Herbie's *local error* (evaluate one op exactly, everything else as is), FPDebug's *shadow
+execution* in higher precision and Precimonious' *precision tuning by search* (see
+``ANCHORS.md``), this module replays the same step several times:
+
+* **float64 reference**: the whole step in float64 from the same (working-dtype) inputs and
+  parameters. It gives the *exact value* (to float64 accuracy) of the failing quantity: the
+  loss for a forward failure, the autograd node's gradient for a backward one.
+* **injection** (per candidate): the float64 step, with only the candidate's output rounded
+  to the working dtype (a backward node: every op inside it). If that run fails, or the
+  failing quantity leaves the working dtype's range, the candidate's rounding suffices.
+* **promotion with cast-back** (per candidate): the working-dtype step, with only the
+  candidate computed in float64 and its result cast back to the working dtype before any
+  consumer sees it (for a backward node the autograd engine casts the node's gradients back
+  to the dtype it recorded). If that run is finite, computing this op exactly is enough.
+  Without the cast-back, type promotion would carry float64 into every downstream op and
+  prove nothing about the op itself.
+
+A candidate is ``confirmed`` when its injection fails or its promotion succeeds, else
+``present, not causal``. When the float64 reference fails too, no rounding is to blame
+(``exact``: a pole, an empty set, a domain error). Finally, the **promotion search** looks
+for a smallest set of units (forward ops and backward nodes) that, promoted with cast-back,
+make the step finite: first each candidate alone, then delta debugging (ddmin) over every
+unit of the step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from .units import UnitCounter, unit_label
+
+__all__ = ["VERDICTS", "Verification", "verify_call", "verify_step", "apply_verification"]
+
+#: The values of a candidate's ``verdict``.
+VERDICTS = ("confirmed", "present, not causal", "exact")
+
+_REFERENCE = torch.float64
+_CONVERSIONS = {"aten._to_copy", "aten.copy_", "aten.to", "aten.clone", "aten.detach", "aten.lift_fresh"}
+
+#: A step to replay: ``forward(dtype)`` restores the pre-state and runs the forward pass with
+#: every floating tensor in ``dtype``; it returns the loss and the tensors whose gradients count.
+Forward = Callable[[torch.dtype], tuple[torch.Tensor, Sequence[torch.Tensor]]]
+
+
+class _Precision(TorchDispatchMode):
+    """Replays a step with chosen units computed in another precision.
+
+    ``how``: ``"promote"`` (compute in float64, cast forward results back to ``working``; a
+    backward node's results are cast back by the autograd engine) or ``"inject"`` (round the
+    results to ``working`` and back). Records every unit that computes a floating result.
+    """
+
+    def __init__(self, working: torch.dtype, how: str | None = None, units: Iterable[tuple] = ()) -> None:
+        super().__init__()
+        self.working, self.how, self.units = working, how, frozenset(tuple(u) for u in units)
+        self.counter = UnitCounter()
+        self.seen: dict[tuple, None] = {}  # ordered set of computing units
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        unit = self.counter.key(func)
+        packet = str(func.overloadpacket)
+        computing = not (func.is_view or packet in _CONVERSIONS or _writes(func)) and \
+            not (unit[0] == "backward" and unit[1] == "torch::autograd::AccumulateGrad")
+        if not computing:
+            return func(*args, **kwargs)
+        if unit not in self.seen and _floating(args, kwargs):
+            self.seen[unit] = None
+        if unit not in self.units or self.how is None:
+            return func(*args, **kwargs)
+        if self.how == "promote":
+            out = func(*_cast(args, self.working, _REFERENCE), **_cast(kwargs, self.working, _REFERENCE))
+            return out if unit[0] == "backward" else _cast(out, _REFERENCE, self.working)
+        out = func(*args, **kwargs)  # inject: this unit's results rounded to the working dtype
+        return _cast(_cast(out, _REFERENCE, self.working), self.working, _REFERENCE)
+
+
+def _writes(func) -> bool:
+    return any(a.alias_info is not None and a.alias_info.is_write for a in func._schema.arguments)
+
+
+def _floating(args, kwargs) -> bool:
+    return any(isinstance(a, torch.Tensor) and a.is_floating_point() for a in (*args, *kwargs.values()))
+
+
+def _cast(value, src: torch.dtype, dst: torch.dtype):
+    if isinstance(value, torch.Tensor):
+        return value.to(dst) if value.dtype == src else value
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cast(v, src, dst) for v in value)
+    if isinstance(value, dict):
+        return {k: _cast(v, src, dst) for k, v in value.items()}
+    return value
+
+
+@dataclasses.dataclass
+class _Outcome:
+    finite: bool  # loss and every gradient finite (and, in float64, within the working range)
+    quantity: torch.Tensor | None  # the failing quantity (loss, or the node's gradient), float64
+    seen: list[tuple]
+
+
+def _replay(forward: Forward, dtype: torch.dtype, working: torch.dtype, target: list | None,
+            how: str | None = None, units: Iterable[tuple] = ()) -> _Outcome:
+    """One replay; ``target`` names the failing quantity (a backward unit) or None (the loss)."""
+    mode = _Precision(working, how, units)
+    captured: list[torch.Tensor] = []
+    with mode:
+        loss, leaves = forward(dtype)
+        handles = []
+        if target is not None and target[0] == "backward" and loss.grad_fn is not None:
+            fired = []
+
+            def hook(grad_inputs, grad_outputs, _fired=fired):
+                _fired.append(None)
+                if len(_fired) == target[2] + 1:
+                    captured.extend(g.detach().to(_REFERENCE) for g in grad_inputs if g is not None)
+
+            handles = [node.register_hook(hook) for node in _graph_nodes(loss.grad_fn) if node.name() == target[1]]
+        if loss.requires_grad:
+            (loss if loss.dim() == 0 else loss.sum()).backward()
+        for handle in handles:
+            handle.remove()
+    limit = torch.finfo(working).max
+    with torch.no_grad():
+        values = [loss.detach()] + [t.grad for t in leaves if t.grad is not None]
+        finite = all(bool((v.abs() <= limit).all()) for v in values)  # NaN compares False
+    quantity = None
+    if target is None or target[0] != "backward":
+        quantity = loss.detach().to(_REFERENCE).reshape(-1)
+    elif captured:
+        quantity = torch.cat([g.reshape(-1) for g in captured])
+    return _Outcome(finite, quantity, list(mode.seen))
+
+
+def _graph_nodes(root) -> list:
+    seen, stack, nodes = set(), [root], []
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        nodes.append(node)
+        stack.extend(next_fn for next_fn, _ in node.next_functions)
+    return nodes
+
+
+@dataclasses.dataclass
+class Verification:
+    """What the counterfactual replays showed (see the module docstring); ``to_dict()`` is JSON."""
+
+    working_dtype: str
+    quantity: str  # "loss" or "gradient from DivBackward0 (backward)"
+    reference_finite: bool  # the float64 replay is finite and within the working range
+    exact_value: float | None  # max |value| of the failing quantity, float64, where it failed
+    representable: bool  # exact_value is finite and within the working dtype's range
+    candidates: list[dict[str, Any]]
+    promotion_set: list[str] | None  # labels of a smallest unit set found; None: none found
+    promotion_minimal: bool  # 1-minimal (no unit of the set can be dropped)
+    promotion_tests: int
+    replays: int
+    seconds: float
+    statement: str
+
+    def verdict(self, unit) -> str | None:
+        for c in self.candidates:
+            if c["unit"] == list(unit):
+                return c["verdict"]
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        if d["exact_value"] is not None and not math.isfinite(d["exact_value"]):
+            d["exact_value"] = "Infinity" if d["exact_value"] > 0 else "NaN"
+        return d
+
+
+def verify_step(forward: Forward, finding, *, working: torch.dtype, max_tests: int = 32) -> Verification:
+    """Replay ``forward`` counterfactually for ``finding``'s first op and its chain's precursors."""
+    started = time.perf_counter()
+    replays = 0
+
+    def replay(dtype, how=None, units=()):
+        nonlocal replays
+        replays += 1
+        return _replay(forward, dtype, working, target, how, units)
+
+    target = finding.unit if (finding.unit and finding.unit[0] == "backward") else None
+    base = replay(working)
+    ref = replay(_REFERENCE)
+    where = None
+    if base.quantity is not None and ref.quantity is not None and base.quantity.shape == ref.quantity.shape:
+        where = ~torch.isfinite(base.quantity)
+    exact = None
+    if ref.quantity is not None and ref.quantity.numel():
+        picked = ref.quantity[where] if where is not None and bool(where.any()) else ref.quantity
+        exact = float(picked.abs().max()) if bool(torch.isfinite(picked).all()) else math.inf
+    limit = torch.finfo(working).max
+    representable = exact is not None and exact <= limit
+    quantity = "loss" if target is None else f"gradient from {unit_label(target)}"
+
+    candidates = []
+    for unit, role in _candidate_units(finding):
+        entry = {"unit": list(unit), "label": unit_label(unit), "role": role}
+        if not ref.finite:
+            entry.update(injection_fails=None, promotion_fixes=None, verdict="exact")
+        else:
+            injected = replay(_REFERENCE, "inject", [unit])
+            promoted = replay(working, "promote", [unit])
+            entry["injection_fails"] = not injected.finite
+            entry["promotion_fixes"] = promoted.finite
+            entry["verdict"] = "confirmed" if (entry["injection_fails"] or entry["promotion_fixes"]) \
+                else "present, not causal"
+        candidates.append(entry)
+
+    promotion, minimal, tests = None, False, 0
+    if ref.finite and not base.finite:
+        promotion, minimal, tests = _promotion_search(
+            lambda units: replay(working, "promote", units).finite, candidates, base.seen, max_tests)
+    wd = str(working).replace("torch.", "")
+    statement = _statement(wd, quantity, ref.finite, exact, representable, candidates, promotion)
+    return Verification(wd, quantity, ref.finite, exact, representable, candidates,
+                        [unit_label(u) for u in promotion] if promotion is not None else None, minimal, tests,
+                        replays, round(time.perf_counter() - started, 3), statement)
+
+
+def _candidate_units(finding) -> list[tuple[tuple, str]]:
+    """The first non-finite op, then each precursor link of the chain (root cause last)."""
+    out: list[tuple[tuple, str]] = []
+    if finding.unit:
+        out.append((tuple(finding.unit), "first non-finite op"))
+    for link in finding.chain[1:]:
+        if link.unit and link.kind in ("underflow", "overflow", "cancellation", "empty_set"):
+            unit = tuple(link.unit)
+            if all(unit != u for u, _ in out):
+                out.append((unit, f"{link.kind} precursor"))
+    return out
+
+
+def _promotion_search(fixes: Callable[[list[tuple]], bool], candidates, units: list[tuple],
+                      max_tests: int) -> tuple[list[tuple] | None, bool, int]:
+    """A smallest set of units whose promotion makes the step finite (candidates first, then ddmin)."""
+    tests = 0
+    for c in candidates:  # a single unit that suffices is minimal: the empty set fails
+        if c.get("promotion_fixes"):
+            return [tuple(c["unit"])], True, tests
+    tests += 1
+    if not fixes(units):
+        return None, False, tests
+    current, n = list(units), 2
+    while len(current) >= 2 and tests < max_tests:
+        chunk = math.ceil(len(current) / n)
+        subsets = [current[i:i + chunk] for i in range(0, len(current), chunk)]
+        reduced = False
+        for subset in subsets:  # ddmin: try each subset, then each complement
+            tests += 1
+            if fixes(subset):
+                current, n, reduced = subset, 2, True
+                break
+            if tests >= max_tests:
+                break
+        if not reduced and tests < max_tests and n > 2:
+            for subset in subsets:
+                complement = [u for u in current if u not in subset]
+                tests += 1
+                if fixes(complement):
+                    current, n, reduced = complement, max(n - 1, 2), True
+                    break
+                if tests >= max_tests:
+                    break
+        if not reduced:
+            if n >= len(current):
+                return current, True, tests
+            n = min(len(current), 2 * n)
+    return current, len(current) == 1, tests
+
+
+def _statement(dtype, quantity, ref_finite, exact, representable, candidates, promotion) -> str:
+    if not ref_finite:
+        return (f"the float64 replay fails too: the exact {quantity} is not finite, so no rounding is to blame "
+                f"(the cause is in the formula or the data)")
+    value = f"{exact:.3g}" if exact is not None and math.isfinite(exact) else "not finite"
+    parts = []
+    if representable:
+        parts.append(f"the exact {quantity} is finite ({value}, float64 replay) and representable in {dtype}: "
+                     f"the failure is an artifact of how the arithmetic is ordered, and the fix is a rewrite "
+                     f"(e.g. log-space), not an epsilon")
+    else:
+        parts.append(f"the exact {quantity} ({value}, float64 replay) is beyond {dtype}'s range")
+    if promotion is None:
+        parts.append(f"no set of ops computed in float64 and cast back to {dtype} makes the step finite: the "
+                     f"intermediate values themselves leave {dtype}'s range, so only a rewrite helps")
+    confirmed = [c["label"] for c in candidates if c["verdict"] == "confirmed"]
+    present = [c["label"] for c in candidates if c["verdict"] == "present, not causal"]
+    if confirmed:
+        parts.append("confirmed: " + ", ".join(confirmed))
+    if present:
+        parts.append("present, not causal: " + ", ".join(present))
+    if promotion:
+        enough = ", ".join(unit_label(u) for u in promotion)
+        text = f"computing {enough} in float64 is enough"
+        not_enough = [c["label"] for c in candidates if c.get("promotion_fixes") is False
+                      and tuple(c["unit"]) not in promotion]
+        if not_enough:
+            text += "; promoting " + " or ".join(not_enough) + " is not"
+        parts.append(text)
+    return "; ".join(parts)
+
+
+def apply_verification(finding, verification: Verification) -> None:
+    """Attach the verdicts to ``finding`` and restate its root cause when the replays overturn it.
+
+    When the first non-finite op is confirmed, the exact failing quantity is representable, and
+    the traced root cause is ``present, not causal`` (or is that op's own overflow), the root
+    cause becomes that op's ``evaluation_order`` (the traced one is kept under
+    ``root_cause["traced"]``).
+    """
+    finding.verification = verification.to_dict()
+    root = dict(finding.root_cause)
+    root.pop("traced", None)
+    root_unit = next((link.unit for link in reversed(finding.chain)
+                      if link.unit and link.op == root.get("op") and link.kind == root.get("kind")), None)
+    first = verification.verdict(finding.unit) if finding.unit else None
+    traced = verification.verdict(root_unit) if root_unit else None
+    overturned = traced == "present, not causal" or (root.get("op") == finding.op and root.get("kind") == "overflow")
+    if overturned and first == "confirmed" and verification.representable:
+        value = f"{verification.exact_value:.3g}"
+        detail = (f"{unit_label(finding.unit)} makes ±inf/NaN in {verification.working_dtype} although the exact "
+                  f"{verification.quantity} is finite ({value}, float64 replay): an intermediate of the op's "
+                  f"evaluation order leaves the range")
+        if root.get("op") != finding.op:
+            detail += f"; the {root['kind']} at {root['op']} was present, not causal"
+        finding.root_cause = {
+            "op": finding.op, "kind": "evaluation_order", "verdict": "confirmed", "detail": detail,
+            "traced": root,
+        }
+    else:
+        verdict = traced or first
+        if verdict is not None:
+            root["verdict"] = verdict
+        finding.root_cause = root
+
+
+def verify_call(fn: Callable, *args, finding=None, **kwargs) -> tuple[Any, Verification | None]:
+    """Trace ``fn(*args)`` (loss, then backward) and verify its finding; ``(finding, verification)``.
+
+    Floating tensor arguments are the step's inputs: each replay casts them to its dtype and,
+    where they require grad, counts their gradients.
+    """
+    from .tracer import _loss_tensor, trace_call
+
+    if finding is None:
+        finding = trace_call(fn, *args, **kwargs).finding
+    if finding is None:
+        return None, None
+    floats = [a for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()]
+    working = floats[0].dtype if floats else torch.get_default_dtype()
+
+    def forward(dtype):
+        leaves = []
+        cast = []
+        for a in args:
+            if isinstance(a, torch.Tensor) and a.is_floating_point():
+                t = a.detach().to(dtype).requires_grad_(a.requires_grad)
+                leaves.append(t)
+                cast.append(t)
+            else:
+                cast.append(a)
+        loss = _loss_tensor(fn(*cast, **kwargs))
+        return loss, [t for t in leaves if t.requires_grad]
+
+    verification = verify_step(forward, finding, working=working)
+    apply_verification(finding, verification)
+    return finding, verification
