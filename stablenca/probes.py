@@ -109,8 +109,11 @@ def batch_statistics(
         tensors["loss_inf"] = torch.isinf(per_sample).sum()
     if grad_norms is None:
         grads = [p.grad if p.grad is not None else torch.zeros((), dtype=p.dtype) for _, p in named_parameters]
-        grad_norms = torch.stack(torch._foreach_norm(grads)) if grads else torch.zeros(0)
-    param_norms = torch.stack(torch._foreach_norm([p.detach() for _, p in named_parameters])) \
+        # In float64: a finite float32 gradient with entries near 1e35 has a float32 norm of inf,
+        # which would mark a healthy step as failed.
+        grad_norms = torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float64)) if grads else torch.zeros(0)
+    param_norms = torch.stack(torch._foreach_norm([p.detach() for _, p in named_parameters], 2,
+                                                  dtype=torch.float64)) \
         if named_parameters else torch.zeros(0)
     tensors["grad_norm"] = grad_norms.double().norm()
     tensors["grad_nonfinite"] = (~torch.isfinite(grad_norms)).sum()

@@ -343,7 +343,8 @@ class Trainer:
             ctx.loss.backward()
         grads = [p.grad if p.grad is not None else torch.zeros((), dtype=p.dtype, device=p.device)
                  for p in self.model.parameters()]
-        ctx.grad_norms = torch.stack(torch._foreach_norm(grads)) if grads else torch.zeros(0)
+        # float64 norms: a finite gradient with entries near 1e35 must not read as non-finite
+        ctx.grad_norms = torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float64)) if grads else torch.zeros(0)
         # One host sync: the loss and the gradient norms are checked together.
         ctx.finite = bool(torch.isfinite(torch.cat([ctx.loss.detach().reshape(1).to(ctx.grad_norms.dtype),
                                                     ctx.grad_norms])).all())
@@ -362,7 +363,7 @@ class Trainer:
             self.optimizer.step()
             ctx.applied = True
             parameters = [p.detach() for p in self.model.parameters()]
-            ctx.finite = bool(torch.isfinite(torch.stack(torch._foreach_norm(parameters))).all())
+            ctx.finite = bool(torch.isfinite(torch.stack(torch._foreach_norm(parameters, 2, dtype=torch.float64))).all())
         for hook in self.hooks:
             hook.after_step(self, ctx)
         return ctx

@@ -69,6 +69,15 @@ _SKIP = {
     "set_", "_local_scalar_dense", "zeros", "zeros_like", "ones", "ones_like",
     "eye", "arange", "randperm", "_to_dense",
 }
+#: Ops whose outputs are exact values (constants): a subtraction of them loses nothing.
+_EXACT_CREATE = {"zeros", "zeros_like", "ones", "ones_like", "eye", "arange", "full", "full_like", "new_full",
+                 "new_ones", "new_zeros", "scalar_tensor", "lift_fresh_copy"}
+#: Ops that only select, move or negate values: exact inputs give exact outputs.
+_EXACT_SELECT = {"clone", "copy", "_to_copy", "neg", "abs", "where", "masked_fill", "cat", "stack", "index",
+                 "index_select", "gather", "repeat", "expand_copy", "maximum", "minimum", "relu", "flip", "roll",
+                 "tril", "triu", "constant_pad_nd", "_unsafe_view", "clamp", "sign"}
+#: Arithmetic whose result is exact when the operands are and it is an integer below 2^p.
+_EXACT_ARITH = {"add", "sub", "rsub", "mul", "sum"}
 _VIEW_EXTRA = {"_unsafe_view", "lift_fresh", "lift_fresh_copy", "detach", "alias"}
 #: Ops whose output element i depends only on input element i (after broadcasting).
 _ELEMENTWISE = {
@@ -192,7 +201,7 @@ class _Candidate:
     """NaN/Inf produced from finite values, kept until it is used (then analysed) or dropped."""
 
     __slots__ = ("info", "args", "kwargs", "out", "leaf_bad", "index", "phase", "bnode", "module", "src",
-                 "n_nan", "n_inf", "precursors", "versions", "finding", "unit")
+                 "n_nan", "n_inf", "precursors", "versions", "finding", "unit", "func")
 
     def __init__(self, info, args, kwargs, out, leaf_bad, index, phase, bnode, module, src, n_nan, n_inf,
                  precursors):
@@ -201,6 +210,7 @@ class _Candidate:
         self.phase, self.bnode, self.module, self.src = phase, bnode, module, src
         self.n_nan, self.n_inf, self.precursors = n_nan, n_inf, precursors
         self.unit = None
+        self.func = None
         self.versions = [(t, t._version) for _, t in _flat_tensors(args, kwargs) if not t.is_inference()]
         self.finding: Finding | None = None
 
@@ -222,7 +232,11 @@ class _Candidate:
 
 
 def _root_eligible(ev: _Event) -> bool:
-    return ev.kind in PRECURSOR_KINDS or ev.kind == "input"
+    return ev.kind in PRECURSOR_KINDS or ev.kind in ("input", "zero_reduction")
+
+
+#: Reductions whose exact zero is a fact about the data (every reduced value equal, or all zero).
+_SPREAD = {"std", "var", "std_mean", "var_mean", "norm", "linalg_vector_norm", "_euclidean_dist"}
 
 
 class _Mode(TorchDispatchMode):
@@ -306,6 +320,35 @@ def _reduce_dims(args, kwargs, ndim: int) -> tuple[list[int], bool]:
     return [d % max(ndim, 1) for d in dim], keepdim
 
 
+def _recompute_float64(func, args, kwargs, out: torch.Tensor) -> torch.Tensor | None:
+    """``func`` once more with its floating inputs in float64 (aligned with ``out``), or None.
+
+    Separates an overflow (the exact result is finite, only the dtype's range is exceeded)
+    from a pole or a domain error (the exact result is not finite either). None for float64
+    outputs (no wider dtype) and for ops that fail or change shape.
+    """
+    if func is None or out.dtype == torch.float64 or not out.is_floating_point():
+        return None
+
+    def up(a):
+        if isinstance(a, torch.Tensor) and a.is_floating_point():
+            return a.detach().to(torch.float64)
+        if isinstance(a, (list, tuple)):
+            return type(a)(up(b) for b in a)
+        return a
+
+    try:
+        with torch.no_grad():
+            exact = func(*up(tuple(args)), **{k: up(v) for k, v in kwargs.items()})
+    except Exception:
+        return None
+    if isinstance(exact, (tuple, list)):
+        exact = next((e for e in exact if isinstance(e, torch.Tensor) and e.shape == out.shape), None)
+    if not isinstance(exact, torch.Tensor) or exact.shape != out.shape:
+        return None
+    return exact
+
+
 # ----------------------------------------------------------------------------------------
 # the tracer
 
@@ -380,6 +423,10 @@ class Tracer:
         self._storages = WeakIdKeyDictionary()  # storage -> [(geometry, _Event)]: lookup fallback
         self._index = 0
         self._units = UnitCounter()
+        # exactness: tensors known to hold exact values (masks, constants, integer results of
+        # exact ops), and every floating result made under the tracer (the rest are inputs)
+        self._exact = WeakIdKeyDictionary()
+        self._made = WeakIdKeyDictionary()
         self._unit: tuple | None = None
         self._pending = None
         self._modstack: list[str] = []
@@ -500,6 +547,9 @@ class Tracer:
         cat = info.cat
         mapping = self._map
         if cat == _C_VIEW:
+            if args and isinstance(args[0], torch.Tensor) and isinstance(out, torch.Tensor) \
+                    and args[0].is_floating_point():
+                (self._exact if self._is_exact(args[0]) else self._made)[out] = True
             if mapping.data and args and isinstance(args[0], torch.Tensor):
                 ev = self._lookup(args[0])
                 if ev is not None:
@@ -510,6 +560,9 @@ class Tracer:
                             if isinstance(o, torch.Tensor):
                                 mapping[o] = ev
             return
+        if cat == _C_SKIP or info.base in _EXACT_CREATE:
+            if isinstance(out, torch.Tensor) and out.is_floating_point():
+                (self._exact if info.base in _EXACT_CREATE else self._made)[out] = True
         if cat == _C_SKIP:
             if self._candidates and info.short == "_local_scalar_dense" and isinstance(args[0], torch.Tensor):
                 ev = self._lookup(args[0])
@@ -525,6 +578,8 @@ class Tracer:
             outs = ()
         if not outs and info.written:
             outs = tuple(t for i, t in _flat_tensors(args, kwargs) if i in info.written)
+        if info.base not in _EXACT_CREATE:
+            self._track_exact(info, args, kwargs, outs)
 
         node = _current_node()
         if self.sources and node is None and torch.is_grad_enabled():
@@ -600,6 +655,11 @@ class Tracer:
         elif cat == _C_MASK:
             if lo is not None:
                 ev = self._check_mask_op(info, node, args, kwargs, outs[0], tainted)
+        if ev is None and cat == _C_PLAIN and node is None and lo is not None and not info.written \
+                and not info.nocreate and info.base not in _SPREAD:
+            ev = self._check_underflow_any(func, info, node, args, kwargs, outs[0], tainted)
+        if ev is None and info.base in _SPREAD and node is None and lo is not None:
+            ev = self._check_zero_spread(info, node, args, outs[0], tainted)
         if ev is None and tainted:
             ev = self._propagate_finite(info, node, args, kwargs, outs, tainted)
         if ev is not None:
@@ -612,6 +672,41 @@ class Tracer:
                     for cand in (old.extra or {}).get("origins", ()):
                         if cand.out is o:
                             cand.drop()  # its NaN/Inf were overwritten: keep only the counts
+
+    # -- exactness ------------------------------------------------------------------------
+
+    def _is_exact(self, t) -> bool:
+        """Does ``t`` hold exact values: not floating (a bool or integer tensor), a constant,
+        a mask, an integer result of exact ops, or an input (its values are given, not computed)?"""
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            return True
+        for x in (t, t._base):
+            if x is not None and x in self._exact:
+                return True
+        return not (t in self._made or (t._base is not None and t._base in self._made))
+
+    def _track_exact(self, info, args, kwargs, outs) -> None:
+        floating = [o for o in outs if o.is_floating_point()]
+        if not floating:
+            return
+        exact = False
+        if info.base in _EXACT_SELECT or info.base in _EXACT_ARITH:
+            exact = all(self._is_exact(a) for _, a in _flat_tensors(args, kwargs))
+            if exact and info.base in _EXACT_ARITH:
+                limit = 2.0 ** _significand_bits(floating[0].dtype)  # integers below it are exact
+                for o in floating:
+                    if o.numel() and not (bool(torch.equal(o, torch.round(o))) and float(o.abs().max()) <= limit):
+                        exact = False
+        if info.base == "_to_copy" and exact and args and isinstance(args[0], torch.Tensor) \
+                and args[0].is_floating_point():
+            exact = torch.finfo(floating[0].dtype).bits >= torch.finfo(args[0].dtype).bits  # widening only
+        table = self._exact if exact else self._made
+        for o in floating:
+            table[o] = True
+            if exact and o in self._made:  # an in-place write made it exact again
+                del self._made[o]
+            elif not exact and o in self._exact:
+                del self._exact[o]
 
     @staticmethod
     def _cannot_create(args, kwargs, outs) -> bool:
@@ -912,6 +1007,12 @@ class Tracer:
         return _significand_bits(dtype) // 2
 
     def _check_cancellation(self, info, node, args, kwargs, out, tainted) -> _Event | None:
+        if all(self._is_exact(a) for _, a in _flat_tensors(args, kwargs)):
+            # Exact operands: the result is the exact difference rounded once, so nothing was lost
+            # (1 - 1 = 0 in a mask). Its zeros are exact: followed as a mask, never blamed.
+            if out.numel() and int(torch.count_nonzero(out)) < out.numel():
+                return self._mask_event(info, node, out, tainted, out, False)
+            return None
         bits = self._cancel_bits(out.dtype)
         k = 2.0 ** bits - 1.0
         if info.base == "rsub":
@@ -1037,6 +1138,38 @@ class Tracer:
         self._precursor(ev, n_rows)
         return ev
 
+    def _check_underflow_any(self, func, info, node, args, kwargs, out, tainted) -> _Event | None:
+        """Any op (a product, a determinant, a fused kernel): an exact 0.0 whose float64 value is not 0."""
+        if out.dtype == torch.float64 or not out.numel() or int(torch.count_nonzero(out)) == out.numel():
+            return None
+        exact = _recompute_float64(func, args, kwargs, out)
+        if exact is None:
+            return None
+        uf = (out == 0) & (exact != 0) & (exact.abs() < _tiny(out.dtype))
+        n = int(uf.sum())
+        if n == 0:
+            return None
+        detail = (f"{_n(n, 'result')} → 0.0 whose float64 value is not zero (as large as "
+                  f"{_fmt(float(exact[uf].abs().max()))}; {_dtype_name(out.dtype)} normal numbers reach "
+                  f"{_fmt(_tiny(out.dtype))})")
+        ev = self._event(info, node, "underflow", detail, _ZERO | _SMALL,
+                         self._taint_of(tainted, _INEXACT | _ZERO | _SMALL), out)
+        ev.extra = {"small": _SMALL_HOPS}
+        self._precursor(ev, n)
+        return ev
+
+    def _check_zero_spread(self, info, node, args, out, tainted) -> _Event | None:
+        """A std/var/norm that is exactly 0: a divisor's zero that names its reduction."""
+        if not out.is_floating_point() or not out.numel():
+            return None
+        n = out.numel() - int(torch.count_nonzero(out))
+        if n == 0:
+            return None
+        what = "every reduced value is equal" if info.base.startswith(("std", "var")) else "every reduced value is 0"
+        detail = f"{info.base} is exactly 0 in {n} of {out.numel()} outputs ({what})"
+        ev = self._event(info, node, "zero_reduction", detail, _ZERO, self._taint_of(tainted, _ZERO), out)
+        return ev
+
     def _upstream_kinds(self, ev: _Event, limit: int = 64) -> set[str]:
         kinds: set[str] = set()
         stack = [ev]
@@ -1076,7 +1209,7 @@ class Tracer:
             if isinstance(a, torch.Tensor) and a.dtype == torch.bool:
                 return self._mask_event(info, node, out, tainted, a, False)
         for i, ev in tainted or ():
-            if ev.kind == "mask" and ev.extra and i in (0, 1) and ev.op.endswith("_to_copy.default"):
+            if ev.kind == "mask" and ev.extra and i in (0, 1) and "mask" in ev.extra:
                 return self._mask_event(info, node, out, tainted, args[i], False)
         return None
 
@@ -1328,6 +1461,7 @@ class Tracer:
         cand = _Candidate(info, args, kwargs, out, leaf_bad, self._index, phase, bnode, module, src, n_nan, n_inf,
                           list(self.precursors))
         cand.unit = self._unit
+        cand.func = func
         ev = _Event(self._index, info.name, phase, bnode, module, src, "source",
                     f"{n_nan} NaN, {n_inf} ±inf", _BAD, (), out, info.elementwise)
         ev.unit = self._unit
@@ -1362,7 +1496,7 @@ class Tracer:
             explain = [(i, self._lookup_tensor(args, kwargs, i), _BAD, None, ev) for i, ev in leaf_bad]
             prec = None
         else:
-            pattern, kind, explain, prec = self._analyse(info, args, kwargs, out, pos_nan, pos_inf)
+            pattern, kind, explain, prec = self._analyse(info, args, kwargs, out, pos_nan, pos_inf, cand.func)
             explain = [(i, t, need, p, None) for i, t, need, p in explain]
         tiny = None
         if pattern == "overflow" and not leaf_bad:
@@ -1401,6 +1535,8 @@ class Tracer:
                 a, b = path[-1], best[-1]
                 if _root_eligible(a) and (not _root_eligible(b) or a.index < b.index):
                     best, best_entry = path, entry
+            elif pattern == "0/0" and path[-1].kind == "zero_reduction":
+                best, best_entry = path, entry  # a zero spread makes 0/0 whatever the numerator (x = mean)
             elif self._better(path, best):
                 best, best_entry = path, entry
         first = ChainLink(info.name, phase, first_detail, tensor_stats(out), "source", bnode, module,
@@ -1421,7 +1557,7 @@ class Tracer:
             if _root_eligible(best[-1]):
                 root = best[-1]
         if root is not None:
-            rkind = "nonfinite_input" if root.kind == "input" else root.kind
+            rkind = {"input": "nonfinite_input", "zero_reduction": "division_by_zero"}.get(root.kind, root.kind)
             root_cause = {"op": "input" if root.kind == "input" else root.op, "kind": rkind, "detail": root.detail}
         else:
             rdetail = detail
@@ -1573,7 +1709,7 @@ class Tracer:
         return ChainLink(ev.op, ev.phase, ev.detail, stats, kind, ev.node, ev.module, _format_source(ev.src),
                          list(ev.unit) if ev.unit else None)
 
-    def _analyse(self, info, args, kwargs, out, pos_nan, pos_inf):
+    def _analyse(self, info, args, kwargs, out, pos_nan, pos_inf, func=None):
         """(pattern, root kind if nothing upstream, [(argpos, tensor, need, positions)], precursor)."""
         base = info.base
         dtype = out.dtype
@@ -1704,10 +1840,32 @@ class Tracer:
                 if x.dim() and any(x.shape[d] == 0 for d in dims):
                     return ("mean of an empty set", "empty_set", [],
                             ("empty_set", f"mean over 0 elements → NaN in {out.numel()} rows", out.numel()))
-        # generic
+        # generic: decided by properties of this op's values, not by its name
+        empty = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and a.dim() and a.numel() == 0]
+        if empty and cnt(pos_nan):  # a fused op (a loss) that reduced over nothing
+            n = cnt(pos_nan)
+            return ("reduction over an empty set", "empty_set", [],
+                    ("empty_set", f"{info.short} reduced over 0 elements (input {empty[0]} is empty) → NaN", n))
         if finite_inputs:
             n_inf = cnt(pos_inf & ~pos_nan)
             n_nan = cnt(pos_nan)
+            exact = _recompute_float64(func, args, kwargs, out)
+            if exact is not None:
+                # float64 is itself finite-ranged: exp(x) for x > 709.78 is inf there too. An input that
+                # large can overflow float64, so only smaller inputs make an infinite recompute a pole.
+                big = max((float(a.abs().max()) for _, a in tensors if a.numel()), default=0.0)
+                e_inf = cnt((pos_inf | pos_nan) & torch.isinf(exact)) if big < math.log(torch.finfo(
+                    torch.float64).max) else 0
+                e_nan = cnt((pos_inf | pos_nan) & torch.isnan(exact))
+                if e_inf:
+                    lo_in = min((float(a.min()) for _, a in tensors if a.numel()), default=0.0)
+                    hi_in = max((float(a.max()) for _, a in tensors if a.numel()), default=0.0)
+                    d = (f"{_n(e_inf, 'result')} infinite in exact arithmetic too (float64 recompute: ±inf, inputs "
+                         f"from {_fmt(lo_in)} to {_fmt(hi_in)}): a pole or an infeasible problem, not an overflow")
+                    return "pole", "pole", [(i, a, _ZERO | _INEXACT, None) for i, a in tensors], ("pole", d, e_inf)
+                if e_nan:
+                    return ("NaN from finite inputs", "domain",
+                            [(i, a, _INEXACT | _ZERO, None) for i, a in tensors], None)
             if n_inf and not n_nan:
                 d = ov_detail(n_inf)
                 return "overflow", "overflow", [(i, a, _INEXACT | _SMALL, None) for i, a in tensors], \
