@@ -200,8 +200,8 @@ def test_a_failure_of_the_mathematics_is_exact():
     assert "no rounding is to blame" in verification.statement
 
 
-@pytest.mark.parametrize("run, node_value", [("modernnca-ratio-float32", 1.18e21), ("seed-ratio-float32", 2.58e25)])
-def test_committed_ratio_capsules_verdicts(run, node_value):
+@pytest.mark.parametrize("run", ["modernnca-ratio-float32", "seed-ratio-float32"])
+def test_committed_ratio_capsules_verdicts(run):
     from stablenca.sentinel import replay
 
     finding, _ = replay(REPORT / run / "capsule.pt")
@@ -209,7 +209,12 @@ def test_committed_ratio_capsules_verdicts(run, node_value):
     assert finding.op == "aten.div.Tensor" and finding.backward_node == "DivBackward0"
     first = next(c for c in v["candidates"] if c["role"] == "first non-finite op")
     assert first["label"] == "DivBackward0 (backward)" and first["verdict"] == "confirmed"
-    assert v["representable"] and v["exact_value"] == pytest.approx(node_value, rel=0.01)
+    # d/dP_diff of mean(-log(P_same / P_diff)) is 1 / (N P_diff): largest at the smallest P_diff,
+    # which the finding records (float32). The float32 P_diff is a sum of about 1.8k rounded exp
+    # terms: relative error at most about n * 2^-24 = 1e-4 (sequential summation bound), so 2e-4.
+    divisor = finding.inputs[1]
+    assert v["representable"]
+    assert v["exact_value"] == pytest.approx(1.0 / (divisor["numel"] * divisor["min"]), rel=2e-4)
     assert v["promotion_set"] == ["DivBackward0 (backward)"]
     assert finding.root_cause["kind"] == "evaluation_order"
     if run.startswith("modernnca"):

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from .ops import _broadcast, _positions_for
-from .provenance import _BAD, _SMALL, _Candidate, _Event, _root_eligible
+from .provenance import _BAD, _INFOK, _SMALL, _Candidate, _Event, _root_eligible
 from .records import ChainLink, Finding, _dtype_name, _fmt, _format_source, _small, tensor_stats
 
 
@@ -248,3 +248,43 @@ class ChainSearch:
         kind = ev.kind
         return ChainLink(ev.op, ev.phase, ev.detail, stats, kind, ev.node, ev.module, _format_source(ev.src),
                          list(ev.unit) if ev.unit else None)
+
+    def _check_value(self, value: torch.Tensor, what: str) -> None:
+        v = value.detach()
+        if v.numel() == 0 or bool(torch.isfinite(v).all()):
+            return
+        ev = self._map.get(value) or (self._map.get(value._base) if value._base is not None else None)
+        origins = (ev.extra or {}).get("origins", ()) if ev is not None else ()
+        if origins:  # the candidate's NaN/Inf is the result itself
+            self._confirm(origins[:1])
+            if self.finding is not None:
+                return
+        pos = torch.isnan(v) | torch.isinf(v)
+        pattern = f"non-finite {what}"
+        detail = f"{pattern}: {int(pos.sum())} of {v.numel()} elements"
+        chain = [ChainLink(ev.op if ev else "result", ev.phase if ev else "forward", detail, tensor_stats(v),
+                           "source", ev.node if ev else None, ev.module if ev else None,
+                           _format_source(ev.src) if ev else None)]
+        root_cause = {"op": ev.op if ev else "result", "kind": "unknown", "detail": detail}
+        if ev is not None:
+            path = self._walk(ev, None, _INFOK | _BAD, 0, {})
+            for e in path[1:]:
+                chain.append(self._link(e))
+            term = path[-1]
+            if _root_eligible(term):
+                is_input = term.kind == "input"
+                root_cause = {"op": "input" if is_input else term.op,
+                              "kind": "nonfinite_input" if is_input else term.kind, "detail": term.detail}
+            elif term.kind == "leaf_inf":
+                root_cause = {"op": "input", "kind": "nonfinite_input",
+                              "detail": f"{term.detail}; it reached the {what}"}
+            elif term.kind == "allowed_inf":
+                root_cause["detail"] = f"{detail}; an intentional ±inf from {term.op} reached the {what}"
+        finding = Finding(
+            op=ev.op if ev else "result", phase=ev.phase if ev else "forward", backward_node=ev.node if ev else None,
+            module=ev.module if ev else None, source=_format_source(ev.src) if ev else None, inputs=[],
+            output=tensor_stats(v), pattern=pattern, detail=detail, chain=chain, root_cause=root_cause,
+            precursors=list(self.precursors), index=ev.index if ev else self._index,
+        )
+        self.findings.append(finding)
+        self.finding = finding

@@ -8,6 +8,7 @@ returns an :class:`~stablenca.trace.provenance._Event` or None; the tracer recor
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -654,3 +655,75 @@ class Detectors:
         n_inf = cnt(pos_inf)
         return "overflow", "overflow", [(i, a, _INEXACT | _SMALL | _INFOK, None) for i, a in tensors], \
             ("overflow", ov_detail(n_inf), n_inf)
+
+    def _allowed(self, info, func, args, kwargs) -> bool:
+        if info.name in self._allow_names_user or info.packet in self._allow_names_user \
+                or info.short in self._allow_names_user:
+            return True
+        for pred in self._allow_preds:
+            if pred(func, args, kwargs):
+                return True
+        if info.packet in self._allow_names_default or info.name in self._allow_names_default:
+            for a in list(args[1:]) + list(kwargs.values()):
+                if isinstance(a, (int, float)) and not isinstance(a, bool) and math.isinf(a):
+                    return True
+        return False
+
+    def _nonfinite(self, info, func, node, args, kwargs, outs, tainted) -> None:
+        float_outs = [o for o in outs if o.dtype.is_floating_point and o.numel()]
+        out_nan = any(math.isnan(torch.aminmax(o)[0].item()) for o in float_outs)  # NaN propagates
+        in_bad: list[tuple[Any, _Event]] = []
+        in_inf: list[tuple[Any, _Event]] = []
+        in_nonfinite = False
+        written = info.written
+        for i, a in _flat_tensors(args, kwargs):
+            if not (a.dtype.is_floating_point and a.numel()):
+                continue
+            ev = self._lookup(a)
+            if ev is None:
+                if i in written:  # overwritten by this op: its old values are gone
+                    continue
+                lo_t, hi_t = torch.aminmax(a)
+                if math.isfinite(lo_t.item()) and math.isfinite(hi_t.item()):
+                    continue
+                ev = self._leaf_event(info, node, a)
+                if ev is None:
+                    continue
+            if ev.taint & _BAD:
+                in_nonfinite = True
+                in_bad.append((i, ev))
+            elif ev.taint & _INFOK:
+                in_nonfinite = True
+                in_inf.append((i, ev))
+        out0 = float_outs[0] if float_outs else outs[0]
+
+        if not in_nonfinite:
+            if not out_nan and self._allowed(info, func, args, kwargs):
+                ev = self._event(info, node, "allowed_inf", f"intentional ±inf ({info.short})", _INFOK, (), out0)
+                self._map_outs(info, outs, ev)
+                return
+            self._record_finding(info, func, node, args, kwargs, outs, tainted, leaf_bad=None)
+            return
+        if in_bad:
+            fresh = [(i, ev) for i, ev in in_bad if ev.kind == "input" and not (ev.extra or {}).get("origins")]
+            if fresh:
+                self._record_finding(info, func, node, args, kwargs, outs, tainted, leaf_bad=fresh)
+                return
+            ev = self._event(info, node, None, "", _BAD, in_bad, out0)
+            origins = self._origins(in_bad)
+            ev.extra = {"origins": origins}
+            self._map_outs(info, outs, ev)
+            self._confirm(origins)  # the NaN/Inf of an earlier candidate went on: it is real
+            return
+        # only intentional infinities come in
+        if out_nan or self._new_inf(info, args, kwargs, float_outs):
+            self._record_finding(info, func, node, args, kwargs, outs, tainted, leaf_bad=None)
+            return
+        kind, detail, n_rows = None, "", 0
+        if info.base in ("logsumexp", "amax", "max", "_softmax", "_log_softmax"):
+            kind, detail, n_rows = self._inf_rows(info, args, kwargs, out0)
+        ev = self._event(info, node, kind, detail, _INFOK, in_inf, out0, stats=kind is not None)
+        if kind is not None:
+            ev.extra = {"rows_zero": None}
+            self._precursor(ev, n_rows)
+        self._map_outs(info, outs, ev)

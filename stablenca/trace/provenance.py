@@ -12,7 +12,7 @@ import weakref
 import torch
 
 from .ops import _EXACT_ARITH, _EXACT_SELECT, _flat_tensors
-from .records import PRECURSOR_KINDS, ChainLink, Finding, _format_source, _significand_bits
+from .records import PRECURSOR_KINDS, ChainLink, Finding, _dtype_name, _format_source, _significand_bits, tensor_stats
 
 # Taint bits: why a tensor produced under the tracer is worth following back.
 _ZERO = 1  # carries zeros of interest (underflow, cancellation to 0, mask, empty set)
@@ -246,3 +246,29 @@ class Provenance:
             for f in (ev.extra or {}).get("origins", ()):
                 found.setdefault(id(f), f)
         return tuple(sorted(found.values(), key=lambda f: f.index))
+
+    def _leaf_event(self, info, node, t: torch.Tensor) -> _Event | None:
+        """An event for a non-finite tensor that was not produced under the tracer."""
+        has_nan = bool(torch.isnan(t).any())
+        if not has_nan and not bool(torch.isinf(t).any()):
+            return None
+        owner = t._base if t._base is not None else t  # a view such as weight.t() names its base
+        name = self._paramnames.get(id(owner))
+        is_param = (isinstance(owner, torch.nn.Parameter) or name is not None
+                    or (owner.is_leaf and owner.requires_grad))
+        st = tensor_stats(t)
+        what = f"parameter {name}" if name else ("a parameter" if is_param else "an input tensor")
+        if owner is not t:
+            what += " (seen through a view)"
+        counts = ", ".join(f"{st[k]} {lbl}" for k, lbl in (("nan", "NaN"), ("posinf", "+inf"),
+                                                           ("neginf", "-inf")) if st[k])
+        detail = (f"{what} {_dtype_name(t.dtype)}{list(t.shape)} already holds {counts} "
+                  f"(not produced under the tracer)")
+        bad = has_nan or is_param
+        ev = _Event(self._index, "input", "forward" if node is None else "backward", None, None, None,
+                    "input" if bad else "leaf_inf", detail, _BAD if bad else _INFOK, (), t, False)
+        ev.stats = st
+        self._map[t] = ev
+        if owner is not t:
+            self._map[owner] = ev
+        return ev

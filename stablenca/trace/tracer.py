@@ -15,7 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.weak import WeakIdKeyDictionary
 
 from .units import UnitCounter
-from .records import ChainLink, Finding, Precursor, TraceResult, _dtype_name, _format_source, _small, _tiny, \
+from .records import Finding, Precursor, TraceResult, _format_source, _small, _tiny, \
     tensor_stats
 
 #: Ops that may write ±inf on purpose when one of their scalar arguments is ±inf.
@@ -45,7 +45,7 @@ from .chain import ChainSearch
 from .detectors import Detectors
 from .ops import _INFOS, _C_CANCEL, _C_MASK, _C_PLAIN, _C_REDUCE, _C_SKIP, _C_UF_POS, _C_UF_SIGNED, \
     _C_VIEW, _EXACT_CREATE, _SPREAD, _OpInfo, _current_node, _flat_tensors
-from .provenance import _BAD, _INFOK, _MAX_HELD, _Candidate, _Event, Provenance, _root_eligible
+from .provenance import _BAD, _MAX_HELD, _Candidate, _Event, Provenance
 
 class _Mode(TorchDispatchMode):
     def __init__(self, tracer: Tracer) -> None:
@@ -430,104 +430,6 @@ class Tracer(Provenance, Detectors, ChainSearch):
 
     # -- non-finite outputs ---------------------------------------------------------------
 
-    def _allowed(self, info, func, args, kwargs) -> bool:
-        if info.name in self._allow_names_user or info.packet in self._allow_names_user \
-                or info.short in self._allow_names_user:
-            return True
-        for pred in self._allow_preds:
-            if pred(func, args, kwargs):
-                return True
-        if info.packet in self._allow_names_default or info.name in self._allow_names_default:
-            for a in list(args[1:]) + list(kwargs.values()):
-                if isinstance(a, (int, float)) and not isinstance(a, bool) and math.isinf(a):
-                    return True
-        return False
-
-    def _leaf_event(self, info, node, t: torch.Tensor) -> _Event | None:
-        """An event for a non-finite tensor that was not produced under the tracer."""
-        has_nan = bool(torch.isnan(t).any())
-        if not has_nan and not bool(torch.isinf(t).any()):
-            return None
-        owner = t._base if t._base is not None else t  # a view such as weight.t() names its base
-        name = self._paramnames.get(id(owner))
-        is_param = (isinstance(owner, torch.nn.Parameter) or name is not None
-                    or (owner.is_leaf and owner.requires_grad))
-        st = tensor_stats(t)
-        what = f"parameter {name}" if name else ("a parameter" if is_param else "an input tensor")
-        if owner is not t:
-            what += " (seen through a view)"
-        counts = ", ".join(f"{st[k]} {lbl}" for k, lbl in (("nan", "NaN"), ("posinf", "+inf"),
-                                                           ("neginf", "-inf")) if st[k])
-        detail = (f"{what} {_dtype_name(t.dtype)}{list(t.shape)} already holds {counts} "
-                  f"(not produced under the tracer)")
-        bad = has_nan or is_param
-        ev = _Event(self._index, "input", "forward" if node is None else "backward", None, None, None,
-                    "input" if bad else "leaf_inf", detail, _BAD if bad else _INFOK, (), t, False)
-        ev.stats = st
-        self._map[t] = ev
-        if owner is not t:
-            self._map[owner] = ev
-        return ev
-
-    def _nonfinite(self, info, func, node, args, kwargs, outs, tainted) -> None:
-        float_outs = [o for o in outs if o.dtype.is_floating_point and o.numel()]
-        out_nan = any(math.isnan(torch.aminmax(o)[0].item()) for o in float_outs)  # NaN propagates
-        in_bad: list[tuple[Any, _Event]] = []
-        in_inf: list[tuple[Any, _Event]] = []
-        in_nonfinite = False
-        written = info.written
-        for i, a in _flat_tensors(args, kwargs):
-            if not (a.dtype.is_floating_point and a.numel()):
-                continue
-            ev = self._lookup(a)
-            if ev is None:
-                if i in written:  # overwritten by this op: its old values are gone
-                    continue
-                lo_t, hi_t = torch.aminmax(a)
-                if math.isfinite(lo_t.item()) and math.isfinite(hi_t.item()):
-                    continue
-                ev = self._leaf_event(info, node, a)
-                if ev is None:
-                    continue
-            if ev.taint & _BAD:
-                in_nonfinite = True
-                in_bad.append((i, ev))
-            elif ev.taint & _INFOK:
-                in_nonfinite = True
-                in_inf.append((i, ev))
-        out0 = float_outs[0] if float_outs else outs[0]
-
-        if not in_nonfinite:
-            if not out_nan and self._allowed(info, func, args, kwargs):
-                ev = self._event(info, node, "allowed_inf", f"intentional ±inf ({info.short})", _INFOK, (), out0)
-                self._map_outs(info, outs, ev)
-                return
-            self._record_finding(info, func, node, args, kwargs, outs, tainted, leaf_bad=None)
-            return
-        if in_bad:
-            fresh = [(i, ev) for i, ev in in_bad if ev.kind == "input" and not (ev.extra or {}).get("origins")]
-            if fresh:
-                self._record_finding(info, func, node, args, kwargs, outs, tainted, leaf_bad=fresh)
-                return
-            ev = self._event(info, node, None, "", _BAD, in_bad, out0)
-            origins = self._origins(in_bad)
-            ev.extra = {"origins": origins}
-            self._map_outs(info, outs, ev)
-            self._confirm(origins)  # the NaN/Inf of an earlier candidate went on: it is real
-            return
-        # only intentional infinities come in
-        if out_nan or self._new_inf(info, args, kwargs, float_outs):
-            self._record_finding(info, func, node, args, kwargs, outs, tainted, leaf_bad=None)
-            return
-        kind, detail, n_rows = None, "", 0
-        if info.base in ("logsumexp", "amax", "max", "_softmax", "_log_softmax"):
-            kind, detail, n_rows = self._inf_rows(info, args, kwargs, out0)
-        ev = self._event(info, node, kind, detail, _INFOK, in_inf, out0, stats=kind is not None)
-        if kind is not None:
-            ev.extra = {"rows_zero": None}
-            self._precursor(ev, n_rows)
-        self._map_outs(info, outs, ev)
-
     def _confirm(self, origins) -> None:
         for cand in origins:
             if cand.finding is None and any(cand is c for c in self._candidates):
@@ -594,45 +496,6 @@ class Tracer(Provenance, Detectors, ChainSearch):
                 self._check_value(value, what)
         return self.finding
 
-    def _check_value(self, value: torch.Tensor, what: str) -> None:
-        v = value.detach()
-        if v.numel() == 0 or bool(torch.isfinite(v).all()):
-            return
-        ev = self._map.get(value) or (self._map.get(value._base) if value._base is not None else None)
-        origins = (ev.extra or {}).get("origins", ()) if ev is not None else ()
-        if origins:  # the candidate's NaN/Inf is the result itself
-            self._confirm(origins[:1])
-            if self.finding is not None:
-                return
-        pos = torch.isnan(v) | torch.isinf(v)
-        pattern = f"non-finite {what}"
-        detail = f"{pattern}: {int(pos.sum())} of {v.numel()} elements"
-        chain = [ChainLink(ev.op if ev else "result", ev.phase if ev else "forward", detail, tensor_stats(v),
-                           "source", ev.node if ev else None, ev.module if ev else None,
-                           _format_source(ev.src) if ev else None)]
-        root_cause = {"op": ev.op if ev else "result", "kind": "unknown", "detail": detail}
-        if ev is not None:
-            path = self._walk(ev, None, _INFOK | _BAD, 0, {})
-            for e in path[1:]:
-                chain.append(self._link(e))
-            term = path[-1]
-            if _root_eligible(term):
-                is_input = term.kind == "input"
-                root_cause = {"op": "input" if is_input else term.op,
-                              "kind": "nonfinite_input" if is_input else term.kind, "detail": term.detail}
-            elif term.kind == "leaf_inf":
-                root_cause = {"op": "input", "kind": "nonfinite_input",
-                              "detail": f"{term.detail}; it reached the {what}"}
-            elif term.kind == "allowed_inf":
-                root_cause["detail"] = f"{detail}; an intentional ±inf from {term.op} reached the {what}"
-        finding = Finding(
-            op=ev.op if ev else "result", phase=ev.phase if ev else "forward", backward_node=ev.node if ev else None,
-            module=ev.module if ev else None, source=_format_source(ev.src) if ev else None, inputs=[],
-            output=tensor_stats(v), pattern=pattern, detail=detail, chain=chain, root_cause=root_cause,
-            precursors=list(self.precursors), index=ev.index if ev else self._index,
-        )
-        self.findings.append(finding)
-        self.finding = finding
 
 
 # ----------------------------------------------------------------------------------------
