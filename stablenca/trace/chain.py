@@ -94,8 +94,8 @@ class ChainSearch:
                     link.detail = f"{link.detail}, {link.phase}" if link.detail else link.phase
                 prev_phase = link.phase
                 chain.append(link)
-            if _root_eligible(best[-1]):
-                root = best[-1]
+            if _root_eligible(best[-1]) or best[-1].kind == "zero_reduction":
+                root = best[-1]  # a zero spread is a root only as the divisor of this 0/0
         if root is not None:
             rkind = {"input": "nonfinite_input", "zero_reduction": "division_by_zero"}.get(root.kind, root.kind)
             root_cause = {"op": "input" if root.kind == "input" else root.op, "kind": rkind, "detail": root.detail}

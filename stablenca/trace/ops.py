@@ -113,7 +113,7 @@ class _OpInfo:
 
 
 #: Reductions whose exact zero is a fact about the data (every reduced value equal, or all zero).
-_SPREAD = {"std", "var", "std_mean", "var_mean", "norm", "linalg_vector_norm", "_euclidean_dist"}
+_SPREAD = {"std", "var", "std_mean", "var_mean", "norm", "linalg_vector_norm"}
 
 
 def _flat_tensors(args, kwargs):

@@ -100,7 +100,7 @@ class _Candidate:
 
 
 def _root_eligible(ev: _Event) -> bool:
-    return ev.kind in PRECURSOR_KINDS or ev.kind in ("input", "zero_reduction")
+    return ev.kind in PRECURSOR_KINDS or ev.kind == "input"
 
 
 class Provenance:
