@@ -44,3 +44,54 @@ def test_watch_full_mode_finds_the_same_op(tmp_path):
     full = _loop("full", tmp_path)
     assert full.finding.op == sentinel.finding.op
     assert full.finding.root_cause == sentinel.finding.root_cause
+
+
+def test_sigterm_finishes_the_step_writes_the_summary_and_exits_143(tmp_path):
+    import json
+    import os
+    import signal
+
+    import pytest
+
+    from stablenca.errors import EXIT_TERMINATED
+
+    model = torch.nn.Linear(4, 1)
+    x = torch.randn(8, 4)
+    steps_done = []
+    with pytest.raises(SystemExit) as exited:
+        with watch(model, out=tmp_path / "run") as w:
+            for step in range(100):
+                def closure():
+                    model.zero_grad()
+                    loss = model(x).pow(2).mean()
+                    if step == 2:
+                        os.kill(os.getpid(), signal.SIGTERM)  # preempted in the middle of step 2
+                    loss.backward()
+                    return loss
+                w.step(closure)
+                steps_done.append(step)
+                if w.should_stop:
+                    break
+    assert exited.value.code == EXIT_TERMINATED
+    assert steps_done == [0, 1, 2] and w.interrupted and w.terminated and not w.failed  # step 2 was finished
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
+    lines = (tmp_path / "run" / "watch" / "records.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and json.loads(lines[-1])["interrupted"] == "SIGTERM"
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["interrupted"] is True and summary["signal"] == "SIGTERM"
+    assert summary["runs"][0]["status"] == "interrupted" and summary["runs"][0]["steps_run"] == 3
+
+
+def test_the_watch_keeps_a_sigterm_handler_the_program_installed():
+    import signal
+
+    def mine(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        with watch(torch.nn.Linear(2, 1)):
+            assert signal.getsignal(signal.SIGTERM) is mine
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, previous)
