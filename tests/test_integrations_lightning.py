@@ -28,11 +28,11 @@ class _LogSumExp(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def _fit(module, callbacks, epochs=3):
+def _fit(module, callbacks, epochs=3, **options):
     torch.manual_seed(0)
     data = torch.utils.data.TensorDataset(torch.randn(64, 4), torch.arange(64) % 3)
     trainer = pl.Trainer(max_epochs=epochs, callbacks=callbacks, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", **options)
     trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=8))
     return trainer
 
@@ -67,3 +67,69 @@ def test_a_healthy_fit_is_recorded_batch_by_batch(tmp_path):
     assert [r["epoch"] for r in callback.watch.records] == [0] * 8 + [1] * 8
     summary = json.loads((tmp_path / "pl" / "summary.json").read_text())
     assert summary["runs"][0]["status"] == "completed" and summary["runs"][0]["steps_run"] == 16
+
+
+class _Cancellation(pl.LightningModule):
+    """1 / (y1 - y0) with y1 = 1.001 x, y0 = x: bfloat16 (8 significant bits) rounds both to x -> 1/0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(1, 2, bias=False)
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.tensor([[1.0], [1.001]]))
+
+    def training_step(self, batch, batch_idx):
+        y = self.linear(torch.ones(4, 1))
+        return (1.0 / (y[:, 1] - y[:, 0])).float().mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def test_bf16_mixed_is_replayed_in_bfloat16_and_would_be_finite_in_float32():
+    callback = StableNCACallback()
+    _fit(_Cancellation(), [callback], epochs=1, precision="bf16-mixed")
+    watch = callback.watch
+    assert watch.failed_at == {"epoch": 0, "step": 0}
+    explained = watch.records[0]["first_nonfinite"]
+    assert explained["output"]["dtype"] == "bfloat16"  # the replay ran under Lightning's autocast
+    assert explained["float32"]["finite"] is True
+
+
+class _Regression(pl.LightningModule):
+    """MSE against targets of size ~100: scaled by 2**16 its gradient overflows float16 in the backward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(8, 1)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return torch.nn.functional.mse_loss(self.linear(x).float(), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=1e-4)
+
+
+def test_16_mixed_scaler_skips_are_recorded_not_failures():
+    """Lightning's 16-mixed plugin with its GradScaler (built by hand: Lightning picks bf16 on CPU)."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(64, 8), torch.randn(64, 1) * 100)
+    callback = StableNCACallback()
+    plugin = MixedPrecision("16-mixed", "cpu", torch.amp.GradScaler("cpu", init_scale=2.0 ** 16))
+    trainer = pl.Trainer(max_epochs=10, callbacks=[callback], logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+                         plugins=[plugin])
+    trainer.fit(_Regression(), torch.utils.data.DataLoader(data, batch_size=64))
+    watch = callback.watch
+    assert trainer.global_step == 10 and not watch.failed  # the fit was not stopped by the skips
+    statuses = [r["status"] for r in watch.records]
+    n_skipped = statuses.count("skipped")
+    assert 0 < n_skipped < 10 and statuses == ["skipped"] * n_skipped + ["ok"] * (10 - n_skipped)
+    assert [r["loss_scale"] for r in watch.records[:n_skipped + 1]] == [2.0 ** (16 - k) for k in range(n_skipped + 1)]
+    # The recorded loss is the unscaled one: the same on every skipped step (nothing was applied).
+    assert len({r["loss"] for r in watch.records[:n_skipped + 1]}) == 1
+    first = watch.records[0]["finding"]
+    assert first["dtype"] == "float16" and first["root_cause"] == "overflow" and first["float32"]["finite"] is True

@@ -11,8 +11,12 @@ Lightning's hooks (automatic optimisation):
 * ``on_before_backward``: keep the loss;
 * ``on_before_optimizer_step``: the gradients exist: record the batch through the
   recorder's probes; on the first non-finite step, replay ``training_step`` + backward
-  under the tracer from the pre-step state, write the capsule and the finding, drop the
+  under the tracer from the pre-step state (inside Lightning's precision context, so
+  ``precision="bf16-mixed"``/``"16-mixed"`` replays in half precision, and the float32
+  counterfactual switches that autocast off), write the capsule and the finding, drop the
   gradients (so the optimizer does not apply NaN) and set ``trainer.should_stop``.
+  With ``precision="16-mixed"`` the plugin's GradScaler is handed to the watch: a step it
+  skips is recorded as ``skipped``, not a failure.
 
 On ``on_fit_end`` (or an exception) the run set is closed: ``stablenca report OUT``
 reads it. Only single-process fits are tested: with a multi-process strategy the watch
@@ -50,6 +54,7 @@ class StableNCACallback(pl.Callback):
         self._sink: dict[str, Any] = {}
         self._loss: torch.Tensor | None = None
         self._batch: tuple[Any, int] | None = None
+        self._precision = None
 
     # -- set-up and tear-down ----------------------------------------------------------
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -59,7 +64,11 @@ class StableNCACallback(pl.Callback):
             raise ConfigError("StableNCACallback needs automatic optimisation (it replays training_step)",
                               fix="use stablenca.watch(...) inside a manual-optimisation training_step")
         optimizer = trainer.optimizers[0] if trainer.optimizers else None
-        self.watch = Watch(pl_module, optimizer, out=self.out, mode=self.mode, force=self.force, run=self.run)
+        # precision="16-mixed" scales the loss with a GradScaler: its skips are not failures.
+        self._precision = trainer.precision_plugin
+        scaler = getattr(self._precision, "scaler", None)
+        self.watch = Watch(pl_module, optimizer, out=self.out, mode=self.mode, force=self.force, run=self.run,
+                           scaler=scaler)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._finish()
@@ -82,7 +91,10 @@ class StableNCACallback(pl.Callback):
         self._sink = self._published.enter_context(capture())
 
     def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
-        self._loss = loss
+        # With a GradScaler Lightning hands this hook the scaled loss; the scale is a power of
+        # two, so dividing by it gives the loss back exactly.
+        scaler = self.watch.scaler
+        self._loss = loss.detach() / scaler.get_scale() if scaler is not None else loss.detach()
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         published = dict(self._sink)
@@ -91,13 +103,16 @@ class StableNCACallback(pl.Callback):
             return
         batch, batch_idx = self._batch
 
-        def replay():
-            out = pl_module.training_step(batch, batch_idx)
+        def replay():  # as Lightning runs the step: fresh gradients, its autocast context, its loss scaling
+            optimizer.zero_grad(set_to_none=True)
+            with self._precision.train_step_context():
+                out = pl_module.training_step(batch, batch_idx)
             loss = out["loss"] if isinstance(out, dict) else out
-            loss.backward()
+            scaler = self.watch.scaler
+            (scaler.scale(loss) if scaler is not None else loss).backward()
             return loss
 
-        self.watch.observe(self._loss.detach(), published, replay, epoch=trainer.current_epoch)
+        self.watch.observe(self._loss, published, replay, epoch=trainer.current_epoch)
         if self.watch.should_stop:
             optimizer.zero_grad(set_to_none=True)  # the optimizer skips parameters without a gradient
             trainer.should_stop = True
