@@ -239,19 +239,29 @@ class Watch:
         finding = tracer.finding if tracer is not None else None
         if finding is None:
             finding = self._replay(closure)
-        explained: dict[str, Any] | None = None
-        if finding is not None:
-            explained = finding.to_dict()
-            if finding_dtype(finding) in HALF_DTYPES and self.agreement is None:
-                explained["float32"] = self._float32_counterfactual(closure)
+        explained: dict[str, Any] | None = finding.to_dict() if finding is not None else None
+        half = finding_dtype(finding) in HALF_DTYPES
         if record["status"] == "skipped" and not first_failure:
+            # Every rank skips the same step (the gradients are all-reduced), so under DDP every
+            # rank runs the counterfactual, keeping the replays' collectives in step.
+            if half or (self.agreement is not None and self.scaler is not None):
+                counterfactual = self._float32_counterfactual(closure)
+                if explained is not None:
+                    explained["float32"] = counterfactual
             record["finding"] = _short(explained)
             return
         self.failed_at = {"epoch": epoch, "step": self._step}
         self.finding = finding
-        record["first_nonfinite"] = explained
         report = {"rank": self.rank, "finite": record["finite"], "finding": explained}
         reports = self.agreement.gather(report) if self.agreement is not None else [report]
+        # Decided on what every rank found, so all ranks replay together (or none does).
+        if any((r["finding"] or {}).get("output", {}).get("dtype") in HALF_DTYPES for r in reports):
+            counterfactual = self._float32_counterfactual(closure)
+            if explained is not None:
+                explained["float32"] = counterfactual
+            if self.agreement is not None:
+                reports = self.agreement.gather(report)
+        record["first_nonfinite"] = explained
         self.first_failing_rank = distributed.first_failing_rank(reports)
         self._first_failing = reports[self.first_failing_rank] if self.first_failing_rank is not None else None
         if self.agreement is not None:
@@ -272,14 +282,18 @@ class Watch:
         return replay.finding
 
     def _float32_counterfactual(self, closure) -> dict[str, Any]:
-        """Rerun the step with autocast switched off; then rerun it as it was, so the gradients are the step's."""
+        """Rerun the step with autocast switched off; then rerun it as it was, so the gradients are the step's.
+
+        Under DDP both reruns keep their gradients local (``no_sync``): the question is whether
+        this rank's own computation is finite in float32.
+        """
         self.snapshot.restore()
-        with eager(), capture(), autocast_disabled() as seen:
+        with eager(), distributed.no_gradient_sync(self.model), capture(), autocast_disabled() as seen:
             loss = closure()
             grads = [p.grad for _, p in self._named if p.grad is not None]
             finite = bool(torch.isfinite(loss.detach()).all()) and all(bool(torch.isfinite(g).all()) for g in grads)
         self.snapshot.restore()
-        with capture():
+        with eager(), distributed.no_gradient_sync(self.model), capture():
             closure()
         if not seen["autocast"]:
             return {"finite": None, "why": "the step did not enter torch.autocast: its half precision is the "

@@ -34,8 +34,12 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _rank_main(rank: int, world: int, port: int, out: str, bad_rank: int | None, steps: int, pause: float) -> None:
-    """One rank: DDP over gloo, the same model everywhere; ``bad_rank``'s data overflows exp at step 3."""
+def _rank_main(rank: int, world: int, port: int, out: str, bad_rank: int | None, steps: int, pause: float,
+               half: bool = False) -> None:
+    """One rank: DDP over gloo, the same model everywhere; ``bad_rank``'s data overflows exp at step 3.
+
+    ``half``: the forward runs under bfloat16 autocast.
+    """
     import stablenca
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -59,7 +63,9 @@ def _rank_main(rank: int, world: int, port: int, out: str, bad_rank: int | None,
             def closure():
                 optimizer.zero_grad()
                 scale = 1000.0 if rank == bad_rank and step == 3 else 1.0
-                loss = torch.log(torch.exp(model(x) * scale).sum())
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=half):
+                    scores = model(x)
+                loss = torch.log(torch.exp(scores * scale).sum().float())
                 loss.backward()
                 return loss
             watch.step(closure, epoch=0)
@@ -95,6 +101,20 @@ def test_a_nonfinite_step_on_one_rank_stops_both_at_the_same_step(tmp_path):
     assert not (out / "watch-rank0" / "finding.json").exists() and (out / "watch-rank1" / "finding.json").exists()
     report = next(p for p in build_report(out) if p.name == "report.md").read_text()
     assert "`watch-rank1` went non-finite at step 3" in report
+
+
+@pytest.mark.slow  # one more pair of processes (about 25 s on a busy 2-core machine)
+def test_ddp_under_autocast_asks_every_rank_whether_float32_would_be_finite(tmp_path):
+    out = tmp_path / "ddp"
+    torch.multiprocessing.spawn(_rank_main, args=(2, _free_port(), str(out), 1, 8, 0.0, True), nprocs=2)
+    summary = json.loads((out / "summary.json").read_text())
+    finding = summary["first_failing_finding"]
+    assert summary["first_failing_rank"] == 1 and finding["output"]["dtype"] == "bfloat16"
+    # exp(1000 x) overflows float32 as well (bfloat16 has float32's range): not a precision problem.
+    assert finding["float32"]["finite"] is False
+    ranks = [json.loads((out / f"calls-{rank}.json").read_text()) for rank in (0, 1)]
+    # The counterfactual was decided on the gathered findings: both ranks ran it, then gathered again.
+    assert all(seen["calls"] == {"all_reduce": 4, "all_gather_object": 3} for seen in ranks)
 
 
 def _launch_rank(rank: int, port: int, out: Path, log: Path) -> subprocess.Popen:
