@@ -279,6 +279,11 @@ def load_capsule(path: str | Path) -> dict[str, Any]:
 def replay(path: str | Path, data=None):
     """Rerun a capsule's step under the tracer; returns ``(finding, capsule)``."""
     capsule = load_capsule(path)
+    if capsule.get("source") == "watch":  # written around the user's own loop: only the user can rerun it
+        raise CapsuleError(f"capsule {path} was written by stablenca.watch around your own training loop, "
+                           "which `stablenca replay` cannot rerun",
+                           fix="torch.load it (weights_only=True), load model_state and optimizer_state into your "
+                               "model and optimizer, and run that step again under stablenca.watch(mode='full')")
     try:
         config = TrainConfig(**capsule["config"])
     except TypeError:

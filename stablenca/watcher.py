@@ -35,6 +35,7 @@ Where users train:
 * **torch.compile.** The cheap checks read the loss and the gradients, which a compiled
   model produces like any other. The replay runs with ``torch.compiler.set_stance("force_eager")``,
   so the tracer sees every op (as JAX re-runs a jitted function de-jitted for ``debug_nans``).
+  ``mode="full"`` traces every step, so every step then runs eagerly.
 * **torch.distributed.** Inside an initialised process group every rank records to
   ``OUT/<run>-rank<R>/`` and the ranks agree, with one all-reduce of a small flag per
   step, to stop at the same step (:mod:`stablenca.integrations.distributed`).
@@ -50,6 +51,7 @@ With ``out=DIR`` the watch writes a run set that ``stablenca report DIR`` reads:
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import threading
 import types
@@ -184,7 +186,7 @@ class Watch:
         record: dict[str, Any] = {"epoch": epoch, "step": self._step}
         record.update(batch_statistics(loss=loss, per_sample=None, rows_excluded=0, published=published,
                                        named_parameters=self._named))
-        loss_finite = bool(torch.isfinite(loss.detach()).all())
+        loss_finite = math.isfinite(record["loss"])  # already on the host: no second sync
         grads_finite = record["grad_nonfinite"] == 0
         record["finite"] = loss_finite and grads_finite
         if self.scaler is not None:

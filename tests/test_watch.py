@@ -95,3 +95,20 @@ def test_the_watch_keeps_a_sigterm_handler_the_program_installed():
         assert signal.getsignal(signal.SIGTERM) is mine
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_watch_capsule_reloads_and_replay_says_it_cannot_rerun_it(tmp_path, capsys):
+    from stablenca.cli import main
+    from stablenca.errors import EXIT_USAGE
+    from stablenca.sentinel import load_capsule
+
+    w = _loop("sentinel", tmp_path)
+    capsule_path = tmp_path / "sentinel" / "watch" / "capsule.pt"
+    capsule = load_capsule(capsule_path)
+    assert capsule["source"] == "watch" and capsule["step"] == 3
+    assert capsule["finding"]["op"] == w.finding.op
+    model = torch.nn.Linear(4, 2)
+    model.load_state_dict(capsule["model_state"])  # the pre-state of the failing step, as the user needs it
+    assert main(["replay", str(capsule_path)]) == EXIT_USAGE
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "stablenca.watch" in err and "fix:" in err
