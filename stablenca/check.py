@@ -18,7 +18,7 @@ A batch at scale ``s`` is a distance matrix (symmetric, zero diagonal) in which
 kernel sums are dominated by those nearest terms, so the theory is testable: the
 ratio loss is exact while ``exp(-KAPPA·s)`` is a normal float and is NaN/inf as soon
 as ``exp(-s)`` is 0.0, so its breakdown lies in [L_normal/KAPPA, L_zero]:
-float32 [69.9, 104.0], float64 [566.7, 745.1] (see :data:`EXP_LIMITS`). Distances are
+float32 [69.9, 104.0], float64 [566.7, 745.1] (see :func:`stablenca.floats.exp_limits`). Distances are
 rounded to 8 significant bits, so each batch is exactly representable in float16,
 bfloat16, float32 and float64: the error measured is the formulation's, not the
 input's, and one mpmath reference serves every dtype.
@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import losses
+from . import floats, losses
 from . import reference as ref
 from .errors import ConfigError, ContractError, StableNCAError
 
@@ -64,17 +64,13 @@ POINTS_PER_DECADE = 10
 ROWS = (8, 16)
 CLASSES = (2, 3)
 DEFAULT_BATCHES = 3
-DEFAULT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+DEFAULT_DTYPES = floats.DTYPE_NAMES
 #: Breakdown when more than this fraction of the significand bits are wrong.
 THRESHOLD = 0.5
 POPULATIONS = ("paired", "singleton")
 POPULATION_HELP = {
     "paired": "every class has >= 2 members (population a; breakdown scales refer to it)",
     "singleton": "one class has exactly 1 member (population b)",
-}
-#: exp(-d) leaves the normal range above the first limit and is 0.0 above the second.
-EXP_LIMITS = {
-    "float16": (9.70, 17.33), "bfloat16": (87.34, 92.75), "float32": (87.34, 103.97), "float64": (708.4, 745.1),
 }
 #: The contract's default tolerance: a measured breakdown within [expected / f, expected × f] passes.
 DEFAULT_TOLERANCE_FACTOR = 1.5
@@ -87,7 +83,7 @@ def threshold_bits(dtype) -> float:
     >>> threshold_bits("float32"), threshold_bits("float64")
     (12.0, 26.5)
     """
-    return THRESHOLD * ref.precision_bits(dtype)
+    return THRESHOLD * floats.significand_bits(dtype)
 
 
 def theory_window(dtype, kappa: float = KAPPA) -> tuple[float, float]:
@@ -96,7 +92,7 @@ def theory_window(dtype, kappa: float = KAPPA) -> tuple[float, float]:
     >>> [round(x, 1) for x in theory_window("float32")]
     [69.9, 104.0]
     """
-    normal, zero = EXP_LIMITS[ref.dtype_name(dtype)]
+    normal, zero = floats.exp_limits(dtype)
     return normal / kappa, zero
 
 
@@ -244,7 +240,7 @@ class Evaluation:
 
 def run_formulation(formulation, batch: Batch, dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss (a 0-d tensor of ``dtype``) and its gradient w.r.t. the distances (float64)."""
-    dtype = ref.as_dtype(dtype)
+    dtype = floats.as_dtype(dtype)
     d = batch.distances.detach().to(dtype, copy=True).requires_grad_(True)
     try:
         with torch.enable_grad():
@@ -255,15 +251,15 @@ def run_formulation(formulation, batch: Batch, dtype) -> tuple[torch.Tensor, tor
     except StableNCAError:
         raise
     except RuntimeError as exc:
-        raise ConfigError(f"loss {formulation.name!r} cannot run in {ref.dtype_name(dtype)}: {exc}",
-                          fix=f"drop --dtype {ref.dtype_name(dtype)}") from None
+        raise ConfigError(f"loss {formulation.name!r} cannot run in {floats.dtype_name(dtype)}: {exc}",
+                          fix=f"drop --dtype {floats.dtype_name(dtype)}") from None
     grad = torch.zeros_like(d) if grad is None else grad
     return loss.detach(), grad.detach().to(torch.float64)
 
 
 def evaluate(formulation, batch: Batch, dtype, reference: ref.RefResult) -> Evaluation:
     """Run ``formulation`` on ``batch`` in ``dtype`` and measure it against ``reference``."""
-    dtype = ref.as_dtype(dtype)
+    dtype = floats.as_dtype(dtype)
     loss, grad = run_formulation(formulation, batch, dtype)
     finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(grad).all())
     loss_bits = ref.bits_of_error(loss, reference.loss, dtype)
@@ -470,8 +466,8 @@ def load_contract(path: str | Path) -> Contract:
         expect[loss] = {}
         for dtype, entry in per_dtype.items():
             here = f"{where}: expect[{loss!r}][{dtype!r}]"
-            if dtype not in ref.DTYPE_NAMES:
-                raise ContractError(f"{here}: unknown dtype", fix=f"use one of {', '.join(ref.DTYPE_NAMES)}")
+            if dtype not in floats.DTYPE_NAMES:
+                raise ContractError(f"{here}: unknown dtype", fix=f"use one of {', '.join(floats.DTYPE_NAMES)}")
             if not isinstance(entry, dict) or "breakdown" not in entry:
                 raise ContractError(f"{here} must be an object with a 'breakdown' (a scale or \"none\")", fix=fix)
             if set(entry) - _ENTRY_KEYS:
@@ -662,7 +658,7 @@ def run_check(loss_specs: Sequence[str] | None = None, dtypes: Sequence[str] | N
         loss_specs = contract.losses if contract is not None else list(losses.REGISTRY)
     if dtypes is None:
         dtypes = contract.dtypes if contract is not None else list(DEFAULT_DTYPES)
-    dtypes = [ref.dtype_name(d) for d in dtypes]
+    dtypes = [floats.dtype_name(d) for d in dtypes]
     try:
         formulations = [losses.resolve(spec, "multiclass") for spec in loss_specs]
     except StableNCAError as exc:

@@ -18,8 +18,7 @@ The figures (``OUT/figures/``):
 4. ``<run>-gradients.png``: per-parameter gradient norms over steps (log colour).
 5. ``<run>-chain.png``: the root-cause chain of a failed run as boxes and arrows.
 
->>> [round(x, 2) for x in exp_limits("float32")], [round(x, 1) for x in exp_limits("float64")]
-([87.34, 103.97], [708.4, 745.1])
+The dtype limits drawn come from :mod:`stablenca.floats`.
 """
 
 from __future__ import annotations
@@ -34,7 +33,9 @@ from typing import Any
 
 import numpy as np
 
+from . import floats
 from .errors import DataError
+from .floats import exp_limits
 from .records import atomic_write_bytes, iter_run_dirs, read_json, read_jsonl
 
 FIGURES_DIR = "figures"
@@ -49,30 +50,6 @@ _GREY = "#7f7f7f"
 
 
 # --------------------------------------------------------------------------- numbers
-
-
-def exp_limits(dtype: str) -> tuple[float, float]:
-    """``(normal, zero)``: ``exp(-d)`` is subnormal for ``d > normal`` and exactly 0.0 for ``d > zero``.
-
-    Measured constants of IEEE binary floats: ``normal = -ln(smallest normal)``,
-    ``zero = -ln(smallest subnormal / 2)`` (below half the smallest subnormal,
-    round-to-nearest gives 0.0). float32: 87.34 and 103.97; float64: 708.4 and 745.1.
-    """
-    if dtype == "bfloat16":  # numpy has no bfloat16: float32's exponent range, 8 significand bits
-        tiny, eps = 2.0 ** -126, 2.0 ** -7
-    else:
-        info = np.finfo(np.dtype(dtype))
-        tiny, eps = float(info.tiny), float(info.eps)
-    normal = -math.log(tiny)
-    zero = -(math.log(tiny) + math.log(eps) - math.log(2.0))
-    return normal, zero
-
-
-def float_max(dtype: str) -> float:
-    """The largest finite value of ``dtype`` (beyond it a result overflows to inf)."""
-    if dtype == "bfloat16":
-        return float((2 - 2.0 ** -7) * 2.0 ** 127)
-    return float(np.finfo(np.dtype(dtype)).max)
 
 
 def num(value: Any) -> float:
@@ -116,8 +93,7 @@ class RunData:
 
     @property
     def dtype(self) -> str:
-        dtype = self.entry.get("dtype") or self.config.get("dtype") or "float32"
-        return dtype if dtype in ("float16", "bfloat16", "float32", "float64") else "float32"
+        return floats.dtype_name(self.entry.get("dtype") or self.config.get("dtype") or "float32")
 
     @property
     def status(self) -> str:
@@ -704,18 +680,14 @@ def check_curves(data: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def _precision_bits(dtype: str) -> float:
-    return {"float16": 11.0, "bfloat16": 8.0, "float32": 24.0, "float64": 53.0}.get(dtype, 24.0)
-
-
 def error_vs_scale_figure(check: dict[str, Any]):
     """Figure 3: bits of error of each formulation against the distance scale, per dtype."""
     rows = check_curves(check)
     sweep = check.get("sweep") or {}
     scale_min = num(sweep.get("scale_min"))
     scale_max = num(sweep.get("scale_max"))
-    dtypes = [d for d in ("float16", "bfloat16", "float32", "float64") if any(r["dtype"] == d for r in rows)]
-    dtypes += sorted({r["dtype"] for r in rows} - set(dtypes))
+    # An unknown dtype in the check JSON is an error (floats.dtype_name), never drawn as float32.
+    dtypes = sorted({floats.dtype_name(r["dtype"]) for r in rows}, key=floats.DTYPE_NAMES.index)
     losses = list(dict.fromkeys(r["loss"] for r in rows))
     colours = dict(zip(losses, ("#d62728", "#ff7f0e", "#8c564b", "#1f77b4", "#2ca02c", "#9467bd", "#17becf")))
     has_curves = any(r["curve"] for r in rows)
@@ -734,9 +706,8 @@ def error_vs_scale_figure(check: dict[str, Any]):
                      transform=axes[0].transAxes)
     for ax, dtype in zip(axes, dtypes):
         mine = [r for r in rows if r["dtype"] == dtype]
-        precision = _precision_bits(dtype)
-        normal, zero = exp_limits(dtype) if dtype in ("float16", "bfloat16", "float32", "float64") \
-            else (math.nan, math.nan)
+        precision = floats.significand_bits(dtype)
+        normal, zero = exp_limits(dtype)
         if has_curves:
             _curve_panel(ax, mine, colours, precision, dtype)
         else:

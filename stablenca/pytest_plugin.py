@@ -127,7 +127,7 @@ def assert_stable(loss, *, dtype="float32", max_bits: float | None = None, max_g
     import torch
     from hypothesis import HealthCheck, Phase, given, settings
 
-    from . import check
+    from . import check, floats
     from . import reference as ref
     from . import strategies
 
@@ -135,8 +135,8 @@ def assert_stable(loss, *, dtype="float32", max_bits: float | None = None, max_g
     _check_floor(grad_floor, "grad_floor")
     formulation = _formulation(loss)
     reference = _reference(formulation, reference)
-    dtype = ref.as_dtype(dtype)
-    dtype_name = ref.dtype_name(dtype)
+    dtype = floats.as_dtype(dtype)
+    dtype_name = floats.dtype_name(dtype)
     max_bits = check.threshold_bits(dtype) if max_bits is None else float(max_bits)
     max_grad_bits = max_bits if max_grad_bits is None else float(max_grad_bits)
     strategy = strategies.batches(regime="all") if strategy is None else strategy

@@ -53,48 +53,10 @@ import torch
 from mpmath import mp
 
 from .errors import ConfigError
+from .floats import as_dtype, bit_width, facts
 
 #: Significant decimal digits of the mpmath references.
 DEFAULT_DPS = 50
-
-#: Floating formats: significand precision p (implicit bit included), minimum normal
-#: exponent, maximum exponent, bit width, and the integer type of the same width.
-_FORMATS: dict[torch.dtype, tuple[int, int, int, int, torch.dtype]] = {
-    torch.float16: (11, -14, 15, 16, torch.int16),
-    torch.bfloat16: (8, -126, 127, 16, torch.int16),
-    torch.float32: (24, -126, 127, 32, torch.int32),
-    torch.float64: (53, -1022, 1023, 64, torch.int64),
-}
-
-DTYPE_NAMES: dict[str, torch.dtype] = {
-    "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64,
-}
-
-
-def as_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """``"float32"`` or ``torch.float32`` → ``torch.float32`` (one of the four supported)."""
-    if isinstance(dtype, str):
-        if dtype not in DTYPE_NAMES:
-            raise ConfigError(f"unknown dtype {dtype!r}", fix=f"use one of {', '.join(DTYPE_NAMES)}")
-        return DTYPE_NAMES[dtype]
-    if dtype not in _FORMATS:
-        raise ConfigError(f"dtype {dtype} is not supported", fix=f"use one of {', '.join(DTYPE_NAMES)}")
-    return dtype
-
-
-def dtype_name(dtype: str | torch.dtype) -> str:
-    return str(as_dtype(dtype)).removeprefix("torch.")
-
-
-def precision_bits(dtype) -> int:
-    """Significand bits p (implicit bit included): 11, 8, 24, 53."""
-    return _FORMATS[as_dtype(dtype)][0]
-
-
-def bit_width(dtype) -> int:
-    """Storage bits: 16, 16, 32, 64 — the maximum bits of error."""
-    return _FORMATS[as_dtype(dtype)][3]
-
 
 # --------------------------------------------------------------------------- registry
 
@@ -481,7 +443,8 @@ def round_to_dtype(value, dtype) -> float:
     >>> round_to_dtype(65520.0, torch.float16)  # halfway between max and 2**16: even → inf
     inf
     """
-    p, emin, emax, _, _ = _FORMATS[as_dtype(dtype)]
+    f = facts(dtype)
+    p, emin, emax = f.significand_bits, f.min_exponent, f.max_exponent
     x = value if isinstance(value, mpmath.mpf) else mp.mpf(value)
     if not mpmath.isfinite(x):
         return float(x)
@@ -516,7 +479,7 @@ _PACK = {torch.float16: ("<e", "<h"), torch.float32: ("<f", "<i"), torch.float64
 def _ordered(value: float, dtype: torch.dtype) -> int:
     """A float of ``dtype`` → its ordered integer: consecutive numbers differ by 1, -0 == +0, inf is
     one past the largest finite number."""
-    _, _, _, width, _ = _FORMATS[dtype]
+    width = bit_width(dtype)
     if dtype is torch.bfloat16:
         bits = struct.unpack("<i", struct.pack("<f", value))[0] >> 16  # bfloat16 = the top half of float32
     else:
@@ -611,7 +574,8 @@ def spacing(magnitude: float, dtype) -> float:
     >>> spacing(1.0, torch.float32) == 2**-23, spacing(0.0, torch.float32) == 2**-149
     (True, True)
     """
-    p, emin, _, _, _ = _FORMATS[as_dtype(dtype)]
+    f = facts(dtype)
+    p, emin = f.significand_bits, f.min_exponent
     if magnitude == 0 or not math.isfinite(magnitude):
         exponent = emin
     else:

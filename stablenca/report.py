@@ -25,13 +25,12 @@ from .plots import (
     RunData,
     RunSet,
     check_curves,
-    exp_limits,
-    float_max,
     load_check,
     load_run_set,
     num,
     plot_all,
 )
+from .floats import exp_limits, facts
 from .records import atomic_write_text
 
 REPORT_NAMES = {"en": "report.md", "zh": "report.zh.md"}
@@ -439,12 +438,12 @@ def _failures(doc: Doc, section: _Counter, runs: list[RunData]) -> None:
             loss = num(record.get("loss")) if record else math.nan
             if len(inputs) >= 2:
                 parts.append(m("explain_backward_overflow", loss=loss, big=num(inputs[0].get("max")),
-                               small=num(inputs[1].get("min")), dtype=run.dtype, fmax=float_max(run.dtype)))
+                               small=num(inputs[1].get("min")), dtype=run.dtype, fmax=facts(run.dtype).max))
             else:
                 parts.append(m("explain_backward_overflow_short", loss=loss, dtype=run.dtype,
-                               fmax=float_max(run.dtype)))
+                               fmax=facts(run.dtype).max))
         elif pattern == "overflow":
-            parts.append(m("explain_forward_overflow", dtype=run.dtype, fmax=float_max(run.dtype)))
+            parts.append(m("explain_forward_overflow", dtype=run.dtype, fmax=facts(run.dtype).max))
         elif pattern in ("0/0", "x/0", "log(0)", "inf-inf", "0*inf"):
             parts.append(m("explain_" + {"0/0": "nan", "x/0": "xdiv0", "log(0)": "log0", "inf-inf": "infinf",
                                          "0*inf": "zeroinf"}[pattern]))

@@ -42,6 +42,7 @@ import torch
 from hypothesis import strategies as st
 
 from .check import FAR, KAPPA, Batch, build_batch
+from .floats import DTYPE_NAMES, as_dtype
 
 #: Scale regimes: (lowest, highest) distance scale.
 REGIMES: dict[str, tuple[float, float]] = {
@@ -52,9 +53,6 @@ REGIMES: dict[str, tuple[float, float]] = {
     "all": (1e-3, 1e4),
 }
 
-DTYPES: dict[str, torch.dtype] = {
-    "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64,
-}
 
 _SINGLETONS = {False: "never", True: "allowed", "never": "never", "allowed": "allowed", "always": "always"}
 
@@ -76,17 +74,14 @@ def scales(regime: str = "all") -> st.SearchStrategy[float]:
     return st.floats(math.log10(lo), math.log10(hi)).map(lambda e: float(10.0 ** e))
 
 
-def dtypes(names: Sequence[str] = ("float16", "bfloat16", "float32", "float64")) -> st.SearchStrategy[torch.dtype]:
+def dtypes(names: Sequence[str] = DTYPE_NAMES) -> st.SearchStrategy[torch.dtype]:
     """Torch floating dtypes by name.
 
     >>> from hypothesis import find
     >>> find(dtypes(["float32", "float64"]), lambda d: True)
     torch.float32
     """
-    unknown = [n for n in names if n not in DTYPES]
-    if unknown:
-        raise ValueError(f"unknown dtypes {unknown}; use {', '.join(DTYPES)}")
-    return st.sampled_from([DTYPES[n] for n in names])
+    return st.sampled_from([as_dtype(n) for n in names])
 
 
 @st.composite

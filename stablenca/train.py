@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import losses
+from . import floats, losses
 from .errors import ConfigError, StableNCAError, UserLossError
 from .neighbours import in_batch_pairs, knn_readout, onehot_targets, sampled_pool_pairs, soft_neighbour_readout
 from .publish import capture
@@ -31,7 +31,6 @@ from .records import deferred_interrupts
 
 MODELS = ("modernnca", "seed")
 TASKS = ("multiclass", "regression")
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 #: Per-model defaults: TALENT's for ModernNCA, the homework's for the student's model.
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -82,7 +81,7 @@ class TrainConfig:
             raise ConfigError(f"unknown model {self.model!r}", fix=f"use one of {', '.join(MODELS)}")
         if self.task not in TASKS:
             raise ConfigError(f"unknown task {self.task!r}", fix=f"use one of {', '.join(TASKS)}")
-        if self.dtype not in DTYPES:
+        if self.dtype not in floats.TRAIN_DTYPES:
             raise ConfigError(f"unsupported dtype {self.dtype!r}", fix="use float32 or float64")
         defaults = MODEL_DEFAULTS[self.model]
         # patience=None means "no early stopping"; "default" means the model's default.
@@ -285,7 +284,7 @@ class Trainer:
         self.data = data if data is not None else load_data(self.config)
         self.hooks = list(hooks)
         self.progress = progress
-        self.dtype = DTYPES[self.config.dtype]
+        self.dtype = floats.as_dtype(self.config.dtype)
         self.device = torch.device(self.config.device)
         self.task = self.config.task
         self.n_classes = self.data.n_classes

@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from mpmath import mp
 
+from stablenca import floats
 from stablenca import reference as ref
 from stablenca.cases import (
     CASES,
@@ -350,7 +351,7 @@ def _check_fixed(case, xs):
     values_mp = case.reference_values(xs)
     grads_mp = case.reference_gradients(xs)
     for dtype in DTYPES:
-        budget = case.budgets[ref.dtype_name(dtype)]
+        budget = case.budgets[floats.dtype_name(dtype)]
         values, grads = case.evaluate("fixed", xs, dtype)
         assert torch.isfinite(values).all() and torch.isfinite(grads).all(), (case.name, dtype, xs)
         value_bits = ref.bits_of_error(values, values_mp, dtype, floor=case.floor)

@@ -55,7 +55,8 @@ def test_generated_batches_have_the_documented_shape(population, scale):
 def test_scale_grid_and_theory_window():
     grid = check.scale_grid()
     assert grid[0] == pytest.approx(1e-3) and grid[-1] == pytest.approx(1e4) and len(grid) == 71
-    assert check.theory_window("float64") == (pytest.approx(708.4 / 1.25), 745.1)
+    # -ln(2**-1022) / KAPPA and -ln(2**-1075): the exact limits, no longer a rounded table.
+    assert check.theory_window("float64") == (pytest.approx(1022 * math.log(2) / 1.25), pytest.approx(1075 * math.log(2)))
 
 
 # --------------------------------------------------------------------------- the sweep
@@ -227,4 +228,4 @@ def test_human_table_on_stdout(tmp_path, capsys):
 
 def test_threshold_is_half_the_significand():
     assert [check.threshold_bits(d) for d in ("float16", "bfloat16", "float32", "float64")] == [5.5, 4, 12, 26.5]
-    assert math.isclose(check.theory_window("float32")[0], 87.34 / 1.25)
+    assert math.isclose(check.theory_window("float32")[0], 126 * math.log(2) / 1.25)  # -ln(2**-126) / KAPPA

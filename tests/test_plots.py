@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from stablenca import plots
+from stablenca import floats, plots
 from stablenca.records import dumps
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -155,14 +155,14 @@ def assert_png(path):
 
 
 def test_exp_limits_are_the_ieee_constants():
-    normal, zero = plots.exp_limits("float32")
+    normal, zero = floats.exp_limits("float32")
     assert round(normal, 2) == 87.34 and round(zero, 2) == 103.97
     assert math.exp(-(zero + 0.01)) > 0  # in float64 still representable ...
     import numpy as np
 
     assert np.exp(np.float32(-(zero + 0.01))) == 0 and np.exp(np.float32(-(zero - 0.05))) > 0
     assert np.exp(np.float32(-(normal + 0.01))) < np.finfo(np.float32).tiny
-    assert [round(x, 1) for x in plots.exp_limits("float64")] == [708.4, 745.1]
+    assert [round(x, 1) for x in floats.exp_limits("float64")] == [708.4, 745.1]
 
 
 def test_loader_reads_nan_and_inf_and_the_finding(run_set):

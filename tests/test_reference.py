@@ -8,7 +8,7 @@ import pytest
 import torch
 from mpmath import mp
 
-from stablenca import losses
+from stablenca import floats, losses
 from stablenca import reference as ref
 from stablenca.check import random_batch
 from stablenca.errors import ConfigError
@@ -238,10 +238,10 @@ def test_relative_error():
 
 
 def test_dtype_helpers():
-    assert ref.as_dtype("bfloat16") is torch.bfloat16
-    assert [ref.precision_bits(d) for d in ("float16", "bfloat16", "float32", "float64")] == [11, 8, 24, 53]
+    assert floats.as_dtype("bfloat16") is torch.bfloat16
+    assert [floats.significand_bits(d) for d in ("float16", "bfloat16", "float32", "float64")] == [11, 8, 24, 53]
     with pytest.raises(ConfigError, match="unknown dtype"):
-        ref.as_dtype("float8")
+        floats.as_dtype("float8")
 
 
 def test_mpmath_loss_only_reference_takes_its_gradient_from_float64_autograd():

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .. import floats
 from .. import reference as ref
 
 #: The dtypes a case is checked in without --dtype.
@@ -34,7 +35,7 @@ def check_case(name: str, dtypes: Sequence[str] | None = None, *, figures: str |
     from . import get_case, run_case
 
     case = get_case(name)
-    dtypes = [ref.dtype_name(d) for d in (dtypes or DEFAULT_DTYPES)]
+    dtypes = [floats.dtype_name(d) for d in (dtypes or DEFAULT_DTYPES)]
     started = time.perf_counter()
     runs = [run_case(name, dtype, dps=dps) for dtype in dtypes]
     result: dict[str, Any] = {

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import floats
 from .. import reference as ref
 from ..records import atomic_write_bytes
 
@@ -59,7 +60,7 @@ def _runs(case_or_runs, dtypes: Sequence[str] | None):
         return [run_case(case_or_runs, d) for d in (dtypes or ("float32", "float64"))]
     runs = list(case_or_runs)
     if dtypes is not None:
-        wanted = [ref.dtype_name(d) for d in dtypes]
+        wanted = [floats.dtype_name(d) for d in dtypes]
         runs = [r for r in runs if r.dtype in wanted]
     return runs
 
@@ -80,8 +81,8 @@ def case_figure(case_or_runs, dtypes: Sequence[str] | None = None, forms: Sequen
     axes = fig.subplots(2, len(runs), squeeze=False, sharex=True)
     has_negative = bool((runs[0].x < 0).any())
     for col, run in enumerate(runs):
-        width = ref.bit_width(run.dtype)
-        limit = 0.5 * ref.precision_bits(run.dtype)
+        width = floats.bit_width(run.dtype)
+        limit = 0.5 * floats.significand_bits(run.dtype)
         x = run.x
         for row, (what, label) in enumerate((("value", "value"), ("grad", "gradient"))):
             ax = axes[row][col]

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import floats
 from .. import reference as ref
 from ..records import json_safe
 from ..errors import ConfigError
@@ -22,7 +23,7 @@ THRESHOLD = 0.5
 
 
 def threshold_bits(dtype) -> float:
-    return THRESHOLD * ref.precision_bits(dtype)
+    return THRESHOLD * floats.significand_bits(dtype)
 
 
 @dataclasses.dataclass
@@ -216,7 +217,7 @@ def evaluate_form(case: Case, form: str, x: np.ndarray, dtype: torch.dtype) -> t
         with check_loss_inputs() as warnings:
             values, grads = case.evaluate(form, x, dtype)
     except RuntimeError as exc:
-        raise ConfigError(f"case {case.name!r} cannot run in {ref.dtype_name(dtype)}: {exc}",
+        raise ConfigError(f"case {case.name!r} cannot run in {floats.dtype_name(dtype)}: {exc}",
                           fix="use --dtype float32 or float64") from None
     return values.to(torch.float64).numpy(), grads.to(torch.float64).numpy(), list(warnings)
 
@@ -272,8 +273,8 @@ def run_case(name: str, dtype: str | torch.dtype = "float32", *, dps: int = ref.
     from . import get_case
 
     case = get_case(name)
-    torch_dtype = ref.as_dtype(dtype)
-    dtype_name = ref.dtype_name(torch_dtype)
+    torch_dtype = floats.as_dtype(dtype)
+    dtype_name = floats.dtype_name(torch_dtype)
     x = case.domain.points()
     values_ref, grads_ref = _references(case.name, dps)
     forms: dict[str, FormRun] = {}

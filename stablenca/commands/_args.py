@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import math
 
+from ..floats import TRAIN_DTYPES
+
 
 def _number(text: str, kind, what: str):
     try:
@@ -59,7 +61,7 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("training (defaults depend on --model)")
     group.add_argument("--epochs", type=positive_int, default=None)
     group.add_argument("--seed", type=nonnegative_int, default=0)
-    group.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    group.add_argument("--dtype", choices=TRAIN_DTYPES, default="float32")
     group.add_argument("--batch-size", type=positive_int, default=None)
     group.add_argument("--lr", type=positive_float, default=None)
     group.add_argument("--weight-decay", type=nonnegative_float, default=None)

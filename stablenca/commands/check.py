@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import sys
 
+from ..floats import DTYPE_NAMES
 from ._args import nonnegative_int, positive_int
 
-_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
 def register(subparsers) -> None:
@@ -20,8 +20,8 @@ def register(subparsers) -> None:
     parser.add_argument("--loss", nargs="+", default=None, metavar="NAME",
                         help="ratio, ratio_eps, difference, nca_logspace, modernnca, or package.module:function "
                              "(default: the contract's losses, else the five built-ins)")
-    parser.add_argument("--dtype", nargs="+", default=None, choices=_DTYPES, metavar="DTYPE",
-                        help=f"any of {', '.join(_DTYPES)} (default: the contract's dtypes, else all four)")
+    parser.add_argument("--dtype", nargs="+", default=None, choices=DTYPE_NAMES, metavar="DTYPE",
+                        help=f"any of {', '.join(DTYPE_NAMES)} (default: the contract's dtypes, else all four)")
     parser.add_argument("--contract", default=None, metavar="FILE",
                         help="a stability contract (JSON); 'default' is the shipped one. Exit 1 on a violation")
     parser.add_argument("--seed", type=nonnegative_int, default=None,

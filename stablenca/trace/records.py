@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from ..floats import exp_underflow_overflow as _exp_limits  # noqa: F401  (the tracer's name)
+from ..floats import significand_bits as _significand_bits  # noqa: F401
 from ..records import json_safe
 
 __all__ = ["ROOT_CAUSE_KINDS", "PRECURSOR_KINDS", "ChainLink", "Finding", "Precursor", "TraceResult",
@@ -61,17 +63,6 @@ def _small(dtype: torch.dtype) -> float:
     if v is None:
         v = _SMALLV[dtype] = 1.0 / math.sqrt(torch.finfo(dtype).max)
     return v
-
-
-def _significand_bits(dtype: torch.dtype) -> int:
-    return int(round(-math.log2(torch.finfo(dtype).eps))) + 1
-
-
-def _exp_limits(dtype: torch.dtype) -> tuple[float, float]:
-    """(x below which exp(x) rounds to 0.0, x above which exp(x) overflows)."""
-    fi = torch.finfo(dtype)
-    # log(tiny * eps / 2) summed in logs: float64's tiny*eps/2 is itself 0.0 in a Python float.
-    return math.log(fi.tiny) + math.log(fi.eps) - math.log(2), math.log(fi.max)
 
 
 def tensor_stats(t: torch.Tensor) -> dict[str, Any]:
