@@ -623,7 +623,7 @@ class CheckReport:
 
 def _short_loss_name(spec: str, width: int = 13) -> str:
     """A table-width name: a file or module spec shows as ``stem:function``."""
-    if ":" in spec:
+    if losses.is_user_spec(spec):
         module, _, function = spec.rpartition(":")
         spec = f"{module.replace(chr(92), '/').rsplit('/', 1)[-1].removesuffix('.py').rsplit('.', 1)[-1]}:{function}"
     return spec if len(spec) <= width else spec[: width - 1] + "…"

@@ -7,6 +7,8 @@ with every formulation, on the embedded Abalone, with the same seed, and writes:
     OUT/<run>/{capsule.pt, finding.json}   for runs that failed
     OUT/report.md, OUT/report.zh.md, OUT/figures/*.png
 
+(the schema: :mod:`stablenca.artifacts`).
+
 ``summary.json`` is rewritten atomically after every run, so an interrupted
 diagnose still leaves a consistent summary (``"interrupted": true``).
 """
@@ -23,10 +25,15 @@ from typing import Any
 
 import torch
 
-from .records import TERMINATED, atomic_write_json, deferred_interrupts, prepare_out_dir, read_jsonl
+from . import artifacts
+from .artifacts import prepare_out_dir, write_run_json, write_summary
+from .check import run_check
 from .errors import OutputError
+from .records import TERMINATED, atomic_write_json, deferred_interrupts
 from .recorder import Recorder
 from .sentinel import Sentinel
+from .report import build_report
+from . import train
 from .train import TrainConfig, Trainer, check_data_fits
 
 DEFAULT_RUNS: tuple[tuple[str, str], ...] = (
@@ -54,25 +61,6 @@ def plan_runs(models: list[str] | None, loss_names: list[str] | None) -> list[tu
     return [pair for pair in DEFAULT_RUNS if pair[0] in models] or [(m, "ratio") for m in models]
 
 
-def first_nonfinite_entry(result, finding) -> dict[str, Any] | None:
-    if not result.diverged:
-        return None
-    entry: dict[str, Any] = {"epoch": result.diverged_at["epoch"], "step": result.diverged_at["step"]}
-    if finding is None:
-        entry.update(phase=None, op=None, module=None, source=None, chain=[],
-                     root_cause={"op": None, "kind": "unknown",
-                                 "detail": "the replayed step was finite (non-deterministic step?)"})
-        return entry
-    data = finding.to_dict()
-    entry.update({key: data.get(key) for key in ("phase", "op", "backward_node", "module", "source", "pattern")})
-    entry["chain"] = data.get("chain_text") or [str(link) for link in data.get("chain", [])]
-    entry["chain_str"] = data.get("chain_str") or str(finding).splitlines()[0]
-    entry["root_cause"] = data.get("root_cause")
-    entry["inputs"] = data.get("inputs")
-    entry["verification"] = data.get("verification")  # the counterfactual verdicts (docs/trace.md)
-    return entry
-
-
 def diagnose(
     *,
     out: str | Path = "runs/diagnose",
@@ -91,21 +79,19 @@ def diagnose(
     configs = [dataclasses.replace(base, model=model, loss=loss) for model, loss in plan]
     for config in configs:
         config.resolved()  # reject bad combinations before anything is written
-    from .train import load_data
-
     # Bad data is reported before anything is written (or an earlier run set is cleared).
-    data = load_data(configs[0].resolved())
+    data = train.load_data(configs[0].resolved())  # through the module: tests interrupt it there
     for config in configs:
         check_data_fits(config.resolved(), data)
     out = prepare_out_dir(out, force=force)
-    summary: dict[str, Any] = {
-        "stablenca": "diagnose", "mode": mode, "data": base.data or "abalone (embedded, scikit-lego)",
-        "task": base.task, "seed": base.seed, "interrupted": False, "runs": [],
-        "machine": {"python": platform.python_version(), "torch": str(torch.__version__),
-                    "platform": platform.platform(), "threads": torch.get_num_threads()},
-        "command": " ".join(["stablenca", *sys.argv[1:]]) if sys.argv and "stablenca" in sys.argv[0] else None,
-    }
-    atomic_write_json(out / "summary.json", summary)
+    summary = artifacts.new_summary(
+        mode=mode, data=base.data or "abalone (embedded, scikit-lego)",
+        task=base.task, seed=base.seed, interrupted=False,
+        machine={"python": platform.python_version(), "torch": str(torch.__version__),
+                 "platform": platform.platform(), "threads": torch.get_num_threads()},
+        command=" ".join(["stablenca", *sys.argv[1:]]) if sys.argv and "stablenca" in sys.argv[0] else None,
+    )
+    write_summary(out, summary)
     started = time.perf_counter()
     crash: BaseException | None = None
     try:
@@ -119,7 +105,7 @@ def diagnose(
             summary["runs"].append(entry)
             if entry["status"] == "interrupted":
                 summary["interrupted"] = True
-            atomic_write_json(out / "summary.json", summary)
+            write_summary(out, summary)
             if log is not None:
                 log(summary_line(entry))
             if summary["interrupted"]:
@@ -134,7 +120,7 @@ def diagnose(
         summary["seconds"] = round(time.perf_counter() - started, 2)
         if summary["interrupted"] and TERMINATED.is_set():
             summary["signal"] = "SIGTERM"  # preempted (torchrun, SLURM, Kubernetes), not Ctrl-C
-        atomic_write_json(out / "summary.json", summary)
+        write_summary(out, summary)
     if report and crash is None and not summary["interrupted"]:
         _write_check(out, sorted({config.loss for config in configs}), base.dtype)
     if report:  # built from what was recorded, also after Ctrl-C or a crash
@@ -157,8 +143,8 @@ def _unfinished_entry(config: TrainConfig, out: Path, exc: BaseException) -> dic
     """The summary entry of a run that ended by Ctrl-C or a crash before it returned a result."""
     config = config.resolved()
     name = run_name(config.model, config.loss, config.dtype)
-    records = read_jsonl(out / name / "records.jsonl")
-    epochs = read_jsonl(out / name / "epochs.jsonl")
+    records = artifacts.read_records(out / name)
+    epochs = artifacts.read_epochs(out / name)
     entry: dict[str, Any] = {
         "run": name, "model": config.model, "loss": config.loss, "dtype": config.dtype, "task": config.task,
         "status": "interrupted", "diverged": False, "diverged_at": None, "epochs_run": len(epochs),
@@ -179,7 +165,7 @@ def _one_run(config: TrainConfig, data, out: Path, mode: str, progress: bool) ->
     except OSError as exc:
         raise OutputError(f"cannot create the run directory {run_dir}: {exc.strerror}",
                           fix="remove what is in the way, or choose another --out directory") from None
-    atomic_write_json(run_dir / "config.json", config.to_dict())
+    write_run_json(run_dir, artifacts.CONFIG, config.to_dict())
     recorder = Recorder(run_dir)
     sentinel = Sentinel(mode=mode, run_dir=run_dir)
     try:
@@ -187,13 +173,15 @@ def _one_run(config: TrainConfig, data, out: Path, mode: str, progress: bool) ->
         result = trainer.fit()
     finally:
         recorder.close()
-    atomic_write_json(run_dir / "result.json", result.to_dict())
+    write_run_json(run_dir, artifacts.RESULT, result.to_dict())
     return {
         "run": name, "model": config.model, "loss": config.loss, "dtype": config.dtype, "task": config.task,
         "status": result.status, "diverged": result.diverged, "diverged_at": result.diverged_at,
         "epochs_run": result.epochs_run, "steps_run": result.steps_run, "best_epoch": result.best_epoch,
-        "first_nonfinite": first_nonfinite_entry(result, sentinel.finding),
-        "capsule": str(Path(name) / "capsule.pt") if sentinel.capsule is not None else None,
+        "first_nonfinite": artifacts.first_nonfinite(
+            result.diverged_at if result.diverged else None,
+            sentinel.finding.to_dict() if sentinel.finding is not None else None),
+        "capsule": str(Path(name) / artifacts.CAPSULE) if sentinel.capsule is not None else None,
         "test": result.test, "val": result.val, "train_seconds": result.train_seconds,
         "excluded_rows": result.excluded_rows,
     }
@@ -212,20 +200,14 @@ def summary_line(entry: dict[str, Any]) -> str:
 
 def _write_check(out: Path, loss_names: list[str], dtype: str) -> None:
     """A small ``stablenca check`` of the formulations that were run (figure 3 of the report)."""
-    from .check import run_check
-
     dtypes = sorted({dtype, "float32", "float64"})
     document = run_check(loss_names, dtypes, batches=1).to_dict()
     document["command"] = (f"stablenca check --loss {' '.join(loss_names)} --dtype {' '.join(dtypes)} "
                            "--batches 1 --json")
-    atomic_write_json(out / "check.json", document)
+    atomic_write_json(out / artifacts.CHECK, document)
 
 
 def _build_report(out: Path, log) -> None:
-    try:
-        from . import report
-    except ImportError:  # the report module is optional until it lands
-        return
-    paths = report.build_report(out)
+    paths = build_report(out)
     if log is not None and paths:
         log("report: " + ", ".join(str(p) for p in paths))

@@ -33,10 +33,10 @@ from typing import Any
 
 import numpy as np
 
-from . import floats
+from . import artifacts, floats
 from .errors import DataError
 from .floats import exp_limits
-from .records import atomic_write_bytes, iter_run_dirs, read_json, read_jsonl
+from .records import atomic_write_bytes, read_json
 
 FIGURES_DIR = "figures"
 #: Loss names of the ratio family (the failure-domain figure overlays their runs).
@@ -134,21 +134,16 @@ class RunData:
         return keys
 
     def chain_links(self) -> list[dict[str, Any]]:
-        """The root-cause chain, first non-finite op first (finding.json, else the summary's text)."""
-        if self.finding and isinstance(self.finding.get("chain"), list) and self.finding["chain"]:
-            return [link for link in self.finding["chain"] if isinstance(link, dict)]
-        first = self.first_nonfinite or {}
-        chain = first.get("chain")
-        if isinstance(chain, str):
-            chain = [part.strip() for part in chain.split("←") if part.strip()]
-        links = []
-        for item in chain or []:
-            if isinstance(item, dict):
-                links.append(item)
-            else:
-                head, _, rest = str(item).partition(" (")
-                links.append({"op": head.split(" ")[0], "phase": "", "detail": rest.rstrip(")"), "kind": None})
-        return links
+        """The root-cause chain as link dicts, first non-finite op first (finding.json, else the summary)."""
+        for source in (self.finding or {}, self.first_nonfinite or {}):
+            chain = source.get("chain")
+            if isinstance(chain, list) and chain:
+                return [link for link in chain if isinstance(link, dict)]
+        return []
+
+    def chain_text(self) -> str | None:
+        """The same chain as the tracer's one display line."""
+        return (self.first_nonfinite or {}).get("chain_text") or (self.finding or {}).get("chain_text")
 
 
 @dataclasses.dataclass
@@ -171,70 +166,22 @@ class RunSet:
 
 
 def load_run_set(out: str | Path) -> RunSet:
-    """Read a diagnose output directory; a directory without ``summary.json`` is refused (one line)."""
+    """Read a diagnose output directory through :mod:`stablenca.artifacts` (one-line errors)."""
     out = Path(out)
-    fix = "pass the --out directory of a `stablenca diagnose` run"
-    if not out.is_dir():
-        raise DataError(f"{out} is not a directory", fix=fix)
-    try:
-        summary = read_json(out / "summary.json")
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{out / 'summary.json'} is not readable JSON ({type(exc).__name__})",
-                        fix="re-run stablenca diagnose, or pass another directory") from None
-    if summary is None:
-        raise DataError(f"{out} has no summary.json, so it is not a stablenca diagnose output", fix=fix)
-    if not isinstance(summary, dict) or not isinstance(summary.get("runs", []), list):
-        raise DataError(f"{out / 'summary.json'} is not a stablenca diagnose summary", fix=fix)
-    entries = [e for e in summary.get("runs", []) if isinstance(e, dict) and e.get("run")]
-    names = [str(e["run"]) for e in entries]
-    # A run that was cut before its summary entry was written still has its directory.
-    extra = [p.name for p in iter_run_dirs(out) if p.name not in names]
+    summary = artifacts.read_summary(out)
+    entries, extra = artifacts.run_names(out, summary)
     runs = []
-    for name in names + extra:
-        run_dir = out / name
-        entry = next((e for e in entries if e["run"] == name), None)
-        config = _read_json_or(run_dir / "config.json", {}) or {}
-        records = _read_jsonl_or(run_dir / "records.jsonl")
-        result = _read_json_or(run_dir / "result.json", None)
-        finding = _read_json_or(run_dir / "finding.json", None)
-        if entry is None:
-            entry = _entry_from_files(name, config, records, result, finding)
-        runs.append(RunData(name=name, path=run_dir, entry=entry, config=config, records=records,
-                            epochs=_read_jsonl_or(run_dir / "epochs.jsonl"), result=result, finding=finding,
-                            in_summary=name in names))
+    for entry in entries:
+        files = artifacts.read_run(out / str(entry["run"]))
+        runs.append(RunData(name=str(entry["run"]), path=files.path, entry=entry, config=files.config,
+                            records=files.records, epochs=files.epochs, result=files.result,
+                            finding=files.finding))
+    for name in extra:  # a run that was cut before its summary entry was written
+        files = artifacts.read_run(out / name)
+        runs.append(RunData(name=name, path=files.path, entry=artifacts.entry_from_files(name, files),
+                            config=files.config, records=files.records, epochs=files.epochs,
+                            result=files.result, finding=files.finding, in_summary=False))
     return RunSet(out, summary, runs)
-
-
-def _entry_from_files(name: str, config: dict[str, Any], records: list[dict[str, Any]],
-                      result: dict[str, Any] | None, finding: dict[str, Any] | None) -> dict[str, Any]:
-    """A summary entry for a run the summary lacks (cut before it ended), from its own files."""
-    result = result if isinstance(result, dict) else {}
-    entry: dict[str, Any] = {"run": name, "model": config.get("model"), "loss": config.get("loss"),
-                             "dtype": config.get("dtype"), "status": result.get("status") or "interrupted",
-                             "diverged": bool(result.get("diverged")), "first_nonfinite": None,
-                             "test": result.get("test") or {}, "excluded_rows": result.get("excluded_rows")}
-    bad = next((r for r in records if r.get("finite") is False), None)
-    if isinstance(finding, dict) and bad is not None:
-        entry["first_nonfinite"] = {
-            "epoch": bad.get("epoch"), "step": bad.get("step"),
-            **{k: finding.get(k) for k in ("phase", "op", "backward_node", "module", "source", "pattern",
-                                           "root_cause", "inputs")},
-            "chain": finding.get("chain_text"), "chain_str": finding.get("chain_text")}
-    return entry
-
-
-def _read_json_or(path: Path, default: Any) -> Any:
-    try:
-        return read_json(path, default)
-    except (OSError, ValueError):  # a file cut by an interruption
-        return default
-
-
-def _read_jsonl_or(path: Path) -> list[dict[str, Any]]:
-    try:
-        return [r for r in read_jsonl(path) if isinstance(r, dict)]
-    except OSError:
-        return []
 
 
 # --------------------------------------------------------------------------- matplotlib plumbing

@@ -28,7 +28,7 @@ GRAD_FLOOR = "scale"
 
 def _formulation(loss):
     from . import losses
-    from .user_loss import as_loss_output
+    from .losses.user import as_loss_output
 
     if isinstance(loss, str):
         return losses.resolve(loss, "multiclass")
@@ -40,8 +40,8 @@ def _formulation(loss):
         def wrapped(distances, labels, candidate_labels, self_mask):
             return as_loss_output(loss(distances, labels, candidate_labels, self_mask), distances, name)
 
-        wrapped.reference = getattr(loss, "reference", None)
-        return losses.Formulation(name, wrapped, ("multiclass",), False, name)
+        return losses.Formulation(name, wrapped, ("multiclass",), False, name,
+                                  reference=getattr(loss, "reference", None))
     raise TypeError(f"assert_stable: loss must be a name, 'package.module:function', a Formulation or a callable, "
                     f"not {type(loss).__name__}")
 

@@ -1,14 +1,7 @@
-"""Run directories, per-batch JSONL records and atomic writes.
+"""JSON and JSONL that survive NaN and crashes: atomic writes, per-line appends, deferred Ctrl-C.
 
-Layout of ``stablenca diagnose --out DIR``::
-
-    DIR/summary.json            one entry per run (written atomically, updated as runs end)
-    DIR/<run>/config.json       the TrainConfig
-    DIR/<run>/records.jsonl     one line per training batch, flushed per batch
-    DIR/<run>/epochs.jsonl      one line per epoch (validation metrics)
-    DIR/<run>/result.json       the FitResult (status, test metrics)
-    DIR/<run>/finding.json      the traced first non-finite op and its chain (failed runs)
-    DIR/<run>/capsule.pt        the failing step's pre-state (failed runs)
+What goes where in a run directory is :mod:`stablenca.artifacts`' business; this module
+only knows how to write and read files safely.
 
 NaN and ±Inf are written as the JSON extensions ``NaN``/``Infinity``/``-Infinity``
 (what Python's json and pandas read back), never dropped.
@@ -31,7 +24,6 @@ import os
 import signal
 import tempfile
 import threading
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -271,52 +263,5 @@ def read_json(path: str | os.PathLike, default: Any = None) -> Any:
         return json.load(handle)
 
 
-def prepare_out_dir(out: str | os.PathLike, *, force: bool) -> Path:
-    """An output directory for a new run set; refuse to mix with an earlier one unless ``force``.
-
-    With ``force`` the earlier run set's files that stablenca wrote are removed first,
-    so old and new runs never mix.
-    """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"--out {out} exists and is not a directory", fix="choose another --out path")
-    if (out / "summary.json").exists() or any(out.glob("*/records.jsonl")):
-        if not force:
-            raise OutputError(f"{out} already holds a stablenca run",
-                              fix="pass --force to replace it, or choose another --out directory")
-        _remove_run_set(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):  # can we create files there? (removed on close)
-            pass
-    except OSError as exc:
-        raise OutputError(f"cannot write to {out}: {exc.strerror}",
-                          fix="choose a writable --out directory") from None
-    return out
-
-
-RUN_FILES = ("config.json", "records.jsonl", "epochs.jsonl", "result.json", "finding.json", "capsule.pt")
-
-
-def _remove_run_set(out: Path) -> None:
-    import shutil
-
-    for run_dir in sorted({p.parent for pattern in ("*/records.jsonl", "*/config.json") for p in out.glob(pattern)}):
-        for name in RUN_FILES:
-            (run_dir / name).unlink(missing_ok=True)
-        figures = run_dir / "figures"
-        if figures.is_dir():
-            shutil.rmtree(figures)
-    for name in ("summary.json", "report.md", "report.zh.md", "check.json"):
-        (out / name).unlink(missing_ok=True)
-    for folder in ("figures", "tensorboard"):  # tensorboard: written by stablenca export-tensorboard
-        if (out / folder).is_dir():
-            shutil.rmtree(out / folder)
-
-
 def finite_or_none(value: float) -> float | None:
     return value if isinstance(value, float) and math.isfinite(value) else None
-
-
-def iter_run_dirs(out: str | os.PathLike) -> Iterable[Path]:
-    return sorted(p.parent for p in Path(out).glob("*/config.json"))

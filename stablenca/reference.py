@@ -1,6 +1,7 @@
 """Reference values, and how far a computed value is from one (bits of error).
 
-A *reference* is the value a formula would have with exact arithmetic. Two kinds:
+A *reference* (:class:`stablenca.losses.Reference`) is the value a formula would have
+with exact arithmetic. Two kinds:
 
 * **mpmath** (``mp.dps`` = 50 by default): the same formula evaluated with 50
   significant digits. mpmath's exponent range is unbounded, so ``exp(-1e4)`` is a
@@ -41,7 +42,6 @@ or a non-finite result against a finite reference.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import struct
 from collections.abc import Callable
@@ -54,24 +54,9 @@ from mpmath import mp
 
 from .errors import ConfigError
 from .floats import as_dtype, bit_width, facts
-
-#: Significant decimal digits of the mpmath references.
-DEFAULT_DPS = 50
-
-# --------------------------------------------------------------------------- registry
-
-
-@dataclasses.dataclass(frozen=True)
-class MpResult:
-    """An mpmath reference of a loss: the scalar loss and its gradient w.r.t. the distances.
-
-    ``grad`` is a (B, C) nested tuple of mpf, or None when the reference gives the
-    loss only (the gradient is then taken from float64 autograd).
-    """
-
-    loss: Any
-    grad: tuple | None = None
-
+from .losses import DEFAULT_DPS, REGISTRY, MpResult, Reference
+from .losses.mp import to_mp_inputs
+from .losses.user import as_loss_output
 
 @dataclasses.dataclass(frozen=True)
 class RefResult:
@@ -91,31 +76,8 @@ class RefResult:
         return bool(mpmath.isfinite(self.loss))
 
 
-@dataclasses.dataclass(frozen=True)
-class Reference:
-    """A registered reference.
-
-    ``kind="loss"``: ``mp`` has the loss signature ``(d, labels, candidate_labels,
-    self_mask)`` on Python lists (``d[i][j]`` mpf, labels ints, mask bools) and
-    returns an :class:`MpResult` (or just the mpf loss); ``float64`` has the same
-    signature on float64 torch tensors and returns a tensor or a ``LossOutput``.
-    ``kind="function"``: ``mp`` is any function of mpf arguments returning an mpf.
-    """
-
-    name: str
-    mp: Callable | None = None
-    float64: Callable | None = None
-    kind: str = "loss"
-    summary: str = ""
-    label: str = ""
-
-    def describe(self, dps: int = DEFAULT_DPS) -> str:
-        if self.label:
-            return self.label
-        return f"mpmath ({dps} digits)" if self.mp is not None else "float64"
-
-
-REFERENCES: dict[str, Reference] = {}
+#: Registered references by name; the built-in losses' come from their formulations.
+REFERENCES: dict[str, Reference] = {f.name: f.reference for f in REGISTRY.values()}
 
 
 def register_reference(name: str, mp_fn: Callable | None = None, *, float64_fn: Callable | None = None,
@@ -153,188 +115,7 @@ def evaluate_reference(name: str, *args, dps: int = DEFAULT_DPS):
         return reference.mp(*args)
 
 
-# --------------------------------------------------------------------------- mpmath loss references
-#
-# Written so that mpmath's fixed precision never cancels: 1/P_same - 1/P_all is
-# computed as P_diff / (P_same P_all), log P_all - log P_same as log1p(P_diff / P_same),
-# sums with mp.fsum (exact before rounding). Otherwise 50 digits would be as blind
-# as float64 once P_diff / P_same < 1e-50 (a gap of 115 in distance).
-
-
-@functools.lru_cache(maxsize=16384)
-def _exp_neg(x, prec: int):
-    """exp(-x) at ``prec`` bits, memoised (a distance matrix is symmetric)."""
-    with mp.workprec(prec):
-        return mp.exp(-x)
-
-
-class MpRows(list):
-    """The distance matrix as a list of rows of mpf, with a cache of per-row kernel sums
-    (what :func:`to_mp_inputs` returns): the five references share one exp per entry."""
-
-    def __init__(self, rows):
-        super().__init__(rows)
-        self.sums: dict = {}
-
-
-def _row(d, i, labels, candidate_labels, self_mask):
-    """(kernel exp(-d) of row i, same-class indices, other-class indices, P_same, P_diff)."""
-    same = tuple(j for j, c in enumerate(candidate_labels) if not self_mask[i][j] and c == labels[i])
-    other = tuple(j for j, c in enumerate(candidate_labels) if not self_mask[i][j] and c != labels[i])
-    prec = mp.prec
-    cache = getattr(d, "sums", None)
-    key = (i, prec, same, other)
-    if cache is not None and key in cache:
-        return cache[key]
-    kernel = [_exp_neg(x, prec) for x in d[i]]
-    result = kernel, same, other, mp.fsum(kernel[j] for j in same), mp.fsum(kernel[j] for j in other)
-    if cache is not None:
-        cache[key] = result
-    return result
-
-
-def _zeros(rows, cols):
-    return [[mp.zero] * cols for _ in range(rows)]
-
-
-def _freeze(grad):
-    return tuple(tuple(row) for row in grad)
-
-
-def _nan_grad(rows, cols):
-    return tuple(tuple(mp.nan for _ in range(cols)) for _ in range(rows))
-
-
-def _mp_ratio_family(d, labels, candidate_labels, self_mask, eps):
-    """``mean_i -log((P_same + eps) / (P_diff + eps))`` and its gradient (eps=0: the ratio)."""
-    rows, cols = len(d), len(d[0])
-    grad = _zeros(rows, cols)
-    terms = []
-    for i in range(rows):
-        kernel, same, other, raw_same, raw_diff = _row(d, i, labels, candidate_labels, self_mask)
-        p_same, p_diff = raw_same + eps, raw_diff + eps
-        if p_same == 0 or p_diff == 0:
-            # log 0: +inf (no same-class candidate), -inf, or nan (0/0); the mathematical value.
-            terms.append(mp.nan if p_same == p_diff else (mp.inf if p_same == 0 else mp.ninf))
-            continue
-        # log((P_diff + eps) / (P_same + eps)) = log1p((P_diff - P_same) / (P_same + eps)): the
-        # difference of the raw sums, never of the sums plus eps (that would cancel).
-        terms.append(mp.log1p((raw_diff - raw_same) / p_same) if eps else mp.log(p_diff / p_same))
-        to_same, to_diff = 1 / (p_same * rows), -1 / (p_diff * rows)
-        for j in same:
-            grad[i][j] = kernel[j] * to_same
-        for j in other:
-            grad[i][j] = kernel[j] * to_diff
-    if any(not mpmath.isfinite(t) for t in terms):
-        return MpResult(sum(terms, mp.zero) / rows, _nan_grad(rows, cols))
-    return MpResult(mp.fsum(terms) / rows, _freeze(grad))
-
-
-def mp_ratio(d, labels, candidate_labels, self_mask):
-    """The mathematical ratio loss: finite whenever both sets are non-empty."""
-    return _mp_ratio_family(d, labels, candidate_labels, self_mask, mp.zero)
-
-
-def mp_ratio_eps(d, labels, candidate_labels, self_mask):
-    """ratio_eps's own formula, with its 1e-10 (the float64 value of the constant)."""
-    from .losses import RATIO_EPS
-
-    return _mp_ratio_family(d, labels, candidate_labels, self_mask, mp.mpf(RATIO_EPS))
-
-
-def mp_difference(d, labels, candidate_labels, self_mask):
-    """``sum_i (P_diff_i - P_same_i)``; d/dd_ij is +exp(-d_ij) (same class) or -exp(-d_ij)."""
-    rows, cols = len(d), len(d[0])
-    grad = _zeros(rows, cols)
-    terms = []
-    for i in range(rows):
-        kernel, same, other, _, _ = _row(d, i, labels, candidate_labels, self_mask)
-        for j in same:
-            terms.append(-kernel[j])
-            grad[i][j] = kernel[j]
-        for j in other:
-            terms.append(kernel[j])
-            grad[i][j] = -kernel[j]
-    return MpResult(mp.fsum(terms), _freeze(grad))
-
-
-def mp_nca_logspace(d, labels, candidate_labels, self_mask):
-    """``mean over rows with a same-class candidate of log(P_all / P_same)``."""
-    rows, cols = len(d), len(d[0])
-    grad = _zeros(rows, cols)
-    parts = [_row(d, i, labels, candidate_labels, self_mask) for i in range(rows)]
-    included = [i for i in range(rows) if parts[i][1]]
-    if not included:
-        return MpResult(mp.zero, _freeze(grad))
-    n = len(included)
-    terms = []
-    for i in included:
-        kernel, same, other, p_same, p_diff = parts[i]
-        p_all = p_same + p_diff
-        terms.append(mp.log1p(p_diff / p_same))
-        to_other = -1 / (p_all * n)
-        to_same = p_diff / (p_same * p_all * n)  # (1/P_same - 1/P_all) / n without cancellation
-        for j in other:
-            grad[i][j] = kernel[j] * to_other
-        for j in same:
-            grad[i][j] = kernel[j] * to_same
-    return MpResult(mp.fsum(terms) / n, _freeze(grad))
-
-
-def mp_modernnca(d, labels, candidate_labels, self_mask):
-    """TALENT's classification objective: ``mean_i -log(q_i + 1e-7)``, q = softmax mass on the label.
-
-    With ``p_ij = exp(-d_ij) / Z_i`` (self excluded): ``dq/dd_ij = p_ij (q - [j same])``,
-    and ``1 - q = P_diff / Z`` exactly.
-    """
-    from .losses import MODERNNCA_EPS
-
-    eps = mp.mpf(MODERNNCA_EPS)
-    rows, cols = len(d), len(d[0])
-    grad = _zeros(rows, cols)
-    terms = []
-    for i in range(rows):
-        kernel, same, other, p_same, p_diff = _row(d, i, labels, candidate_labels, self_mask)
-        z = p_same + p_diff
-        q = p_same / z
-        terms.append(-mp.log(q + eps))
-        to_same = p_diff / (z * z * (q + eps) * rows)
-        to_other = -q / (z * (q + eps) * rows)
-        for j in same:
-            grad[i][j] = kernel[j] * to_same
-        for j in other:
-            grad[i][j] = kernel[j] * to_other
-    return MpResult(mp.fsum(terms) / rows, _freeze(grad))
-
-
-def _float64_builtin(name: str) -> Callable:
-    def run(distances, labels, candidate_labels, self_mask):
-        from . import losses
-
-        return losses.evaluate(losses.get(name), distances, labels, candidate_labels, self_mask)
-
-    run.__name__ = f"float64_{name}"
-    return run
-
-
-for _name, _fn in [("ratio", mp_ratio), ("ratio_eps", mp_ratio_eps), ("difference", mp_difference),
-                   ("nca_logspace", mp_nca_logspace), ("modernnca", mp_modernnca)]:
-    register_reference(_name, _fn, float64_fn=_float64_builtin(_name), summary=(_fn.__doc__ or "").split("\n")[0])
-
-
 # --------------------------------------------------------------------------- computing references
-
-
-def to_mp_inputs(distances, labels, candidate_labels, self_mask):
-    """Torch inputs → Python lists; distances become exact mpf (every float is exact in mpmath)."""
-    d = distances.detach().to(torch.float64).tolist()
-    exact: dict[float, Any] = {}
-    for row in d:
-        for x in row:
-            if x not in exact:
-                exact[x] = mp.mpf(x)
-    return (MpRows([exact[x] for x in row] for row in d), [int(v) for v in labels.tolist()],
-            [int(v) for v in candidate_labels.tolist()], [[bool(v) for v in row] for row in self_mask.tolist()])
 
 
 def mp_loss(name_or_reference, distances, labels, candidate_labels, self_mask, *, dps: int = DEFAULT_DPS,
@@ -361,8 +142,6 @@ def mp_loss(name_or_reference, distances, labels, candidate_labels, self_mask, *
 
 def float64_loss(fn: Callable, distances, labels, candidate_labels, self_mask) -> tuple[float, np.ndarray]:
     """Evaluate ``fn`` (loss signature) in float64 with autograd: (loss, gradient w.r.t. distances)."""
-    from .user_loss import as_loss_output
-
     d = distances.detach().to(torch.float64).clone().requires_grad_(True)
     with torch.enable_grad():
         out = as_loss_output(fn(d, labels, candidate_labels, self_mask), d, getattr(fn, "__name__", "reference"))
@@ -378,27 +157,26 @@ def float64_loss(fn: Callable, distances, labels, candidate_labels, self_mask) -
 def reference_for(formulation) -> Reference:
     """The reference a formulation is compared with.
 
-    A registered name (the five built-ins) → its mpmath reference; a user loss with a
-    ``reference`` attribute → that (a :class:`Reference`, the name of a registered one,
-    or a float64 callable with the loss signature); otherwise the float64 evaluation
-    of the function itself, labelled ``"float64 (self)"``.
+    Its ``reference`` field (for a hand-built formulation left None: the function's own
+    ``reference`` attribute): a :class:`Reference` (the five built-ins carry their mpmath
+    one), the name of a registered one, or a float64 callable with the loss signature.
+    Without any, the float64 evaluation of the function itself, labelled ``"float64 (self)"``.
     """
     name = formulation.name
 
     def self_reference(distances, labels, candidate_labels, self_mask):
         return formulation.fn(distances, labels, candidate_labels, self_mask)
 
-    found = None
-    attached = getattr(formulation.fn, "reference", None)
-    if name in REFERENCES:
-        found = REFERENCES[name]
-    elif isinstance(attached, Reference):
-        found = attached
-    elif isinstance(attached, str):
-        found = get_reference(attached)
-    elif callable(attached):
-        return Reference(name, None, attached, label="float64 (user reference)")
-    if found is None:
+    declared = formulation.reference
+    if declared is None:
+        declared = getattr(formulation.fn, "reference", None)
+    if isinstance(declared, Reference):
+        found = declared
+    elif isinstance(declared, str):
+        found = get_reference(declared)
+    elif callable(declared):
+        return Reference(name, None, declared, label="float64 (user reference)")
+    else:
         return Reference(name, None, self_reference, label="float64 (self)")
     if found.float64 is None:  # an mpmath loss without gradient: the gradient comes from float64 autograd
         return dataclasses.replace(found, float64=self_reference)

@@ -31,6 +31,7 @@ from .plots import (
     plot_all,
 )
 from .floats import exp_limits, facts
+from .losses import RATIO_EPS, REGISTRY, is_stable
 from .records import atomic_write_text
 
 REPORT_NAMES = {"en": "report.md", "zh": "report.zh.md"}
@@ -257,7 +258,7 @@ def extract(run_set: RunSet, figures: list[Figure], check: dict[str, Any] | None
     _singleton(doc, section, runs)
     _epsilon(doc, section, [r for r in runs if r.loss == "ratio_eps"])
     _difference(doc, section, [r for r in runs if r.loss == "difference"])
-    _stable(doc, section, [r for r in runs if r.loss in ("nca_logspace", "modernnca")])
+    _stable(doc, section, [r for r in runs if is_stable(r.loss)])
     if check is not None:
         _check_section(doc, section, check)
     _figures(doc, section, figures, runs, problems or [])
@@ -461,9 +462,7 @@ def _failures(doc: Doc, section: _Counter, runs: list[RunData]) -> None:
         if kind in ("underflow", "empty_set", "cancellation", "nonfinite_input", "domain", "division_by_zero"):
             parts.append(m(f"root_{kind}", root_op=_code(root.get("op") or "?")))
         doc.p(*parts)
-        chain = first.get("chain_str") or (run.finding or {}).get("chain_text") or first.get("chain")
-        if isinstance(chain, list):
-            chain = " ← ".join(str(c) for c in chain)
+        chain = run.chain_text()
         if chain:
             doc.p(m("chain_intro"))
             doc.code(str(chain))
@@ -500,8 +499,6 @@ def _singleton(doc: Doc, section: _Counter, runs: list[RunData]) -> None:
 
 
 def _epsilon(doc: Doc, section: _Counter, runs: list[RunData]) -> None:
-    from .losses import RATIO_EPS
-
     doc.h2("h_eps", n=section.next())
     if not runs:
         doc.p(m("not_run", loss="ratio_eps"), m("eps_formula", eps=RATIO_EPS))
@@ -607,7 +604,7 @@ def _stable(doc: Doc, section: _Counter, runs: list[RunData]) -> None:
         if peak and peak[0] > zero:
             parts.append(m("stable_beyond", dmax=peak[0], zero=f"{zero:.2f}"))
         items.append(parts)
-    for loss in ("nca_logspace", "modernnca"):
+    for loss in (name for name, f in REGISTRY.items() if f.stable):
         if loss not in present:
             items.append([m("not_run", loss=loss)])
     doc.bullets(items)

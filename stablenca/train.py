@@ -289,7 +289,7 @@ class Trainer:
         self.task = self.config.task
         self.n_classes = self.data.n_classes
         self.formulation = losses.resolve(self.config.loss, self.task)
-        if ":" in self.config.loss:
+        if self.formulation.user:
             self.formulation = _guard_user_loss(self.formulation)
         torch.manual_seed(self.config.seed)
         self.model = build_model(self.config, self.data.n_num, self.data.n_onehot).to(self.device, self.dtype)
@@ -516,8 +516,7 @@ def _guard_user_loss(formulation: losses.Formulation) -> losses.Formulation:
                                 fix="fix the function; try it on a small batch of "
                                     "(distances, labels, candidate_labels, self_mask) first") from None
 
-    guarded.reference = getattr(function, "reference", None)
-    return dataclasses.replace(formulation, fn=guarded)
+    return dataclasses.replace(formulation, fn=guarded)  # the reference and the other fields stay
 
 
 def _postfix(metrics: dict[str, float]) -> str:

@@ -54,7 +54,6 @@ import contextlib
 import math
 import signal
 import threading
-import types
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -66,7 +65,9 @@ from .integrations import distributed
 from .integrations.precision import HALF_DTYPES, autocast_disabled, finding_dtype
 from .probes import batch_statistics
 from .publish import capture
-from .records import JsonlWriter, atomic_write_json, prepare_out_dir
+from . import artifacts
+from .artifacts import prepare_out_dir
+from .records import JsonlWriter, atomic_write_json
 from .sentinel import CAPSULE_FORMAT, CAPSULE_VERSION, MODES, Snapshot, save_capsule
 
 #: Skipped steps traced in full (each costs two replays); later skips record the scale only.
@@ -327,16 +328,15 @@ class Watch:
         return run_dir
 
     def _entry(self) -> dict[str, Any]:
-        from .diagnose import first_nonfinite_entry
-
         status = "diverged" if self.failed else ("interrupted" if self.interrupted else "completed")
-        result = types.SimpleNamespace(diverged=self.failed, diverged_at=self.failed_at)
         config = {"model": type(base_module(self.model)).__name__, "loss": "user loop"}
         return {"run": self.run_name, **config, "dtype": next(
                     (str(p.dtype).replace("torch.", "") for p in self.model.parameters()), "float32"),
                 "rank": self.rank, "status": status, "diverged": self.failed, "diverged_at": self.failed_at,
                 "steps_run": self._step, "skipped_steps": self.skipped,
-                "first_nonfinite": first_nonfinite_entry(result, self.finding),
+                "first_nonfinite": artifacts.first_nonfinite(
+                    self.failed_at if self.failed else None,
+                    self.finding.to_dict() if self.finding is not None else None),
                 "capsule": str(Path(self.run_name) / "capsule.pt") if self.failed and self.mode != "off" else None,
                 "test": {}, "val": {}, "excluded_rows": None}
 
@@ -348,12 +348,12 @@ class Watch:
         if self.rank != 0 or self.out is None:
             return
         first = self._first_failing
-        summary = {"stablenca": "watch", "mode": self.mode, "interrupted": interrupted,
-                   "signal": "SIGTERM" if self.terminated else None,
-                   "world_size": self.agreement.world_size if self.agreement is not None else 1,
-                   "first_failing_rank": self.first_failing_rank,
-                   "first_failing_finding": first.get("finding") if first else None, "runs": entries}
-        atomic_write_json(self.out / "summary.json", summary)
+        summary = artifacts.new_summary(
+            "watch", mode=self.mode, interrupted=interrupted, signal="SIGTERM" if self.terminated else None,
+            world_size=self.agreement.world_size if self.agreement is not None else 1,
+            first_failing_rank=self.first_failing_rank,
+            first_failing_finding=first.get("finding") if first else None, runs=entries)
+        artifacts.write_summary(self.out, summary)
         if self.report:
             from .report import build_report
 

@@ -46,7 +46,7 @@ class Result:
 
 _SERVER = r"""
 import json, os, runpy, sys, traceback
-import stablenca.data, stablenca.diagnose, stablenca.sentinel, stablenca.train, stablenca.user_loss
+import stablenca.data, stablenca.diagnose, stablenca.sentinel, stablenca.train, stablenca.losses.user
 import sklearn.metrics, sklearn.neighbors, sklearn.preprocessing
 import torch._dynamo  # torch.optim imports it at the first optimizer (seconds)
 replies = os.fdopen(os.dup(1), "w")
@@ -427,10 +427,11 @@ def test_capsule_with_a_code_running_pickle_is_refused_and_the_code_does_not_run
 
 
 def _api_cases(p):
-    from stablenca import losses, user_loss
+    from stablenca import losses
+    from stablenca.losses import user as user_loss
     from stablenca.data import load_csv, load_dataset, load_talent_dir
     from stablenca.neighbours import soft_neighbour_readout
-    from stablenca.records import prepare_out_dir
+    from stablenca.artifacts import prepare_out_dir
     from stablenca.sentinel import load_capsule
     from stablenca.train import TrainConfig, train
 

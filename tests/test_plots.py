@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from stablenca import floats, plots
+from stablenca import artifacts, floats, plots
 from stablenca.records import dumps
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -85,18 +85,14 @@ def write_run_dir(out, *, steps: int = 12, interrupted: bool = False) -> None:
                  "first_nonfinite": None, "capsule": None}
         if fail:
             entry["diverged_at"] = {"epoch": records[-1]["epoch"], "step": steps - 1}
-            entry["first_nonfinite"] = {
-                "epoch": records[-1]["epoch"], "step": steps - 1, "phase": "backward", "op": "aten.div.Tensor",
-                "backward_node": "DivBackward0", "module": None, "source": FINDING["source"], "pattern": "overflow",
-                "chain": FINDING["chain_text"], "chain_str": FINDING["chain_text"],
-                "root_cause": FINDING["root_cause"], "inputs": FINDING["inputs"]}
+            entry["first_nonfinite"] = artifacts.first_nonfinite(entry["diverged_at"], FINDING)
             entry["capsule"] = f"{name}/capsule.pt"
             (run_dir / "finding.json").write_text(json.dumps(FINDING))
         if not (interrupted and loss == "modernnca"):
             (run_dir / "result.json").write_text(json.dumps(entry))
             runs.append(entry)
-    summary = {"stablenca": "diagnose", "data": "synthetic", "seed": 0, "interrupted": interrupted, "runs": runs,
-               "command": "stablenca diagnose --out synthetic"}
+    summary = artifacts.new_summary(data="synthetic", seed=0, interrupted=interrupted, runs=runs,
+                                    command="stablenca diagnose --out synthetic")
     (out / "summary.json").write_text(dumps(summary, indent=2))
 
 

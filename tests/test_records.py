@@ -9,7 +9,8 @@ from stablenca import losses
 from stablenca.errors import OutputError
 from stablenca.probes import batch_statistics
 from stablenca.publish import capture
-from stablenca.records import JsonlWriter, atomic_write_json, prepare_out_dir, read_jsonl
+from stablenca.artifacts import prepare_out_dir
+from stablenca.records import JsonlWriter, atomic_write_json, read_jsonl
 
 
 def test_jsonl_keeps_nan_and_inf_and_pandas_reads_it(tmp_path):

@@ -249,7 +249,7 @@ def test_mpmath_loss_only_reference_takes_its_gradient_from_float64_autograd():
         return losses.nca_logspace(distances, labels, candidate_labels, self_mask)
 
     user.reference = ref.register_reference(
-        "test_user_loss_only", lambda d, y, yc, m: ref.mp_nca_logspace(d, y, yc, m).loss)
+        "test_user_loss_only", lambda d, y, yc, m: losses.mp.mp_nca_logspace(d, y, yc, m).loss)
     try:
         formulation = losses.Formulation("test_user_loss_only_fn", user, ("multiclass",), False, "")
         reference = ref.reference_for(formulation)

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import stablenca
-from stablenca import losses, reference, user_loss
+from stablenca import losses, reference
+from stablenca.losses import user as user_loss
 from stablenca.publish import capture
 
 USER_LOSSES = textwrap.dedent('''

@@ -19,7 +19,8 @@ import math
 from pathlib import Path
 
 from ..errors import DataError, StableNCAError
-from ..records import iter_run_dirs, read_jsonl
+from ..artifacts import iter_run_dirs
+from ..records import read_jsonl
 
 GRAD_NORM_PREFIX = "grad_2.0_norm/"
 

@@ -1,4 +1,4 @@
-"""The loss formulations: one registry, one interface.
+"""The five built-in loss formulations (pure functions; :mod:`.registry` names them).
 
 Every formulation takes
 
@@ -20,63 +20,18 @@ itself: ``distances = cdist(E, E)``, ``candidate_labels = labels`` and
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Callable
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError
-from .publish import publish
-
-Task = Literal["multiclass", "regression"]
+from ..publish import publish
+from .base import LossOutput, Task
 
 #: The student's epsilon, as in the story.
 RATIO_EPS = 1e-10
 #: TALENT adds this to the class probabilities before the log.
 MODERNNCA_EPS = 1e-7
-
-
-@dataclasses.dataclass
-class LossOutput:
-    """Per-sample losses and how they reduce.
-
-    ``per_sample`` has one entry per *included* row; ``included`` is the (B,) bool
-    mask of rows that took part (rows a formulation excludes, such as those without
-    a same-class neighbour in ``nca_logspace``, are counted, never turned into inf).
-    """
-
-    per_sample: torch.Tensor
-    reduction: Literal["mean", "sum"]
-    included: torch.Tensor
-
-    @property
-    def loss(self) -> torch.Tensor:
-        """The scalar that is optimised."""
-        if self.per_sample.numel() == 0:
-            # Nothing to learn from in this batch: a zero that keeps the graph alive.
-            return self.per_sample.sum()
-        return self.per_sample.mean() if self.reduction == "mean" else self.per_sample.sum()
-
-    @property
-    def n_excluded(self) -> int:
-        return int((~self.included).sum())
-
-
-@dataclasses.dataclass(frozen=True)
-class Formulation:
-    """A registered loss: its function and the tasks it makes sense for."""
-
-    name: str
-    fn: Callable[..., LossOutput]
-    tasks: tuple[str, ...]
-    stable: bool
-    summary: str
-
-    def __call__(self, distances, labels, candidate_labels, self_mask, **kwargs) -> LossOutput:
-        return self.fn(distances, labels, candidate_labels, self_mask, **kwargs)
 
 
 def _class_masks(labels, candidate_labels, self_mask):
@@ -243,62 +198,3 @@ def modernnca(distances, labels, candidate_labels, self_mask, n_classes: int | N
         prediction = probabilities @ candidate_labels.to(probabilities.dtype)
         per_sample = (prediction - labels.to(probabilities.dtype)) ** 2
     return LossOutput(per_sample, "mean", _all_rows(distances))
-
-
-REGISTRY: dict[str, Formulation] = {
-    f.name: f
-    for f in [
-        Formulation("ratio", ratio, ("multiclass",), False, "-log(P_same/P_diff), the student's loss"),
-        Formulation("ratio_eps", ratio_eps, ("multiclass",), False, "ratio with 1e-10 added to both sums"),
-        Formulation("difference", difference, ("multiclass",), False, "P_diff.sum() - P_same.sum()"),
-        Formulation("nca_logspace", nca_logspace, ("multiclass",), True,
-                    "-(logsumexp same - logsumexp all-but-self)"),
-        Formulation("modernnca", modernnca, ("multiclass", "regression"), True,
-                    "TALENT: log(softmax @ onehot + 1e-7) + NLL, or MSE"),
-    ]
-}
-
-
-def get(name: str, task: str = "multiclass") -> Formulation:
-    """Look a formulation up by name and check that it fits the task."""
-    if name not in REGISTRY:
-        raise ConfigError(f"unknown loss {name!r}",
-                          fix=f"use one of {', '.join(REGISTRY)} or package.module:function")
-    formulation = REGISTRY[name]
-    if task not in formulation.tasks:
-        raise ConfigError(
-            f"loss {name!r} does not fit task {task!r} (it needs class labels)",
-            fix="use --loss modernnca for regression, or --task multiclass",
-        )
-    return formulation
-
-
-def resolve(spec: str, task: str = "multiclass") -> Formulation:
-    """A registry name, or a user loss ``package.module:function`` wrapped as a formulation."""
-    if ":" not in spec:
-        return get(spec, task)
-    from . import user_loss
-
-    function = user_loss.load_user_function(spec)
-    user_loss.check_signature(function, spec)
-    tasks = tuple(getattr(function, "tasks", ("multiclass", "regression")))
-    if task not in tasks:
-        raise ConfigError(f"loss {spec!r} declares tasks {tasks}, not {task!r}",
-                          fix=f"use --task {tasks[0]} or another loss")
-
-    def wrapped(distances, labels, candidate_labels, self_mask):
-        # The inputs are published for the user (the probes need them for the distance and
-        # exp-underflow statistics); what the function publishes itself is kept too.
-        user_loss.publish_inputs(distances, labels, candidate_labels, self_mask)
-        return user_loss.as_loss_output(function(distances, labels, candidate_labels, self_mask), distances, spec)
-
-    wrapped.reference = user_loss.reference_of(function, spec)
-    return Formulation(spec, wrapped, tasks, False, getattr(function, "__doc__", None) or spec)
-
-
-def evaluate(formulation: Formulation, distances, labels, candidate_labels, self_mask,
-             *, task: str = "multiclass", n_classes: int | None = None) -> LossOutput:
-    """Call a formulation with the extra arguments only ``modernnca`` needs."""
-    if formulation.fn is modernnca:
-        return formulation(distances, labels, candidate_labels, self_mask, n_classes=n_classes, task=task)
-    return formulation(distances, labels, candidate_labels, self_mask)

@@ -41,7 +41,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserLossError
+from ..errors import UserLossError
+from ..publish import publish
+from .base import LossOutput, Reference
 
 
 def load_user_function(spec: str):
@@ -85,8 +87,6 @@ def check_signature(function, spec: str) -> None:
 
 def as_loss_output(value, distances: torch.Tensor, spec: str):
     """Normalise what a user loss returns into a :class:`stablenca.losses.LossOutput`."""
-    from .losses import LossOutput
-
     if isinstance(value, LossOutput):
         return value
     if not isinstance(value, torch.Tensor) or not value.is_floating_point():
@@ -103,8 +103,6 @@ def as_loss_output(value, distances: torch.Tensor, spec: str):
 
 def publish_inputs(distances, labels, candidate_labels, self_mask) -> None:
     """Publish a user loss's inputs under the names the probes read."""
-    from .publish import publish
-
     publish("distances", distances)
     publish("self_mask", self_mask)
     if isinstance(labels, torch.Tensor) and isinstance(candidate_labels, torch.Tensor) \
@@ -117,14 +115,12 @@ def reference_of(function, spec: str):
 
     ``reference_mp`` becomes a :class:`stablenca.reference.Reference` (with ``reference``
     as its float64 side when that is a callable); otherwise ``reference`` is returned
-    as it is, for :func:`stablenca.reference.reference_for` to interpret.
+    as it is (a name, a callable or a Reference), for :func:`stablenca.reference.reference_for`.
     """
     attached = getattr(function, "reference", None)
     mp_fn = getattr(function, "reference_mp", None)
     if mp_fn is None:
         return attached
-    from .reference import Reference
-
     if not callable(mp_fn):
         raise UserLossError(f"loss {spec!r} has a reference_mp that is not callable",
                             fix="set reference_mp to an mpmath function (d, labels, candidate_labels, self_mask)")
