@@ -199,7 +199,7 @@ def test_one_minus_exp_fixed_across_the_series_boundary(dtype):
     xs = np.unique(np.float32(np.concatenate([np.linspace(1.8, 2.6, 300), -np.linspace(1.8, 2.6, 300)])))
     xs = xs.astype(np.float64)
     values, grads = case.evaluate("fixed", xs, dtype)
-    budget = case.budgets[ref.dtype_name(dtype)]
+    budget = case.budgets[floats.dtype_name(dtype)]
     assert ref.bits_of_error(values, case.reference_values(xs), dtype).max() <= budget.value_bits
     assert ref.bits_of_error(grads, case.reference_gradients(xs), dtype).max() <= budget.grad_bits
 
