@@ -22,14 +22,34 @@ __version__ = "0.1.0"
 _LAZY = {
     "LOSSES": ("stablenca.losses", "REGISTRY"),
     "LossOutput": ("stablenca.losses", "LossOutput"),
+    "Formulation": ("stablenca.losses", "Formulation"),
     "find_nonfinite": ("stablenca.trace", "find_nonfinite"),
+    "trace_call": ("stablenca.trace", "trace_call"),
+    "Finding": ("stablenca.trace", "Finding"),
     "Tracer": ("stablenca.trace", "Tracer"),
     "watch": ("stablenca.watcher", "watch"),
     "Watch": ("stablenca.watcher", "Watch"),
+    "run_check": ("stablenca.check", "run_check"),
     "TrainConfig": ("stablenca.train", "TrainConfig"),
 }
 
-__all__ = ["StableNCAError", "__version__", "capture", "publish", *_LAZY]
+__all__ = [
+    "LOSSES",
+    "Finding",
+    "Formulation",
+    "LossOutput",
+    "StableNCAError",
+    "TrainConfig",
+    "Tracer",
+    "Watch",
+    "__version__",
+    "capture",
+    "find_nonfinite",
+    "publish",
+    "run_check",
+    "trace_call",
+    "watch",
+]
 
 
 def __getattr__(name: str):

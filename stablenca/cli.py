@@ -35,13 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     subparsers.required = True
     for name in SUBCOMMANDS:
-        try:
-            module = importlib.import_module(f"stablenca.commands.{name}")
-        except ModuleNotFoundError as exc:  # a subcommand not built yet
-            if exc.name != f"stablenca.commands.{name}":
-                raise
-            continue
-        module.register(subparsers)
+        importlib.import_module(f"stablenca.commands.{name}").register(subparsers)
     return parser
 
 

@@ -1,10 +1,19 @@
 """How a loss publishes its intermediate tensors to whoever listens.
 
-A loss calls :func:`publish` with a name from a small vocabulary
-(``distances``, ``same_class_mask``, ``self_mask``, ``exp_out``, ``p_same``,
-``p_diff``, ``softmax``, ``temperature``). The probes read those names; they never
-special-case a loss. Without an active :func:`capture`, publishing costs one
-context-variable lookup and does nothing else.
+A loss calls :func:`publish` with a name from a small vocabulary, which the probes
+read (they never special-case a loss; other names are kept and summarised generically):
+
+* ``distances``: (B, C) query-to-candidate distances, already divided by T
+* ``same_class_mask``: (B, C) bool: the candidate has the query's class (self excluded)
+* ``self_mask``: (B, C) bool: the candidate is the query itself
+* ``exp_out``: (B, C) ``exp(-distances)``, the student's P
+* ``p_same``: (B,) sum of P over same-class candidates
+* ``p_diff``: (B,) sum of P over other-class candidates
+* ``softmax``: (B, C) ``softmax(-distances)`` over candidates
+* ``temperature``: Python float T
+
+Without an active :func:`capture`, publishing costs one context-variable lookup and
+does nothing else.
 
 >>> import torch
 >>> with capture() as published:
@@ -24,19 +33,6 @@ from typing import Any
 _SINKS: contextvars.ContextVar[tuple[dict[str, Any], ...]] = contextvars.ContextVar(
     "stablenca_publish_sinks", default=()
 )
-
-#: Names the built-in probes understand. Others are kept but only summarised generically.
-KNOWN_NAMES = (
-    "distances",  # (B, C) query-to-candidate distances already divided by T
-    "same_class_mask",  # (B, C) bool: candidate has the query's class (self excluded)
-    "self_mask",  # (B, C) bool: candidate is the query itself
-    "exp_out",  # (B, C) exp(-distances), the student's P
-    "p_same",  # (B,) sum of P over same-class candidates
-    "p_diff",  # (B,) sum of P over other-class candidates
-    "softmax",  # (B, C) softmax(-distances) over candidates
-    "temperature",  # python float T
-)
-
 
 def publish(name: str, value: Any) -> None:
     """Offer ``value`` under ``name`` to every active :func:`capture` (detached)."""
