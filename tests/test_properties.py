@@ -3,7 +3,7 @@ unstable ones fail, each in its own way, and the breakdown agrees with theory.
 
 Budgets come from the hypothesis profiles of conftest.py (HYPOTHESIS_PROFILE=dev/ci/nightly).
 
-Accuracy is measured as in ``stablenca.pytest_plugin.assert_stable``: the loss error
+Accuracy is measured as in ``stablenca.testing.pytest_plugin.assert_stable``: the loss error
 in ulps of ``max(|reference|, 1, s)`` and the gradient error (normwise) in ulps of
 ``max(max|reference|, max(1, s) / B)`` for a batch of B rows at scale s, i.e. what a
 one-ulp rounding of distances of size s costs anyway. (Herbie's purely relative bits
@@ -20,9 +20,10 @@ import torch
 from hypothesis import HealthCheck, Phase, find, given, settings
 from hypothesis import strategies as st
 
-from stablenca import check, cli, losses, strategies
+from stablenca import check, cli, losses
+from stablenca.testing import strategies
 from stablenca import reference as ref
-from stablenca.pytest_plugin import _floor
+from stablenca.testing.pytest_plugin import _floor
 
 STABLE = ["nca_logspace", "modernnca"]
 #: Bits of error allowed to the stable formulations, per dtype (measured: <= 2).

@@ -6,13 +6,13 @@ import sys
 import pytest
 import torch
 
-from stablenca import strategies
-from stablenca.pytest_plugin import assert_stable
+from stablenca.testing import strategies
+from stablenca.testing.pytest_plugin import assert_stable
 
 pytest_plugins = ["pytester"]
 
 USER_TESTS = """
-    from stablenca import strategies
+    from stablenca.testing import strategies
 
 
     def test_ratio_is_stable(stablenca_check):
@@ -69,7 +69,7 @@ def test_assert_stable_rejects_bad_arguments():
 
 
 def test_importing_the_plugin_does_not_import_hypothesis_or_mpmath():
-    code = ("import sys, stablenca.pytest_plugin; "
+    code = ("import sys, stablenca.testing.pytest_plugin; "
             "print(sorted(m for m in ('hypothesis', 'mpmath', 'stablenca.check', 'stablenca.reference') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

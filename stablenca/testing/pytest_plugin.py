@@ -27,8 +27,8 @@ GRAD_FLOOR = "scale"
 
 
 def _formulation(loss):
-    from . import losses
-    from .losses.user import as_loss_output
+    from .. import losses
+    from ..losses.user import as_loss_output
 
     if isinstance(loss, str):
         return losses.resolve(loss, "multiclass")
@@ -47,7 +47,7 @@ def _formulation(loss):
 
 
 def _reference(formulation, reference):
-    from . import reference as ref
+    from .. import reference as ref
 
     if reference is None:
         return ref.reference_for(formulation)
@@ -104,7 +104,7 @@ def assert_stable(loss, *, dtype="float32", max_bits: float | None = None, max_g
       significand bits, 12 for float32, the breakdown threshold of ``stablenca
       check``); ``max_grad_bits`` the same for the gradient (default ``max_bits``).
     * ``strategy``: a hypothesis strategy of :class:`stablenca.check.Batch`
-      (default ``stablenca.strategies.batches(regime="all")``: scales 1e-3..1e4,
+      (default ``stablenca.testing.strategies.batches(regime="all")``: scales 1e-3..1e4,
       every class with >= 2 members).
     * ``reference``: default the registered mpmath reference (built-ins), else the
       loss's ``reference`` attribute, else its own float64 evaluation; or a
@@ -127,8 +127,8 @@ def assert_stable(loss, *, dtype="float32", max_bits: float | None = None, max_g
     import torch
     from hypothesis import HealthCheck, Phase, given, settings
 
-    from . import check, floats
-    from . import reference as ref
+    from .. import check, floats
+    from .. import reference as ref
     from . import strategies
 
     _check_floor(loss_floor, "loss_floor")
@@ -190,5 +190,5 @@ def assert_stable(loss, *, dtype="float32", max_bits: float | None = None, max_g
 
 @pytest.fixture
 def stablenca_check():
-    """:func:`stablenca.pytest_plugin.assert_stable`: ``stablenca_check(loss, dtype=..., max_bits=...)``."""
+    """:func:`stablenca.testing.pytest_plugin.assert_stable`: ``stablenca_check(loss, dtype=..., max_bits=...)``."""
     return assert_stable

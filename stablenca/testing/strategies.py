@@ -17,7 +17,7 @@ all        1e-3 .. 1e4       the whole sweep of ``stablenca check``
 Example (a property test of your own loss)::
 
     from hypothesis import given
-    from stablenca import strategies
+    from stablenca.testing import strategies
 
     @given(strategies.batches(regime="large"))
     def test_my_loss_is_finite(batch):
@@ -41,8 +41,8 @@ import numpy as np
 import torch
 from hypothesis import strategies as st
 
-from .check import FAR, KAPPA, Batch, build_batch
-from .floats import DTYPE_NAMES, as_dtype
+from ..check import FAR, KAPPA, Batch, build_batch
+from ..floats import DTYPE_NAMES, as_dtype
 
 #: Scale regimes: (lowest, highest) distance scale.
 REGIMES: dict[str, tuple[float, float]] = {
