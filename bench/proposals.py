@@ -14,7 +14,7 @@ interleaved, and checks that the results agree.
 3. ``embed``: ``Trainer.embed`` (a list of batch outputs, then ``torch.cat``: twice the
    output's memory at the peak) vs writing each batch into a preallocated output.
 4. ``png``: saving one figure shaped like the report's timeline (4 panels, 13 × 11 in,
-   100 dpi) the way :func:`stablenca.plots.save_figure` does (zlib level 6) vs
+   100 dpi) the way :func:`stablenca.report.figures.save_figure` does (zlib level 6) vs
    ``pil_kwargs={"compress_level": 1}``; and saving the same figures one after the
    other vs in a pool of one process per core.
 

@@ -46,6 +46,7 @@ import numpy as np
 
 from .errors import ConfigError, OutputError
 from .records import atomic_write_json, atomic_write_text, finite_or_none
+from .report.markdown import table
 
 #: The split is the same for every seed (TALENT's protocol: model seeds on a fixed split).
 SPLIT_SEED = 0
@@ -764,24 +765,24 @@ def render_markdown(study: dict[str, Any]) -> str:
                       "comparable with TALENT's or with a full study."]
     lines += ["", "## Main table", ""]
     published_header = f"Published {METRIC_LABELS[study['published']['metric']]} (TALENT¹)"
-    lines += [f"| Row | Protocol | Test {METRIC_LABELS[metric_a]} | Test {METRIC_LABELS[metric_b]} | Diverged | "
-              f"Epochs run | s/run | {published_header} |",
-              "|---|---|---|---|---|---|---|---|"]
+    headers = ["Row", "Protocol", f"Test {METRIC_LABELS[metric_a]}", f"Test {METRIC_LABELS[metric_b]}", "Diverged",
+               "Epochs run", "s/run", published_header]
+    rows = []
     shown = set()
     for entry in study["rows"]:
         summary = entry["summary"]
         published = _published_for(study, entry["published"])
         if published:
             shown.add(entry["published"])
-        lines.append(f"| {entry['label']} | {entry['protocol']} | "
-                     f"{_mean_std(summary[metric_a], summary['runs'], entry['deterministic'])} | "
-                     f"{_mean_std(summary[metric_b], summary['runs'], entry['deterministic'])} | "
-                     f"{_diverged(summary)} | {_epochs(summary)} | {_seconds(summary)} | {published} |")
+        rows.append([entry["label"], entry["protocol"],
+                     _mean_std(summary[metric_a], summary["runs"], entry["deterministic"]),
+                     _mean_std(summary[metric_b], summary["runs"], entry["deterministic"]),
+                     _diverged(summary), _epochs(summary), _seconds(summary), published])
     for row in study["published"]["rows"]:
         if row["name"] not in shown:
-            lines.append(f"| {row['name']} (published only, not run here) | TALENT defaults "
-                         "| — | — | — | — | — | "
-                         f"{_published_for(study, row['name'])} |")
+            rows.append([f"{row['name']} (published only, not run here)", "TALENT defaults", "—", "—", "—", "—",
+                         "—", _published_for(study, row["name"])])
+    lines += table(headers, rows).split("\n")
     tuned = next((e for e in study["rows"] if e["kind"] == "knn_tuned"), None)
     selection = "accuracy" if task == "multiclass" else "MAE"
     lines += ["", "Notes:", "",
@@ -824,9 +825,8 @@ def _ablation_markdown(study: dict[str, Any]) -> list[str]:
     lines = ["", "## Ablation: from the student's setup to ModernNCA, one factor per step", "",
              "Each step is the previous one with the single change shown, over the same seeds. "
              "Δ = this step's mean minus the previous step's mean; in brackets the std of the paired "
-             "per-seed differences.", "",
-             "| Step | Change | Test accuracy | Δ accuracy | Test macro-F1 | Δ macro-F1 | Diverged | Epochs run |",
-             "|---|---|---|---|---|---|---|---|"]
+             "per-seed differences.", ""]
+    rows = []
     for step in study["ablation"]:
         summary = step["summary"]
         cells = []
@@ -837,8 +837,9 @@ def _ablation_markdown(study: dict[str, Any]) -> list[str]:
                 delta += f" (sd {paired['std']:.4f})"
             cells += [_mean_std(summary[metric], summary["runs"]), delta if step["delta"][metric] is not None
                       else ("—" if step["id"] == "A0" else "n/a")]
-        lines.append(f"| {step['id']} | {step['change']} | {cells[0]} | {cells[1]} | {cells[2]} | {cells[3]} | "
-                     f"{_diverged(summary)} | {_epochs(summary)} |")
+        rows.append([step["id"], step["change"], *cells, _diverged(summary), _epochs(summary)])
+    lines += table(["Step", "Change", "Test accuracy", "Δ accuracy", "Test macro-F1", "Δ macro-F1", "Diverged",
+                    "Epochs run"], rows).split("\n")
     last = study["ablation"][-1]
     regression = last["summary"].get("regression")
     if regression and regression["rmse"]["mean"] is not None:

@@ -7,7 +7,8 @@ import math
 
 import pytest
 
-from stablenca import artifacts, floats, plots
+from stablenca import artifacts, floats
+from stablenca.report import figures as plots
 from stablenca.records import dumps
 
 PNG = b"\x89PNG\r\n\x1a\n"

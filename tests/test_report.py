@@ -94,7 +94,7 @@ def test_no_temp_files_left(built):
 
 
 def test_interrupted_run_dir_still_gets_a_report(tmp_path, monkeypatch):
-    from stablenca import plots
+    from stablenca.report import figures as plots
 
     # The figures are tested on their own; here only the interrupted run's timeline is drawn.
     def some_figures(out, check_path=None, *, run_set=None, strict=True, problems=None):

@@ -16,7 +16,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..plots import plot_all
+    from ..report.figures import plot_all
 
     for figure in plot_all(args.run_dir, args.check):
         print(figure.path)

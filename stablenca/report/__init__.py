@@ -1,0 +1,56 @@
+"""The report of a ``stablenca diagnose`` output directory, from the records alone.
+
+Reading (:mod:`.runs`, through :mod:`stablenca.artifacts`) is apart from rendering:
+:mod:`.figures` draws the PNGs, :mod:`.sections` turns the runs into one language-free
+:class:`.markdown.Doc`, and :mod:`.markdown` renders it with the English
+(:mod:`.messages_en`) and the Chinese (:mod:`.messages_zh`) catalogue. Nothing is retrained.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import artifacts
+from ..records import atomic_write_text
+from .figures import plot_all
+from .markdown import Doc, fmt, placeholders
+from .markdown import render as render_markdown
+from .messages_en import EN
+from .messages_zh import ZH
+from .runs import load_check, load_run_set
+from .sections import extract
+
+#: Language → (catalogue, file name, how the parts of a paragraph are joined).
+LANGUAGES = {"en": (EN, "report.md", " "), "zh": (ZH, "report.zh.md", "")}
+REPORT_NAMES = {lang: name for lang, (_, name, _) in LANGUAGES.items()}
+MESSAGES = {lang: messages for lang, (messages, _, _) in LANGUAGES.items()}
+
+__all__ = ["EN", "LANGUAGES", "MESSAGES", "REPORT_NAMES", "ZH", "Doc", "build_report", "extract", "fmt",
+           "placeholders", "render"]
+
+
+def render(doc: Doc, lang: str) -> str:
+    """The Markdown of ``doc`` in ``lang`` ("en" or "zh")."""
+    messages, _, joiner = LANGUAGES[lang]
+    return render_markdown(doc, messages, joiner=joiner)
+
+
+def build_report(out_dir: str | Path, check_path: str | Path | None = None) -> list[Path]:
+    """Draw the figures and write ``report.md`` and ``report.zh.md`` into ``out_dir``.
+
+    Reads only what ``stablenca diagnose`` recorded (and ``check_path``, default
+    ``out_dir/check.json`` when present). Returns the written paths, figures first.
+    """
+    out = Path(out_dir)
+    run_set = load_run_set(out)
+    if check_path is None and (out / artifacts.CHECK).is_file():
+        check_path = out / artifacts.CHECK
+    check = load_check(check_path) if check_path is not None else None
+    problems: list[str] = []
+    figures = plot_all(out, check_path, run_set=run_set, strict=False, problems=problems)
+    doc = extract(run_set, figures, check, problems)
+    written = [f.path for f in figures]
+    for lang, (_, name, _) in LANGUAGES.items():
+        atomic_write_text(out / name, render(doc, lang))
+        written.append(out / name)
+    return written

@@ -1,0 +1,153 @@
+"""报告的中文消息：消息 id → 模板（``str.format`` 字段），与 :mod:`.messages_en` 的 id 一一对应。
+
+The Chinese messages of the diagnose report, one for every id of :mod:`.messages_en`.
+"""
+
+ZH: dict[str, str] = {
+    "raw": "{text}",
+    "title": "stablenca 诊断报告",
+    "intro": "数据：{data}；随机种子 {seed}；共 {n_runs} 个运行。下文的每个数字都读自本目录的 `summary.json` 与 "
+             "`<run>/records.jsonl`（每个训练批次一条记录）；撰写本报告时没有重新训练。",
+    "intro_command": "命令：`{command}`。",
+    "interrupted": "**本次诊断被中断。** 报告只涵盖中断前记录下来的内容：{n_recorded} 个运行有记录，{n_cut} 个运行标为"
+                   "*已中断*（它们没有最终结果，记录可能停在某个轮次中间）。",
+    "no_runs": "本目录中没有记录任何运行。",
+    "no_records": "`{run}`：没有写入任何记录。",
+    "not_run": "`{loss}`：未运行。",
+    "h_short": "概要",
+    "short_failed": "`{run}` 在第 {step} 步出现非有限值：首个出错的运算是 `{op}`（{phase}），根本原因是 `{root_op}` 处的 `{kind}`。",
+    "short_finite": "`{run}`（{status}）：已记录的 {n_steps} 步中有 {n_finite} 步为有限值。",
+    "short_interrupted": "`{run}` 在记录了 {n_steps} 步之后被中断。",
+    "short_zero": "它的 `exp`/softmax 第一次输出精确的 0.0 是在第 {step} 步。",
+    "short_no_zero": "它的 `exp`/softmax 输出从未精确为 0.0。",
+    "h_runs": "{n}. 各个运行",
+    "col_run": "运行", "col_model": "模型", "col_loss": "损失", "col_dtype": "数据类型", "col_status": "状态",
+    "col_steps": "已记录步数", "col_first": "首个非有限值", "col_root": "根本原因",
+    "col_acc": "测试准确率", "col_breakdown": "失效尺度", "col_reason": "原因",
+    "col_finite": "有限比例", "col_bits": "误差位数（中位数 / 最大值）",
+    "cell_first": "第 {step} 步：`{op}`（{phase}）",
+    "cell_none": "无",
+    "runs_note": "损失或梯度不是有限值的那一步永远不会被应用：运行在该处停止。测试准确率用的是失败那一步之前的参数。"
+                 "步数和轮次与记录中一样从 0 开始计数。",
+    "status_completed": "完成", "status_early_stopped": "提前停止", "status_diverged": "发散",
+    "status_interrupted": "已中断",
+    "phase_forward": "前向", "phase_backward": "反向", "phase_optimizer": "优化器",
+    "phase_unknown": "未知阶段",
+    "h_ratio": "{n}. 比值损失没有下界，所以训练会把距离越拉越大",
+    "ratio_formula": "学生的损失是 `−log(P_same / P_diff)`，其中 `P = exp(−d/T)`，`P_same` 对查询样本自己的类别求和，"
+                     "`P_diff` 只对*其他*类别求和。由于分母不包含自己的类别，`P_same / P_diff` 不是概率：它可以大于 1，"
+                     "所以损失可以低于 0，而且没有下界。若同类近邻的距离为 `a`、异类近邻的距离为 `b`，损失就是 `a − b`；"
+                     "把所有距离乘以 `s`，损失也乘以 `s`。一旦查询样本离自己的类别比离其他类别更近，继续降低损失最省事"
+                     "的办法就是把整个距离尺度放大。",
+    "ratio_loss": "在 `{run}` 中，损失从 {loss0}（第 {step0} 步）变为 {loss_min}（第 {loss_min_step} 步）；"
+                  "已记录的 {n_steps} 步中有 {n_negative} 步损失为负，而真正的 NCA 损失（`−log p`，`p ≤ 1`）绝不会为负。",
+    "ratio_dmax": "与此同时，最大距离 `d_max` 从 {d0}（第 {step0} 步）增长到 {dpeak}（第 {dpeak_step} 步），"
+                  "增大了 {factor} 倍。",
+    "ratio_growth": "`{key}`：{a}（第 {a_step} 步）→ {b}（第 {b_step} 步）。",
+    "ratio_pdiff": "各行中最小的异类和 `P_diff` 从 {a}（第 {a_step} 步）一路降到 {low}（第 {low_step} 步）。",
+    "ratio_see_figures": "下面的时间线图和失效区域图逐步展示了这些序列。",
+    "h_underflow": "{n}. 距离是否越过了 exp 的下溢界限？",
+    "limits": "在 {dtype} 中，当 `d > {normal}` 时 `exp(−d)` 离开正规数范围（变为次正规数并损失精度），当 "
+              "`d > {zero}` 时舍入为精确的 0.0。这些是 IEEE 浮点数的常数，与模型无关；这里的距离已经除以温度 T。",
+    "limits_other": "（作为对比，{dtype} 的界限是 {normal} 和 {zero}。）",
+    "underflow_yes": "`{run}`：**是**。第一个精确的 0.0 出现在第 {step} 步（第 {epoch} 轮）：有 {count} 个 `{key}` "
+                     "元素为 0.0，当时 `d_max` 为 {dmax}。该计数的峰值为每批 {peak} 个（第 {peak_step} 步）。",
+    "underflow_no_below": "`{run}`：**否**。在已记录的 {n_steps} 步中没有任何输出精确为 0.0（`{key}` 始终为 0）；"
+                          "`d_max` 的峰值为 {dmax}（第 {dmax_step} 步），低于次正规界限 {normal}。",
+    "underflow_no_above": "`{run}`：**没有精确的零**。在已记录的 {n_steps} 步中没有任何输出精确为 0.0（`{key}` 始终为 0），"
+                          "尽管 `d_max` 的峰值 {dmax}（第 {dmax_step} 步）高于次正规界限 {normal}。",
+    "underflow_unknown": "`{run}`：该损失没有公开 `exp` 或 softmax 的输出，因此没有统计下溢；`d_max` 的峰值为 {dmax}"
+                         "（第 {dmax_step} 步），界限为 {zero}。",
+    "subnormal_first": "次正规输出最早出现在第 {step} 步（`d_max` 为 {dmax}）。",
+    "crossed_zero": "`d_max` 在第 {step} 步首次超过 {zero}（{dmax}）。",
+    "at_failure_p": "在失败的第 {step} 步：`d_max` = {dmax}，最小的 `P_same` = {psame}，最小的 `P_diff` = {pdiff}。",
+    "at_failure": "在失败的第 {step} 步：`d_max` = {dmax}。",
+    "h_failure": "{n}. 第一个非有限值是如何出现的",
+    "no_failure": "{n_runs} 个运行都没有产生非有限的损失或梯度。",
+    "failure_head": "`{run}`，第 {step} 步（第 {epoch} 轮）：第一个由有限输入产生 NaN/inf 的算子是**{phase_word}**"
+                    "传播中的 `{op}`{node}，位于 `{source}`。模式 `{pattern}`；根本原因：`{root_op}` 处的 `{kind}`："
+                    "`{detail}`。",
+    "explain_backward_overflow": "这一步的前向损失仍然是有限的（{loss}）。`P_same / P_diff` 对 `P_diff` 的导数是 "
+                                 "`−P_same / P_diff²`，所以反向传播要再除一次 `P_diff`：被追踪的除法中分子最大为 {big}，"
+                                 "除数最小为 {small}，它们的商超过了 {dtype} 的最大值 {fmax}，于是变成 inf。",
+    "explain_backward_overflow_short": "这一步的前向损失仍然是有限的（{loss}）；反向传播要再除一次这些很小的和，"
+                                       "其中一个商超过了 {dtype} 的最大值 {fmax}。",
+    "failure_precursor": "在同一步的前向传播中，已有 {count} 个由 `{key}` 统计的输出悄无声息地下溢为精确的 0.0，"
+                         "没有任何报错；最早出现这种情况的是第 {first} 步。这些无声的零从和中去掉了一些项，把 `P_diff` 推向 0。",
+    "failure_no_precursor": "在那一步没有任何输出下溢为精确的 0.0（`{key}` = 0）：某一行的其他类别都离得很远，"
+                            "使 `P_diff` 极小但不为零，这就足够了。",
+    "explain_forward_overflow": "前向传播中一个有限值超过了 {dtype} 的最大值 {fmax}。",
+    "explain_nan": "某一行的 `P_same` 和 `P_diff` 都精确为 0.0，所以 `P_same / P_diff` = 0/0 = NaN：该行所有的 "
+                   "`exp(−d)` 都已下溢。",
+    "explain_xdiv0": "某一行的 `P_diff` 精确为 0.0（所有异类项都已下溢），而 `P_same > 0`，所以比值为 +inf，损失为 −inf。",
+    "explain_log0": "某一行的 `P_same` 精确为 0.0（所有同类项都已下溢，或该行没有同类近邻），所以 `log(0)` = −inf，"
+                    "损失为 +inf。",
+    "explain_infinf": "两个符号相反的无穷大在加法中相遇（`inf − inf` = NaN）。",
+    "explain_zeroinf": "零与无穷大在乘法中相遇（`0 × inf` = NaN）。",
+    "explain_generic": "追踪器把它归类为 `{pattern}`。",
+    "root_underflow": "根本原因更早，而且是无声的：`{root_op}` 把有限的输入变成了精确的零，这些零一直传到了出错的算子。",
+    "root_empty_set": "根本原因是 `{root_op}` 处对空集求和：掩码没有选中任何元素，例如某个查询样本是批次中其类别的唯一成员。",
+    "root_cancellation": "根本原因是 `{root_op}` 处的相消：两个几乎相等的数相减，丢失了大部分有效位。",
+    "root_nonfinite_input": "NaN/inf 早已存在于输入或参数中（`{root_op}`）。",
+    "root_domain": "`{root_op}` 在其定义域之外被求值。",
+    "root_division_by_zero": "一个本身就是输入值的精确零在 `{root_op}` 处碰到了极点。",
+    "chain_intro": "追踪到的链条（首个非有限算子在前，`←` 指向它的原因）：",
+    "replay": "用 `stablenca replay {capsule}` 在追踪器下重放这一步。",
+    "h_singleton": "{n}. 批次中只有一个成员的类别会立刻得到 log(0)",
+    "singleton_formula": "如果某个查询样本是批次中其类别的唯一成员，`P_same` 就是空和：在任何距离尺度下都精确为 0，"
+                         "所以从第一步起 `−log(0 / P_diff)` = +inf，根本不需要距离尺度增长。",
+    "singleton_seen": "`{run}`（`{loss}`）：第 {step} 步首次出现 {count} 个没有同类近邻的行（该步损失：{loss_at}）；"
+                      "单个批次中最多 {peak} 个。",
+    "singleton_not_seen": "本次运行中没有出现：在记录它的 {n_runs} 个运行的全部 {n_steps} 个已记录步中，"
+                          "`rows_without_same_class` 始终为 0（批大小 {sizes}）。",
+    "singleton_not_recorded": "本次运行没有记录这一项（没有损失公开类别掩码）。",
+    "singleton_logspace": "`{run}` 会排除这样的行，而不是把它们变成 inf：整个运行中共排除了 {excluded} 行。",
+    "h_eps": "{n}. epsilon 补丁（`ratio_eps`）掩盖了失效",
+    "eps_run": "`{run}`（{status}，已记录 {n_steps} 步）：{n_steps} 步中有 {n_finite} 步损失为有限值，"
+               "范围在 {loss_min} 到 {loss_max} 之间。",
+    "eps_zeros": "然而 `exp` 确实下溢了：第 {step} 步首次出现精确的零，每批最多 {peak} 个（第 {peak_step} 步）。",
+    "eps_no_zeros": "在已记录的 {n_steps} 步中 `exp` 没有返回精确的零。",
+    "eps_small": "各行中最小的 `P_same` 达到 {psame}（第 {psame_step} 步），最小的 `P_diff` 达到 {pdiff}"
+                 "（第 {pdiff_step} 步）。",
+    "eps_formula": "这个补丁给两个和都加上 `{eps}`：`−log((P_same + {eps}) / (P_diff + {eps}))`。它让损失有界，"
+                   "但远小于 `{eps}` 的和就不再起作用：损失饱和，而 `log(P + {eps})` 的梯度是 `P′ / (P + {eps})` 而不是 "
+                   "`P′ / P`，缩小了 `P / (P + {eps})` 倍。",
+    "eps_below": "在已记录的 {n_steps} 步中有 {n_below} 步，某一行的 `P_same` 或 `P_diff` 低于 `{eps}`。",
+    "eps_bias": "在记录到的最小非零和 {p} 处，这个因子是 {factor}。",
+    "eps_exact_zero": "有 {n_zero} 步中某一行的和精确为 0.0：在那里，经过这个和的梯度精确为 0。",
+    "eps_dead": "有 {n_dead} 步的损失和梯度都精确为 0：两个和都已下溢，训练悄无声息地停了下来。",
+    "eps_conclusion": "NaN 消失了，但和已下溢的那些行得到的是有偏的（趋于消失的）梯度，损失本身不会告诉你这一点；只有记录会。",
+    "h_difference": "{n}. 差值损失保持有限，但远处的样本对不再学习",
+    "difference_formula": "`P_diff.sum() − P_same.sum()` 是 `exp(−d)` 项的有界和，从不产生 NaN。它对某一对样本距离的"
+                          "导数是 `±exp(−d)`，所以每一对的贡献与 `exp(−d)` 成正比：远处的样本对（几乎）没有贡献。",
+    "difference_run": "`{run}`（{status}）：已记录的 {n_steps} 步中有 {n_finite} 步为有限值。",
+    "difference_weight": "在记录到的最大距离 {dmax}（第 {step} 步）处，一对样本的梯度权重 `exp(−d)` 为 {weight}。",
+    "difference_weight_zero": "在 {dtype} 中它精确为 0.0（超过了 {zero}）。",
+    "difference_zeros": "精确为 0.0 的 `exp` 输出，也就是梯度精确为零的样本对，最早出现在第 {step} 步，"
+                        "每批最多达到 {peak} 个（第 {peak_step} 步）。",
+    "difference_no_zeros": "没有任何 `exp` 输出精确为 0.0。",
+    "difference_grad": "总梯度范数在第 {s0} 步为 {g0}，在第 {s1} 步为 {g1}，最小时为 {glow}（第 {slow} 步）："
+                       "损失是对整个批次求和，所以近处的样本对让它保持很大，而远处的样本对退出了学习。",
+    "h_stable": "{n}. 对数空间形式和 TALENT 的 softmax 形式保持有限",
+    "stable_formula": "`nca_logspace` 使用 `logsumexp(x) = m + log Σ exp(x − m)`，其中 `m = max x`；TALENT 的 "
+                      "`softmax` 同样先减去每行的最大值。于是最大的一项是 `exp(0) = 1`，和至少为 1，它的对数在任何距离"
+                      "尺度下都是有限的；远低于最大值的项仍可能下溢为 0.0，但这只会丢掉它们微不足道的份额。它们的分母包含"
+                      "自己的类别，所以损失是 `−log p`，`p ≤ 1`：下界为 0，放大距离尺度得不到任何好处。",
+    "stable_run": "`{run}`（{status}）：已记录的 {n_steps} 步中有 {n_finite} 步为有限值；`d_max` 的峰值为 {dmax}；"
+                  "测试准确率 {acc}。",
+    "stable_softmax_zero": "有 {n} 步出现 softmax 元素下溢为 0.0（每批最多 {peak} 个），但损失仍然有限。",
+    "stable_softmax_none": "没有任何 softmax 元素下溢为 0.0。",
+    "stable_beyond": "它的距离达到了 {dmax}，超过了 exp 界限 {zero}，却没有造成问题。",
+    "h_check": "{n}. 误差与距离尺度（`stablenca check`）",
+    "check_intro": "在生成的批次上扫描每种形式与数据类型：开始失效的最小尺度（非有限，或超过一半的有效位出错）及其误差位数。",
+    "h_figures": "{n}. 图",
+    "no_figures": "没有绘制任何图。",
+    "figure_problems": "无法绘制的图：",
+    "fig_timeline": "图 {k}. `{run}`：每一步的损失、总梯度范数、距离尺度与 {dtype} 的 exp 界限 {normal} 和 {zero} 的对比，"
+                    "以及下溢为 0.0 的 exp/softmax 输出个数。",
+    "fig_gradients": "图 {k}. `{run}`：每个参数张量在每一步的梯度范数（对数色标）。",
+    "fig_chain": "图 {k}. `{run}`：第一个非有限值的根本原因链。",
+    "fig_domain": "图 {k}. 比值损失及其梯度在何处为有限、+inf、−inf 或 NaN，作为同类距离和异类距离的函数，分别在 "
+                  "float32 和 float64 中计算；图上叠加了比值损失运行在记录中的轨迹。",
+    "fig_check": "图 {k}. 每种形式与数据类型的误差位数随距离尺度的变化（`stablenca check`）。",
+}
