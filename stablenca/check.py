@@ -163,7 +163,7 @@ def quantize(values: torch.Tensor) -> torch.Tensor:
 def build_batch(labels: Sequence[int], scale: float, far: Sequence[Sequence[float]],
                 near_same: Sequence[tuple[int, float] | None], near_other: Sequence[tuple[int, float] | None],
                 population: str | None = None) -> Batch:
-    """The deterministic construction behind both the check and :mod:`stablenca.strategies`.
+    """The deterministic construction behind both the check and :mod:`stablenca.testing.strategies`.
 
     ``far[i][j]`` (i < j used) in [1, FAR]; row i's ``near_same = (j, u)`` and
     ``near_other = (k, v)`` set ``u_ij = u_ji = u`` and ``u_ik = u_ki = v`` with u, v
