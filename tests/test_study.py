@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from stablenca import study as study_module
+from stablenca.study import run as study_module
 from stablenca.cli import main
 from stablenca.study import (
     ABLATION_STEPS,
