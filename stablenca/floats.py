@@ -17,6 +17,7 @@ boundaries):
 
 >>> [round(x, 2) for x in exp_limits("float32")], [round(x, 1) for x in exp_limits("float64")]
 ([87.34, 103.97], [708.4, 745.1])
+>>> import torch
 >>> facts("bfloat16").significand_bits, facts(torch.float16).unit_roundoff == 2 ** -11
 (8, True)
 >>> as_dtype("float8")
@@ -30,20 +31,26 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 #: The floating dtypes stablenca measures, narrowest first.
 DTYPE_NAMES: tuple[str, ...] = ("float16", "bfloat16", "float32", "float64")
 #: The dtypes training runs in (the models and their defaults are not tuned for half precision).
 TRAIN_DTYPES: tuple[str, ...] = ("float32", "float64")
-#: Name → torch dtype.
-DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPE_NAMES}
-_BY_DTYPE = {dtype: name for name, dtype in DTYPES.items()}
-#: Integer types of the same width (the ordered-integer view used for ulp distances).
-_SAME_WIDTH_INT = {16: torch.int16, 32: torch.int32, 64: torch.int64}
+
+
+@functools.cache
+def _torch_dtypes() -> dict[str, torch.dtype]:
+    # torch is imported on first use, not with this module: the CLI's argument parsers read
+    # DTYPE_NAMES, and `stablenca --help` should not pay for torch.
+    import torch
+
+    return {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,27 +76,31 @@ class FloatFacts:
 
 def as_dtype(dtype: str | torch.dtype) -> torch.dtype:
     """``"float32"`` or ``torch.float32`` → ``torch.float32``; anything else is a :class:`ConfigError`."""
-    if isinstance(dtype, str) and dtype.removeprefix("torch.") in DTYPES:
-        return DTYPES[dtype.removeprefix("torch.")]
-    if isinstance(dtype, torch.dtype) and dtype in _BY_DTYPE:
+    known = _torch_dtypes()
+    if isinstance(dtype, str) and dtype.removeprefix("torch.") in known:
+        return known[dtype.removeprefix("torch.")]
+    if not isinstance(dtype, str) and any(dtype is d for d in known.values()):
         return dtype
     raise ConfigError(f"unknown dtype {dtype!r}", fix=f"use one of {', '.join(DTYPE_NAMES)}")
 
 
 def dtype_name(dtype: str | torch.dtype) -> str:
     """``torch.float32`` or ``"float32"`` → ``"float32"``."""
-    return _BY_DTYPE[as_dtype(dtype)]
+    return _facts(as_dtype(dtype)).name
 
 
 @functools.cache
 def _facts(dtype: torch.dtype) -> FloatFacts:
+    import torch  # lazy, as in _torch_dtypes
+
+    name = next(n for n, d in _torch_dtypes().items() if d is dtype)
     info = torch.finfo(dtype)
     p = int(round(-math.log2(info.eps))) + 1
     min_exponent = int(round(math.log2(info.tiny)))
     max_exponent = math.frexp(info.max)[1] - 1
     smallest_subnormal = math.ldexp(1.0, min_exponent - (p - 1))
     return FloatFacts(
-        name=_BY_DTYPE[dtype], dtype=dtype, bit_width=info.bits, significand_bits=p,
+        name=name, dtype=dtype, bit_width=info.bits, significand_bits=p,
         min_exponent=min_exponent, max_exponent=max_exponent, tiny=float(info.tiny),
         smallest_subnormal=smallest_subnormal, max=float(info.max), eps=float(info.eps),
         unit_roundoff=float(info.eps) / 2,
@@ -97,7 +108,7 @@ def _facts(dtype: torch.dtype) -> FloatFacts:
         # Summed in logs: float64's smallest_subnormal / 2 is itself 0.0 as a Python float.
         exp_zero=-(math.log(smallest_subnormal) - math.log(2.0)),
         ln_max=math.log(info.max),
-        int_dtype=_SAME_WIDTH_INT[info.bits],
+        int_dtype={16: torch.int16, 32: torch.int32, 64: torch.int64}[info.bits],
     )
 
 

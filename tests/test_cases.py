@@ -25,7 +25,8 @@ from stablenca.cases import (
 )
 from stablenca.cases import bce_sigmoid, ce_on_probabilities, log_softmax, one_minus_exp
 from stablenca.cases._base import bits_for_ulps
-from stablenca.cases.cli_support import check_case, format_case_table, run_cases
+from stablenca.cases.check import check_case, format_case_table
+from stablenca.commands.check import run_cases
 from stablenca.cases.plots import plot_one_minus_exp
 from stablenca.errors import ConfigError
 from stablenca.trace import Tracer, find_nonfinite, trace_call
@@ -508,7 +509,7 @@ def test_check_subcommand_wiring(capsys):
     """The ``--case`` branch the ``check`` subcommand needs: its parser plus two options, then run_from_args."""
     import argparse
 
-    from stablenca.cases.cli_support import run_from_args
+    from stablenca.commands.check import run_from_args
     from stablenca.commands import check as check_command
 
     parser = argparse.ArgumentParser()

@@ -21,3 +21,10 @@ def test_import_stablenca_does_not_load_torch():
     code = "import sys, stablenca; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_the_cli_parser_does_not_load_torch():
+    # `stablenca --help` builds every subcommand's parser: their defaults come from light modules.
+    code = "import sys; from stablenca import cli; cli.build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

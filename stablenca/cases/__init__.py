@@ -22,7 +22,7 @@ reference), its ``domain`` (the sweep), ``expected_root_cause`` and a descriptio
 
 :func:`run_case` measures a case in one dtype (bits of error of every form over the
 sweep, the tracer's finding for the naive form, the loss-input warnings);
-:func:`stablenca.cases.cli_support.check_case` is the ``stablenca check --case`` behind
+:func:`stablenca.cases.check.check_case` is the ``stablenca check --case`` behind
 it, :mod:`stablenca.cases.plots` draws the Herbie-style error plots. The references
 are also registered in :mod:`stablenca.reference` as ``cases.<name>`` (value) and
 ``cases.<name>.grad`` (derivative), ``kind="function"``.

@@ -1,9 +1,6 @@
-"""``stablenca check --case NAME``: everything but the argument parsing.
-
-:func:`check_case` measures one case in the given dtypes and returns a JSON-safe dict;
-:func:`format_case_table` prints it for a human; :func:`run_cases` prints, writes the
-figures and returns the exit code (0 when every case behaves as documented, 1
-otherwise); :func:`run_from_args` is the ``--case`` branch of the ``check`` subcommand.
+"""Checking a case: measure it in the given dtypes (:func:`check_case`, a JSON-safe dict) and
+lay the result out for a human (:func:`format_case_table`, a string). Printing and the exit
+code belong to ``stablenca check --case`` (:mod:`stablenca.commands.check`).
 
 >>> result = check_case("ce_on_probabilities", ["float32"])
 >>> result["ok"], result["results"][0]["warnings"][0]["kind"]
@@ -12,7 +9,6 @@ otherwise); :func:`run_from_args` is the ``--case`` branch of the ``check`` subc
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -158,37 +154,3 @@ def format_case_table(result: dict[str, Any]) -> str:
         lines.append(f"figure: {result['figure']}")
     lines.append(f"{'OK' if result['ok'] else 'NOT AS DOCUMENTED'} ({result.get('seconds', 0):.1f}s)")
     return "\n".join(lines)
-
-
-def run_cases(names: Sequence[str], dtypes: Sequence[str] | None = None, *, as_json: bool = False,
-              figures: str | Path | None = None) -> int:
-    """What ``stablenca check --case NAME...`` does: print each case, return 0 if all are as documented, else 1."""
-    from ..errors import EXIT_CONTRACT, EXIT_OK
-    from . import get_case
-
-    for name in names:
-        get_case(name)  # an unknown name is a usage error before anything runs
-    results = [check_case(name, dtypes, figures=figures) for name in names]
-    if as_json:
-        print(json.dumps(results[0] if len(results) == 1 else {"command": "check", "cases": results,
-                                                               "ok": all(r["ok"] for r in results)}))
-    else:
-        print("\n\n".join(format_case_table(r) for r in results))
-    return EXIT_OK if all(r["ok"] for r in results) else EXIT_CONTRACT
-
-
-def run_from_args(args) -> int:
-    """The ``check`` subcommand's ``--case`` branch, from its parsed arguments.
-
-    Reads ``args.case`` (names), ``args.dtype`` (None: float32 and float64), ``args.json``
-    and, when present, ``args.figures`` (a directory for ``case-NAME.png``). ``--loss``
-    and ``--contract`` measure losses over the distance scale, a different sweep: combining
-    them with ``--case`` is a usage error.
-    """
-    from ..errors import ConfigError
-
-    if getattr(args, "loss", None) or getattr(args, "contract", None):
-        raise ConfigError("--case cannot be combined with --loss or --contract",
-                          fix="run `stablenca check --case NAME` and `stablenca check --loss ...` separately")
-    return run_cases(args.case, getattr(args, "dtype", None), as_json=bool(getattr(args, "json", False)),
-                     figures=getattr(args, "figures", None))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import sys
 
+from ..errors import EXIT_CONTRACT, EXIT_OK, ConfigError
 from ..floats import DTYPE_NAMES
 from ._args import nonnegative_int, positive_int
-
 
 
 def register(subparsers) -> None:
@@ -39,11 +39,8 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     if args.case:
-        from ..cases.cli_support import run_from_args
-
         return run_from_args(args)
-    from ..check import run_check
-    from ..errors import EXIT_CONTRACT, EXIT_OK
+    from ..check import run_check  # lazy: `stablenca --help` builds every parser, without torch or mpmath
 
     progress = (lambda text: print(f"\rstablenca check: {text}   ", end="", file=sys.stderr, flush=True)) \
         if sys.stderr.isatty() else None
@@ -56,3 +53,35 @@ def run(args) -> int:
     else:
         print(report.format_table())
     return EXIT_OK if report.ok else EXIT_CONTRACT
+
+
+def run_cases(names: Sequence[str], dtypes: Sequence[str] | None = None, *, as_json: bool = False,
+              figures: str | Path | None = None) -> int:
+    """What ``stablenca check --case NAME...`` does: print each case, return 0 if all are as documented, else 1."""
+    from ..cases import get_case  # lazy, as run_check above
+    from ..cases.check import check_case, format_case_table
+
+    for name in names:
+        get_case(name)  # an unknown name is a usage error before anything runs
+    results = [check_case(name, dtypes, figures=figures) for name in names]
+    if as_json:
+        print(json.dumps(results[0] if len(results) == 1 else {"command": "check", "cases": results,
+                                                               "ok": all(r["ok"] for r in results)}))
+    else:
+        print("\n\n".join(format_case_table(r) for r in results))
+    return EXIT_OK if all(r["ok"] for r in results) else EXIT_CONTRACT
+
+
+def run_from_args(args) -> int:
+    """The ``check`` subcommand's ``--case`` branch, from its parsed arguments.
+
+    Reads ``args.case`` (names), ``args.dtype`` (None: float32 and float64), ``args.json``
+    and, when present, ``args.figures`` (a directory for ``case-NAME.png``). ``--loss``
+    and ``--contract`` measure losses over the distance scale, a different sweep: combining
+    them with ``--case`` is a usage error.
+    """
+    if getattr(args, "loss", None) or getattr(args, "contract", None):
+        raise ConfigError("--case cannot be combined with --loss or --contract",
+                          fix="run `stablenca check --case NAME` and `stablenca check --loss ...` separately")
+    return run_cases(args.case, getattr(args, "dtype", None), as_json=bool(getattr(args, "json", False)),
+                     figures=getattr(args, "figures", None))

@@ -28,14 +28,30 @@ therefore gives the same numbers whatever ``jobs`` is.
 """
 
 from __future__ import annotations
-from .plan import (ABLATION_STEPS, DEFAULT_OUT, DEFAULT_SEEDS, PUBLISHED, PUBLISHED_SOURCE, Row, ablation_rows,
-                   main_rows)
-from .render import format_table, reading, render_markdown
-from .run import (aggregate, canonical_command, consecutive_deltas, execute, paired_differences, rings_to_classes,
-                  run_study, summarise, summary_json, write_study)
+
+import importlib
+
+# Names are loaded on first use, module by module: the CLI reads the defaults in .plan to
+# build its parser, and should not pay for torch (.run trains) or the report (.render).
+_WHERE = {
+    "plan": ("ABLATION_STEPS", "DEFAULT_OUT", "DEFAULT_SEEDS", "PUBLISHED", "PUBLISHED_SOURCE", "Row",
+             "ablation_rows", "main_rows"),
+    "render": ("format_table", "reading", "render_markdown"),
+    "run": ("aggregate", "canonical_command", "consecutive_deltas", "execute", "paired_differences",
+            "rings_to_classes", "run_study", "summarise", "summary_json", "write_study"),
+}
+_MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
+
+__all__ = sorted(_MODULE_OF)
 
 
-__all__ = ["ABLATION_STEPS", "DEFAULT_OUT", "DEFAULT_SEEDS", "format_table", "PUBLISHED", "PUBLISHED_SOURCE", "Row", "ablation_rows", "aggregate",
-           "canonical_command", "consecutive_deltas", "execute", "main_rows", "paired_differences",
-           "reading", "render_markdown", "rings_to_classes", "run_study", "summarise", "summary_json",
-           "write_study"]
+def __getattr__(name: str):
+    if name in _MODULE_OF:
+        value = getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
