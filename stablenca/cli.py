@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 
+from . import __version__
 from .errors import (EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, INTERRUPTED_MESSAGE, TERMINATED_MESSAGE,
                      StableNCAError)
 from .records import TERMINATED, sigterm_as_interrupt
@@ -27,8 +28,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-
     parser = _Parser(prog="stablenca", description="Numerical-stability diagnostics for PyTorch losses "
                                                    "(flagship: ModernNCA on Abalone).")
     parser.add_argument("--version", action="version", version=f"stablenca {__version__}")

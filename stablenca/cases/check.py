@@ -16,6 +16,8 @@ from typing import Any
 
 from .. import floats
 from .. import reference as ref
+from . import get_case, run_case
+from .plots import plot_case
 
 #: The dtypes a case is checked in without --dtype.
 DEFAULT_DTYPES = ("float32", "float64")
@@ -28,8 +30,6 @@ def check_case(name: str, dtypes: Sequence[str] | None = None, *, figures: str |
     With ``figures`` (a directory), also write ``case-<name>.png`` there (see
     :func:`stablenca.cases.plots.plot_case`).
     """
-    from . import get_case, run_case
-
     case = get_case(name)
     dtypes = [floats.dtype_name(d) for d in (dtypes or DEFAULT_DTYPES)]
     started = time.perf_counter()
@@ -51,8 +51,6 @@ def check_case(name: str, dtypes: Sequence[str] | None = None, *, figures: str |
         "figure": None,
     }
     if figures is not None:
-        from .plots import plot_case
-
         result["figure"] = str(plot_case(runs, Path(figures) / f"case-{case.name}.png"))
     result["seconds"] = round(time.perf_counter() - started, 2)
     return result

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
+from pathlib import Path
 
 from ..errors import EXIT_CONTRACT, EXIT_OK, ConfigError
 from ..floats import DTYPE_NAMES

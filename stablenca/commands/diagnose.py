@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
+from ..errors import EXIT_INTERRUPTED, EXIT_TERMINATED, INTERRUPTED_MESSAGE, TERMINATED_MESSAGE
 from ._args import add_data_options, add_training_options, config_from_args
 
 
@@ -30,8 +31,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..diagnose import diagnose
-    from ..errors import EXIT_INTERRUPTED, EXIT_TERMINATED, INTERRUPTED_MESSAGE, TERMINATED_MESSAGE
+    from ..diagnose import diagnose  # lazy: `stablenca --help` stays free of torch
 
     base = config_from_args(args, model="modernnca", loss=None)
     log = None if args.json else (lambda line: print(line, flush=True))

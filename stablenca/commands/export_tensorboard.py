@@ -16,7 +16,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..integrations.tensorboard import export
+    from ..integrations.tensorboard import export  # lazy: `stablenca --help` stays free of torch
 
     for path in export(args.run_dir, args.logdir):
         print(path)

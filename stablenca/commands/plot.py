@@ -16,7 +16,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..report.figures import plot_all
+    from ..report.figures import plot_all  # lazy: `stablenca --help` stays free of torch
 
     for figure in plot_all(args.run_dir, args.check):
         print(figure.path)

@@ -18,7 +18,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..report import build_report
+    from ..report import build_report  # lazy: `stablenca --help` stays free of torch
 
     for path in build_report(args.run_dir, check_path=args.check):
         print(path)

@@ -33,7 +33,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..study import format_table, run_study, summary_json
+    from ..study import format_table, run_study, summary_json  # lazy: `stablenca --help` stays free of torch
 
     study = run_study(seeds=args.seeds, task=args.task, out=args.out, jobs=args.jobs, rows=args.rows,
                       ablation=args.ablation, max_epochs=args.max_epochs, progress=True)

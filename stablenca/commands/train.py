@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
+from ..errors import EXIT_INTERRUPTED, INTERRUPTED_MESSAGE
 from ._args import add_data_options, add_training_options, config_from_args
 
 
@@ -22,8 +23,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..errors import EXIT_INTERRUPTED, INTERRUPTED_MESSAGE
-    from ..train import train
+    from ..train import train  # lazy: `stablenca --help` stays free of torch
 
     config = config_from_args(args, model=args.model, loss=args.loss)
     result = train(config, progress=sys.stderr.isatty())

@@ -32,8 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from .. import floats
+from ..losses import ratio
 from ..errors import DataError
 from ..floats import exp_limits
 from ..records import atomic_write_bytes
@@ -289,10 +291,6 @@ def ratio_domain(dtype: str, d_max: float, n: int = 241) -> tuple[np.ndarray, np
     an ``(n, n)`` array of category codes (rows: d_other, columns: d_same; see
     :data:`DOMAIN_CATEGORIES`). A cheap analytic evaluation, no training.
     """
-    import torch
-
-    from ..losses import ratio
-
     axis = np.linspace(0.0, d_max, n)
     grid_same, grid_other = np.meshgrid(axis, axis, indexing="xy")
     torch_dtype = getattr(torch, dtype)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import multiprocessing
 import json
 import math
 import os
@@ -15,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from threadpoolctl import threadpool_limits
 
 
 from ..data import load_abalone, prepare
@@ -107,8 +111,6 @@ def _data(task: str):
 @contextlib.contextmanager
 def _single_thread():
     """One torch thread and one BLAS thread: the same numbers whatever ``jobs`` is."""
-    import torch
-    from threadpoolctl import threadpool_limits
 
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -120,7 +122,7 @@ def _single_thread():
 
 
 def _classification(truth: np.ndarray, labels: np.ndarray, n_classes: int) -> dict[str, float]:
-    from sklearn.metrics import f1_score
+    from sklearn.metrics import f1_score  # lazy: scikit-learn is heavy
 
     return {"accuracy": float(np.mean(labels == truth)),
             "macro_f1": float(f1_score(truth, labels, average="macro", labels=list(range(n_classes)),
@@ -179,7 +181,7 @@ def _run_train(options: dict[str, Any], seed: int, thresholded: bool) -> dict[st
 
 
 def _run_sklearn(kind: str, task: str, options: dict[str, Any]) -> dict[str, Any]:
-    from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor, NeighborhoodComponentsAnalysis
+    from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor, NeighborhoodComponentsAnalysis  # lazy
 
     data = _data(task)
     x_train, y_train = data.x["train"], data.y_raw["train"]
@@ -228,8 +230,6 @@ def execute(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def _worker_init() -> None:
-    import torch
-
     torch.set_num_threads(1)
 
 
@@ -284,8 +284,7 @@ def canonical_command(*, seeds: int, task: str, out: str | os.PathLike, jobs: in
 
 
 def machine_info(jobs: int) -> dict[str, Any]:
-    import sklearn
-    import torch
+    import sklearn  # lazy: scikit-learn is heavy and only the baselines and this record need it
 
     return {"cpu_count": os.cpu_count(), "platform": platform.platform(), "machine": platform.machine(),
             "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
@@ -453,8 +452,6 @@ def _run_jobs(jobs: list[dict[str, Any]], n_processes: int, say: Callable[[str],
             results[(job["key"], job["seed"])] = record = execute(job)
             say(f"[{done}/{total}] {_describe(job, record)}")
         return results
-    import concurrent.futures
-    import multiprocessing
 
     ordered = sorted(jobs, key=_cost, reverse=True)
     context = multiprocessing.get_context("spawn")  # fork after torch started its threads can hang
