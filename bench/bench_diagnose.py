@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     walls, summaries, report_walls, outputs, checks = [], [], [], [], []
     workdir = Path(tempfile.mkdtemp(prefix="stablenca-bench-diagnose-"))
     try:
-        import_wall, proc = timed([sys.executable, "-c", "import stablenca.diagnose, stablenca.report, sklearn"],
+        import_wall, proc = timed([sys.executable, "-c", "import stablenca.runtime.diagnose, stablenca.report, sklearn"],
                                   env=env)
         for r in range(repeats):
             out = workdir / f"run{r}"
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
         + f".\n\nOutputs of the last repeat: report.md {'yes' if outputs[-1]['report_md'] else 'NO'}, "
           f"report.zh.md {'yes' if outputs[-1]['report_zh'] else 'NO'}, {outputs[-1]['figures']} figures.\n\n"
         + table
-        + f"\nSeparately: importing stablenca.diagnose + stablenca.report + sklearn in a fresh interpreter "
+        + f"\nSeparately: importing stablenca.runtime.diagnose + stablenca.report + sklearn in a fresh interpreter "
           f"{C.fmt_seconds(import_wall)}; `stablenca report OUT` alone (figures and both reports, fresh process) "
           f"{C.fmt_seconds(report_walls[0])}.\n"
     )

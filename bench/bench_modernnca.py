@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 
 import _common as C  # noqa: E402
 from naive_port import NaivePortTrainer, assert_same_predictions, naive_predict  # noqa: E402
-from stablenca.train import Hook, StepContext, Trainer, TrainConfig, load_data  # noqa: E402
+from stablenca.training.trainer import Hook, StepContext, Trainer, TrainConfig, load_data  # noqa: E402
 
 
 class EpochClock(Hook):

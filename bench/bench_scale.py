@@ -3,7 +3,7 @@
 For each candidate count N (embedding dimension 128, float32, 3 classes) three
 measurements, each in a **fresh subprocess** so that peak memory is its own:
 
-* ``stream``: :func:`stablenca.neighbours.soft_neighbour_readout` for one batch of 1024
+* ``stream``: :func:`stablenca.models.neighbours.soft_neighbour_readout` for one batch of 1024
   queries (chunk 4096, the Trainer's default) — what ``Trainer.predict`` does per batch;
 * ``oneshot``: ``softmax(-cdist(queries, candidates)) @ onehot`` in one shot (what a
   straightforward port does), only where its (1024 × N) matrices fit comfortably; at
@@ -55,7 +55,7 @@ def worker(mode: str, n: int, repeats: int, chunk: int) -> dict:
     result: dict = {"mode": mode, "n": n}
     if mode == "embed":
         from stablenca.models import ModernNCA
-        from stablenca.train import Trainer
+        from stablenca.training.trainer import Trainer
 
         model = ModernNCA(d_num=7, d_cat=3).eval()
         x = torch.cat([torch.randn(n, 7), F.one_hot(torch.randint(0, 3, (n,)), 3).float()], dim=1)
@@ -63,7 +63,7 @@ def worker(mode: str, n: int, repeats: int, chunk: int) -> dict:
         call = lambda: Trainer.embed(owner, x)  # noqa: E731 - the library's own embedding loop
         result["output_bytes"] = n * DIM * 4
     else:
-        from stablenca.neighbours import soft_neighbour_readout
+        from stablenca.models.neighbours import soft_neighbour_readout
 
         candidates = torch.randn(n, DIM)
         queries = torch.randn(QUERIES, DIM)

@@ -38,9 +38,9 @@ import torch  # noqa: E402
 
 import _common as C  # noqa: E402
 from naive_checker import NaiveFiniteChecker  # noqa: E402
-from stablenca.recorder import Recorder  # noqa: E402
-from stablenca.sentinel import Sentinel  # noqa: E402
-from stablenca.train import Hook, StepContext, Trainer, TrainConfig, load_data  # noqa: E402
+from stablenca.runtime.recorder import Recorder  # noqa: E402
+from stablenca.runtime.sentinel import Sentinel  # noqa: E402
+from stablenca.training.trainer import Hook, StepContext, Trainer, TrainConfig, load_data  # noqa: E402
 
 TARGETS = {"sentinel": 1.10, "full": 1.5}
 

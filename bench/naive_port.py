@@ -4,7 +4,7 @@ For every evaluation batch of 1024 queries it embeds the *whole* training split
 again and computes ``softmax(-cdist(queries, candidates) / T) @ onehot`` in one
 shot: a (1024, N) distance matrix per batch, and N embeddings recomputed per batch.
 stablenca's :meth:`Trainer.predict` embeds the candidates once per evaluation and
-streams the softmax over candidate chunks (:func:`stablenca.neighbours.soft_neighbour_readout`).
+streams the softmax over candidate chunks (:func:`stablenca.models.neighbours.soft_neighbour_readout`).
 
 :class:`NaivePortTrainer` is the library's Trainer with only ``predict`` swapped for
 this one, so a fit with either runs the same training steps and the same weights:
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stablenca.train import Trainer
+from stablenca.training.trainer import Trainer
 
 EVAL_BATCH = 1024
 

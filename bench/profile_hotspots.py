@@ -6,7 +6,7 @@ written next to the JSON output with ``--trees DIR``):
 1. ``step``: ModernNCA training steps (loss ``modernnca``) with diagnose's hooks
    (sentinel + recorder), run through ``Trainer.run_step``; pyinstrument plus
    ``torch.profiler``'s per-ATen-op table.
-2. ``diagnose``: ``stablenca.diagnose.diagnose`` with its defaults, in process
+2. ``diagnose``: ``stablenca.runtime.diagnose.diagnose`` with its defaults, in process
    (``--quick``: ``--epochs 3``), figures and report included.
 3. ``report``: the report stage alone (``stablenca.report.build_report``) on the
    output of (2).
@@ -102,9 +102,9 @@ def profile(fn, interval: float = 0.002):
 def step_profile(steps: int):
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
-    from stablenca.recorder import Recorder
-    from stablenca.sentinel import Sentinel
-    from stablenca.train import StepContext, Trainer, TrainConfig, load_data
+    from stablenca.runtime.recorder import Recorder
+    from stablenca.runtime.sentinel import Sentinel
+    from stablenca.training.trainer import StepContext, Trainer, TrainConfig, load_data
 
     data = load_data(TrainConfig().resolved())
     tmp = Path(tempfile.mkdtemp(prefix="stablenca-bench-profile-"))
@@ -153,8 +153,8 @@ def main(argv=None) -> int:
     step_prof, op_rows, op_step_seconds = step_profile(steps)
     step_h = hotspots(step_prof.last_session)
 
-    from stablenca.diagnose import diagnose
-    from stablenca.train import TrainConfig
+    from stablenca.runtime.diagnose import diagnose
+    from stablenca.training.trainer import TrainConfig
 
     out = Path(tempfile.mkdtemp(prefix="stablenca-bench-profile-diagnose-")) / "out"
     base = TrainConfig(epochs=3) if args.quick else TrainConfig()

@@ -4,7 +4,7 @@ Nothing here is used by the library: each item times the current library code pa
 against a small prototype of the proposed change, on the shapes the profiles show,
 interleaved, and checks that the results agree.
 
-1. ``readout``: :func:`stablenca.neighbours.soft_neighbour_readout` vs an in-place
+1. ``readout``: :func:`stablenca.models.neighbours.soft_neighbour_readout` vs an in-place
    variant (temperature folded into the (Q × D) and (chunk × D) inputs, ``neg_``,
    ``sub_``, ``exp_`` and ``addmm_`` into the accumulators: no (Q × chunk) temporaries
    beyond cdist's output), at Abalone's size (one chunk) and at 1e5 candidates.
@@ -34,7 +34,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import _common as C  # noqa: E402
-from stablenca.neighbours import soft_neighbour_readout  # noqa: E402
+from stablenca.models.neighbours import soft_neighbour_readout  # noqa: E402
 
 
 def readout_inplace(queries, candidates, targets, *, temperature: float = 1.0, chunk_size: int = 4096):
@@ -95,7 +95,7 @@ def bench_probe_counts(repeats: int) -> dict:
 
 def bench_embed(n: int, repeats: int) -> dict:
     from stablenca.models import ModernNCA
-    from stablenca.train import Trainer
+    from stablenca.training.trainer import Trainer
 
     torch.manual_seed(0)
     model = ModernNCA(d_num=7, d_cat=3).eval()

@@ -27,10 +27,10 @@ _LAZY = {
     "trace_call": ("stablenca.trace", "trace_call"),
     "Finding": ("stablenca.trace", "Finding"),
     "Tracer": ("stablenca.trace", "Tracer"),
-    "watch": ("stablenca.watcher", "watch"),
-    "Watch": ("stablenca.watcher", "Watch"),
+    "watch": ("stablenca.runtime.watcher", "watch"),
+    "Watch": ("stablenca.runtime.watcher", "Watch"),
     "run_check": ("stablenca.check", "run_check"),
-    "TrainConfig": ("stablenca.train", "TrainConfig"),
+    "TrainConfig": ("stablenca.training.trainer", "TrainConfig"),
 }
 
 __all__ = [

@@ -9,7 +9,7 @@ Layout of ``stablenca diagnose --out DIR`` (schema :data:`SCHEMA_VERSION`)::
     DIR/<run>/epochs.jsonl      one line per epoch (validation metrics)
     DIR/<run>/result.json       the FitResult (status, test metrics)
     DIR/<run>/finding.json      the traced first non-finite op: ``Finding.to_dict()`` (failed runs)
-    DIR/<run>/capsule.pt        the failing step's pre-state (failed runs; :mod:`stablenca.sentinel`)
+    DIR/<run>/capsule.pt        the failing step's pre-state (failed runs; :mod:`stablenca.runtime.sentinel`)
 
 A finding has one shape everywhere: ``Finding.to_dict()``. Its ``chain`` is a list of link
 dicts and ``chain_text`` the same chain as one display line, both written by the tracer; a

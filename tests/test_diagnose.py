@@ -7,10 +7,10 @@ import sys
 import pytest
 import torch
 
-from stablenca.diagnose import diagnose, plan_runs
+from stablenca.runtime.diagnose import diagnose, plan_runs
 from stablenca.records import read_jsonl
-from stablenca.sentinel import load_capsule, replay
-from stablenca.train import TrainConfig
+from stablenca.runtime.sentinel import load_capsule, replay
+from stablenca.training.trainer import TrainConfig
 
 
 @pytest.fixture(scope="module")

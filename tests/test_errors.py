@@ -46,7 +46,7 @@ class Result:
 
 _SERVER = r"""
 import json, os, runpy, sys, traceback
-import stablenca.data, stablenca.diagnose, stablenca.sentinel, stablenca.train, stablenca.losses.user
+import stablenca.data, stablenca.runtime.diagnose, stablenca.runtime.sentinel, stablenca.training.trainer, stablenca.losses.user
 import sklearn.metrics, sklearn.neighbors, sklearn.preprocessing
 import torch._dynamo  # torch.optim imports it at the first optimizer (seconds)
 replies = os.fdopen(os.dup(1), "w")
@@ -360,8 +360,8 @@ def test_cli_batch_size_above_the_training_rows_is_one_batch(cli, inputs):
 @pytest.fixture(scope="module")
 def capsule(inputs, tmp_path_factory):
     """A real capsule: the student's ratio on the singleton directory fails at step 0."""
-    from stablenca.diagnose import diagnose
-    from stablenca.train import TrainConfig
+    from stablenca.runtime.diagnose import diagnose
+    from stablenca.training.trainer import TrainConfig
 
     out = tmp_path_factory.mktemp("capsule")
     summary = diagnose(out=out, models=["seed"], loss_names=["ratio"], report=False,
@@ -416,7 +416,7 @@ def test_capsule_with_a_code_running_pickle_is_refused_and_the_code_does_not_run
     line = assert_clear_error(cli("replay", evil), "evil.pt")
     if how != "pickle.dumps":  # a raw pickle is not even a torch file; torch.save ones name what they ask for
         assert f"asks to load the Python object {os.system.__module__}.system, which is refused for safety" in line
-    from stablenca.sentinel import load_capsule
+    from stablenca.runtime.sentinel import load_capsule
 
     with pytest.raises(CapsuleError):
         load_capsule(evil)
@@ -430,10 +430,10 @@ def _api_cases(p):
     from stablenca import losses
     from stablenca.losses import user as user_loss
     from stablenca.data import load_csv, load_dataset, load_talent_dir
-    from stablenca.neighbours import soft_neighbour_readout
+    from stablenca.models.neighbours import soft_neighbour_readout
     from stablenca.artifacts import prepare_out_dir
-    from stablenca.sentinel import load_capsule
-    from stablenca.train import TrainConfig, train
+    from stablenca.runtime.sentinel import load_capsule
+    from stablenca.training.trainer import TrainConfig, train
 
     return {
         "missing_csv": (DataError, lambda: load_dataset(p["ok.csv"].parent / "nope.csv", target="y")),
@@ -488,7 +488,7 @@ def test_api_and_cli_give_the_same_message(cli, inputs, case):
 
 
 def test_user_loss_that_raises_is_a_user_loss_error(inputs):
-    from stablenca.train import TrainConfig, train
+    from stablenca.training.trainer import TrainConfig, train
 
     sys.path.insert(0, str(inputs["losses.py"].parent))
     try:
@@ -499,7 +499,7 @@ def test_user_loss_that_raises_is_a_user_loss_error(inputs):
 
 
 def test_config_types_are_checked_with_the_option_to_fix():
-    from stablenca.train import TrainConfig
+    from stablenca.training.trainer import TrainConfig
 
     for field, value, option in [("lr", "fast", "--lr"), ("batch_size", 2.5, "--batch-size"),
                                  ("patience", True, "--patience"), ("device", 0, "--device")]:

@@ -257,7 +257,7 @@ ZIP_MAGIC = b"PK\x03\x04"
 @LOADING
 @given(content=st.one_of(st.binary(max_size=300), st.binary(max_size=300).map(lambda b: ZIP_MAGIC + b)))
 def test_fuzz_random_bytes_as_capsule(content):
-    from stablenca.sentinel import load_capsule
+    from stablenca.runtime.sentinel import load_capsule
 
     path = WORKDIR / "fuzz-capsule.pt"
     path.write_bytes(content)
@@ -288,7 +288,7 @@ capsule_configs = st.one_of(
                                     "optimizer_state", "rng_state")}))
 def test_fuzz_capsules_with_the_right_keys_and_random_values(config, values):
     """A capsule that passes the format check but holds nonsense: replay says so in one line."""
-    from stablenca.sentinel import CAPSULE_FORMAT, CAPSULE_VERSION
+    from stablenca.runtime.sentinel import CAPSULE_FORMAT, CAPSULE_VERSION
 
     path = WORKDIR / "nonsense-capsule.pt"
     torch.save({"format": CAPSULE_FORMAT, "version": CAPSULE_VERSION, "config": config, **values}, path)

@@ -25,7 +25,7 @@ import pytest
 from stablenca.cli import main
 from stablenca.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, OutputError
 from stablenca.records import atomic_write_json, deferred_interrupts, read_jsonl
-from stablenca.train import Hook, TrainConfig, Trainer
+from stablenca.training.trainer import Hook, TrainConfig, Trainer
 
 CLI = [sys.executable, "-m", "stablenca.cli"]
 INTERRUPTED_LINE = "stablenca: interrupted; what was recorded is kept"
@@ -140,7 +140,7 @@ def _check_interrupted_diagnose(runs: dict) -> None:
 def small(tmp_path_factory):
     """A TALENT directory: 24 training rows of 2 classes (6 batches of 4)."""
     root = _talent_dir(tmp_path_factory.mktemp("small"), 24)
-    from stablenca.train import load_data
+    from stablenca.training.trainer import load_data
 
     config = TrainConfig(model="seed", loss="nca_logspace", batch_size=4, epochs=3, data=str(root))
     return root, config, load_data(config.resolved())
@@ -175,7 +175,7 @@ def test_a_second_ctrl_c_stops_the_step_at_once(small):
 
 def test_sigint_mid_train_cli_prints_an_interrupted_run(small, monkeypatch, capsys):
     root, _, _ = small
-    train_module = importlib.import_module("stablenca.train")  # the module (stablenca.train may be shadowed)
+    train_module = importlib.import_module("stablenca.training.trainer")  # the module (stablenca.training.trainer may be shadowed)
     run_step = train_module.Trainer.run_step
 
     def signalled(self, ctx):
@@ -208,7 +208,7 @@ def test_ctrl_c_during_evaluation_ends_cleanly(small, monkeypatch):
 
 @pytest.mark.parametrize("command", ["train", "diagnose"])
 def test_ctrl_c_during_data_loading_ends_cleanly(command, tmp_path, monkeypatch, capsys):
-    train_module = importlib.import_module("stablenca.train")  # the module (stablenca.train may be shadowed)
+    train_module = importlib.import_module("stablenca.training.trainer")  # the module (stablenca.training.trainer may be shadowed)
 
     def interrupted(config):
         raise KeyboardInterrupt

@@ -3,7 +3,7 @@ import pytest
 
 from stablenca.errors import ConfigError
 from stablenca.models import ModernNCA, PLREmbeddings, SeedNCA
-from stablenca.neighbours import in_batch_pairs, sampled_pool_pairs, soft_neighbour_readout
+from stablenca.models.neighbours import in_batch_pairs, sampled_pool_pairs, soft_neighbour_readout
 
 
 def test_plr_lite_shapes_and_shared_linear():

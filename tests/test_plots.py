@@ -112,14 +112,14 @@ def built_run_dir(tmp_path_factory):
         write_run_dir(out)
         (out / "check.json").write_text(json.dumps(CHECK_SUMMARY))
         with pytest.MonkeyPatch.context() as patch:
-            import stablenca.train
+            import stablenca.training.trainer
 
             class NoTraining:
                 def __init__(self, *args, **kwargs):
                     raise AssertionError("figures and report must come from the records alone")
 
-            patch.setattr(stablenca.train, "Trainer", NoTraining)
-            patch.setattr(stablenca.train, "train", NoTraining)
+            patch.setattr(stablenca.training.trainer, "Trainer", NoTraining)
+            patch.setattr(stablenca.training.trainer, "train", NoTraining)
             figures: list = []
             real_plot_all = plots.plot_all
 

@@ -7,7 +7,7 @@ import torch
 
 from stablenca import losses
 from stablenca.errors import OutputError
-from stablenca.probes import batch_statistics
+from stablenca.runtime.probes import batch_statistics
 from stablenca.publish import capture
 from stablenca.artifacts import prepare_out_dir
 from stablenca.records import JsonlWriter, atomic_write_json, read_jsonl

@@ -18,7 +18,7 @@ import stablenca
 from stablenca import losses
 from stablenca.trace import find_nonfinite, trace_call
 from stablenca.trace.verify import VERDICTS, verify_call
-from stablenca.watcher import watch
+from stablenca.runtime.watcher import watch
 
 REPORT = Path(__file__).resolve().parents[1] / "reports" / "abalone" / "diagnose"
 
@@ -202,7 +202,7 @@ def test_a_failure_that_float64_shares_is_not_blamed_on_rounding():
 
 @pytest.mark.parametrize("run", ["modernnca-ratio-float32", "seed-ratio-float32"])
 def test_committed_ratio_capsules_verdicts(run):
-    from stablenca.sentinel import replay
+    from stablenca.runtime.sentinel import replay
 
     finding, _ = replay(REPORT / run / "capsule.pt")
     v = finding.verification

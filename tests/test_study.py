@@ -82,7 +82,7 @@ def test_each_ablation_step_changes_exactly_its_factor():
         changed = {k for k in options[i] if options[i][k] != options[i - 1][k]}
         assert changed == set(ABLATION_STEPS[i][3]), rows[i].id
     # The student at the start, full ModernNCA (TALENT's defaults) before the task-framing step.
-    from stablenca.train import TrainConfig
+    from stablenca.training.trainer import TrainConfig
 
     assert options[0] == study_module._job_options(Row("x", "x", "train", "multiclass",
                                                         config=(("loss", "ratio"), ("model", "seed"))), None)

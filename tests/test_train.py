@@ -6,7 +6,7 @@ import math
 import pytest
 
 from stablenca.errors import ConfigError
-from stablenca.train import TrainConfig, Trainer, train
+from stablenca.training.trainer import TrainConfig, Trainer, train
 
 
 def test_modernnca_short_run_learns(abalone_multiclass):

@@ -3,7 +3,7 @@
 import torch
 
 import stablenca
-from stablenca.watcher import watch
+from stablenca.runtime.watcher import watch
 
 
 def _loop(mode, tmp_path):
@@ -100,7 +100,7 @@ def test_the_watch_keeps_a_sigterm_handler_the_program_installed():
 def test_a_watch_capsule_reloads_and_replay_says_it_cannot_rerun_it(tmp_path, capsys):
     from stablenca.cli import main
     from stablenca.errors import EXIT_USAGE
-    from stablenca.sentinel import load_capsule
+    from stablenca.runtime.sentinel import load_capsule
 
     w = _loop("sentinel", tmp_path)
     capsule_path = tmp_path / "sentinel" / "watch" / "capsule.pt"

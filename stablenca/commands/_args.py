@@ -71,8 +71,8 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace, *, model: str, loss: str | None):
-    """A :class:`~stablenca.train.TrainConfig` from the shared options."""
-    from ..train import TrainConfig  # lazy: `stablenca --help` stays free of torch
+    """A :class:`~stablenca.training.trainer.TrainConfig` from the shared options."""
+    from ..training.trainer import TrainConfig  # lazy: `stablenca --help` stays free of torch
 
     return TrainConfig(
         model=model, loss=loss, task=args.task, epochs=args.epochs, seed=args.seed, dtype=args.dtype,

@@ -31,7 +31,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..diagnose import diagnose  # lazy: `stablenca --help` stays free of torch
+    from ..runtime.diagnose import diagnose  # lazy: `stablenca --help` stays free of torch
 
     base = config_from_args(args, model="modernnca", loss=None)
     log = None if args.json else (lambda line: print(line, flush=True))

@@ -15,7 +15,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..sentinel import replay  # lazy: `stablenca --help` stays free of torch
+    from ..runtime.sentinel import replay  # lazy: `stablenca --help` stays free of torch
 
     finding, capsule = replay(args.capsule)
     if args.json:

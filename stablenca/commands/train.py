@@ -23,7 +23,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..train import train  # lazy: `stablenca --help` stays free of torch
+    from ..training.trainer import train  # lazy: `stablenca --help` stays free of torch
 
     config = config_from_args(args, model=args.model, loss=args.loss)
     result = train(config, progress=sys.stderr.isatty())

@@ -1,6 +1,6 @@
 """Where users train: the watch inside mixed precision, torch.compile, Lightning, TensorBoard and DDP.
 
-* :mod:`stablenca.watcher` itself understands ``torch.autocast`` + ``torch.amp.GradScaler``
+* :mod:`stablenca.runtime.watcher` itself understands ``torch.autocast`` + ``torch.amp.GradScaler``
   (skipped steps), compiled modules (eager replay) and ``torch.distributed`` (one flag
   all-reduce per step, see :mod:`.distributed`).
 * :mod:`.lightning`: a Lightning ``Callback`` (extra ``stablenca[lightning]``).

@@ -3,7 +3,7 @@
 >>> from stablenca.integrations.lightning import StableNCACallback   # doctest: +SKIP
 >>> trainer = lightning.pytorch.Trainer(callbacks=[StableNCACallback(out="runs/pl")])   # doctest: +SKIP
 
-It drives the same :class:`~stablenca.watcher.Watch` as a hand-written loop, from
+It drives the same :class:`~stablenca.runtime.watcher.Watch` as a hand-written loop, from
 Lightning's hooks (automatic optimisation):
 
 * ``on_train_batch_start``: copy the pre-step state, start collecting what the loss
@@ -34,7 +34,7 @@ import lightning.pytorch as pl
 import torch
 
 from ..publish import capture
-from ..watcher import Watch
+from ..runtime.watcher import Watch
 
 
 class StableNCACallback(pl.Callback):

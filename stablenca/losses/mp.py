@@ -64,6 +64,14 @@ def _freeze(grad):
     return tuple(tuple(row) for row in grad)
 
 
+def _scatter(grad_row, kernel, same, to_same, other, to_other) -> None:
+    """A row's gradient: d loss / d d_ij = exp(-d_ij) times the row's factor for j's class."""
+    for j in same:
+        grad_row[j] = kernel[j] * to_same
+    for j in other:
+        grad_row[j] = kernel[j] * to_other
+
+
 def _nan_grad(rows, cols):
     return tuple(tuple(mp.nan for _ in range(cols)) for _ in range(rows))
 
@@ -83,11 +91,7 @@ def _mp_ratio_family(d, labels, candidate_labels, self_mask, eps):
         # log((P_diff + eps) / (P_same + eps)) = log1p((P_diff - P_same) / (P_same + eps)): the
         # difference of the raw sums, never of the sums plus eps (that would cancel).
         terms.append(mp.log1p((raw_diff - raw_same) / p_same) if eps else mp.log(p_diff / p_same))
-        to_same, to_diff = 1 / (p_same * rows), -1 / (p_diff * rows)
-        for j in same:
-            grad[i][j] = kernel[j] * to_same
-        for j in other:
-            grad[i][j] = kernel[j] * to_diff
+        _scatter(grad[i], kernel, same, 1 / (p_same * rows), other, -1 / (p_diff * rows))
     if any(not mpmath.isfinite(t) for t in terms):
         return MpResult(sum(terms, mp.zero) / rows, _nan_grad(rows, cols))
     return MpResult(mp.fsum(terms) / rows, _freeze(grad))
@@ -133,12 +137,8 @@ def mp_nca_logspace(d, labels, candidate_labels, self_mask):
         kernel, same, other, p_same, p_diff = parts[i]
         p_all = p_same + p_diff
         terms.append(mp.log1p(p_diff / p_same))
-        to_other = -1 / (p_all * n)
         to_same = p_diff / (p_same * p_all * n)  # (1/P_same - 1/P_all) / n without cancellation
-        for j in other:
-            grad[i][j] = kernel[j] * to_other
-        for j in same:
-            grad[i][j] = kernel[j] * to_same
+        _scatter(grad[i], kernel, same, to_same, other, -1 / (p_all * n))
     return MpResult(mp.fsum(terms) / n, _freeze(grad))
 
 
@@ -157,12 +157,7 @@ def mp_modernnca(d, labels, candidate_labels, self_mask):
         z = p_same + p_diff
         q = p_same / z
         terms.append(-mp.log(q + eps))
-        to_same = p_diff / (z * z * (q + eps) * rows)
-        to_other = -q / (z * (q + eps) * rows)
-        for j in same:
-            grad[i][j] = kernel[j] * to_same
-        for j in other:
-            grad[i][j] = kernel[j] * to_other
+        _scatter(grad[i], kernel, same, p_diff / (z * z * (q + eps) * rows), other, -q / (z * (q + eps) * rows))
     return MpResult(mp.fsum(terms) / rows, _freeze(grad))
 
 

@@ -3,7 +3,7 @@
 TALENT's ``ModernNCA.forward`` does three things at once: encode rows, sample
 training candidates, and compute the soft-neighbour prediction. Here the encoder is
 this module; candidate sampling and the prediction live in
-:mod:`stablenca.neighbours`, so the same schemes can be used with the student's
+:mod:`stablenca.models.neighbours`, so the same schemes can be used with the student's
 encoder (the ablation needs that) and the losses can be swapped.
 
 >>> import torch
@@ -61,7 +61,7 @@ class ModernNCA(nn.Module):
     and ``d_num > 0``); the one-hot columns are concatenated raw.
 
     ``temperature`` and ``sample_rate`` are stored here, as in TALENT, and read by
-    :mod:`stablenca.neighbours`.
+    :mod:`stablenca.models.neighbours`.
     """
 
     def __init__(

@@ -2,7 +2,7 @@
 
 It is trained on in-batch pairwise distances (batch 32, Adam lr 1e-2) and predicts
 with k-nearest neighbours (k = 3) in the 3-d embedding; both live in
-:mod:`stablenca.neighbours` and :mod:`stablenca.train`.
+:mod:`stablenca.models.neighbours` and :mod:`stablenca.training.trainer`.
 
 >>> import torch
 >>> SeedNCA(d_in=10)(torch.zeros(4, 10)).shape

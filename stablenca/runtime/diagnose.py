@@ -25,16 +25,16 @@ from typing import Any
 
 import torch
 
-from . import artifacts
-from .artifacts import prepare_out_dir, write_run_json, write_summary
-from .check import run_check
-from .errors import OutputError
-from .records import TERMINATED, atomic_write_json, deferred_interrupts
+from .. import artifacts
+from ..artifacts import prepare_out_dir, write_run_json, write_summary
+from ..check import run_check
+from ..errors import OutputError
+from ..records import TERMINATED, atomic_write_json, deferred_interrupts
 from .recorder import Recorder
 from .sentinel import Sentinel
-from .report import build_report
-from . import train
-from .train import TrainConfig, Trainer, check_data_fits
+from ..report import build_report
+from ..training import trainer as train
+from ..training.trainer import TrainConfig, Trainer, check_data_fits
 
 DEFAULT_RUNS: tuple[tuple[str, str], ...] = (
     ("seed", "ratio"),  # the student's setting, as in the story

@@ -1,8 +1,8 @@
 """The recorder: one JSONL line per training batch, flushed as it is written.
 
-It is a training hook (:class:`stablenca.train.Hook`); it reads the step's loss,
+It is a training hook (:class:`stablenca.training.trainer.Hook`); it reads the step's loss,
 the intermediates the loss published and the gradients, through
-:func:`stablenca.probes.batch_statistics`. It never special-cases a loss.
+:func:`stablenca.runtime.probes.batch_statistics`. It never special-cases a loss.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from .probes import batch_statistics
-from .records import JsonlWriter
-from .train import Hook
+from ..records import JsonlWriter
+from ..training.trainer import Hook
 
 
 class Recorder(Hook):

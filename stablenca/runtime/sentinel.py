@@ -30,9 +30,9 @@ from typing import Any
 
 import torch
 
-from .errors import CapsuleError
-from .records import atomic_write_bytes, atomic_write_json
-from .train import Hook, StepContext, Trainer, TrainConfig
+from ..errors import CapsuleError
+from ..records import atomic_write_bytes, atomic_write_json
+from ..training.trainer import Hook, StepContext, Trainer, TrainConfig
 
 CAPSULE_FORMAT = "stablenca-capsule"
 CAPSULE_VERSION = 1
@@ -109,7 +109,7 @@ def traced_step(trainer: Trainer, capsule: dict[str, Any]) -> tuple[Any, StepCon
     The optimizer update is traced too when the gradients are finite, so a step that
     turns the parameters non-finite is explained as well.
     """
-    from .trace import Tracer
+    from ..trace import Tracer
 
     trainer.model.load_state_dict(capsule["model_state"])
     trainer.optimizer.load_state_dict(capsule["optimizer_state"])
@@ -132,7 +132,7 @@ def verify_capsule(trainer: Trainer, capsule: dict[str, Any], finding) -> None:
     """
     import dataclasses
 
-    from .trace.verify import apply_verification, verify_step
+    from ..trace.verify import apply_verification, verify_step
 
     trainers = {trainer.dtype: trainer}
 
@@ -160,7 +160,7 @@ class Sentinel(Hook):
 
     def __init__(self, *, mode: str = "sentinel", run_dir: str | Path | None = None) -> None:
         if mode not in MODES:
-            from .errors import ConfigError
+            from ..errors import ConfigError
 
             raise ConfigError(f"unknown mode {mode!r}", fix=f"use one of {', '.join(MODES)}")
         self.mode = mode
@@ -181,7 +181,7 @@ class Sentinel(Hook):
     def step_context(self, trainer: Trainer, ctx: StepContext):
         if self.mode != "full" or self.capsule is not None:
             return contextlib.nullcontext()
-        from .trace import Tracer
+        from ..trace import Tracer
 
         self._tracer = Tracer(model=trainer.model)
         return self._tracer

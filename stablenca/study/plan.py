@@ -64,7 +64,7 @@ def _check_task(task: str) -> None:
 class Row:
     """One measured line of a table.
 
-    ``kind`` is ``train`` (a :class:`~stablenca.train.TrainConfig`), ``train_threshold``
+    ``kind`` is ``train`` (a :class:`~stablenca.training.trainer.TrainConfig`), ``train_threshold``
     (trained as regression on rings, evaluated as the 3 classes), ``sklearn_nca``,
     ``knn``, ``knn_tuned`` or ``dummy``. ``config`` holds TrainConfig fields
     (without the seed) as sorted ``(name, value)`` pairs, so that rows hash.

@@ -24,7 +24,7 @@ from threadpoolctl import threadpool_limits
 from ..data import load_abalone, prepare
 from ..errors import ConfigError, OutputError
 from ..records import atomic_write_json, atomic_write_text
-from ..train import TrainConfig, Trainer
+from ..training.trainer import TrainConfig, Trainer
 from .plan import (DEFAULT_OUT, DEFAULT_SEEDS, METRICS, PUBLISHED, PUBLISHED_SOURCE, RING_THRESHOLDS,
                    SKLEARN_NCA_COMPONENTS, SKLEARN_NCA_MAX_ITER, SPLIT_SEED, STUDENT_K, TUNED_K_GRID, Row, _check_task,
                    ablation_rows, main_rows)

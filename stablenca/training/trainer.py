@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import floats, losses
-from .errors import ConfigError, StableNCAError, UserLossError
-from .neighbours import in_batch_pairs, knn_readout, onehot_targets, sampled_pool_pairs, soft_neighbour_readout
-from .publish import capture
-from .records import deferred_interrupts
+from .. import floats, losses
+from ..errors import ConfigError, StableNCAError, UserLossError
+from ..models.neighbours import (in_batch_pairs, knn_readout, onehot_targets, sampled_pool_pairs, soft_neighbour_readout)
+from ..publish import capture
+from ..records import deferred_interrupts
 
 MODELS = ("modernnca", "seed")
 TASKS = ("multiclass", "regression")
@@ -228,7 +228,7 @@ class Hook:
 
 
 def build_model(config: TrainConfig, d_num: int, d_cat: int) -> torch.nn.Module:
-    from .models import ModernNCA, SeedNCA
+    from ..models import ModernNCA, SeedNCA
 
     def build() -> torch.nn.Module:
         if config.model == "modernnca":
@@ -248,7 +248,7 @@ def build_model(config: TrainConfig, d_num: int, d_cat: int) -> torch.nn.Module:
 
 def load_data(config: TrainConfig):
     """The prepared data a config names (the embedded Abalone by default)."""
-    from .data import load_dataset, prepare
+    from ..data import load_dataset, prepare
 
     raw = load_dataset(config.data, task=config.task, target=config.target, split_seed=config.split_seed)
     if raw.task != config.task:
