@@ -288,8 +288,9 @@ def test_deferred_interrupts_raise_at_the_end_of_the_block():
 
 
 #: Modules that write run files; each write must be atomic (JSONL streams are the documented exception).
-WRITERS = ["diagnose.py", "train.py", "records.py", "sentinel.py", "recorder.py",
-           "commands/train.py", "commands/diagnose.py", "commands/replay.py"]
+WRITERS = ["runtime/diagnose.py", "training/trainer.py", "records.py", "artifacts.py", "runtime/sentinel.py",
+           "runtime/recorder.py", "runtime/watcher.py", "commands/train.py", "commands/diagnose.py",
+           "commands/replay.py"]
 
 
 @pytest.mark.parametrize("module", WRITERS)

@@ -501,8 +501,6 @@ class Tracer(Provenance, Detectors, ChainSearch):
 # ----------------------------------------------------------------------------------------
 # convenience entry points
 
-_TRACER_KWARGS = ("allow", "sources", "stop_at_first", "max_precursors", "cancellation_bits")
-
 
 def _loss_tensor(value):
     if isinstance(value, torch.Tensor):
