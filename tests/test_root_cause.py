@@ -248,3 +248,24 @@ def test_watch_does_not_fail_a_finite_step_whose_float32_norm_overflows():
         w.step(closure)
     assert not w.failed and w.finding is None
     assert w.records[0]["grad_norm"] == pytest.approx(math.sqrt(1000) * 1e35, rel=1e-6)
+
+
+def test_watch_names_the_optimizer_step_that_writes_a_non_finite_parameter():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e38)  # p - lr * g leaves float32's range
+    x = torch.randn(8, 3)
+    with watch(model, optimizer) as w:
+        def closure():
+            optimizer.zero_grad()
+            loss = (model(x) * 100).pow(2).mean()  # finite loss, finite gradients
+            loss.backward()
+            return loss
+        w.step(closure)
+        assert not w.failed  # the step itself was finite
+        optimizer.step()
+    assert w.failed_at == {"epoch": None, "step": 0, "phase": "optimizer"}
+    # SGD's in-place update p.add_(g, alpha=-lr) is the op that wrote the infinities
+    assert w.finding is not None and w.finding.op == "aten.add_.Tensor"
+    assert w.finding.pattern == "overflow" and w.finding.root_cause["kind"] == "overflow"
+    assert not all(bool(torch.isfinite(p).all()) for p in model.parameters())  # as the real update left them

@@ -143,6 +143,10 @@ class Watch:
         self._closed = False
         self._step = 0
         self._install_sigterm_handler()
+        # The optimizer step runs outside step(): a hook sees a non-finite value it writes in place.
+        self._last = None  # (replay closure, epoch) of the last observed step
+        self._optimizer_hook = optimizer.register_step_post_hook(self._after_optimizer_step) \
+            if optimizer is not None and mode != "off" else None
 
     # -- state ---------------------------------------------------------------------
     @property
@@ -205,6 +209,7 @@ class Watch:
         if terminated and not self.interrupted:
             self.interrupted = self.terminated = True
             record["interrupted"] = "SIGTERM"
+        self._last = (replay, epoch)
         if self.writer is not None:
             self.writer.write(record)
         if len(self.records) < self.keep:
@@ -283,6 +288,33 @@ class Watch:
                 Tracer(model=base_module(self.model)) as replay:
             closure()
         return replay.finding
+
+    def _after_optimizer_step(self, optimizer, args, kwargs) -> None:
+        """A finite step whose optimizer update wrote NaN/Inf into the parameters: a finding of that step.
+
+        Replays the step (closure and optimizer.step) from the pre-step state under the tracer;
+        the parameters are left as the real update left them.
+        """
+        from .trace import Tracer
+
+        if self._last is None or self.should_stop or self.snapshot is None:
+            return
+        params = [p.detach() for _, p in self._named]
+        if not params or bool(torch.isfinite(torch.stack(torch._foreach_norm(params, 2, dtype=torch.float64))).all()):
+            return
+        closure, epoch = self._last
+        self._last = None  # the replay's own optimizer.step() must not come back here
+        self.snapshot.restore()
+        with eager(), capture(), Tracer(model=base_module(self.model)) as tracer:
+            closure()
+            optimizer.step(*args[1:], **kwargs)  # args[0] is the optimizer itself
+        for name, p in self._named:
+            if tracer.check_result(p, f"parameter {name} after optimizer.step()") is not None:
+                break
+        self.failed_at = {"epoch": epoch, "step": self._step - 1, "phase": "optimizer"}
+        self.finding = tracer.finding
+        if self.run_dir is not None and self.finding is not None:
+            atomic_write_json(self.run_dir / "finding.json", self.finding.to_dict())
 
     def _float32_counterfactual(self, closure) -> dict[str, Any]:
         """Rerun the step with autocast switched off; then rerun it as it was, so the gradients are the step's.
@@ -363,6 +395,8 @@ class Watch:
         if self._closed:
             return
         self._closed = True
+        if self._optimizer_hook is not None:
+            self._optimizer_hook.remove()
         self._restore_sigterm_handler()
         if self.writer is not None:
             self.writer.close()
