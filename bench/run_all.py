@@ -34,6 +34,7 @@ BENCHMARKS = (
     ("diagnose", "bench_diagnose.py", "`stablenca diagnose` end to end"),
     ("modernnca", "bench_modernnca.py", "ModernNCA float32 / float64 / straightforward port"),
     ("tracer", "bench_tracer.py", "tracer and sentinel overhead on a training step"),
+    ("verify", "bench_verify.py", "counterfactual verification cost"),
     ("scale", "bench_scale.py", "candidates at scale: time and memory"),
     ("check", "bench_check.py", "`stablenca check`"),
     ("integrations", "bench_integrations.py", "DDP watch, Lightning callback, compiled model"),

@@ -269,3 +269,26 @@ def test_watch_names_the_optimizer_step_that_writes_a_non_finite_parameter():
     assert w.finding is not None and w.finding.op == "aten.add_.Tensor"
     assert w.finding.pattern == "overflow" and w.finding.root_cause["kind"] == "overflow"
     assert not all(bool(torch.isfinite(p).all()) for p in model.parameters())  # as the real update left them
+
+
+def test_promotion_search_by_delta_debugging_finds_the_backward_node():
+    from stablenca.trace.verify import _promotion_search, _replay
+
+    labels = torch.tensor([0, 0, 1, 1])
+    d = torch.tensor([[0., 0.5, 55., 150.], [0.5, 0., 2., 3.], [55., 2., 0., 1.], [150., 3., 1., 0.]])
+
+    def forward(dtype):
+        leaf = d.to(dtype).requires_grad_()
+        return _ratio(labels)(leaf), [leaf]
+
+    base = _replay(forward, torch.float32, torch.float32, None)
+    assert not base.finite and ("backward", "DivBackward0", 0) in base.seen
+    tests = []
+
+    def fixes(units):
+        tests.append(units)
+        return _replay(forward, torch.float32, torch.float32, None, "promote", units).finite
+
+    # no candidate given: ddmin over every unit of the step must isolate the node on its own
+    found, minimal, n = _promotion_search(fixes, [], base.seen, 64)
+    assert found == [("backward", "DivBackward0", 0)] and minimal and n == len(tests)

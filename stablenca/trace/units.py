@@ -21,6 +21,7 @@ import torch
 
 __all__ = ["UnitCounter", "unit_label"]
 
+_PACKETS: dict = {}  # OpOverload -> "aten.exp"
 _current_node = getattr(torch._C, "_current_autograd_node", lambda: None)
 
 
@@ -36,7 +37,9 @@ class UnitCounter:
     def key(self, func) -> tuple:
         node = _current_node()
         if node is None:
-            packet = str(func.overloadpacket)
+            packet = _PACKETS.get(func)
+            if packet is None:
+                packet = _PACKETS[func] = str(func.overloadpacket)
             k = self._forward[packet]
             self._forward[packet] = k + 1
             return ("forward", packet, k)

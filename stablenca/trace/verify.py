@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.weak import WeakIdKeyDictionary
 
 from .units import UnitCounter, unit_label
 
@@ -45,6 +46,7 @@ __all__ = ["VERDICTS", "Verification", "verify_call", "verify_step", "apply_veri
 VERDICTS = ("confirmed", "present, not causal", "float64 fails too")
 
 _REFERENCE = torch.float64
+_COMPUTES: dict = {}  # per OpOverload: does it compute new values (not a view, copy or in-place write)?
 _CONVERSIONS = {"aten._to_copy", "aten.copy_", "aten.to", "aten.clone", "aten.detach", "aten.lift_fresh"}
 
 #: A step to replay: ``forward(dtype)`` restores the pre-state and runs the forward pass with
@@ -63,24 +65,48 @@ class _Precision(TorchDispatchMode):
     def __init__(self, working: torch.dtype, how: str | None = None, units: Iterable[tuple] = ()) -> None:
         super().__init__()
         self.working, self.how, self.units = working, how, frozenset(tuple(u) for u in units)
+        self.forward_units = frozenset(u for u in self.units if u[0] == "forward")
         self.counter = UnitCounter()
         self.seen: dict[tuple, None] = {}  # ordered set of computing units
+        self.made = WeakIdKeyDictionary()  # float64 results of promoted backward ops
+
+    def _cast_back(self, value):
+        if isinstance(value, torch.Tensor):
+            promoted = value.dtype == _REFERENCE and (value in self.made or (
+                value._base is not None and value._base in self.made))
+            return value.to(self.working) if promoted else value
+        if isinstance(value, (list, tuple)):
+            return type(value)(self._cast_back(v) for v in value)
+        if isinstance(value, dict):
+            return {k: self._cast_back(v) for k, v in value.items()}
+        return value
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         unit = self.counter.key(func)
-        packet = str(func.overloadpacket)
-        computing = not (func.is_view or packet in _CONVERSIONS or _writes(func)) and \
-            not (unit[0] == "backward" and unit[1] == "torch::autograd::AccumulateGrad")
+        computing = _COMPUTES.get(func)
+        if computing is None:
+            computing = _COMPUTES[func] = not (func.is_view or str(func.overloadpacket) in _CONVERSIONS
+                                               or _writes(func))
+        computing = computing and not (unit[0] == "backward" and unit[1] == "torch::autograd::AccumulateGrad")
         if not computing:
             return func(*args, **kwargs)
         if unit not in self.seen and _floating(args, kwargs):
             self.seen[unit] = None
         if unit not in self.units or self.how is None:
+            if self.how == "promote" and self.made:
+                # a float64 gradient of a promoted node that the engine did not cast back (it reached
+                # this op through an accumulation buffer): cast back before a consumer sees it
+                args, kwargs = self._cast_back(args), self._cast_back(kwargs)
             return func(*args, **kwargs)
         if self.how == "promote":
             out = func(*_cast(args, self.working, _REFERENCE), **_cast(kwargs, self.working, _REFERENCE))
-            return out if unit[0] == "backward" else _cast(out, _REFERENCE, self.working)
+            if unit[0] != "backward":
+                return _cast(out, _REFERENCE, self.working)
+            for o in (out if isinstance(out, (list, tuple)) else (out,)):
+                if isinstance(o, torch.Tensor) and o.dtype == _REFERENCE:
+                    self.made[o] = True
+            return out
         out = func(*args, **kwargs)  # inject: this unit's results rounded to the working dtype
         return _cast(_cast(out, _REFERENCE, self.working), self.working, _REFERENCE)
 
@@ -110,37 +136,70 @@ class _Outcome:
     seen: list[tuple]
 
 
+class _QuantityFailed(Exception):
+    """Raised from a backward hook: the failing quantity already left the working range."""
+
+
 def _replay(forward: Forward, dtype: torch.dtype, working: torch.dtype, target: list | None,
-            how: str | None = None, units: Iterable[tuple] = ()) -> _Outcome:
+            how: str | None = None, units: Iterable[tuple] = (), stop_early: bool = False) -> _Outcome:
     """One replay; ``target`` names the failing quantity (a backward unit) or None (the loss)."""
+    units = [tuple(u) for u in units]
+    backward = [u for u in units if u[0] == "backward"]
+    return _replays(forward, dtype, working, target, how, units, [(how, backward, stop_early)])[0]
+
+
+def _replays(forward: Forward, dtype: torch.dtype, working: torch.dtype, target: list | None,
+             how: str | None, units: Iterable[tuple], passes: list[tuple]) -> list[_Outcome]:
+    """One forward pass (with ``units`` done ``how``), then one backward pass per entry of ``passes``.
+
+    Each pass is ``(how, backward units, stop_early)``: replays that differ only in backward
+    units share the forward (the graph is retained between passes). ``stop_early``: once the
+    failing quantity leaves the working range the run counts as failed and the rest of that
+    backward pass is skipped. For an injection that is the definition of a causal rounding;
+    otherwise it is the failure the working-dtype step had (this quantity went non-finite and
+    failed the step), so the replay has reproduced it.
+    """
     mode = _Precision(working, how, units)
-    captured: list[torch.Tensor] = []
+    limit = torch.finfo(working).max
+    outcomes = []
     with mode:
         loss, leaves = forward(dtype)
-        handles = []
-        if target is not None and target[0] == "backward" and loss.grad_fn is not None:
-            fired = []
+        for k, (pass_how, pass_units, stop_early) in enumerate(passes):
+            mode.how, mode.units = pass_how, mode.forward_units | frozenset(tuple(u) for u in pass_units)
+            for t in leaves:
+                t.grad = None
+            captured: list[torch.Tensor] = []
+            handles = []
+            if target is not None and target[0] == "backward" and loss.grad_fn is not None:
+                fired = []
 
-            def hook(grad_inputs, grad_outputs, _fired=fired):
-                _fired.append(None)
-                if len(_fired) == target[2] + 1:
-                    captured.extend(g.detach().to(_REFERENCE) for g in grad_inputs if g is not None)
+                def hook(grad_inputs, grad_outputs, _fired=fired, _captured=captured, _stop=stop_early):
+                    _fired.append(None)
+                    if len(_fired) == target[2] + 1:
+                        _captured.extend(g.detach().to(_REFERENCE) for g in grad_inputs if g is not None)
+                        if _stop and not all(bool((g.abs() <= limit).all()) for g in _captured):
+                            raise _QuantityFailed
 
-            handles = [node.register_hook(hook) for node in _graph_nodes(loss.grad_fn) if node.name() == target[1]]
-        if loss.requires_grad:
-            (loss if loss.dim() == 0 else loss.sum()).backward()
-        for handle in handles:
-            handle.remove()
-    limit = torch.finfo(working).max
-    with torch.no_grad():
-        values = [loss.detach()] + [t.grad for t in leaves if t.grad is not None]
-        finite = all(bool((v.abs() <= limit).all()) for v in values)  # NaN compares False
-    quantity = None
-    if target is None or target[0] != "backward":
-        quantity = loss.detach().to(_REFERENCE).reshape(-1)
-    elif captured:
-        quantity = torch.cat([g.reshape(-1) for g in captured])
-    return _Outcome(finite, quantity, list(mode.seen))
+                handles = [n.register_hook(hook) for n in _graph_nodes(loss.grad_fn) if n.name() == target[1]]
+            stopped = False
+            try:
+                if loss.requires_grad:
+                    (loss if loss.dim() == 0 else loss.sum()).backward(retain_graph=k < len(passes) - 1)
+            except _QuantityFailed:
+                stopped = True
+            finally:
+                for handle in handles:
+                    handle.remove()
+            with torch.no_grad():
+                values = [loss.detach()] + [t.grad for t in leaves if t.grad is not None]
+                finite = not stopped and all(bool((v.abs() <= limit).all()) for v in values)  # NaN: False
+            quantity = None
+            if target is None or target[0] != "backward":
+                quantity = loss.detach().to(_REFERENCE).reshape(-1)
+            elif captured:
+                quantity = torch.cat([g.reshape(-1) for g in captured])
+            outcomes.append(_Outcome(finite, quantity, list(mode.seen)))
+    return outcomes
 
 
 def _graph_nodes(root) -> list:
@@ -191,14 +250,39 @@ def verify_step(forward: Forward, finding, *, working: torch.dtype, max_tests: i
     def replay(dtype, how=None, units=()):
         nonlocal replays
         replays += 1
-        return _replay(forward, dtype, working, target, how, units)
+        return _replay(forward, dtype, working, target, how, units, stop_early=True)
 
     target = finding.unit if (finding.unit and finding.unit[0] == "backward") else None
-    base = replay(working)
-    ref = replay(_REFERENCE)
-    where = None
-    if base.quantity is not None and ref.quantity is not None and base.quantity.shape == ref.quantity.shape:
-        where = ~torch.isfinite(base.quantity)
+    units = _candidate_units(finding)
+    backward_units = [u for u, _ in units if u[0] == "backward"]
+
+    def shared(dtype, how, plain_first):
+        """Plain forward; backward passes for each backward candidate (and a plain one first)."""
+        nonlocal replays
+        passes = ([(None, (), True)] if plain_first else []) + [(how, [u], True) for u in backward_units]
+        replays += len(passes)
+        outs = _replays(forward, dtype, working, target, None, (), passes) if passes else []
+        return (outs[0] if plain_first else None), dict(zip(backward_units, outs[1:] if plain_first else outs))
+
+    ref, injected_b = shared(_REFERENCE, "inject", True)
+    candidates, seen, where = [], None, None
+    promoted_b = shared(working, "promote", False)[1] if ref.finite else {}
+    for unit, role in units:
+        entry = {"unit": list(unit), "label": unit_label(unit), "role": role}
+        if not ref.finite:
+            entry.update(injection_fails=None, promotion_fixes=None, verdict="float64 fails too")
+        else:
+            injected = injected_b.get(unit) or replay(_REFERENCE, "inject", [unit])
+            promoted = promoted_b.get(unit) or replay(working, "promote", [unit])
+            seen = seen or promoted.seen
+            if where is None and list(unit) == list(finding.unit or ()) and injected.quantity is not None \
+                    and ref.quantity is not None and injected.quantity.shape == ref.quantity.shape:
+                where = ~torch.isfinite(injected.quantity)  # the first op's own failure, placed in float64
+            entry["injection_fails"] = not injected.finite
+            entry["promotion_fixes"] = promoted.finite
+            entry["verdict"] = "confirmed" if (entry["injection_fails"] or entry["promotion_fixes"]) \
+                else "present, not causal"
+        candidates.append(entry)
     exact = None
     if ref.quantity is not None and ref.quantity.numel():
         picked = ref.quantity[where] if where is not None and bool(where.any()) else ref.quantity
@@ -207,24 +291,11 @@ def verify_step(forward: Forward, finding, *, working: torch.dtype, max_tests: i
     representable = exact is not None and exact <= limit
     quantity = "loss" if target is None else f"gradient from {unit_label(target)}"
 
-    candidates = []
-    for unit, role in _candidate_units(finding):
-        entry = {"unit": list(unit), "label": unit_label(unit), "role": role}
-        if not ref.finite:
-            entry.update(injection_fails=None, promotion_fixes=None, verdict="float64 fails too")
-        else:
-            injected = replay(_REFERENCE, "inject", [unit])
-            promoted = replay(working, "promote", [unit])
-            entry["injection_fails"] = not injected.finite
-            entry["promotion_fixes"] = promoted.finite
-            entry["verdict"] = "confirmed" if (entry["injection_fails"] or entry["promotion_fixes"]) \
-                else "present, not causal"
-        candidates.append(entry)
-
     promotion, minimal, tests = None, False, 0
-    if ref.finite and not base.finite:
+    if ref.finite:  # (the working-dtype step failed: that is why there is a finding)
         promotion, minimal, tests = _promotion_search(
-            lambda units: replay(working, "promote", units).finite, candidates, base.seen, max_tests)
+            lambda units: replay(working, "promote", units).finite, candidates,
+            seen if seen is not None else replay(working).seen, max_tests)
     wd = str(working).replace("torch.", "")
     statement = _statement(wd, quantity, ref.finite, exact, representable, candidates, promotion)
     return Verification(wd, quantity, ref.finite, exact, representable, candidates,
@@ -284,6 +355,9 @@ def _promotion_search(fixes: Callable[[list[tuple]], bool], candidates, units: l
 
 
 def _statement(dtype, quantity, ref_finite, exact, representable, candidates, promotion) -> str:
+    if not ref_finite and exact is not None and math.isfinite(exact) and not representable:
+        return (f"the exact {quantity} ({exact:.3g}, float64 replay) is beyond {dtype}'s range: no evaluation order "
+                f"in {dtype} can hold it, so the fix is a rescaling or log space, not a rewrite of the order")
     if not ref_finite:
         return (f"the float64 replay fails too, so the failure is not an artifact of {dtype} rounding: a pole, an "
                 f"empty set or a domain error of the formula, or a range that float64 lacks as well")
