@@ -8,6 +8,7 @@ returns an :class:`~stablenca.trace.provenance._Event` or None; the tracer recor
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -489,136 +490,34 @@ class Detectors:
         return "empty_set", f"{info.short} over {n} rows whose every entry is -inf (masked) → -inf", n
 
     def _analyse(self, info, args, kwargs, out, pos_nan, pos_inf, func=None):
-        """(pattern, root kind if nothing upstream, [(argpos, tensor, need, positions)], precursor)."""
+        """(pattern, root kind if nothing upstream, [(argpos, tensor, need, positions)], precursor).
+
+        An op's own rule (:data:`NAN_PATTERNS`) first, then the generic analysis from the values.
+        """
         base = info.base
         dtype = out.dtype
         shape = out.shape
-        anyup = _ZERO | _INFOK | _BAD | _INEXACT
-
-        def cnt(m):
-            return int(m.sum())
-
         tensors = [(i, a) for i, a in enumerate(args) if isinstance(a, torch.Tensor) and a.is_floating_point()
                    and i not in info.written]
         finite_inputs = all(bool(torch.isfinite(a).all()) for _, a in tensors)
         if info.written:
             if base == "div" and len(args) > 1:  # the divisor survives an in-place division
                 b = _broadcast(_as_operand(args[1], out), shape)
-                if b is not None and cnt((pos_nan | pos_inf) & (b == 0)):
+                if b is not None and _count((pos_nan | pos_inf) & (b == 0)):
                     z = (pos_nan | pos_inf) & (b == 0)
                     tb = args[1] if isinstance(args[1], torch.Tensor) else None
                     return "x/0 (in-place)", "division_by_zero", [(1, tb, _ZERO, z)], None
             base = "<in-place>"  # the overwritten operand is gone: only the generic analysis applies
+        rule = NAN_PATTERNS.get(base)
+        if rule is not None:
+            found = rule(self, info, args, kwargs, out, pos_nan, pos_inf, tensors)
+            if found is not None:
+                return found
+        cnt = _count
 
         def ov_detail(n):
-            big = 0.0
-            for _, a in tensors:
-                fa = a[torch.isfinite(a)]
-                if fa.numel():
-                    big = max(big, float(fa.abs().max()))
-            if base in ("exp", "exp2", "expm1"):
-                lim = _exp_limits(dtype)[1]
-                if base == "exp2":
-                    lim /= math.log(2)
-                return (f"{_n(n, 'finite input')} → inf (largest input {_fmt(big)}; {_dtype_name(dtype)} "
-                        f"{base}(x) overflows above {lim:.2f})")
-            return (f"{_n(n, 'finite result')} beyond ±{_fmt(torch.finfo(dtype).max)} → ±inf "
-                    f"(largest input magnitude {_fmt(big)})")
+            return _overflow_detail(base, tensors, dtype, n)
 
-        if base in ("div", "true_divide", "reciprocal"):
-            ops = self._indexed_broadcast_operands(info, args, kwargs, out, shape)
-            if ops is not None:
-                ia, a, ib, b = ops
-                z00 = pos_nan & (a == 0) & (b == 0)
-                zx0 = pos_inf & (b == 0) & torch.isfinite(a)
-                iii = pos_nan & torch.isinf(a) & torch.isinf(b)
-                ovf = pos_inf & (b != 0) & torch.isfinite(a) & torch.isfinite(b)
-                ta = args[ia] if ia >= 0 else None
-                tb = args[ib]
-                if cnt(z00):
-                    ex = [(ia, ta, _ZERO, z00), (ib, tb, _ZERO, z00)]
-                    return "0/0", "division_by_zero", ex, None
-                if cnt(zx0):
-                    return ("1/0" if base == "reciprocal" else "x/0"), "division_by_zero", \
-                        [(ib, tb, _ZERO, zx0)], None
-                if cnt(iii):
-                    return "inf/inf", "unknown", [(ia, ta, _INFOK | _BAD, iii), (ib, tb, _INFOK | _BAD, iii)], None
-                if cnt(ovf):
-                    d = ov_detail(cnt(ovf))
-                    return "overflow", "overflow", [(ia, ta, _INEXACT | _SMALL, None),
-                                                    (ib, tb, _INEXACT | _SMALL, None)], \
-                        ("overflow", d, cnt(ovf))
-        elif base in _LOG_POLE:
-            x = args[0]
-            pole = _LOG_POLE[base]
-            at_pole = pos_inf & (x == pole)
-            below = pos_nan & (x < pole)
-            if cnt(at_pole):
-                pat = "log(0)" if pole == 0 else "log1p(-1)"
-                return pat, "division_by_zero", [(0, x, _ZERO if pole == 0 else anyup, at_pole)], None
-            if cnt(below):
-                return "log(negative)", "domain", [(0, x, _INEXACT | _ZERO, below)], None
-        elif base in ("sqrt", "rsqrt"):
-            x = args[0]
-            neg = pos_nan & (x < 0)
-            if base == "rsqrt":
-                z = pos_inf & (x == 0)
-                if cnt(z):
-                    return "1/sqrt(0)", "division_by_zero", [(0, x, _ZERO, z)], None
-            if cnt(neg):
-                return f"{base}(negative)", "domain", [(0, x, _INEXACT | _ZERO, neg)], None
-        elif base == "pow":
-            ops = self._indexed_broadcast_operands(info, args, kwargs, out, shape)
-            if ops is not None:
-                ia, a, ib, b = ops
-                ta = args[ia] if isinstance(args[ia], torch.Tensor) else None
-                frac = pos_nan & (a < 0) & (b != torch.round(b))
-                zneg = pos_inf & (a == 0) & (b < 0)
-                if cnt(frac):
-                    return "pow(negative, fractional)", "domain", [(ia, ta, _INEXACT | _ZERO, frac)], None
-                if cnt(zneg):
-                    return "0^negative", "division_by_zero", [(ia, ta, _ZERO, zneg)], None
-        elif base == "mul":
-            ops = self._indexed_broadcast_operands(info, args, kwargs, out, shape)
-            if ops is not None:
-                ia, a, ib, b = ops
-                za = pos_nan & (a == 0) & torch.isinf(b)
-                zb = pos_nan & torch.isinf(a) & (b == 0)
-                ta = args[ia] if isinstance(args[ia], torch.Tensor) else None
-                tb = args[ib] if isinstance(args[ib], torch.Tensor) else None
-                if cnt(za) or cnt(zb):
-                    ex = []
-                    if cnt(za):
-                        ex += [(ib, tb, _INFOK | _BAD, za), (ia, ta, _ZERO, za)]
-                    if cnt(zb):
-                        ex += [(ia, ta, _INFOK | _BAD, zb), (ib, tb, _ZERO, zb)]
-                    return "0*inf", "unknown", ex, None
-        elif base in ("add", "sub", "rsub"):
-            ops = self._indexed_broadcast_operands(info, args, kwargs, out, shape)
-            if ops is not None:
-                ia, a, ib, b = ops
-                ii = pos_nan & torch.isinf(a) & torch.isinf(b)
-                if cnt(ii):
-                    ta = args[ia] if isinstance(args[ia], torch.Tensor) else None
-                    tb = args[ib] if isinstance(args[ib], torch.Tensor) else None
-                    return "inf-inf", "unknown", [(ia, ta, _INFOK | _BAD, ii), (ib, tb, _INFOK | _BAD, ii)], None
-        elif base in ("_softmax", "_log_softmax"):
-            x = args[0]
-            dim = args[1] if len(args) > 1 else -1
-            rows = torch.all(x == -_INF, dim=dim, keepdim=True) if x.dim() else (x == -_INF)
-            m = pos_nan & _broadcast(rows, shape)
-            if cnt(m):
-                n_rows = int(rows.sum())
-                return (f"softmax of an all -inf row ({n_rows} rows)", "empty_set",
-                        [(0, x, _INFOK | _BAD, None)],
-                        ("empty_set", f"{info.short} over {n_rows} rows whose every entry is -inf → NaN", n_rows))
-        elif base == "mean":
-            x = args[0]
-            if isinstance(x, torch.Tensor):
-                dims = list(range(x.dim())) if info.full_reduction else _reduce_dims(args, kwargs, x.dim())[0]
-                if x.dim() and any(x.shape[d] == 0 for d in dims):
-                    return ("mean of an empty set", "empty_set", [],
-                            ("empty_set", f"mean over 0 elements → NaN in {out.numel()} rows", out.numel()))
         # generic: decided by properties of this op's values, not by its name
         empty = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and a.dim() and a.numel() == 0]
         if empty and cnt(pos_nan):  # a fused op (a loss) that reduced over nothing
@@ -727,3 +626,166 @@ class Detectors:
             ev.extra = {"rows_zero": None}
             self._precursor(ev, n_rows)
         self._map_outs(info, outs, ev)
+
+
+# ----------------------------------------------------------------------------------------
+# NaN/Inf patterns per op: rule(tracer, info, args, kwargs, out, pos_nan, pos_inf, tensors)
+# returns (pattern, kind, explain, precursor) or None (then the generic analysis decides)
+
+#: base op name -> pattern rule; filled by :func:`nan_pattern` (like ``register_flop_formula``).
+NAN_PATTERNS: dict[str, Callable] = {}
+_ANY_UP = _ZERO | _INFOK | _BAD | _INEXACT
+
+
+def nan_pattern(*bases: str) -> Callable:
+    """Register a rule that names the NaN/Inf pattern of the ops ``bases`` (``div``, ``log`` ...)."""
+    def register(rule: Callable) -> Callable:
+        for base in bases:
+            NAN_PATTERNS[base] = rule
+        return rule
+    return register
+
+
+def _count(mask: torch.Tensor) -> int:
+    return int(mask.sum())
+
+
+def _overflow_detail(base: str, tensors, dtype: torch.dtype, n: int) -> str:
+    big = 0.0
+    for _, a in tensors:
+        fa = a[torch.isfinite(a)]
+        if fa.numel():
+            big = max(big, float(fa.abs().max()))
+    if base in ("exp", "exp2", "expm1"):
+        lim = _exp_limits(dtype)[1]
+        if base == "exp2":
+            lim /= math.log(2)
+        return (f"{_n(n, 'finite input')} → inf (largest input {_fmt(big)}; {_dtype_name(dtype)} "
+                f"{base}(x) overflows above {lim:.2f})")
+    return (f"{_n(n, 'finite result')} beyond ±{_fmt(torch.finfo(dtype).max)} → ±inf "
+            f"(largest input magnitude {_fmt(big)})")
+
+
+def _tensor_arg(args, i):
+    return args[i] if 0 <= i < len(args) and isinstance(args[i], torch.Tensor) else None
+
+
+@nan_pattern("div", "true_divide", "reciprocal")
+def _division(tr, info, args, kwargs, out, pos_nan, pos_inf, tensors):
+    ops = tr._indexed_broadcast_operands(info, args, kwargs, out, out.shape)
+    if ops is None:
+        return None
+    ia, a, ib, b = ops
+    ta, tb = (args[ia] if ia >= 0 else None), args[ib]
+    z00 = pos_nan & (a == 0) & (b == 0)
+    if _count(z00):
+        return "0/0", "division_by_zero", [(ia, ta, _ZERO, z00), (ib, tb, _ZERO, z00)], None
+    zx0 = pos_inf & (b == 0) & torch.isfinite(a)
+    if _count(zx0):
+        return ("1/0" if info.base == "reciprocal" else "x/0"), "division_by_zero", [(ib, tb, _ZERO, zx0)], None
+    iii = pos_nan & torch.isinf(a) & torch.isinf(b)
+    if _count(iii):
+        return "inf/inf", "unknown", [(ia, ta, _INFOK | _BAD, iii), (ib, tb, _INFOK | _BAD, iii)], None
+    ovf = pos_inf & (b != 0) & torch.isfinite(a) & torch.isfinite(b)
+    if _count(ovf):
+        n = _count(ovf)
+        return "overflow", "overflow", [(ia, ta, _INEXACT | _SMALL, None), (ib, tb, _INEXACT | _SMALL, None)], \
+            ("overflow", _overflow_detail(info.base, tensors, out.dtype, n), n)
+    return None
+
+
+@nan_pattern(*_LOG_POLE)
+def _logarithm(tr, info, args, kwargs, out, pos_nan, pos_inf, tensors):
+    x, pole = args[0], _LOG_POLE[info.base]
+    at_pole = pos_inf & (x == pole)
+    if _count(at_pole):
+        pattern = "log(0)" if pole == 0 else "log1p(-1)"
+        return pattern, "division_by_zero", [(0, x, _ZERO if pole == 0 else _ANY_UP, at_pole)], None
+    below = pos_nan & (x < pole)
+    if _count(below):
+        return "log(negative)", "domain", [(0, x, _INEXACT | _ZERO, below)], None
+    return None
+
+
+@nan_pattern("sqrt", "rsqrt")
+def _square_root(tr, info, args, kwargs, out, pos_nan, pos_inf, tensors):
+    x = args[0]
+    if info.base == "rsqrt":
+        z = pos_inf & (x == 0)
+        if _count(z):
+            return "1/sqrt(0)", "division_by_zero", [(0, x, _ZERO, z)], None
+    neg = pos_nan & (x < 0)
+    if _count(neg):
+        return f"{info.base}(negative)", "domain", [(0, x, _INEXACT | _ZERO, neg)], None
+    return None
+
+
+@nan_pattern("pow")
+def _power(tr, info, args, kwargs, out, pos_nan, pos_inf, tensors):
+    ops = tr._indexed_broadcast_operands(info, args, kwargs, out, out.shape)
+    if ops is None:
+        return None
+    ia, a, ib, b = ops
+    ta = _tensor_arg(args, ia)
+    frac = pos_nan & (a < 0) & (b != torch.round(b))
+    if _count(frac):
+        return "pow(negative, fractional)", "domain", [(ia, ta, _INEXACT | _ZERO, frac)], None
+    zneg = pos_inf & (a == 0) & (b < 0)
+    if _count(zneg):
+        return "0^negative", "division_by_zero", [(ia, ta, _ZERO, zneg)], None
+    return None
+
+
+@nan_pattern("mul")
+def _product(tr, info, args, kwargs, out, pos_nan, pos_inf, tensors):
+    ops = tr._indexed_broadcast_operands(info, args, kwargs, out, out.shape)
+    if ops is None:
+        return None
+    ia, a, ib, b = ops
+    ta, tb = _tensor_arg(args, ia), _tensor_arg(args, ib)
+    za = pos_nan & (a == 0) & torch.isinf(b)
+    zb = pos_nan & torch.isinf(a) & (b == 0)
+    explain = []
+    if _count(za):
+        explain += [(ib, tb, _INFOK | _BAD, za), (ia, ta, _ZERO, za)]
+    if _count(zb):
+        explain += [(ia, ta, _INFOK | _BAD, zb), (ib, tb, _ZERO, zb)]
+    return ("0*inf", "unknown", explain, None) if explain else None
+
+
+@nan_pattern("add", "sub", "rsub")
+def _sum_of_infinities(tr, info, args, kwargs, out, pos_nan, pos_inf, tensors):
+    ops = tr._indexed_broadcast_operands(info, args, kwargs, out, out.shape)
+    if ops is None:
+        return None
+    ia, a, ib, b = ops
+    ii = pos_nan & torch.isinf(a) & torch.isinf(b)
+    if not _count(ii):
+        return None
+    ta, tb = _tensor_arg(args, ia), _tensor_arg(args, ib)
+    return "inf-inf", "unknown", [(ia, ta, _INFOK | _BAD, ii), (ib, tb, _INFOK | _BAD, ii)], None
+
+
+@nan_pattern("_softmax", "_log_softmax")
+def _softmax_of_masked_row(tr, info, args, kwargs, out, pos_nan, pos_inf, tensors):
+    x = args[0]
+    dim = args[1] if len(args) > 1 else -1
+    rows = torch.all(x == -_INF, dim=dim, keepdim=True) if x.dim() else (x == -_INF)
+    m = pos_nan & _broadcast(rows, out.shape)
+    if not _count(m):
+        return None
+    n_rows = int(rows.sum())
+    return (f"softmax of an all -inf row ({n_rows} rows)", "empty_set", [(0, x, _INFOK | _BAD, None)],
+            ("empty_set", f"{info.short} over {n_rows} rows whose every entry is -inf → NaN", n_rows))
+
+
+@nan_pattern("mean")
+def _mean_of_nothing(tr, info, args, kwargs, out, pos_nan, pos_inf, tensors):
+    x = args[0]
+    if not isinstance(x, torch.Tensor) or not x.dim():
+        return None
+    dims = list(range(x.dim())) if info.full_reduction else _reduce_dims(args, kwargs, x.dim())[0]
+    if not any(x.shape[d] == 0 for d in dims):
+        return None
+    return ("mean of an empty set", "empty_set", [],
+            ("empty_set", f"mean over 0 elements → NaN in {out.numel()} rows", out.numel()))
