@@ -90,6 +90,10 @@ def targets_table(results: dict[str, dict]) -> str:
                 r = _ratio(t, model, variant)
                 rows.append([f"{label} step, {variant} / plain", f"≤ {limit:.2f}×",
                              "n/a" if r is None else f"{r:.2f}×", verdict(None if r is None else r <= limit)])
+    v = results.get("verify")
+    if v:
+        r = C.median(v["ratios"]["verification"])
+        rows.append(["ModernNCA failing step, verification / traced replay", "≤ 3.00×", f"{r:.2f}×", verdict(r <= 3)])
     s = results.get("scale")
     if s:
         rows.append(["streamed readout time vs N", "linear (exponent ≈ 1)", f"N^{s['exponent']:.2f}",

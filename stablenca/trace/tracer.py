@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import math
-import os
-import sys
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -37,11 +35,9 @@ DEFAULT_ALLOW = (
     "aten.copy_",
 )
 
-_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
-_THIS_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep  # the trace package
-_SOURCE_KEY = "stablenca.trace.source"
 _INF = math.inf
 from .chain import ChainSearch
+from .places import Places
 from .detectors import Detectors
 from .ops import _INFOS, _C_CANCEL, _C_MASK, _C_PLAIN, _C_REDUCE, _C_SKIP, _C_UF_POS, _C_UF_SIGNED, \
     _C_VIEW, _EXACT_CREATE, _SPREAD, _OpInfo, _current_node, _flat_tensors
@@ -66,7 +62,7 @@ class _Mode(TorchDispatchMode):
         return out
 
 
-class Tracer(Provenance, Detectors, ChainSearch):
+class Tracer(Places, Provenance, Detectors, ChainSearch):
     """Trace every ATen op run inside the ``with`` block (forward and backward).
 
     Keyword-only arguments:
@@ -197,56 +193,6 @@ class Tracer(Provenance, Detectors, ChainSearch):
             self._gave_up = True
             warnings.warn(f"stablenca.trace: stopped tracing at {func}: {type(exc).__name__}: {exc}",
                           RuntimeWarning, stacklevel=3)
-
-    # -- modules --------------------------------------------------------------------------
-
-    def _register_root(self, root: torch.nn.Module) -> None:
-        self._keepalive.append(root)
-        for name, m in root.named_modules():
-            self._modnames.setdefault(id(m), name if name else f"<{type(root).__name__}>")
-        for name, p in root.named_parameters():
-            self._paramnames.setdefault(id(p), name)
-
-    def _pre_hook(self, module, args) -> None:
-        name = self._modnames.get(id(module))
-        if name is None:
-            if not self._modstack:
-                self._register_root(module)
-                name = self._modnames.get(id(module))
-            if name is None:
-                name = f"<{type(module).__name__}>"
-        self._modstack.append(name)
-
-    def _post_hook(self, module, args, output) -> None:
-        if self._modstack:
-            self._modstack.pop()
-
-    # -- sources --------------------------------------------------------------------------
-
-    def _user_src(self) -> tuple[str, int] | None:
-        f = sys._getframe(1)
-        cache = self._internal_cache
-        while f is not None:
-            fn = f.f_code.co_filename
-            internal = cache.get(fn)
-            if internal is None:
-                absfn = os.path.abspath(fn) if not fn.startswith("<") else fn
-                internal = absfn.startswith(_TORCH_DIR) or absfn.startswith(_THIS_DIR) or fn.startswith("<frozen")
-                cache[fn] = internal
-            if not internal:
-                return fn, f.f_lineno
-            f = f.f_back
-        return None
-
-    def _flush_pending(self) -> None:
-        outs, info = self._pending
-        self._pending = None
-        for o in outs:
-            gf = o.grad_fn
-            if gf is not None:
-                md = gf.metadata
-                if _SOURCE_KEY not in md:
-                    md[_SOURCE_KEY] = info
 
     # -- the per-op observer --------------------------------------------------------------
 
@@ -389,19 +335,6 @@ class Tracer(Provenance, Detectors, ChainSearch):
     # -- exactness ------------------------------------------------------------------------
 
     # -- provenance -----------------------------------------------------------------------
-
-    def _where(self, node) -> tuple[str, str | None, str | None, tuple | None]:
-        """(phase, backward node name, module, raw source) for an op being observed now."""
-        if node is not None:
-            meta = None
-            try:
-                meta = node.metadata.get(_SOURCE_KEY)
-            except Exception:
-                meta = None
-            src, module = meta if meta else (None, None)
-            return "backward", node.name(), module, src
-        module = self._modstack[-1] if self._modstack else None
-        return "forward", None, module, self._user_src()
 
     def _event(self, info, node, kind, detail, taint, inputs, out, stats=False) -> _Event:
         phase, bnode, module, src = self._where(node)
