@@ -23,7 +23,8 @@ Root-cause vocabulary (``Finding.root_cause["kind"]``, shared with the rest of s
 ``overflow``
     finite inputs became ±inf (``exp(x)`` with ``x > 88.72`` in float32).
 ``cancellation``
-    an add/sub of finite operands lost at least half of the significand bits
+    an add/sub with an inexact operand (exact ones: masks, constants, inputs, integer results
+    of exact ops, never count) lost at least half of the significand bits
     (``bits lost = log2(max(|a|, |b|) / |a ± b|)``; 12 of 24 in float32, 26 of 53 in
     float64), or cancelled to exactly 0.0 (``1 - exp(-1e-8) == 0`` in float32).
 ``empty_set``
@@ -39,7 +40,15 @@ Root-cause vocabulary (``Finding.root_cause["kind"]``, shared with the rest of s
     (``log(negative)``, ``sqrt(negative)``, ``pow(negative, 0.5)``, ``acos(2)``).
 ``division_by_zero``
     an exact zero reached a pole with no precursor to explain the zero (``x/0``, ``0/0``,
-    ``log(0)``, ``1/sqrt(0)``): the zero was an exact input value.
+    ``log(0)``, ``1/sqrt(0)``): the zero was an exact input value, or the divisor of a 0/0
+    is a ``std``/``var``/norm that is exactly 0 (the root then names that reduction).
+``pole``
+    finite inputs gave ±inf that the op recomputed in float64 gives too (``lgamma(0)``): the
+    exact value is infinite, so it is not an overflow.
+``evaluation_order``
+    set by :mod:`stablenca.trace.verify`: the first non-finite op's rounding is confirmed as
+    the cause, and the exact failing quantity is finite and representable (an intermediate of
+    the op's evaluation order left the range).
 ``unknown``
     none of the above (for instance ``inf - inf`` of two allow-listed infinities).
 
@@ -90,6 +99,11 @@ Usage::
     div (0/0 in 3 of 3 elements, forward) ← sum empty_set (exact 0 in 3 of 3 rows: the mask selected nothing in 1; every selected term was 0.0, underflow upstream in 2) ← mul (mask multiply) ← exp underflow (6 finite inputs → 0.0: x ≤ -150 (float32 exp(x) rounds to 0.0 below -103.97))
     >>> find_nonfinite(lambda d: losses.nca_logspace(d, y, y, torch.eye(3, dtype=torch.bool)).loss, d) is None
     True
+
+The package: :mod:`~stablenca.trace.records` (the records), :mod:`~stablenca.trace.ops`,
+:mod:`~stablenca.trace.provenance`, :mod:`~stablenca.trace.detectors`,
+:mod:`~stablenca.trace.chain`, :mod:`~stablenca.trace.places`, :mod:`~stablenca.trace.tracer`,
+and :mod:`~stablenca.trace.verify` (counterfactual replays that confirm or overturn a cause).
 
 :func:`find_nonfinite` returns the :class:`Finding` or ``None``; :func:`trace_call` returns a
 :class:`TraceResult` that also carries the precursors of a clean run (its ``bool()`` is
