@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 import _common as C  # noqa: E402
-from stablenca.sentinel import load_capsule, traced_step, verify_capsule  # noqa: E402
+from stablenca.runtime.sentinel import load_capsule, traced_step, verify_capsule  # noqa: E402
 from stablenca.trace.verify import _promotion_search, _replay  # noqa: E402
-from stablenca.train import Trainer, TrainConfig, load_data  # noqa: E402
+from stablenca.training.trainer import Trainer, TrainConfig, load_data  # noqa: E402
 
 CAPSULE = Path(__file__).resolve().parents[1] / "reports" / "abalone" / "diagnose" / "modernnca-ratio-float32" \
     / "capsule.pt"
