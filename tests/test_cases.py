@@ -505,25 +505,18 @@ def test_tracer_without_backward_sees_nothing_in_the_where_patch_value():
     assert tracer.finding is None
 
 
-def test_check_subcommand_wiring(capsys):
-    """The ``--case`` branch the ``check`` subcommand needs: its parser plus two options, then run_from_args."""
-    import argparse
+def test_check_subcommand_through_the_real_cli(capsys):
+    """``stablenca check --case``, parsed by the real CLI parser (no option added by the test)."""
+    from stablenca import cli
 
-    from stablenca.commands.check import run_from_args
-    from stablenca.commands import check as check_command
-
-    parser = argparse.ArgumentParser()
-    check_command.register(parser.add_subparsers())
-    check_parser = next(a for a in parser._subparsers._actions if isinstance(a, argparse._SubParsersAction)) \
-        .choices["check"]
-    for option in ("--case", "--figures"):
-        try:
-            check_parser.add_argument(option, nargs="+" if option == "--case" else None, default=None)
-        except argparse.ArgumentError:  # already wired in commands/check.py
-            pass
-    args = parser.parse_args(["check", "--case", "ce_on_probabilities", "--dtype", "float32", "--json"])
-    assert run_from_args(args) == 0
-    assert json.loads(capsys.readouterr().out)["ok"] is True
-    args = parser.parse_args(["check", "--case", "log_softmax", "--loss", "ratio"])
-    with pytest.raises(ConfigError, match="cannot be combined"):
-        run_from_args(args)
+    assert cli.main(["check", "--case", "ce_on_probabilities", "--dtype", "float32", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["case"] == "ce_on_probabilities" and data["ok"] is True
+    assert [r["dtype"] for r in data["results"]] == ["float32"]
+    # --case and --loss together: one line naming the problem, exit code 2.
+    assert cli.main(["check", "--case", "log_softmax", "--loss", "ratio"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "cannot be combined" in err
+    # The parser itself knows both options (a subcommand that stopped registering them fails here).
+    args = cli.build_parser().parse_args(["check", "--case", "one_minus_exp", "log_softmax", "--figures", "figs"])
+    assert args.case == ["one_minus_exp", "log_softmax"] and args.figures == "figs"
