@@ -104,3 +104,24 @@ def test_load_capsule_rejects_garbage_and_truncation(tmp_path, student_run):
     torch.save({"weights": torch.zeros(2)}, other)
     with pytest.raises(CapsuleError, match="not a stablenca capsule"):
         load_capsule(other)
+
+
+@pytest.fixture(scope="module")
+def modernnca_capsule(tmp_path_factory):
+    """ModernNCA (TALENT's sampled training candidates) with the ratio loss at lr 0.3: fails at step 1."""
+    out = tmp_path_factory.mktemp("modernnca")
+    summary = diagnose(out=out, models=["modernnca"], loss_names=["ratio"], base=TrainConfig(epochs=1, lr=0.3),
+                       report=False)
+    (run,) = summary["runs"]
+    assert run["diverged"] and run["diverged_at"]["step"] >= 1  # not the first step: the generator has moved
+    return out / run["capsule"]
+
+
+def test_modernnca_capsule_replays_the_recorded_finding_bit_for_bit(modernnca_capsule):
+    capsule = load_capsule(modernnca_capsule)
+    assert capsule["config"]["candidates"] == "sampled" and capsule["generator_state"] is not None
+    finding, _ = replay(modernnca_capsule)
+    # The candidates are drawn from the restored generator, so every count in the chain matches
+    # (a replay that drew other candidates would find other numbers of zeros and 0/0 rows).
+    assert finding.to_dict() == capsule["finding"]
+    assert finding.root_cause["kind"] == "underflow" and finding.pattern == "0/0"
