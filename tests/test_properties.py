@@ -25,12 +25,15 @@ from stablenca.testing import strategies
 from stablenca import reference as ref
 from stablenca.testing.pytest_plugin import _floor
 
+from error_budgets import BOUNDS
+
 STABLE = ["nca_logspace", "modernnca"]
-#: Bits of error allowed to the stable formulations, per dtype (measured: <= 2).
-STABLE_BITS = {torch.float32: 4.0, torch.float64: 4.0}
-#: float32 gradient vs the float64 gradient of the same formula: relative tolerance
-#: (also applied to the floor max(1, s) / B).
-GRAD_RTOL = {torch.float32: 2.0 ** -18}
+DTYPES = (torch.float32, torch.float64)
+#: float32 gradient vs the float64 gradient of the same formula, normwise: max|g - g64| relative to
+#: G = max(max|g64|, max(1, s) / B). The derived gradient bound (tests/error_budgets.py) is below 83 ulps of
+#: G for every batch size (6.38 bits at 12 rows); an ulp of G is at most 2u G, so the error is below
+#: 166 u G = 2^-16.6 G in float32; the float64 reference adds 2^-29 of that. Hence 2^-16 relative.
+GRAD_RTOL = {torch.float32: 2.0 ** -16}
 #: For hypothesis.find: search (no shrinking: only the existence of a counterexample is asserted).
 SEARCH = settings(max_examples=300, deadline=None, database=None, phases=[Phase.generate],
                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
@@ -66,18 +69,19 @@ def test_stable_losses_are_finite_and_accurate_in_every_regime(regime, data):
         reference = mp_reference(name, batch, mp_inputs)
         float64 = ref.float64_loss(ref.get_reference(name).float64, batch.distances, batch.labels, batch.labels,
                                    batch.self_mask)
-        for dtype, max_bits in STABLE_BITS.items():
+        max_loss_bits, max_grad_bits = BOUNDS[name](batch.rows)  # derived; the same in every dtype
+        for dtype in DTYPES:
             loss, grad = run(name, batch, dtype)
             assert torch.isfinite(loss) and bool(torch.isfinite(grad).all()), (name, dtype)
             loss_bits = ref.bits_of_error(loss, reference.loss, dtype, floor=_floor("scale", batch, "loss_floor"))
             grad_bits = ref.gradient_bits_of_error(grad.numpy(), reference.grad, dtype,
                                                    floor=_floor("scale", batch, "grad_floor"))
-            assert loss_bits <= max_bits, (name, dtype, loss_bits, float(loss), float(reference.loss))
-            assert grad_bits <= max_bits, (name, dtype, grad_bits)
-            if dtype in GRAD_RTOL:  # against the float64 reference (same formula, autograd)
-                rtol = GRAD_RTOL[dtype]
-                np.testing.assert_allclose(grad.numpy(), float64[1], rtol=rtol,
-                                           atol=rtol * max(1.0, batch.scale) / batch.rows)
+            assert loss_bits <= max_loss_bits, (name, dtype, loss_bits, float(loss), float(reference.loss))
+            assert grad_bits <= max_grad_bits, (name, dtype, grad_bits)
+            if dtype in GRAD_RTOL:  # against the float64 reference (same formula, autograd), normwise
+                scale = max(float(np.max(np.abs(float64[1]))), max(1.0, batch.scale) / batch.rows)
+                error = float(np.max(np.abs(grad.numpy() - float64[1])))
+                assert error <= GRAD_RTOL[dtype] * scale, (name, dtype, error / scale)
 
 
 def _loss_and_grad(name, distances, labels):
