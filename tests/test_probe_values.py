@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from stablenca import losses
-from stablenca.probes import batch_statistics, distance_statistics
+from stablenca.runtime.probes import batch_statistics, distance_statistics
 from stablenca.publish import capture
 
 D = torch.tensor([[0.0, 1.0, 90.0, 200.0],
