@@ -25,6 +25,7 @@ import numpy as np
 from .. import floats
 from .. import reference as ref
 from ..records import atomic_write_bytes
+from .runner import run_case
 
 #: One colour per form (colour-blind safe), the fixed form in the darkest.
 COLOURS = {"naive": "#d55e00", "patched": "#e69f00", "expm1": "#56b4e9", "fixed": "#000000"}
@@ -54,8 +55,6 @@ def smooth(bits: np.ndarray, window: int = 3) -> np.ndarray:
 
 
 def _runs(case_or_runs, dtypes: Sequence[str] | None):
-    from . import run_case
-
     if isinstance(case_or_runs, str):
         return [run_case(case_or_runs, d) for d in (dtypes or ("float32", "float64"))]
     runs = list(case_or_runs)

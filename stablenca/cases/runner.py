@@ -203,7 +203,7 @@ def _ranges(x: np.ndarray, mask: np.ndarray) -> list[list[float]]:
 
 @functools.lru_cache(maxsize=32)
 def _references(name: str, dps: int) -> tuple[tuple, tuple]:
-    from . import get_case
+    from . import get_case  # the package's registry: it imports this module, so not at the top
 
     case = get_case(name)
     x = case.domain.points()
@@ -270,7 +270,7 @@ def run_case(name: str, dtype: str | torch.dtype = "float32", *, dps: int = ref.
     >>> run.root_cause, run.root_cause_ok, run.fixed_ok
     ('underflow', True, True)
     """
-    from . import get_case
+    from . import get_case  # the package's registry: it imports this module, so not at the top
 
     case = get_case(name)
     torch_dtype = floats.as_dtype(dtype)

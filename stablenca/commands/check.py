@@ -61,7 +61,7 @@ def run_cases(names: Sequence[str], dtypes: Sequence[str] | None = None, *, as_j
               figures: str | Path | None = None) -> int:
     """What ``stablenca check --case NAME...`` does: print each case, return 0 if all are as documented, else 1."""
     from ..cases import get_case  # lazy, as run_check above
-    from ..cases.check import check_case, format_case_table
+    from ..cases.check import check_case, format_case_table  # lazy, as above
 
     for name in names:
         get_case(name)  # an unknown name is a usage error before anything runs

@@ -10,7 +10,7 @@ from ._args import positive_int
 
 
 def register(subparsers) -> None:
-    from ..study.plan import DEFAULT_OUT, DEFAULT_SEEDS
+    from ..study.plan import DEFAULT_OUT, DEFAULT_SEEDS  # light: the study package loads its parts on use
 
     parser = subparsers.add_parser(
         "study", help="ModernNCA vs the student's SeedNCA on Abalone, over seeds, with an ablation",

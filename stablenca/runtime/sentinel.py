@@ -21,6 +21,7 @@ gives the same first bad op, bit for bit: the in-run replay goes through the sam
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import pickle
 import re
@@ -30,8 +31,10 @@ from typing import Any
 
 import torch
 
-from ..errors import CapsuleError
+from ..errors import CapsuleError, ConfigError
 from ..records import atomic_write_bytes, atomic_write_json
+from ..trace import Tracer
+from ..trace.verify import apply_verification, verify_step
 from ..training.trainer import Hook, StepContext, Trainer, TrainConfig
 
 CAPSULE_FORMAT = "stablenca-capsule"
@@ -109,8 +112,6 @@ def traced_step(trainer: Trainer, capsule: dict[str, Any]) -> tuple[Any, StepCon
     The optimizer update is traced too when the gradients are finite, so a step that
     turns the parameters non-finite is explained as well.
     """
-    from ..trace import Tracer
-
     trainer.model.load_state_dict(capsule["model_state"])
     trainer.optimizer.load_state_dict(capsule["optimizer_state"])
     if capsule.get("generator_state") is not None:
@@ -130,10 +131,6 @@ def verify_capsule(trainer: Trainer, capsule: dict[str, Any], finding) -> None:
     The float64 replays use a float64 copy of the trainer fed the working-dtype training
     inputs (cast up exactly), so both precisions start from the same numbers.
     """
-    import dataclasses
-
-    from ..trace.verify import apply_verification, verify_step
-
     trainers = {trainer.dtype: trainer}
 
     def forward(dtype):
@@ -160,8 +157,6 @@ class Sentinel(Hook):
 
     def __init__(self, *, mode: str = "sentinel", run_dir: str | Path | None = None) -> None:
         if mode not in MODES:
-            from ..errors import ConfigError
-
             raise ConfigError(f"unknown mode {mode!r}", fix=f"use one of {', '.join(MODES)}")
         self.mode = mode
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -181,8 +176,6 @@ class Sentinel(Hook):
     def step_context(self, trainer: Trainer, ctx: StepContext):
         if self.mode != "full" or self.capsule is not None:
             return contextlib.nullcontext()
-        from ..trace import Tracer
-
         self._tracer = Tracer(model=trainer.model)
         return self._tracer
 

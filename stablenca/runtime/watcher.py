@@ -68,6 +68,7 @@ from ..publish import capture
 from .. import artifacts
 from ..artifacts import prepare_out_dir
 from ..records import JsonlWriter, atomic_write_json
+from ..trace import Tracer
 from .sentinel import CAPSULE_FORMAT, CAPSULE_VERSION, MODES, Snapshot, save_capsule
 
 #: Skipped steps traced in full (each costs two replays); later skips record the scale only.
@@ -161,8 +162,6 @@ class Watch:
     # -- one step ------------------------------------------------------------------
     def step(self, closure: Callable[[], torch.Tensor], *, epoch: int | None = None) -> torch.Tensor:
         """Run ``closure`` (forward + backward, returns the loss), record it, and trace the first failure."""
-        from ..trace import Tracer
-
         self.begin()
         tracer = Tracer(model=base_module(self.model)) if self.mode == "full" and not self.should_stop else None
         with capture() as published, (eager() if tracer is not None else contextlib.nullcontext()), \
@@ -281,8 +280,6 @@ class Watch:
 
     def _replay(self, closure):
         """Restore the pre-step state and rerun the closure eagerly under the tracer (local gradients only)."""
-        from ..trace import Tracer
-
         self.snapshot.restore()
         with eager(), distributed.no_gradient_sync(self.model), capture(), \
                 Tracer(model=base_module(self.model)) as replay:
@@ -387,7 +384,7 @@ class Watch:
             first_failing_finding=first.get("finding") if first else None, runs=entries)
         artifacts.write_summary(self.out, summary)
         if self.report:
-            from ..report import build_report
+            from ..report import build_report  # lazy: only a watch that writes a report loads the report modules
 
             build_report(self.out)
 

@@ -27,6 +27,8 @@ GRAD_FLOOR = "scale"
 
 
 def _formulation(loss):
+    # Imports inside the functions: the plugin loads in every pytest run and must stay free of
+    # torch, hypothesis and mpmath until a test uses it (tests/test_pytest_plugin.py checks this).
     from .. import losses
     from ..losses.user import as_loss_output
 
@@ -47,7 +49,7 @@ def _formulation(loss):
 
 
 def _reference(formulation, reference):
-    from .. import reference as ref
+    from .. import reference as ref  # lazy, as in _formulation
 
     if reference is None:
         return ref.reference_for(formulation)
@@ -79,7 +81,7 @@ def _floor(value, batch, kind: str) -> float:
 
 
 def _grad_summary(grad, reference, limit: int = 4) -> str:
-    import numpy as np
+    import numpy as np  # lazy, as in _formulation
 
     error = np.abs(grad - reference)
     worst = np.argsort(error, axis=None)[::-1][:limit]
@@ -123,7 +125,7 @@ def assert_stable(loss, *, dtype="float32", max_bits: float | None = None, max_g
     Returns ``{"examples": n, "max_loss_bits": .., "max_grad_bits": ..}`` when it passes.
     """
     __tracebackhide__ = True
-    import numpy as np
+    import numpy as np  # lazy, as in _formulation: torch, hypothesis and mpmath load on first use
     import torch
     from hypothesis import HealthCheck, Phase, given, settings
 

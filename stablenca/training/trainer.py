@@ -22,10 +22,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .. import floats, losses
 from ..errors import ConfigError, StableNCAError, UserLossError
-from ..models.neighbours import (in_batch_pairs, knn_readout, onehot_targets, sampled_pool_pairs, soft_neighbour_readout)
+from ..data import load_dataset, prepare
+from ..models import ModernNCA, SeedNCA
+from ..models.neighbours import (in_batch_pairs, knn_readout, onehot_targets, sampled_pool_pairs,
+                                soft_neighbour_readout)
 from ..publish import capture
 from ..records import deferred_interrupts
 
@@ -228,8 +232,6 @@ class Hook:
 
 
 def build_model(config: TrainConfig, d_num: int, d_cat: int) -> torch.nn.Module:
-    from ..models import ModernNCA, SeedNCA
-
     def build() -> torch.nn.Module:
         if config.model == "modernnca":
             return ModernNCA(d_num=d_num, d_cat=d_cat, sample_rate=config.sample_rate, **config.model_options)
@@ -248,8 +250,6 @@ def build_model(config: TrainConfig, d_num: int, d_cat: int) -> torch.nn.Module:
 
 def load_data(config: TrainConfig):
     """The prepared data a config names (the embedded Abalone by default)."""
-    from ..data import load_dataset, prepare
-
     raw = load_dataset(config.data, task=config.task, target=config.target, split_seed=config.split_seed)
     if raw.task != config.task:
         raise ConfigError(f"the data's task is {raw.task!r} but --task {config.task} was asked for",
@@ -524,8 +524,6 @@ def _postfix(metrics: dict[str, float]) -> str:
 
 
 def _progress_bar(total: int, *, enabled: bool, desc: str):
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, desc=desc, unit="epoch", disable=not enabled, leave=False)
 
 
