@@ -115,7 +115,7 @@ def format_case_table(result: dict[str, Any]) -> str:
                          f"(value {naive['value']:.6g}, gradient {naive['grad']:.6g})"
                          f" (expected: {expected or 'none'}: {_verdict(run['root_cause_ok'])})")
         else:
-            lines.append(f"tracer, naive form, {run['dtype']} at x = {naive['input']:g}: {naive['chain']}")
+            lines.append(f"tracer, naive form, {run['dtype']} at x = {naive['input']:g}: {naive['chain_text']}")
             lines.append(f"  root cause {naive['root_cause']} (expected {expected}: "
                          f"{_verdict(run['root_cause_ok'])})")
         for name, trace in run["traces"].items():
@@ -128,7 +128,7 @@ def format_case_table(result: dict[str, Any]) -> str:
                              f"{trace['phase']} {trace['op']} ({trace['root_cause']}) in the branch `where` did "
                              f"not select comes back in backward as 0 * inf")
             else:
-                lines.append(f"  {name}: {trace['chain']}")
+                lines.append(f"  {name}: {trace['chain_text']}")
     precursor_runs = [run for run in result["results"] if run["precursors"]]
     for run in precursor_runs:
         lines.append(f"precursors of the naive form, {run['dtype']}:")

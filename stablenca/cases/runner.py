@@ -240,7 +240,7 @@ def trace_form(case: Case, form: str, value: float, dtype: torch.dtype, *,
         "root_cause": None if finding is None else finding.root_cause.get("kind"),
         "phase": None if finding is None else finding.phase,
         "op": None if finding is None else finding.op,
-        "chain": None if finding is None else finding.chain_text(),
+        "chain_text": None if finding is None else finding.chain_text(),
         "precursors": [str(p) for p in result.precursors],
     }
     if finding is not None and out["value_finite"]:
@@ -288,7 +288,7 @@ def run_case(name: str, dtype: str | torch.dtype = "float32", *, dps: int = ref.
     for form in case.forms:
         traces[form] = trace_form(case, form, trigger, torch_dtype) if trigger is not None else \
             {"input": None, "finding": None, "finding_object": None, "root_cause": None, "phase": None,
-             "op": None, "chain": None, "precursors": [], "nan_surfaces_in": None}
+             "op": None, "chain_text": None, "precursors": [], "nan_surfaces_in": None}
     precursors: list[str] = []
     probe = case.probe.get(dtype_name)
     if probe is not None:
