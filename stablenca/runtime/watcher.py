@@ -292,8 +292,6 @@ class Watch:
         Replays the step (closure and optimizer.step) from the pre-step state under the tracer;
         the parameters are left as the real update left them.
         """
-        from ..trace import Tracer
-
         if self._last is None or self.should_stop or self.snapshot is None:
             return
         params = [p.detach() for _, p in self._named]
