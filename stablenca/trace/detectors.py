@@ -344,7 +344,12 @@ class Detectors:
 
     def _check_underflow_any(self, func, info, node, args, kwargs, out, tainted) -> _Event | None:
         """Any op (a product, a determinant, a fused kernel): an exact 0.0 whose float64 value is not 0."""
-        if out.dtype == torch.float64 or not out.numel() or int(torch.count_nonzero(out)) == out.numel():
+        if out.dtype == torch.float64 or not out.numel():
+            return None
+        # Cost bound: recompute only ops that do not expand their inputs (reductions such as prod
+        # or det, elementwise ops); a cdist's exact zero self-distances would cost a float64 cdist.
+        largest = max((a.numel() for _, a in _flat_tensors(args, kwargs) if a.is_floating_point()), default=0)
+        if out.numel() > largest or int(torch.count_nonzero(out)) == out.numel():
             return None
         exact = _recompute_float64(func, args, kwargs, out)
         if exact is None:
