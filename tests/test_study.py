@@ -251,3 +251,28 @@ def test_cli_rejects_bad_combinations_before_training(argv, match, tmp_path, cap
     code = main(["study", "--out", str(tmp_path / "o"), *argv])
     err = capsys.readouterr().err
     assert code == 2 and match in err and err.count("\n") == 1
+
+
+def test_factor_intervals_pair_seed_by_seed():
+    from stablenca.study import factor_table
+
+    def entry(row_id, values):
+        return {"id": row_id, "task": "multiclass",
+                "per_seed": [{"seed": s, "test": {"accuracy": v, "macro_f1": v}} for s, v in enumerate(values)]}
+
+    # Paired differences 0.1, 0.1, 0.1: zero spread, so the interval collapses onto the mean,
+    # although the rows' own spreads (0.1 apart) are large.
+    table = factor_table([entry("seed_difference", [0.5, 0.6, 0.7]), entry("seed_difference_10_epochs", [0.6, 0.7, 0.8])])
+    assert [f["id"] for f in table] == ["F5"]
+    paired = table[0]["paired"]["accuracy"]
+    assert paired["n"] == 3 and abs(paired["mean"] - 0.1) < 1e-12
+    assert abs(paired["high"] - paired["low"]) < 1e-12
+
+
+def test_numerical_features_drop_the_sex_one_hot():
+    from stablenca.study.run import _data
+
+    full, numerical = _data("multiclass"), _data("multiclass", "numerical")
+    assert full.n_onehot == 3 and numerical.n_onehot == 0
+    assert numerical.d_in == full.n_num
+    assert (numerical.x["train"] == full.x["train"][:, :full.n_num]).all()

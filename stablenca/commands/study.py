@@ -27,14 +27,22 @@ def register(subparsers) -> None:
                         help="main-table rows to run (default all), e.g. modernnca_f32 seed_ratio knn3")
     parser.add_argument("--ablation", action=argparse.BooleanOptionalAction, default=None,
                         help="run the ablation walk (default: on for multiclass; not defined for regression)")
+    parser.add_argument("--from-json", default=None, metavar="FILE",
+                        help="train nothing: re-render DIR/study.md from a saved study.json (FILE)")
     parser.add_argument("--max-epochs", type=positive_int, default=None, metavar="M",
                         help="smoke tests only: cap every trained row at M epochs (numbers not comparable)")
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from ..study import format_table, run_study, summary_json  # lazy: `stablenca --help` stays free of torch
+    # lazy: `stablenca --help` stays free of torch
+    from ..study import format_table, load_study, run_study, summary_json, write_study
 
+    if args.from_json is not None:
+        study = load_study(args.from_json)
+        md_path, _ = write_study(study, args.out)
+        print(f"re-rendered {md_path} from {args.from_json} (no training)", file=sys.stderr)
+        return 0
     study = run_study(seeds=args.seeds, task=args.task, out=args.out, jobs=args.jobs, rows=args.rows,
                       ablation=args.ablation, max_epochs=args.max_epochs, progress=True)
     if args.json:

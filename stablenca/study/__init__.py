@@ -34,10 +34,11 @@ import importlib
 # Names are loaded on first use, module by module: the CLI reads the defaults in .plan to
 # build its parser, and should not pay for torch (.run trains) or the report (.render).
 _WHERE = {
-    "plan": ("ABLATION_STEPS", "DEFAULT_OUT", "DEFAULT_SEEDS", "PUBLISHED", "PUBLISHED_SOURCE", "Row",
+    "plan": ("ABLATION_STEPS", "CONFIDENCE", "DEFAULT_OUT", "FACTORS", "DEFAULT_SEEDS", "PUBLISHED", "PUBLISHED_SOURCE", "Row",
              "ablation_rows", "main_rows"),
     "render": ("format_table", "reading", "render_markdown"),
-    "run": ("aggregate", "canonical_command", "consecutive_deltas", "execute", "paired_differences",
+    "run": ("aggregate", "canonical_command", "consecutive_deltas", "execute", "factor_table", "load_study",
+            "paired_differences", "paired_interval",
             "rings_to_classes", "run_study", "summarise", "summary_json", "write_study"),
 }
 _MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}

@@ -79,6 +79,7 @@ class Row:
     config: tuple[tuple[str, Any], ...] = ()
     published: str | None = None
     change: str = ""  # ablation steps: the single factor changed from the previous step
+    features: str = "all"  # "all" = numerical + one-hot sex; "numerical" drops sex, as the student's code does
 
     @property
     def options(self) -> dict[str, Any]:
@@ -104,8 +105,18 @@ def main_rows(task: str) -> list[Row]:
                 _cfg(model="modernnca", dtype="float64")),
             Row("modernnca_logspace", "ModernNCA, nca_logspace loss, float32", "train", task, "TALENT²",
                 _cfg(model="modernnca", loss="nca_logspace")),
+            Row("modernnca_ratio_eps", "ModernNCA, ratio_eps loss (+1e-10), float32", "train", task, "TALENT²",
+                _cfg(model="modernnca", loss="ratio_eps")),
+            Row("modernnca_difference", "ModernNCA, difference loss, float32", "train", task, "TALENT²",
+                _cfg(model="modernnca", loss="difference")),
+            Row("modernnca_ratio", "ModernNCA, ratio loss (the student's), float32", "train", task, "TALENT²",
+                _cfg(model="modernnca", loss="ratio")),
             Row("seed_difference", "SeedNCA, difference loss", "train", task, "student³",
                 _cfg(model="seed", loss="difference")),
+            Row("seed_difference_no_sex", "SeedNCA, difference loss, sex column dropped", "train", task,
+                "student³, numerical columns only", _cfg(model="seed", loss="difference"), features="numerical"),
+            Row("seed_difference_10_epochs", "SeedNCA, difference loss, 10 epochs", "train", task,
+                "student³, 10 epochs", _cfg(model="seed", loss="difference", epochs=10)),
             Row("seed_ratio_eps", "SeedNCA, ratio_eps loss (+1e-10)", "train", task, "student³",
                 _cfg(model="seed", loss="ratio_eps")),
             Row("seed_ratio", "SeedNCA, ratio loss (the student's)", "train", task, "student³",
@@ -130,6 +141,24 @@ def main_rows(task: str) -> list[Row]:
             published="KNN"),
         Row("dummy", "Dummy (train mean)", "dummy", task, "", published="Dummy"),
     ]
+
+
+#: Factors measured as paired comparisons of two main-table rows over the same seeds:
+#: (id, what changes, the base row, the row with the factor changed). The student's final
+#: code trains the difference loss (the ratio line is commented out), loads only the
+#: numerical ``N_*.npy`` columns (so the categorical sex column is dropped) and trains
+#: ``num_epochs=10`` by default; the student protocol here keeps sex and trains 30 epochs.
+FACTORS: list[tuple[str, str, str, str]] = [
+    ("F1", "ModernNCA protocol: loss modernnca -> ratio_eps (+1e-10)", "modernnca_f32", "modernnca_ratio_eps"),
+    ("F2", "ModernNCA protocol: loss modernnca -> difference", "modernnca_f32", "modernnca_difference"),
+    ("F3", "ModernNCA protocol: loss modernnca -> ratio (unprotected)", "modernnca_f32", "modernnca_ratio"),
+    ("F4", "student protocol, difference loss: one-hot sex -> sex dropped (numerical columns only)",
+     "seed_difference", "seed_difference_no_sex"),
+    ("F5", "student protocol, difference loss: 30 epochs -> 10 epochs (the student's default)",
+     "seed_difference", "seed_difference_10_epochs"),
+]
+#: Two-sided confidence level of the paired intervals.
+CONFIDENCE = 0.95
 
 
 _STUDENT_CONFIG = dict(model="seed", loss="ratio", candidates="in_batch", batch_size=32, optimizer="adam",

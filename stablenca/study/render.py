@@ -65,6 +65,8 @@ def render_markdown(study: dict[str, Any]) -> str:
         study["command"],
         "```",
         "",
+        *([f"(Tables re-rendered from the saved results, without training, by `{study['rendered_from']} --out "
+           "DIR`.)", ""] if study.get("rendered_from") else []),
         f"- task: **{task}** ({'3 classes: rings 1-8 / 9-10 / 11-29' if task == 'multiclass' else 'rings'}), "
         "metrics on the test split",
         f"- seeds: {_seed_text(study['seeds'])} ({n} seed{'s' if n != 1 else ''}); a seed drives model "
@@ -114,17 +116,20 @@ def render_markdown(study: dict[str, Any]) -> str:
               f"of the student's embedding; init 'auto', which is PCA here; max_iter={SKLEARN_NCA_MAX_ITER}, "
               f"scikit-learn's default), fitted on the train split, then KNN with k={STUDENT_K} like the student's "
               "readout. The fit is deterministic, so it is run once.",
-              "5. Every row uses the same features: standardised numerical columns + one-hot sex, fitted on the "
-              "train split. Deterministic rows (baselines) are run once and show no std.",
+              "5. Every row uses the same features, standardised numerical columns + one-hot sex fitted on the "
+              "train split, except rows marked \"sex column dropped\" (numerical columns only, as the student's "
+              "code loads only `N_*.npy`). Deterministic rows (baselines) are run once and show no std.",
               "6. Diverged = runs stopped at a non-finite loss or gradient. The trainer never applies a "
-              "non-finite step, so a diverged run's metrics are those of the parameters before the failing "
-              "step (the student protocol has no best-epoch checkpoint, so these are the last finite "
-              "parameters). Where a metric is missing for some seeds (non-finite parameters), n= shows how "
-              "many seeds the mean uses.",
+              "non-finite step. A diverged run's metrics are those of its kept checkpoint: under the TALENT "
+              "protocol the best-validation epoch before the failure (often epoch 1), under the student "
+              "protocol, which keeps no checkpoint, the last finite parameters. Where a metric is missing for "
+              "some seeds (non-finite parameters), n= shows how many seeds the mean uses.",
               ]
     if tuned is not None:
         lines.append(f"7. Tuned KNN: k = {tuned['summary'].get('k')} (grid 1..50, best validation "
                      f"{'accuracy' if task == 'multiclass' else 'RMSE'}, smallest k on ties).")
+    if study.get("factors"):
+        lines += _factors_markdown(study)
     if study["ablation"]:
         lines += _ablation_markdown(study)
     lines += ["", "## Reading the table", ""]
@@ -140,11 +145,35 @@ def _seed_text(seeds: list[int]) -> str:
     return ", ".join(map(str, seeds))
 
 
+def _interval(paired: dict[str, Any]) -> str:
+    if paired["mean"] is None:
+        return "n/a"
+    if paired["low"] is None:
+        return f"{paired['mean']:+.4f} (n={paired['n']}, no interval)"
+    return f"{paired['mean']:+.4f} [{paired['low']:+.4f}, {paired['high']:+.4f}]"
+
+
+def _factors_markdown(study: dict[str, Any]) -> list[str]:
+    metric_a, metric_b = METRICS[study["task"]]
+    level = round(100 * study["factors"][0]["paired"][metric_a]["confidence"])
+    lines = ["", "## Factors: paired comparisons over the same seeds", "",
+             f"Δ = mean over seeds of (row with the factor changed − base row), seed by seed; in brackets the "
+             f"{level} % Student-t confidence interval of that mean (n − 1 degrees of freedom, sample std of the "
+             "paired differences). An interval that contains 0 means the factor is not resolved by these seeds.",
+             ""]
+    rows = [[factor["id"], factor["change"], f"`{factor['base']}`", _interval(factor["paired"][metric_a]),
+             _interval(factor["paired"][metric_b]), factor["paired"][metric_a]["n"]] for factor in study["factors"]]
+    lines += table(["Factor", "Change", "Base row", f"Δ test {METRIC_LABELS[metric_a]} [{level} % CI]",
+                    f"Δ test {METRIC_LABELS[metric_b]} [{level} % CI]", "n"], rows).split("\n")
+    return lines
+
+
 def _ablation_markdown(study: dict[str, Any]) -> list[str]:
     lines = ["", "## Ablation: from the student's setup to ModernNCA, one factor per step", "",
              "Each step is the previous one with the single change shown, over the same seeds. "
              "Δ = this step's mean minus the previous step's mean; in brackets the std of the paired "
-             "per-seed differences.", ""]
+             "per-seed differences, then the 95 % Student-t confidence interval of the mean paired "
+             "difference (n − 1 degrees of freedom).", ""]
     rows = []
     for step in study["ablation"]:
         summary = step["summary"]
@@ -154,6 +183,9 @@ def _ablation_markdown(study: dict[str, Any]) -> list[str]:
             delta = _fmt_signed(step["delta"][metric])
             if paired and paired["std"] is not None and step["delta"][metric] is not None:
                 delta += f" (sd {paired['std']:.4f})"
+                interval = step.get("paired_interval", {}).get(metric)
+                if interval and interval["low"] is not None:
+                    delta += f" [{interval['low']:+.4f}, {interval['high']:+.4f}]"
             cells += [_mean_std(summary[metric], summary["runs"]), delta if step["delta"][metric] is not None
                       else ("—" if step["id"] == "A0" else "n/a")]
         rows.append([step["id"], step["change"], *cells, _diverged(summary), _epochs(summary)])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import multiprocessing
 import json
 import math
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.stats import t as student_t
 from threadpoolctl import threadpool_limits
 
 
@@ -25,7 +27,8 @@ from ..data import load_abalone, prepare
 from ..errors import ConfigError, OutputError
 from ..records import atomic_write_json, atomic_write_text
 from ..training.trainer import TrainConfig, Trainer
-from .plan import (DEFAULT_OUT, DEFAULT_SEEDS, METRICS, PUBLISHED, PUBLISHED_SOURCE, RING_THRESHOLDS,
+from .plan import (CONFIDENCE, DEFAULT_OUT, DEFAULT_SEEDS, FACTORS, METRICS, PUBLISHED, PUBLISHED_SOURCE,
+                   RING_THRESHOLDS,
                    SKLEARN_NCA_COMPONENTS, SKLEARN_NCA_MAX_ITER, SPLIT_SEED, STUDENT_K, TUNED_K_GRID, Row, _check_task,
                    ablation_rows, main_rows)
 from .render import render_markdown
@@ -76,6 +79,43 @@ def paired_differences(previous: Mapping[int, float | None], current: Mapping[in
     return summary
 
 
+def paired_interval(base: Mapping[int, float | None], changed: Mapping[int, float | None],
+                    confidence: float = CONFIDENCE) -> dict[str, Any]:
+    """Mean per-seed difference ``changed - base`` with a Student-t confidence interval.
+
+    The interval is ``mean ± t(1 - (1 - confidence)/2, n - 1) · s / sqrt(n)`` with ``s`` the
+    sample std (ddof 1) of the paired differences: the seeds are the pairing unit.
+
+    >>> out = paired_interval({0: 0.5, 1: 0.6, 2: 0.7}, {0: 0.6, 1: 0.6, 2: 0.9})
+    >>> round(out["mean"], 4), out["n"], round(out["low"], 4), round(out["high"], 4)
+    (0.1, 3, -0.1484, 0.3484)
+    """
+    summary = paired_differences(base, changed)
+    summary["confidence"] = confidence
+    summary["low"] = summary["high"] = None
+    if summary["se"] is not None:
+        half = float(student_t.ppf(0.5 + confidence / 2, summary["n"] - 1)) * summary["se"]
+        summary["low"], summary["high"] = summary["mean"] - half, summary["mean"] + half
+    return summary
+
+
+def factor_table(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The :data:`FACTORS` whose two rows were both run, with their paired intervals per metric."""
+    by_id = {entry["id"]: entry for entry in rows}
+    table = []
+    for factor_id, change, base_id, changed_id in FACTORS:
+        if base_id not in by_id or changed_id not in by_id:
+            continue
+        base, changed = by_id[base_id], by_id[changed_id]
+        intervals = {}
+        for metric in METRICS[base["task"]]:
+            intervals[metric] = paired_interval({r["seed"]: r["test"].get(metric) for r in base["per_seed"]},
+                                                {r["seed"]: r["test"].get(metric) for r in changed["per_seed"]})
+        table.append({"id": factor_id, "change": change, "base": base_id, "changed": changed_id,
+                      "paired": intervals})
+    return table
+
+
 def summarise(row: Row, runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Aggregate one row's per-seed runs into its table entry."""
     metrics = METRICS[row.task]
@@ -98,14 +138,24 @@ def summarise(row: Row, runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- one run
 
-_DATA: dict[str, Any] = {}
+_DATA: dict[tuple[str, str], Any] = {}
 
 
-def _data(task: str):
-    """The prepared Abalone for ``task`` on the fixed split (cached per process)."""
-    if task not in _DATA:
-        _DATA[task] = prepare(load_abalone(task=task, split_seed=SPLIT_SEED))
-    return _DATA[task]
+def _data(task: str, features: str = "all"):
+    """The prepared Abalone for ``task`` on the fixed split (cached per process).
+
+    ``features="numerical"`` keeps only the numerical columns, as the student's code,
+    which loads ``N_*.npy`` and never the categorical ``C_*.npy`` (the sex column).
+    """
+    if (task, features) not in _DATA:
+        if features not in ("all", "numerical"):
+            raise ConfigError(f"unknown feature set {features!r}", fix="use 'all' or 'numerical'")
+        data = prepare(load_abalone(task=task, split_seed=SPLIT_SEED))
+        if features == "numerical":
+            data = dataclasses.replace(data, n_onehot=0, x={s: v[:, :data.n_num].copy() for s, v in data.x.items()},
+                                       feature_names=data.feature_names[:data.n_num])
+        _DATA[(task, features)] = data
+    return _DATA[(task, features)]
 
 
 @contextlib.contextmanager
@@ -157,10 +207,10 @@ def _train_record(result) -> dict[str, Any]:
             "excluded_rows": result.excluded_rows}
 
 
-def _run_train(options: dict[str, Any], seed: int, thresholded: bool) -> dict[str, Any]:
+def _run_train(options: dict[str, Any], seed: int, thresholded: bool, features: str = "all") -> dict[str, Any]:
 
     config = TrainConfig(**{**options, "seed": seed})
-    data = _data(config.task)
+    data = _data(config.task, features)
     trainer = Trainer(config, data=data)
     result = trainer.fit()
     record = _train_record(result)
@@ -221,7 +271,8 @@ def execute(job: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     with _single_thread():
         if job["kind"] in ("train", "train_threshold"):
-            record = _run_train(job["options"], job["seed"], thresholded=job["kind"] == "train_threshold")
+            record = _run_train(job["options"], job["seed"], thresholded=job["kind"] == "train_threshold",
+                                features=job.get("features", "all"))
         else:
             record = _run_sklearn(job["kind"], job["task"], job["options"])
     record["seed"] = job["seed"]
@@ -255,8 +306,8 @@ def _job_options(row: Row, max_epochs: int | None) -> dict[str, Any]:
 
 def _job_key(row: Row, options: dict[str, Any]) -> str:
     """Rows whose runs are identical share one key (and so one set of runs)."""
-    return json.dumps({"kind": row.kind, "task": options.get("task", row.task), "options": options},
-                      sort_keys=True)
+    return json.dumps({"kind": row.kind, "task": options.get("task", row.task), "options": options,
+                       "features": row.features}, sort_keys=True)
 
 
 def _cost(job: dict[str, Any]) -> float:
@@ -372,7 +423,8 @@ def run_study(
         row_keys[_row_ref(row)] = key
         for seed in (seed_list if row.seeded else [None]):
             jobs_by_key.setdefault((key, seed), {"key": key, "kind": row.kind, "task": row.task,
-                                                 "options": options, "seed": seed, "row": row.id})
+                                                 "options": options, "seed": seed, "row": row.id,
+                                                 "features": row.features})
     results = _run_jobs(list(jobs_by_key.values()), jobs, say)
     wall = time.perf_counter() - started
 
@@ -384,7 +436,7 @@ def run_study(
         runs = runs_of(row)
         return {"id": row.id, "label": row.label, "kind": row.kind, "task": row.task, "protocol": row.protocol,
                 "change": row.change, "config": jobs_by_key[(row_keys[_row_ref(row)], runs[0]["seed"])]["options"],
-                "deterministic": not row.seeded, "published": row.published,
+                "deterministic": not row.seeded, "published": row.published, "features": row.features,
                 "summary": summarise(row, runs), "per_seed": runs}
 
     main = [entry(row) for row in selected]
@@ -403,7 +455,7 @@ def run_study(
         "published": {"source": PUBLISHED_SOURCE, "dataset": published["dataset"], "metric": published["metric"],
                       "file": published["file"],
                       "rows": [{"name": n, "mean": m, "std": s} for n, m, s in published["rows"]]},
-        "rows": main, "ablation": steps,
+        "rows": main, "ablation": steps, "factors": factor_table(main),
     }
     if out_path is not None:
         write_study(study, out_path)
@@ -424,6 +476,7 @@ def _add_deltas(steps: list[dict[str, Any]]) -> None:
                 previous = {r["seed"]: r["test"].get(metric) for r in steps[i - 1]["per_seed"]}
                 current = {r["seed"]: r["test"].get(metric) for r in step["per_seed"]}
                 step.setdefault("paired_delta", {})[metric] = paired_differences(previous, current)
+                step.setdefault("paired_interval", {})[metric] = paired_interval(previous, current)
 
 
 def _progress(progress: bool | Callable[[str], None]) -> Callable[[str], None]:
@@ -481,6 +534,22 @@ def write_study(study: dict[str, Any], out: str | os.PathLike) -> tuple[Path, Pa
     return md_path, json_path
 
 
+def load_study(path: str | os.PathLike) -> dict[str, Any]:
+    """A saved ``study.json``, checked enough to render; factors are recomputed from its rows."""
+    path = Path(path)
+    try:
+        study = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read study {path}: {exc}", fix="pass a study.json written by stablenca study") \
+            from None
+    if not isinstance(study, dict) or study.get("study") != "stablenca abalone study":
+        raise ConfigError(f"{path} is not a study.json", fix="pass a study.json written by stablenca study")
+    study["factors"] = factor_table(study["rows"])
+    _add_deltas(study["ablation"])  # recomputed from the per-seed results, with the paired intervals
+    study["rendered_from"] = f"stablenca study --from-json {path}"
+    return study
+
+
 def summary_json(study: dict[str, Any], out: str | os.PathLike | None = None) -> dict[str, Any]:
     """The compact summary ``stablenca study --json`` prints."""
     def brief(entry):
@@ -497,7 +566,9 @@ def summary_json(study: dict[str, Any], out: str | os.PathLike | None = None) ->
     result = {"command": study["command"], "task": study["task"], "seeds": study["seeds"],
               "split_seed": study["split_seed"], "max_epochs": study["max_epochs"],
               "wall_seconds": study["wall_seconds"], "published": study["published"],
-              "rows": [brief(e) for e in study["rows"]], "ablation": [brief(e) for e in study["ablation"]]}
+              "rows": [brief(e) for e in study["rows"]], "ablation": [brief(e) for e in study["ablation"]],
+              "factors": [{k: f[k] for k in ("id", "change", "base", "changed", "paired")}
+                          for f in study.get("factors", [])]}
     if out is not None:
         result["files"] = {"markdown": str(Path(out) / "study.md"), "json": str(Path(out) / "study.json")}
     return result
