@@ -13,26 +13,29 @@ from pathlib import Path
 from .. import artifacts
 from ..records import atomic_write_text
 from .figures import plot_all
-from .markdown import Doc, fmt, placeholders
+from .markdown import Doc, Prose, fmt, placeholders
 from .markdown import render as render_markdown
 from .messages_en import EN
 from .messages_zh import ZH
 from .runs import load_check, load_run_set
 from .sections import extract
+from .tracer_zh import translate as translate_zh
 
 #: Language → (catalogue, file name, how the parts of a paragraph are joined).
 LANGUAGES = {"en": (EN, "report.md", " "), "zh": (ZH, "report.zh.md", "")}
 REPORT_NAMES = {lang: name for lang, (_, name, _) in LANGUAGES.items()}
 MESSAGES = {lang: messages for lang, (messages, _, _) in LANGUAGES.items()}
+#: Language → how the tracer's and checker's English prose (:class:`.markdown.Prose`) is translated.
+TRANSLATORS = {"zh": translate_zh}
 
-__all__ = ["EN", "LANGUAGES", "MESSAGES", "REPORT_NAMES", "ZH", "Doc", "build_report", "extract", "fmt",
+__all__ = ["EN", "LANGUAGES", "MESSAGES", "REPORT_NAMES", "TRANSLATORS", "ZH", "Doc", "Prose", "build_report", "extract", "fmt",
            "placeholders", "render"]
 
 
 def render(doc: Doc, lang: str) -> str:
     """The Markdown of ``doc`` in ``lang`` ("en" or "zh")."""
     messages, _, joiner = LANGUAGES[lang]
-    return render_markdown(doc, messages, joiner=joiner)
+    return render_markdown(doc, messages, joiner=joiner, translate=TRANSLATORS.get(lang))
 
 
 def build_report(out_dir: str | Path, check_path: str | Path | None = None) -> list[Path]:

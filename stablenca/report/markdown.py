@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import string
+from collections.abc import Callable
 from typing import Any
 
 from .runs import format_number
@@ -52,6 +53,14 @@ def fmt(value: Any) -> str:
 
 
 Part = tuple[str, dict[str, str]]
+
+
+class Prose(str):
+    """English prose written by the tracer or the checker (a chain, a detail, a reason).
+
+    A catalogue cannot hold it, because it is built at run time; :func:`render` passes it
+    through the language's ``translate`` function instead (see :mod:`.tracer_zh`).
+    """
 
 
 @dataclasses.dataclass
@@ -102,18 +111,24 @@ def _strings(params: dict[str, Any]) -> dict[str, str]:
     return {k: (v if isinstance(v, str) else fmt(v)) for k, v in params.items()}
 
 
-def render(doc: Doc, messages: dict[str, str], *, joiner: str = " ") -> str:
+def render(doc: Doc, messages: dict[str, str], *, joiner: str = " ",
+           translate: Callable[[str], str] | None = None) -> str:
     """The Markdown of ``doc`` with ``messages`` (one language's catalogue); ``joiner`` joins
-    the parts of a paragraph (a space, or nothing for Chinese)."""
+    the parts of a paragraph (a space, or nothing for Chinese); ``translate`` rewrites the
+    :class:`Prose` values (tracer and checker text)."""
+
+    def prose(value: Any) -> Any:
+        return translate(value) if translate is not None and isinstance(value, Prose) else value
 
     def resolve(params: dict[str, str]) -> dict[str, str]:
-        return {k: (messages[v[1:]] if v.startswith("@") and v[1:] in messages else v) for k, v in params.items()}
+        return {k: (messages[v[1:]] if v.startswith("@") and v[1:] in messages else prose(v))
+                for k, v in params.items()}
 
     def text(parts: list[Part]) -> str:
         return joiner.join(messages[msg].format(**resolve(params)) for msg, params in parts)
 
     def cell(value: Any) -> str:
-        return text([value]) if isinstance(value, tuple) else str(value)
+        return text([value]) if isinstance(value, tuple) else str(prose(value))
 
     out: list[str] = []
     for block in doc.blocks:
@@ -129,7 +144,7 @@ def render(doc: Doc, messages: dict[str, str], *, joiner: str = " ") -> str:
             headers, rows = block.parts
             out.append(table([messages[h] for h in headers], [[cell(v) for v in row] for row in rows]))
         elif block.kind == "code":
-            out.append(f"```\n{block.text}\n```")
+            out.append(f"```\n{prose(block.text)}\n```")
         elif block.kind == "image":
             caption = text(block.parts)
             out.append(f"![{caption}]({block.text})\n\n*{caption}*")

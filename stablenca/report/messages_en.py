@@ -29,9 +29,11 @@ EN: dict[str, str] = {
     "col_finite": "finite fraction", "col_bits": "bits of error (median / max)",
     "cell_first": "step {step}: `{op}` ({phase})",
     "cell_none": "none",
-    "runs_note": "A step whose loss or gradient is not finite is never applied: the run stops there. Test accuracy "
-                 "is measured with the parameters before the failing step. Steps and epochs are counted from 0, as "
-                 "in the records.",
+    "runs_note": ("A step whose loss or gradient is not finite is never applied: the run stops there. Test accuracy "
+                  "is that of the kept checkpoint: under the ModernNCA protocol the epoch with the best validation "
+                  "accuracy (for a diverged run an epoch before the failure), under the student's protocol, which "
+                  "keeps no checkpoint, the last finite parameters. Steps and epochs are counted from 0, as in the "
+                  "records."),
     "status_completed": "completed", "status_early_stopped": "early stopped", "status_diverged": "diverged",
     "status_interrupted": "interrupted",
     "phase_forward": "forward", "phase_backward": "backward", "phase_optimizer": "optimizer",
@@ -44,6 +46,11 @@ EN: dict[str, str] = {
                      "other-class neighbour at `b` the loss is `a − b`, and multiplying every distance by `s` "
                      "multiplies the loss by `s`. Once queries sit nearer to their own class than to the others, "
                      "the cheapest way to lower the loss further is to blow up the distance scale.",
+    "ratio_logit": ("With `p = P_same / (P_same + P_diff)` the ratio loss is `−log p + log(1 − p) = −logit(p)`. NCA's "
+                    "`−log p` also falls as the scale grows on rows that are already right, but that gain decays "
+                    "exponentially and misclassified rows push back, so it has a finite optimum; the ratio loss "
+                    "falls *linearly* in the scale and its push never weakens (worked out in `docs/exercises.md`, "
+                    "exercise 2)."),
     "ratio_loss": "In `{run}` the loss went from {loss0} (step {step0}) to {loss_min} (step {loss_min_step}); "
                   "{n_negative} of its {n_steps} recorded steps had a negative loss, which a true NCA loss "
                   "(`−log p`, `p ≤ 1`) never gives.",
@@ -79,14 +86,16 @@ EN: dict[str, str] = {
     "failure_head": "`{run}`, step {step} (epoch {epoch}): the first op that made NaN/inf out of finite inputs was "
                     "`{op}` in the **{phase_word}** pass{node}, at `{source}`. Pattern `{pattern}`; root cause "
                     "`{kind}` at `{root_op}`: `{detail}`.",
-    "explain_backward_overflow": "The forward loss of that step was still finite ({loss}). The derivative of "
-                                 "`P_same / P_diff` with respect to `P_diff` is `−P_same / P_diff²`, so the backward "
-                                 "pass divides by `P_diff` once more: the traced division had numerators up to {big} "
-                                 "and divisors as small as {small}, and their quotient exceeded the largest {dtype} "
-                                 "number {fmax}, so it became inf.",
+    "explain_backward_overflow": ("The forward loss of that step was still finite ({loss}). `DivBackward0` computes the "
+                                 "gradient for `P_diff` as `−grad · ((P_same / P_diff) / P_diff)`: with `a = −ln P_same` "
+                                 "and `b = −ln P_diff` the intermediate `(P_same / P_diff) / P_diff = e^(2b − a)` is "
+                                 "formed before the tiny `grad` multiplies it, so it overflows once `2b − a` exceeds "
+                                 "`ln({fmax})` = {ln_max}, although the product, the exact gradient, is finite. The "
+                                 "traced division had numerators up to {big} and divisors as small as {small}."),
     "explain_backward_overflow_short": "The forward loss of that step was still finite ({loss}); the backward pass "
                                        "divides by the small sums once more, and a quotient exceeded the largest "
                                        "{dtype} number {fmax}.",
+    "failure_verified": "Counterfactual replay (`stablenca.trace.verify`): {statement}.",
     "failure_precursor": "In the forward pass of that same step {count} outputs counted by `{key}` had already "
                          "underflowed to exactly 0.0 without any error; the first such step was {first}. Those "
                          "silent zeros removed terms from the sums and pushed `P_diff` towards 0.",
@@ -159,12 +168,13 @@ EN: dict[str, str] = {
                        "smallest (step {slow}): the loss is a sum over the batch, so the near pairs keep it large "
                        "while the far ones drop out.",
     "h_stable": "{n}. The log-space form and TALENT's softmax form stay finite",
-    "stable_formula": "`nca_logspace` uses `logsumexp(x) = m + log Σ exp(x − m)` with `m = max x`, and TALENT's "
+    "stable_formula": ("`nca_logspace` uses `logsumexp(x) = m + log Σ exp(x − m)` with `m = max x`, and TALENT's "
                       "`softmax` shifts by the row maximum in the same way. The largest term is then `exp(0) = 1`, "
                       "so the sum is at least 1 and its log is finite at any distance scale; terms far below the "
                       "maximum may still underflow to 0.0, which only drops their negligible share. Their "
-                      "denominator includes the own class, so the loss is `−log p` with `p ≤ 1`: bounded below by 0, "
-                      "and nothing rewards inflating the scale.",
+                      "denominator includes the own class, so the loss is `−log p` with `p ≤ 1`: bounded below by 0. "
+                      "A larger scale still lowers it a little on rows that are already right, but that gain decays "
+                      "exponentially and misclassified rows push back, so the scale settles."),
     "stable_run": "`{run}` ({status}): {n_finite} of {n_steps} recorded steps finite; `d_max` peaked at {dmax}; "
                   "test accuracy {acc}.",
     "stable_softmax_zero": "Softmax entries underflowed to 0.0 in {n} steps (up to {peak} per batch), yet the loss "
@@ -176,6 +186,7 @@ EN: dict[str, str] = {
                    "(non-finite, or more than half of the significand bits wrong) and its bits of error.",
     "h_figures": "{n}. Figures",
     "no_figures": "No figure was drawn.",
+    "figure_labels": "The figures are labelled in English.",
     "figure_problems": "Figures that could not be drawn:",
     "fig_timeline": "Figure {k}. `{run}`: loss, total gradient norm, distance scale against the {dtype} exp limits "
                     "{normal} and {zero}, and the exp/softmax outputs that underflowed to 0.0, per step.",

@@ -27,8 +27,9 @@ ZH: dict[str, str] = {
     "col_finite": "有限比例", "col_bits": "误差位数（中位数 / 最大值）",
     "cell_first": "第 {step} 步：`{op}`（{phase}）",
     "cell_none": "无",
-    "runs_note": "损失或梯度不是有限值的那一步永远不会被应用：运行在该处停止。测试准确率用的是失败那一步之前的参数。"
-                 "步数和轮次与记录中一样从 0 开始计数。",
+    "runs_note": ("损失或梯度不是有限值的那一步永远不会被应用：运行在该处停止。测试准确率取自保留的检查点：ModernNCA 协议下是"
+                  "验证准确率最高的那一轮（对发散的运行，是失败之前的某一轮），学生的协议不保留检查点，用的是最后一组有限的参数。"
+                  "步数和轮次与记录中一样从 0 开始计数。"),
     "status_completed": "完成", "status_early_stopped": "提前停止", "status_diverged": "发散",
     "status_interrupted": "已中断",
     "phase_forward": "前向", "phase_backward": "反向", "phase_optimizer": "优化器",
@@ -39,6 +40,9 @@ ZH: dict[str, str] = {
                      "所以损失可以低于 0，而且没有下界。若同类近邻的距离为 `a`、异类近邻的距离为 `b`，损失就是 `a − b`；"
                      "把所有距离乘以 `s`，损失也乘以 `s`。一旦查询样本离自己的类别比离其他类别更近，继续降低损失最省事"
                      "的办法就是把整个距离尺度放大。",
+    "ratio_logit": ("记 `p = P_same / (P_same + P_diff)`，比值损失就是 `−log p + log(1 − p) = −logit(p)`。NCA 的 `−log p` "
+                    "在已分对的行上也会随尺度增大而下降，但这份收益指数级衰减，分错的行又会往回推，所以它有有限的最优尺度；"
+                    "比值损失则随尺度*线性*下降，推动力永不减弱（推导见 `docs/exercises.zh.md` 练习 2）。"),
     "ratio_loss": "在 `{run}` 中，损失从 {loss0}（第 {step0} 步）变为 {loss_min}（第 {loss_min_step} 步）；"
                   "已记录的 {n_steps} 步中有 {n_negative} 步损失为负，而真正的 NCA 损失（`−log p`，`p ≤ 1`）绝不会为负。",
     "ratio_dmax": "与此同时，最大距离 `d_max` 从 {d0}（第 {step0} 步）增长到 {dpeak}（第 {dpeak_step} 步），"
@@ -66,12 +70,15 @@ ZH: dict[str, str] = {
     "no_failure": "{n_runs} 个运行都没有产生非有限的损失或梯度。",
     "failure_head": "`{run}`，第 {step} 步（第 {epoch} 轮）：第一个由有限输入产生 NaN/inf 的算子是**{phase_word}**"
                     "传播中的 `{op}`{node}，位于 `{source}`。模式 `{pattern}`；根本原因：`{root_op}` 处的 `{kind}`："
-                    "`{detail}`。",
-    "explain_backward_overflow": "这一步的前向损失仍然是有限的（{loss}）。`P_same / P_diff` 对 `P_diff` 的导数是 "
-                                 "`−P_same / P_diff²`，所以反向传播要再除一次 `P_diff`：被追踪的除法中分子最大为 {big}，"
-                                 "除数最小为 {small}，它们的商超过了 {dtype} 的最大值 {fmax}，于是变成 inf。",
+                    "{detail}。",
+    "explain_backward_overflow": ("这一步的前向损失仍然是有限的（{loss}）。`DivBackward0` 对 `P_diff` 的梯度按 "
+                                 "`−grad · ((P_same / P_diff) / P_diff)` 计算：记 `a = −ln P_same`、`b = −ln P_diff`，"
+                                 "中间量 `(P_same / P_diff) / P_diff = e^(2b − a)` 在乘以极小的 `grad` 之前就已算出，所以一旦 "
+                                 "`2b − a` 超过 `ln({fmax})` = {ln_max} 它就上溢，尽管乘积（精确梯度）是有限的。被追踪的除法中"
+                                 "分子最大为 {big}，除数最小为 {small}。"),
     "explain_backward_overflow_short": "这一步的前向损失仍然是有限的（{loss}）；反向传播要再除一次这些很小的和，"
                                        "其中一个商超过了 {dtype} 的最大值 {fmax}。",
+    "failure_verified": "反事实重放（`stablenca.trace.verify`）：{statement}。",
     "failure_precursor": "在同一步的前向传播中，已有 {count} 个由 `{key}` 统计的输出悄无声息地下溢为精确的 0.0，"
                          "没有任何报错；最早出现这种情况的是第 {first} 步。这些无声的零从和中去掉了一些项，把 `P_diff` 推向 0。",
     "failure_no_precursor": "在那一步没有任何输出下溢为精确的 0.0（`{key}` = 0）：某一行的其他类别都离得很远，"
@@ -129,10 +136,11 @@ ZH: dict[str, str] = {
     "difference_grad": "总梯度范数在第 {s0} 步为 {g0}，在第 {s1} 步为 {g1}，最小时为 {glow}（第 {slow} 步）："
                        "损失是对整个批次求和，所以近处的样本对让它保持很大，而远处的样本对退出了学习。",
     "h_stable": "{n}. 对数空间形式和 TALENT 的 softmax 形式保持有限",
-    "stable_formula": "`nca_logspace` 使用 `logsumexp(x) = m + log Σ exp(x − m)`，其中 `m = max x`；TALENT 的 "
+    "stable_formula": ("`nca_logspace` 使用 `logsumexp(x) = m + log Σ exp(x − m)`，其中 `m = max x`；TALENT 的 "
                       "`softmax` 同样先减去每行的最大值。于是最大的一项是 `exp(0) = 1`，和至少为 1，它的对数在任何距离"
                       "尺度下都是有限的；远低于最大值的项仍可能下溢为 0.0，但这只会丢掉它们微不足道的份额。它们的分母包含"
-                      "自己的类别，所以损失是 `−log p`，`p ≤ 1`：下界为 0，放大距离尺度得不到任何好处。",
+                      "自己的类别，所以损失是 `−log p`，`p ≤ 1`：下界为 0。放大尺度在已分对的行上仍能让它略微下降，但这份"
+                      "收益指数级衰减，分错的行又会往回推，所以尺度会稳定下来。"),
     "stable_run": "`{run}`（{status}）：已记录的 {n_steps} 步中有 {n_finite} 步为有限值；`d_max` 的峰值为 {dmax}；"
                   "测试准确率 {acc}。",
     "stable_softmax_zero": "有 {n} 步出现 softmax 元素下溢为 0.0（每批最多 {peak} 个），但损失仍然有限。",
@@ -142,6 +150,13 @@ ZH: dict[str, str] = {
     "check_intro": "在生成的批次上扫描每种形式与数据类型：开始失效的最小尺度（非有限，或超过一半的有效位出错）及其误差位数。",
     "h_figures": "{n}. 图",
     "no_figures": "没有绘制任何图。",
+    "figure_labels": ("图中的标签是英文（本机没有可用的中文字体）。对照："
+                      "`loss` 损失，`gradient norm` 梯度范数，`grad norm` 梯度范数，`distance` 距离，`step` 步，"
+                      "`epoch` 轮，`underflow` 下溢，`subnormal` 次正规数，`overflow` 上溢，`exact zero` 恰为零，"
+                      "`finite` 有限，`non-finite` 非有限，`same-class` 同类，`other-class` 异类，`scale` 尺度，"
+                      "`bits of error` 误差位数，`limit` 界限，`root cause` 根本原因，`chain` 链条，"
+                      "`validation accuracy` 验证准确率，`best epoch` 最佳轮次（保留的检查点），`log space` 对数空间，"
+                      "`early stopping` 早停。"),
     "figure_problems": "无法绘制的图：",
     "fig_timeline": "图 {k}. `{run}`：每一步的损失、总梯度范数、距离尺度与 {dtype} 的 exp 界限 {normal} 和 {zero} 的对比，"
                     "以及下溢为 0.0 的 exp/softmax 输出个数。",

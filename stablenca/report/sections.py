@@ -15,7 +15,7 @@ from typing import Any
 from ..floats import exp_limits, facts
 from ..losses import RATIO_EPS, REGISTRY, is_stable
 from .figures import FIGURES_DIR, Figure
-from .markdown import Doc, Part, fmt, m
+from .markdown import Doc, Part, Prose, fmt, m
 from .messages_en import EN
 from .runs import RunData, RunSet, check_curves, num
 
@@ -200,7 +200,7 @@ def _runs_table(doc: Doc, section: _Counter, runs: list[RunData]) -> None:
 
 def _ratio_unbounded(doc: Doc, section: _Counter, ratio_runs: list[RunData]) -> None:
     doc.h2("h_ratio", n=section.next())
-    doc.p(m("ratio_formula"))
+    doc.p(m("ratio_formula"), m("ratio_logit"))
     for run in ratio_runs:
         if not run.records:
             doc.p(m("no_records", run=run.name))
@@ -304,14 +304,15 @@ def _failures(doc: Doc, section: _Counter, runs: list[RunData]) -> None:
                                op=_code(first.get("op")), phase_word=word("phase", phase),
                                node=f" (`{node}`)" if node else "", source=_code(first.get("source") or "?"),
                                pattern=_code(first.get("pattern") or "?"), kind=_code(root.get("kind") or "unknown"),
-                               root_op=_code(root.get("op") or "?"), detail=_code(root.get("detail") or ""))]
+                               root_op=_code(root.get("op") or "?"), detail=Prose(root.get("detail") or ""))]
         pattern = first.get("pattern")
         inputs = [s for s in (first.get("inputs") or (run.finding or {}).get("inputs") or []) if isinstance(s, dict)]
         if pattern == "overflow" and phase == "backward":
             loss = num(record.get("loss")) if record else math.nan
             if len(inputs) >= 2:
                 parts.append(m("explain_backward_overflow", loss=loss, big=num(inputs[0].get("max")),
-                               small=num(inputs[1].get("min")), dtype=run.dtype, fmax=facts(run.dtype).max))
+                               small=num(inputs[1].get("min")), dtype=run.dtype, fmax=facts(run.dtype).max,
+                               ln_max=f"{math.log(facts(run.dtype).max):.2f}"))
             else:
                 parts.append(m("explain_backward_overflow_short", loss=loss, dtype=run.dtype,
                                fmax=facts(run.dtype).max))
@@ -330,6 +331,9 @@ def _failures(doc: Doc, section: _Counter, runs: list[RunData]) -> None:
                 parts.append(m("failure_precursor", count=zeros[key], key=key, first=_step_of(first_zero)))
             elif zeros:
                 parts.append(m("failure_no_precursor", key=" / ".join(zeros)))
+        verification = first.get("verification") or (run.finding or {}).get("verification")
+        if isinstance(verification, dict) and verification.get("statement"):
+            parts.append(m("failure_verified", statement=Prose(verification["statement"])))
         kind = root.get("kind")
         if kind in ("underflow", "empty_set", "cancellation", "nonfinite_input", "domain", "division_by_zero"):
             parts.append(m(f"root_{kind}", root_op=_code(root.get("op") or "?")))
@@ -337,7 +341,7 @@ def _failures(doc: Doc, section: _Counter, runs: list[RunData]) -> None:
         chain = run.chain_text()
         if chain:
             doc.p(m("chain_intro"))
-            doc.code(str(chain))
+            doc.code(Prose(chain))
         if run.entry.get("capsule"):
             doc.p(m("replay", capsule=str(run.entry["capsule"])))
 
@@ -487,7 +491,7 @@ def _check_section(doc: Doc, section: _Counter, check: dict[str, Any]) -> None:
     rows = []
     for row in check_curves(check):
         rows.append([f"`{row['loss']}`", row["dtype"], fmt(row["breakdown_scale"]) if math.isfinite(
-            row["breakdown_scale"]) else ("cell_none", {}), row["breakdown_reason"] or "—",
+            row["breakdown_scale"]) else ("cell_none", {}), Prose(row["breakdown_reason"]) if row["breakdown_reason"] else "—",
             fmt(row["finite_fraction"]), f"{fmt(row['loss_bits_median'])} / {fmt(row['loss_bits_max'])}"])
     doc.p(m("check_intro"))
     doc.table(["col_loss", "col_dtype", "col_breakdown", "col_reason", "col_finite", "col_bits"], rows)
@@ -501,6 +505,8 @@ def _figures(doc: Doc, section: _Counter, figures: list[Figure], runs: list[RunD
     doc.h2("h_figures", n=section.next())
     if not figures:
         doc.p(m("no_figures"))
+    else:
+        doc.p(m("figure_labels"))
     by_name = {r.name: r for r in runs}
     order = {"domain": 0, "check": 1}
     ordered = sorted(figures, key=lambda f: (order.get(f.kind, 2), [r.name for r in runs].index(f.run)

@@ -1,0 +1,48 @@
+"""The Chinese report has no English tracer text (tests/test_report.py checks that both carry the same numbers)."""
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from stablenca.report import Prose, build_report, extract
+from stablenca.report.runs import load_run_set
+from stablenca.report.tracer_zh import translate, untranslated
+
+DIAGNOSE = Path(__file__).resolve().parents[1] / "reports" / "abalone" / "diagnose"
+#: Proper names, loss and run names, and words of file paths that stay as they are in Chinese.
+NAMES = {"IEEE", "ModernNCA", "NCA", "TALENT", "abalone", "scikit", "lego", "embedded", "modernnca", "nca_logspace",
+         "ratio", "ratio_eps", "difference", "seed"}
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory):
+    out = tmp_path_factory.mktemp("diagnose")
+    for item in DIAGNOSE.iterdir():
+        if item.name != "figures" and not item.name.startswith("report"):
+            (shutil.copytree if item.is_dir() else shutil.copy)(item, out / item.name)
+    build_report(out)
+    return out, (out / "report.md").read_text(encoding="utf-8"), (out / "report.zh.md").read_text(encoding="utf-8")
+
+
+def test_chinese_report_has_no_untranslated_text(reports):
+    _, _, chinese = reports
+    prose = re.sub(r"\]\(figures/[^)]*\)", "]", chinese).replace("```", "\n")
+    left = [word for word in untranslated(prose) if word not in NAMES]
+    assert left == []
+
+
+def test_every_tracer_phrase_of_the_report_is_translated(reports):
+    out, _, _ = reports
+    doc = extract(load_run_set(out), [], None, [])
+    found = []
+    for block in doc.blocks:
+        found += [block.text] if isinstance(block.text, Prose) else []
+        for part in block.parts:
+            if isinstance(part, tuple) and len(part) == 2 and isinstance(part[1], dict):
+                found += [v for v in part[1].values() if isinstance(v, Prose)]
+    assert found, "the committed runs have a chain, details and a verification statement"
+    for text in found:
+        assert untranslated(text)  # English before
+        assert untranslated(translate(text)) == [], text
