@@ -98,8 +98,8 @@ def batch_from_capsule(path: str | Path) -> Batch:
     The distances are those the step computed (float32 model, as trained), returned in float64
     and detached, so the sweep measures the formulations, not the model.
     """
-    from .sentinel import load_capsule
-    from .train import Trainer, TrainConfig
+    from .runtime.sentinel import load_capsule
+    from .training.trainer import Trainer, TrainConfig
 
     capsule = load_capsule(path)
     trainer = Trainer(TrainConfig(**capsule["config"]))

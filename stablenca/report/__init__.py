@@ -19,6 +19,7 @@ from .messages_en import EN
 from .messages_zh import ZH
 from .runs import load_check, load_run_set
 from .sections import extract
+from .teaching_figures import plot_teaching
 from .tracer_zh import translate as translate_zh
 
 #: Language → (catalogue, file name, how the parts of a paragraph are joined).
@@ -51,6 +52,7 @@ def build_report(out_dir: str | Path, check_path: str | Path | None = None) -> l
     check = load_check(check_path) if check_path is not None else None
     problems: list[str] = []
     figures = plot_all(out, check_path, run_set=run_set, strict=False, problems=problems)
+    figures += plot_teaching(out, run_set.runs, problems=problems)
     doc = extract(run_set, figures, check, problems)
     written = [f.path for f in figures]
     for lang, (_, name, _) in LANGUAGES.items():

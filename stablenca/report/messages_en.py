@@ -197,4 +197,13 @@ EN: dict[str, str] = {
                   "trajectories from the records drawn over it.",
     "fig_check": "Figure {k}. Bits of error against the distance scale for every formulation and dtype "
                  "(`stablenca check`).",
+    "fig_sweep": ("Figure {k}. The loss and its push `|dL/ds|` against the distance scale `s` (1 = the batch's "
+                  "median distance) on the failing step's batch, in float64, for every formulation: the ratio loss "
+                  "falls linearly and its push stays; NCA's push changes sign at a finite scale."),
+    "fig_comparison": ("Figure {k}. The ModernNCA runs side by side: median distance per step against fractional "
+                       "epochs (× marks the first non-finite step) and validation accuracy per epoch (dot: the kept "
+                       "checkpoint)."),
+    "fig_validation": ("Figure {k}. Validation accuracy by epoch for every classification run; the dot marks the "
+                       "kept (best-validation) epoch, whose parameters give the test accuracy."),
+    "h_appendix": "Appendix: gradient heatmaps and root-cause chain diagrams",
 }

@@ -498,7 +498,10 @@ def _check_section(doc: Doc, section: _Counter, check: dict[str, Any]) -> None:
 
 
 _FIGURE_CAPTIONS = {"timeline": "fig_timeline", "gradients": "fig_gradients", "chain": "fig_chain",
-                    "domain": "fig_domain", "check": "fig_check"}
+                    "domain": "fig_domain", "check": "fig_check", "sweep": "fig_sweep",
+                    "comparison": "fig_comparison", "validation": "fig_validation"}
+#: Figures the text does not lean on: drawn in an appendix after the others.
+_APPENDIX = ("gradients", "chain")
 
 
 def _figures(doc: Doc, section: _Counter, figures: list[Figure], runs: list[RunData], problems: list[str]) -> None:
@@ -508,10 +511,14 @@ def _figures(doc: Doc, section: _Counter, figures: list[Figure], runs: list[RunD
     else:
         doc.p(m("figure_labels"))
     by_name = {r.name: r for r in runs}
-    order = {"domain": 0, "check": 1}
-    ordered = sorted(figures, key=lambda f: (order.get(f.kind, 2), [r.name for r in runs].index(f.run)
-                                             if f.run in by_name else 0))
+    order = {"sweep": 0, "domain": 1, "comparison": 2, "validation": 3, "check": 4, "timeline": 5}
+    ordered = sorted(figures, key=lambda f: (f.kind in _APPENDIX, order.get(f.kind, 6),
+                                             [r.name for r in runs].index(f.run) if f.run in by_name else 0))
+    appendix_started = False
     for k, figure in enumerate(ordered, start=1):
+        if figure.kind in _APPENDIX and not appendix_started:
+            appendix_started = True
+            doc.h2("h_appendix")
         run = by_name.get(figure.run) if figure.run else None
         params: dict[str, Any] = {"k": k, "run": figure.run or ""}
         if run is not None:

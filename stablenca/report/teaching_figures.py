@@ -25,7 +25,8 @@ from ..scale_sweep import Sweep
 from .figures import _figure, save_figure
 from .validation import ValidationCurve, validation_curve
 
-__all__ = ["comparison_figure", "fractional_epochs", "save_figure", "scale_sweep_figure", "validation_figure"]
+__all__ = ["comparison_figure", "fractional_epochs", "plot_teaching", "save_figure", "scale_sweep_figure",
+           "validation_figure"]
 
 #: One colour per formulation, the same in every figure (Okabe-Ito, colour-blind safe).
 COLOURS = {"ratio": "#d55e00", "ratio_eps": "#e69f00", "difference": "#cc79a7", "nca_logspace": "#0072b2",
@@ -137,3 +138,46 @@ def comparison_figure(run_dirs: Sequence[str | Path], title: str = "ModernNCA pr
                     title="validation accuracy (dot: kept checkpoint)")
     fig.suptitle(title)
     return fig
+
+
+def plot_teaching(out: str | Path, runs, *, problems: list[str] | None = None) -> list:
+    """Draw the teaching figures of a diagnose output into ``out/figures``; returns :class:`.figures.Figure` items.
+
+    * ``loss-against-scale.png``: the sweep on the batch of the first failing ratio run with a
+      capsule (rebuilt from the capsule: a forward pass, nothing is trained);
+    * ``modernnca-comparison.png``: every ModernNCA classification run;
+    * ``validation-accuracy.png``: every run with validation accuracy per epoch.
+
+    A figure that cannot be drawn is skipped and its error appended to ``problems``.
+    """
+    from ..artifacts import CAPSULE
+    from ..scale_sweep import FLOAT64_EXP_BOUND, batch_from_capsule, log_grid, sweep_scale
+    from .figures import FIGURES_DIR, Figure
+
+    out = Path(out)
+    written: list = []
+
+    def draw(kind: str, name: str, make) -> None:
+        try:
+            written.append(Figure(save_figure(make(), out / FIGURES_DIR / f"{name}.png"), kind, None))
+        except Exception as exc:  # noqa: BLE001 - a report with one figure missing beats no report
+            if problems is not None:
+                problems.append(f"{name}.png: {type(exc).__name__}: {exc}")
+
+    def sweep_of(run_dir: Path):
+        batch = batch_from_capsule(run_dir / CAPSULE)
+        grid = log_grid(0.01, FLOAT64_EXP_BOUND / float(batch.unit.max()), 25)
+        return scale_sweep_figure(sweep_scale(batch, grid), f"{run_dir.name}: the failing step's batch, float64")
+
+    failing = [r for r in runs if r.loss == "ratio" and (out / r.name / CAPSULE).is_file()]
+    if failing:
+        draw("sweep", "loss-against-scale", lambda: sweep_of(out / failing[0].name))
+    classified = [r for r in runs if r.config.get("task", "multiclass") == "multiclass"
+                  and (out / r.name / "epochs.jsonl").is_file()]
+    modern = [out / r.name for r in classified if r.config.get("model") == "modernnca"]
+    if len(modern) > 1:
+        draw("comparison", "modernnca-comparison", lambda: comparison_figure(modern))
+    if classified:
+        draw("validation", "validation-accuracy",
+             lambda: validation_figure({r.name: validation_curve(out / r.name) for r in classified}))
+    return written
