@@ -132,7 +132,11 @@ def _epoch_axis(ax, run: RunData) -> None:
         if not starts_epoch or e != starts_epoch[-1]:
             starts_step.append(s)
             starts_epoch.append(e)
-    starts_step.append(steps[ok][-1] + 1)
+    # A run that stops early in its last epoch: that epoch still ends where an epoch of the
+    # previous epoch's length would, so the axis is not squeezed into its few recorded steps.
+    own = steps[ok][-1] + 1 - starts_step[-1]
+    previous = starts_step[-1] - starts_step[-2] if len(starts_step) > 1 else own
+    starts_step.append(starts_step[-1] + max(own, previous))
     starts_epoch.append(starts_epoch[-1] + 1)
     xs, es = np.array(starts_step, dtype=float), np.array(starts_epoch, dtype=float)
     secondary = ax.secondary_xaxis("top", functions=(lambda s: _interp(s, xs, es), lambda e: _interp(e, es, xs)))
@@ -173,13 +177,17 @@ def timeline_figure(run: RunData):
     ax = axes[0]
     loss = run.series("loss")
     ok = np.isfinite(loss)
-    ax.plot(steps[ok], loss[ok], lw=0.9, color=_BLUE, label="loss (batch mean)", alpha=0.55 if ok.sum() > 200 else 1)
+    summed = run.loss == "difference"  # a sum over the batch, not a mean
+    ax.plot(steps[ok], loss[ok], lw=0.9, color=_BLUE, label="loss (batch sum)" if summed else "loss (batch mean)",
+            alpha=0.55 if ok.sum() > 200 else 1)
     _smoothed(ax, steps[ok], loss[ok], "navy")
     _mark_nonfinite(ax, steps, loss, "loss NaN / ±inf")
     if np.nanmin(np.where(ok, loss, np.nan), initial=np.inf) < 0 < np.nanmax(np.where(ok, loss, np.nan),
                                                                              initial=-np.inf):
         ax.axhline(0, color=_GREY, lw=0.8, ls=":")
     ax.set_ylabel("training loss\n(per batch)")
+    if summed:  # it grows with the batch and spans decades: symlog keeps both ends readable
+        ax.set_yscale("symlog", linthresh=1.0)
     ax.set_title("(a) loss", loc="left", fontsize=10)
 
     # (b) gradient norm
@@ -262,11 +270,6 @@ def timeline_figure(run: RunData):
         ax.grid(True, alpha=0.25)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-    if fail is not None:
-        ax0 = axes[0]
-        ax0.annotate(_root_label(run), (fail, 0.5), xycoords=ax0.get_xaxis_transform(),
-                     xytext=(-10, 0), textcoords="offset points", ha="right", va="center", fontsize=9,
-                     color=_RED, bbox=dict(boxstyle="round", fc="white", ec=_RED, alpha=0.9))
     _epoch_axis(axes[0], run)
     return fig
 
@@ -353,6 +356,17 @@ def failure_domain_figure(runs: Iterable[RunData] = ()):
             ax.axvline(value, **style)
             ax.axhline(value, **style)
             ax.text(value, extent * 0.985, f" {text}", rotation=90, va="top", ha="right", fontsize=8)
+        ln_max = math.log(floats.facts(dtype).max)
+        a = np.array([0.0, extent])
+        for b, x0, label in (((a + ln_max) / 2, 0.45, f"2b − a = {ln_max:.2f}: DivBackward0's (x/y)/y overflows"),
+                             (a + ln_max, 0.02, f"b − a = {ln_max:.2f}: P_same / P_diff overflows")):
+            ax.plot(a, b, color="#08306b", lw=1.2, ls="--")
+            x = x0 * extent
+            ax.text(x, np.interp(x, a, b) + extent * 0.012, label, fontsize=7.5, color="#08306b", va="bottom",
+                    bbox=dict(fc="white", ec="none", alpha=0.7, pad=1))
+        ax.axvline(ln_max, color="#08306b", lw=1.2, ls="--")
+        ax.text(ln_max, extent * 0.02, f" a = {ln_max:.2f}: 1/P_same overflows", rotation=90, fontsize=7.5,
+                color="#08306b", va="bottom", ha="right")
         ax.set_xlim(0, extent)
         ax.set_ylim(0, extent)
         ax.set_xlabel("same-class distance d_same / T  (the numerator's exponent)")
@@ -466,22 +480,26 @@ def error_vs_scale_figure(check: dict[str, Any]):
 
 
 def _curve_panel(ax, rows, colours, precision, dtype) -> None:
-    top = precision + 2
+    width = floats.bit_width(dtype)  # log2(ulps + 1) reaches the storage width, not the significand bits
+    top = width + 4  # the non-finite row, above every finite value
     for row in rows:
         xs = np.array([p["scale"] for p in row["curve"]])
         bits = np.array([p["loss_bits"] for p in row["curve"]])
         finite = np.array([p["finite"] for p in row["curve"]])
         broken = (~np.isfinite(bits)) | (np.isfinite(finite) & (finite < 1))
         colour = colours[row["loss"]]
-        shown = np.where(np.isfinite(bits), np.minimum(bits, top), np.nan)
+        shown = np.where(np.isfinite(bits) & ~broken, bits, np.nan)
         ax.plot(xs, shown, lw=1.5, color=colour)
         ax.plot(xs[broken], np.full(broken.sum(), top), "x", color=colour, ms=6)
     threshold = next((r["threshold_bits"] for r in rows if math.isfinite(r["threshold_bits"])), precision / 2)
     ax.axhline(threshold, color=_GREY, ls="--", lw=1)
-    ax.axhline(top, color=_GREY, lw=0.5)
-    ax.text(0.01, top, " non-finite ↓", transform=ax.get_yaxis_transform(), fontsize=7, va="bottom")
-    ax.set_ylim(-0.5, top + 1.5)
-    ax.set_ylabel(f"bits of error of the loss\n(0 = correctly rounded, {precision:g} = all {dtype} bits wrong)")
+    ax.axhline(width, color=_GREY, lw=0.5)
+    ax.text(0.01, width, f" {width} = every bit of a {dtype} wrong", transform=ax.get_yaxis_transform(), fontsize=7,
+            va="bottom")
+    ax.text(0.01, top, " non-finite (some row NaN/±inf)", transform=ax.get_yaxis_transform(), fontsize=7,
+            va="bottom")
+    ax.set_ylim(-0.5, top + 3)
+    ax.set_ylabel(f"bits of error of the loss, log2(ulps + 1)\n(0 = correctly rounded, at most {width})")
 
 
 def _bar_panel(ax, rows, colours, scale_min, scale_max) -> None:
