@@ -39,6 +39,22 @@ def render(doc: Doc, lang: str) -> str:
     return render_markdown(doc, messages, joiner=joiner, translate=TRANSLATORS.get(lang))
 
 
+#: Studies (``stablenca study`` outputs) next to a diagnose directory, answered in the report when present.
+STUDIES = ("study.json", "factors_student/study.json", "factors_modernnca/study.json")
+
+
+def _studies(out: Path) -> list[tuple[str, dict]]:
+    """The studies in ``out``'s parent directory, as (path relative to ``out``, study) pairs."""
+    from ..study.run import load_study
+
+    found = []
+    for name in STUDIES:
+        path = out.parent / name
+        if path.is_file():
+            found.append((f"../{name[:-len('.json')]}.md", load_study(path)))
+    return found
+
+
 def build_report(out_dir: str | Path, check_path: str | Path | None = None) -> list[Path]:
     """Draw the figures and write ``report.md`` and ``report.zh.md`` into ``out_dir``.
 
@@ -53,7 +69,7 @@ def build_report(out_dir: str | Path, check_path: str | Path | None = None) -> l
     problems: list[str] = []
     figures = plot_all(out, check_path, run_set=run_set, strict=False, problems=problems)
     figures += plot_teaching(out, run_set.runs, problems=problems)
-    doc = extract(run_set, figures, check, problems)
+    doc = extract(run_set, figures, check, problems, studies=_studies(out))
     written = [f.path for f in figures]
     for lang, (_, name, _) in LANGUAGES.items():
         atomic_write_text(out / name, render(doc, lang))

@@ -184,6 +184,18 @@ EN: dict[str, str] = {
     "h_check": "{n}. Error versus distance scale (`stablenca check`)",
     "check_intro": "Swept on generated batches, every formulation and dtype: the smallest scale where it breaks "
                    "(non-finite, or more than half of the significand bits wrong) and its bits of error.",
+    "h_homework": "{n}. The homework's question: how ModernNCA and the student's code differ, and why it matters",
+    "homework_intro": ("The studies below train every configuration once per seed on one fixed split, with TALENT's "
+                       "default configuration (nothing tuned). Δ is the mean paired per-seed difference in test "
+                       "accuracy, in brackets its 95 % Student-t interval; an interval that contains 0 is not "
+                       "resolved by these seeds."),
+    "homework_source": "From {path} ({n_seeds} seeds):",
+    "homework_gap": ("ModernNCA reaches {modern} ± {modern_sd} test accuracy, the student's SeedNCA with the ratio "
+                     "loss {student} ± {student_sd}."),
+    "homework_step": "{id}, {label}: Δ {delta} [{low}, {high}].",
+    "homework_factor": "{id}, {change}: Δ {delta} [{low}, {high}].",
+    "homework_caveat": ("TALENT's published numbers come from its own split, so they are a reference point, not a "
+                        "paired comparison: a different split moves the mean by more than most factors above."),
     "h_figures": "{n}. Figures",
     "no_figures": "No figure was drawn.",
     "figure_labels": "The figures are labelled in English.",

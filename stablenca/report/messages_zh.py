@@ -148,6 +148,16 @@ ZH: dict[str, str] = {
     "stable_beyond": "它的距离达到了 {dmax}，超过了 exp 界限 {zero}，却没有造成问题。",
     "h_check": "{n}. 误差与距离尺度（`stablenca check`）",
     "check_intro": "在生成的批次上扫描每种形式与数据类型：开始失效的最小尺度（非有限，或超过一半的有效位出错）及其误差位数。",
+    "h_homework": "{n}. 作业的问题：ModernNCA 与学生的代码有何不同，为何影响性能",
+    "homework_intro": ("下面的研究在同一个固定划分上对每种配置每个种子各训练一次，使用 TALENT 的默认配置（没有调参）。"
+                       "Δ 是测试准确率按种子配对之差的均值，方括号中是它的 95 % Student-t 置信区间；区间包含 0 表示这些种子"
+                       "分辨不出该因素。"),
+    "homework_source": "来自 {path}（{n_seeds} 个种子）：",
+    "homework_gap": "ModernNCA 的测试准确率为 {modern} ± {modern_sd}，学生的 SeedNCA 用比值损失为 {student} ± {student_sd}。",
+    "homework_step": "{id}，{label}：Δ {delta} [{low}, {high}]。",
+    "homework_factor": "{id}，{change}：Δ {delta} [{low}, {high}]。",
+    "homework_caveat": ("TALENT 公布的数字来自它自己的划分，所以只是参照，不是配对比较：换一个划分，均值的变化比上面大多数"
+                        "因素都大。"),
     "h_figures": "{n}. 图",
     "no_figures": "没有绘制任何图。",
     "figure_labels": ("图中的标签是英文（本机没有可用的中文字体）。对照："

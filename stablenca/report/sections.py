@@ -105,8 +105,9 @@ def _short_op(op: str | None) -> str:
 
 
 def extract(run_set: RunSet, figures: list[Figure], check: dict[str, Any] | None = None,
-            problems: list[str] | None = None) -> Doc:
-    """Every section of the report, with this run set's numbers."""
+            problems: list[str] | None = None, studies: list[tuple[str, dict[str, Any]]] | None = None) -> Doc:
+    """Every section of the report, with this run set's numbers (and the studies', when given:
+    ``(relative path, study.json)`` pairs from ``stablenca study``)."""
     doc = Doc()
     summary = run_set.summary
     runs = run_set.runs
@@ -133,8 +134,43 @@ def extract(run_set: RunSet, figures: list[Figure], check: dict[str, Any] | None
     _stable(doc, section, [r for r in runs if is_stable(r.loss)])
     if check is not None:
         _check_section(doc, section, check)
+    if studies:
+        _homework(doc, section, studies)
     _figures(doc, section, figures, runs, problems or [])
     return doc
+
+
+def _interval_parts(paired: dict[str, Any]) -> dict[str, Any]:
+    return {"delta": f"{paired['mean']:+.4f}", "low": f"{paired['low']:+.4f}", "high": f"{paired['high']:+.4f}"}
+
+
+def _homework(doc: Doc, section: _Counter, studies: list[tuple[str, dict[str, Any]]]) -> None:
+    """The homework's question answered with the studies' numbers: the ablation walk and the factors."""
+    doc.h2("h_homework", n=section.next())
+    doc.p(m("homework_intro"))
+    for path, study in studies:
+        items = []
+        rows = {r["id"]: r for r in study.get("rows", [])}
+        modern, student = rows.get("modernnca_f32"), rows.get("seed_ratio")
+        if modern and student and modern["summary"]["accuracy"]["mean"] is not None:
+            accuracy = {k: v["summary"]["accuracy"] for k, v in (("modern", modern), ("student", student))}
+            items.append([m("homework_gap", modern=f"{accuracy['modern']['mean']:.4f}",
+                            modern_sd=f"{accuracy['modern']['std']:.4f}",
+                            student=f"{accuracy['student']['mean']:.4f}",
+                            student_sd=f"{accuracy['student']['std']:.4f}")])
+        for step in study.get("ablation", [])[1:]:
+            paired = (step.get("paired_interval") or {}).get("accuracy")
+            if paired and paired.get("low") is not None:
+                items.append([m("homework_step", id=step["id"], label=f"`{step['label']}`", **_interval_parts(paired))])
+        for factor in study.get("factors", []):
+            paired = factor["paired"]["accuracy"]
+            if paired.get("low") is not None:
+                items.append([m("homework_factor", id=factor["id"], change=f"`{factor['change']}`",
+                                **_interval_parts(paired))])
+        if items:
+            doc.p(m("homework_source", path=f"[`{path}`]({path})", n_seeds=len(study.get("seeds", []))))
+            doc.bullets(items)
+    doc.p(m("homework_caveat"))
 
 
 class _Counter:
