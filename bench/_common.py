@@ -279,11 +279,15 @@ def section(title: str, command: str, info: dict[str, Any], body: str) -> str:
 def emit(markdown: str, data: dict[str, Any], args: argparse.Namespace) -> None:
     print(markdown)
     if args.json:
-        payload = {"markdown": markdown, "data": data}
-        path = Path(args.json)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(payload, indent=1, default=str))
-        os.replace(tmp, path)
+        emit_json({"markdown": markdown, "data": data}, args.json)
+
+
+def emit_json(payload: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write ``payload`` atomically (temporary file, then ``os.replace``)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=1, default=str))
+    os.replace(tmp, path)
 
 
 def stderr(*parts: Any) -> None:

@@ -31,6 +31,7 @@ import importlib.util
 import io
 import json
 import os
+import pickle
 import warnings
 import zipfile
 from pathlib import Path
@@ -203,6 +204,28 @@ def load_dataset(
         f"{path} is neither a directory nor a .csv file",
         fix="pass 'abalone', a TALENT directory (N_/C_/y_*.npy, info.json) or a .csv file",
     )
+
+
+def data_task(source: str | os.PathLike | None, *, target: str | None = None) -> Task:
+    """The task ``source`` declares: ``task_type`` of a TALENT directory's ``info.json``,
+    the task inferred from a CSV target column, or multiclass for the embedded Abalone.
+
+    This is what ``--task`` defaults to, so a regression directory trains as regression
+    without being told twice.
+
+    >>> data_task(None)
+    'multiclass'
+    """
+    if source is None or source == "abalone":
+        return "multiclass"
+    if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
+        info_path = Path(source) / "info.json"
+        declared = _read_info(info_path).get("task_type")
+        if declared not in ("binclass", "multiclass", "regression"):
+            raise DataError(f"{info_path}: task_type is {declared!r}",
+                            fix="set task_type to 'binclass', 'multiclass' or 'regression'")
+        return "regression" if declared == "regression" else "multiclass"
+    return load_dataset(source, target=target).task
 
 
 def load_abalone(*, task: Task = "multiclass", split_seed: int = 0) -> RawDataset:
@@ -442,6 +465,10 @@ def prepare(raw: RawDataset, *, numerical: Literal["standard", "quantile"] = "st
     onehot = {s: np.empty((len(raw.y[s]), 0)) for s in SPLITS}
     onehot_names: list[str] = []
     if raw.x_cat["train"].shape[1]:
+        # NOTE[DIFF]: TALENT (cat_policy tabr_ohe) first maps a category unseen in train to
+        # the first training row's category (its "mode" is taken only when train itself has
+        # unknowns, which it cannot); here it becomes an all-zero row. The same result
+        # whenever val and test hold only categories seen in train, as Abalone's do.
         enc = OneHotEncoder(handle_unknown="ignore", sparse_output=False, dtype=np.float64).fit(raw.x_cat["train"])
         with warnings.catch_warnings():
             # Unseen categories in val/test become all-zero rows. That is intended, so the warning is noise.
@@ -618,12 +645,11 @@ def _load_npy(path: Path) -> np.ndarray:
     if not path.is_file():
         raise DataError(f"{path} is missing", fix="save all of y_train/y_val/y_test.npy (and N_/C_ for each split)")
     try:
-        arr = np.load(path, allow_pickle=False)  # never unpickle a user's file: it could run code
+        arr = np.load(path, allow_pickle=False)  # never unpickle a user's file freely: it could run code
     except ValueError as e:
-        if "Object arrays cannot be loaded" in str(e):
-            raise DataError(f"{path} holds Python objects (dtype=object), which are not loaded for safety",
-                            fix="save it as a string array, e.g. np.save(path, arr.astype(str))") from e
-        raise DataError(f"{path} is not a readable .npy file", fix="save it with numpy.save") from e
+        if "Object arrays cannot be loaded" not in str(e):
+            raise DataError(f"{path} is not a readable .npy file", fix="save it with numpy.save") from e
+        arr = _load_object_npy(path)  # TALENT's C_*.npy: a pickled array of str, read with an allow-list
     except Exception as e:  # truncated or garbage files fail in many ways (EOFError, OSError, ...)
         raise DataError(f"{path} is not a readable .npy file ({type(e).__name__})",
                         fix="save it with numpy.save") from e
@@ -640,6 +666,80 @@ def _load_npy(path: Path) -> np.ndarray:
             raise DataError(f"{path} holds bytes that are not ASCII text",
                             fix="save it as a str array, e.g. np.save(path, arr.astype(str))") from None
     return arr
+
+
+try:  # numpy >= 2
+    from numpy._core import multiarray as _multiarray
+except ImportError:  # pragma: no cover - numpy 1.x
+    from numpy.core import multiarray as _multiarray  # type: ignore[no-redef]
+
+#: The only globals an object-array pickle may name: how numpy rebuilds an array, a dtype
+#: and a numpy scalar. Files written by numpy 1.x name ``numpy.core``, by 2.x ``numpy._core``.
+_PICKLE_ALLOWED = {
+    **{(module, "_reconstruct"): _multiarray._reconstruct for module in ("numpy.core.multiarray",
+                                                                         "numpy._core.multiarray")},
+    **{(module, "scalar"): _multiarray.scalar for module in ("numpy.core.multiarray", "numpy._core.multiarray")},
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+}
+#: Element types an object array may hold (what TALENT's categorical and label columns hold).
+_PLAIN_ELEMENTS = (str, bool, int, float, np.str_, np.bool_, np.integer, np.floating)
+
+
+class _RefusedGlobal(pickle.UnpicklingError):
+    """A pickle named a global outside the allow-list."""
+
+
+class _ArrayOnlyUnpickler(pickle.Unpickler):
+    """An unpickler that can build numpy arrays of plain values and nothing else.
+
+    Every callable a pickle can invoke comes from :meth:`find_class` (there is no
+    persistent-id hook), so refusing a name there refuses the call before it runs.
+    """
+
+    def find_class(self, module: str, name: str):
+        try:
+            return _PICKLE_ALLOWED[(module, name)]
+        except KeyError:
+            raise _RefusedGlobal(f"{module}.{name}") from None
+
+
+def _load_object_npy(path: Path) -> np.ndarray:
+    """Read an object-dtype ``.npy`` (``np.save(..., allow_pickle=True)``) without running its pickle freely.
+
+    The array is rebuilt by :class:`_ArrayOnlyUnpickler`; its elements must be
+    str, int, float or bool. All strings give a str array, all numbers a float64
+    array, a mix a str array (so a category column with a numeric code still loads).
+    """
+    refuse = dict(fix="save it as a plain array, e.g. np.save(path, arr.astype(str))")
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise DataError(f"{path} is an object array in .npy format {version}, which is not read",
+                            **refuse)
+        if not dtype.hasobject:
+            raise DataError(f"{path} is not a readable .npy file", fix="save it with numpy.save")
+        try:
+            arr = _ArrayOnlyUnpickler(f).load()
+        except _RefusedGlobal as e:
+            raise DataError(f"{path} holds a pickle that names {e}, which is not loaded for safety "
+                            "(only arrays of str, int, float and bool are)", **refuse) from None
+        except Exception as e:  # a malformed pickle fails in many ways
+            raise DataError(f"{path} holds an unreadable pickle ({type(e).__name__})", **refuse) from None
+    if type(arr) is not np.ndarray or arr.shape != tuple(shape) or arr.dtype != object:
+        raise DataError(f"{path} does not hold the object array its header declares", **refuse)
+    flat = arr.ravel()
+    odd = next((v for v in flat if not isinstance(v, _PLAIN_ELEMENTS)), None)
+    if odd is not None:
+        raise DataError(f"{path} holds a {type(odd).__name__} element; only str, int, float and bool are loaded",
+                        **refuse)
+    if flat.size and not any(isinstance(v, (str, np.str_)) for v in flat):
+        return arr.astype(np.float64)
+    return arr.astype(str)
 
 
 def _load_part(root: Path, prefix: str, declared: int | None, rows: dict[str, int]) -> dict[str, np.ndarray]:

@@ -402,9 +402,11 @@ def test_talent_errors(tmp_path):
     x[2, 1] = np.nan
     np.save(root / "N_train.npy", x)
     raises_data_error(lambda: D.load_talent_dir(root), "N_train.npy", "'num_1'", "impute")
-    root = fresh("object")
-    np.save(root / "C_train.npy", np.load(root / "C_train.npy").astype(object), allow_pickle=True)
-    raises_data_error(lambda: D.load_talent_dir(root), "C_train.npy", "string array")
+    root = fresh("object_nested")
+    nested = np.empty((20, 1), dtype=object)
+    nested[:, 0] = [np.zeros(2)] * 20
+    np.save(root / "C_train.npy", nested, allow_pickle=True)
+    raises_data_error(lambda: D.load_talent_dir(root), "C_train.npy", "ndarray element")
     root = fresh("corrupt")
     (root / "N_test.npy").write_bytes(np.load(root / "N_test.npy").tobytes()[:20])
     raises_data_error(lambda: D.load_talent_dir(root), "N_test.npy", "numpy.save")
@@ -471,3 +473,93 @@ def test_csv_like_tables_load_or_raise_data_error(tmp_path, rows, task):
     data = D.prepare(raw)
     assert data.x["train"].shape[1] == data.d_in and np.isfinite(data.x["train"]).all()
     assert task is None or raw.task == task
+
+
+# ---------------------------------------------------------------- TALENT's object arrays
+
+
+class _OpensAFile:
+    """Unpickling this opens ``path`` for writing: a payload that runs code and leaves a trace."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_talent_object_arrays_load_like_string_arrays(tmp_path):
+    # TALENT saves categorical columns (and sometimes labels) as object arrays of str.
+    written = write_talent(tmp_path / "plain", n=(20, 6, 8))
+    as_objects = tmp_path / "objects"
+    write_talent(as_objects, n=(20, 6, 8))
+    for name, arr in written.items():
+        if name.startswith(("C_", "y_")):
+            np.save(as_objects / name, arr.astype(object), allow_pickle=True)
+    np.save(as_objects / "y_train.npy", written["y_train.npy"].astype(object), allow_pickle=True)
+    plain, objects = D.load_talent_dir(tmp_path / "plain"), D.load_talent_dir(as_objects)
+    for split in D.SPLITS:
+        assert np.array_equal(objects.x_cat[split], plain.x_cat[split])
+        assert np.array_equal(objects.y[split], plain.y[split])
+        assert np.array_equal(objects.x_num[split], plain.x_num[split])
+    assert objects.class_names == plain.class_names
+
+
+def test_object_array_of_numbers_loads_as_float(tmp_path):
+    path = tmp_path / "numbers.npy"
+    np.save(path, np.array([[1, 2.5], [np.int64(3), True]], dtype=object), allow_pickle=True)
+    arr = D._load_npy(path)
+    assert arr.dtype == np.float64 and arr.tolist() == [[1.0, 2.5], [3.0, 1.0]]
+
+
+def test_object_array_with_a_code_running_payload_is_refused_and_not_run(tmp_path):
+    marker = tmp_path / "payload_ran"
+    root = tmp_path / "evil"
+    write_talent(root)
+    np.save(root / "C_train.npy", np.array([[_OpensAFile(marker)]] * 20, dtype=object), allow_pickle=True)
+    msg = raises_data_error(lambda: D.load_talent_dir(root), "C_train.npy", "not loaded for safety")
+    assert "open" in msg  # names what the pickle asked for
+    assert not marker.exists()
+    # The payload is live: numpy's own loader runs it (so the check above can fail).
+    np.load(root / "C_train.npy", allow_pickle=True)
+    assert marker.exists()
+
+
+def test_bare_pickle_behind_an_object_header_is_refused(tmp_path):
+    import io
+    import pickle
+
+    marker = tmp_path / "payload_ran"
+    path = tmp_path / "C_train.npy"
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|O", "fortran_order": False, "shape": (1,)})
+    path.write_bytes(header.getvalue() + pickle.dumps(_OpensAFile(marker), protocol=3))
+    raises_data_error(lambda: D._load_npy(path), "not loaded for safety")
+    assert not marker.exists()
+    path.write_bytes(header.getvalue() + b"\x80\x03garbage")
+    raises_data_error(lambda: D._load_npy(path), "unreadable pickle")
+    assert not marker.exists()
+
+
+def test_task_comes_from_info_json_unless_asked(tmp_path):
+    from stablenca.train import TrainConfig, load_data
+
+    write_talent(tmp_path / "reg", task_type="regression")
+    assert D.data_task(tmp_path / "reg") == "regression"
+    config = TrainConfig(data=str(tmp_path / "reg"), epochs=1).resolved()
+    assert (config.task, config.loss) == ("regression", "modernnca")
+    assert load_data(config).task == "regression"
+    assert TrainConfig().resolved().task == "multiclass"  # the embedded Abalone
+    with pytest.raises(DataError, match="task_type='regression'"):
+        load_data(TrainConfig(data=str(tmp_path / "reg"), task="multiclass").resolved())
+
+
+def test_cli_takes_the_task_from_info_json_and_refuses_a_contradiction(tmp_path):
+    write_talent(tmp_path / "reg", task_type="regression", n=(40, 10, 10))
+    base = [sys.executable, "-m", "stablenca.cli", "train", "--data", str(tmp_path / "reg"), "--epochs", "1", "--json"]
+    ok = subprocess.run(base, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["task"] == "regression"
+    refused = subprocess.run([*base, "--task", "multiclass"], capture_output=True, text=True)
+    assert refused.returncode == 2
+    assert "task_type='regression'" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1

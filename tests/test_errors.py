@@ -257,7 +257,9 @@ BAD_INPUT = {
     "task_regression_on_string_labels": (lambda p: [*TRAIN_1, "--data", p["strings.csv"], "--target", "y",
                                                     "--task", "regression"],
                                          ["task=regression but", "is not numeric", "--task multiclass"]),
-    "task_multiclass_on_continuous_target": (lambda p: [*TRAIN_1, "--data", p["ok.csv"], "--target", "a"],
+    # --task is asked: without it the task is inferred from the column (regression).
+    "task_multiclass_on_continuous_target": (lambda p: [*TRAIN_1, "--data", p["ok.csv"], "--target", "a",
+                                                        "--task", "multiclass"],
                                              ["distinct non-integer values", "--task regression"]),
     "task_against_info_json": (lambda p: [*TRAIN_1, "--data", p["singleton"], "--task", "regression"],
                                ["task=regression was asked but", "task_type='multiclass'"]),

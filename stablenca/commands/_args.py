@@ -51,7 +51,8 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--data", default=None, metavar="PATH",
                        help="a TALENT-format directory or a CSV file (default: the embedded Abalone)")
     group.add_argument("--target", default=None, help="the target column of a CSV file")
-    group.add_argument("--task", choices=("multiclass", "regression"), default="multiclass")
+    group.add_argument("--task", choices=("multiclass", "regression"), default=None,
+                       help="default: what the data declares (info.json's task_type; multiclass for Abalone)")
     group.add_argument("--split-seed", type=nonnegative_int, default=0, help="seed of the 64/16/20 split")
     group.add_argument("--numerical", choices=("standard", "quantile"), default="standard",
                        help="preprocessing of numerical features, fitted on train")

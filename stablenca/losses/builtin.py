@@ -181,7 +181,9 @@ def modernnca(distances, labels, candidate_labels, self_mask, n_classes: int | N
     publish("distances", distances)
     publish("self_mask", self_mask)
     if task == "multiclass":
-        publish("same_class_mask", _class_masks(labels, candidate_labels, self_mask)[0])
+        # Computed whether or not anyone listens: a replayed step must run the same ops as the
+        # recorded one (the tracer numbers them).
+        publish("same_class_mask", (labels[:, None] == candidate_labels[None, :]) & ~self_mask)
     # NOTE[DIFF]: TALENT mutates the distance matrix in place (fill_diagonal_);
     # masked_fill keeps the caller's tensor intact and also handles a self-mask
     # that is not the leading diagonal.

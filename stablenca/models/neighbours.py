@@ -39,10 +39,19 @@ class Pairs:
     n_candidates_sampled: int = 0
 
 
+def divided_by(distances: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``distances / temperature``, skipped at T = 1 (TALENT's default).
+
+    ``x / 1.0 == x`` exactly in IEEE arithmetic, so the result is the same bits; the
+    skip saves one pass over the (B, C) matrix forward and one backward.
+    """
+    return distances if temperature == 1.0 else distances / temperature
+
+
 def in_batch_pairs(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> Pairs:
     """The student's pairs: every row of the batch against every other row."""
     embeddings = model(x)
-    distances = torch.cdist(embeddings, embeddings, p=2) / getattr(model, "temperature", 1.0)
+    distances = divided_by(torch.cdist(embeddings, embeddings, p=2), getattr(model, "temperature", 1.0))
     self_mask = torch.eye(len(x), dtype=torch.bool, device=x.device)
     return Pairs(distances, y, y, self_mask)
 
@@ -62,16 +71,23 @@ def sampled_pool_pairs(
     pool = pool_mask.nonzero().squeeze(1)
     n_sampled = int(len(pool) * sample_rate)
     # NOTE[DIFF]: TALENT draws with the global RNG (torch.randperm); an explicit
-    # generator makes a failing step replayable from its saved state.
+    # generator makes a failing step replayable from its saved state. The Trainer starts it
+    # where the initialisation left the global stream, so the numbers have TALENT's order
+    # except one draw per epoch that TALENT's validation DataLoader takes for its seed.
     order = torch.randperm(len(pool), generator=generator, device="cpu").to(pool.device)
     candidates = pool[order[:n_sampled]]
     batch_size = len(batch_indices)
     # NOTE[DIFF]: TALENT embeds the batch and the candidates in two calls; one call
     # gives the same rows (no batch statistics are involved with n_blocks=0) and
     # halves the Python overhead. With n_blocks>0 BatchNorm sees the union, which
-    # differs slightly from TALENT's two separate batches.
+    # differs slightly from TALENT's two separate batches. Measured effect with n_blocks=0
+    # (bench/talent_lockstep.py, same start and random stream): float64 weights agree to
+    # <= 1e-8 relative after 16 epochs; float32 differs by rounding from the first step
+    # (the shared layers' gradient is summed in a different order), which Adam's
+    # normalised update amplifies, so float32 runs match TALENT's in distribution
+    # (bench/talent_side_by_side.py), not bit for bit.
     embeddings = model(torch.cat([x_train[batch_indices], x_train[candidates]]))
-    distances = torch.cdist(embeddings[:batch_size], embeddings, p=2) / model.temperature
+    distances = divided_by(torch.cdist(embeddings[:batch_size], embeddings, p=2), model.temperature)
     self_mask = torch.zeros(distances.shape, dtype=torch.bool, device=distances.device)
     self_mask[:, :batch_size].fill_diagonal_(True)
     candidate_labels = torch.cat([y_train[batch_indices], y_train[candidates]])
@@ -108,7 +124,7 @@ def soft_neighbour_readout(
     weighted = torch.zeros(len(queries), targets.shape[1], dtype=queries.dtype, device=queries.device)
     if torch.is_grad_enabled() and (queries.requires_grad or candidates.requires_grad):
         for start in range(0, len(candidates), chunk_size):
-            logits = -torch.cdist(queries, candidates[start:start + chunk_size], p=2) / temperature
+            logits = -divided_by(torch.cdist(queries, candidates[start:start + chunk_size], p=2), temperature)
             new_max = torch.maximum(row_max, logits.max(dim=1).values)
             rescale = torch.exp(row_max - new_max)  # exp(-inf) = 0 on the first chunk
             weights = torch.exp(logits - new_max[:, None])
@@ -119,7 +135,7 @@ def soft_neighbour_readout(
     # Evaluation (no autograd): the same arithmetic in place, so each chunk allocates one
     # (Q, chunk) block instead of four; about 1.5x faster (bench/proposals.py).
     for start in range(0, len(candidates), chunk_size):
-        logits = torch.cdist(queries, candidates[start:start + chunk_size], p=2).div_(temperature).neg_()
+        logits = divided_by(torch.cdist(queries, candidates[start:start + chunk_size], p=2), temperature).neg_()
         new_max = torch.maximum(row_max, logits.amax(dim=1))
         rescale = torch.exp(row_max - new_max)  # exp(-inf) = 0 on the first chunk
         weights = logits.sub_(new_max[:, None]).exp_()

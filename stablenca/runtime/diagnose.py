@@ -86,7 +86,7 @@ def diagnose(
     out = prepare_out_dir(out, force=force)
     summary = artifacts.new_summary(
         mode=mode, data=base.data or "abalone (embedded, scikit-lego)",
-        task=base.task, seed=base.seed, interrupted=False,
+        task=configs[0].resolved().task, seed=base.seed, interrupted=False,
         machine={"python": platform.python_version(), "torch": str(torch.__version__),
                  "platform": platform.platform(), "threads": torch.get_num_threads()},
         command=" ".join(["stablenca", *sys.argv[1:]]) if sys.argv and "stablenca" in sys.argv[0] else None,

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 
 #: Above this many pairs, the same/other-class ranges and the quantiles come from an
@@ -36,14 +37,18 @@ QUANTILE_SAMPLE = 1 << 16
 
 def _range(distances: torch.Tensor, mask: torch.Tensor, prefix: str, out: dict[str, torch.Tensor]) -> None:
     """min, max, p50, p99 of the masked entries (NaN when there are none)."""
-    values = distances[mask].double()
+    values = distances[mask]
     if values.numel() == 0:
         nan = torch.tensor(math.nan, dtype=torch.float64)
         out[f"{prefix}min"] = out[f"{prefix}max"] = out[f"{prefix}p50"] = out[f"{prefix}p99"] = nan
         return
-    out[f"{prefix}min"], out[f"{prefix}max"] = torch.aminmax(values)
-    for q, key in ((0.5, "p50"), (0.99, "p99")):
-        out[f"{prefix}{key}"] = torch.kthvalue(values, max(1, math.ceil(q * values.numel()))).values
+    out[f"{prefix}min"], out[f"{prefix}max"] = (v.double() for v in torch.aminmax(values))
+    # Both order statistics from one selection (numpy's introselect; NaN sorts last, as in
+    # torch.kthvalue); selecting is exact, so the float64 results are the same as sorting.
+    ranks = [max(1, math.ceil(q * values.numel())) - 1 for q in (0.5, 0.99)]
+    selected = np.partition(values.cpu().numpy(), ranks)
+    for rank, key in zip(ranks, ("p50", "p99")):
+        out[f"{prefix}{key}"] = torch.tensor(float(selected[rank]), dtype=torch.float64)
 
 
 def distance_statistics(published: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -67,16 +72,57 @@ def distance_statistics(published: dict[str, Any]) -> dict[str, torch.Tensor]:
     if same is not None:
         _range(sample, sample_pairs & same[rows], "d_same_", out)
         _range(sample, sample_pairs & ~same[rows], "d_other_", out)
-        out["rows_without_same_class"] = torch.count_nonzero(~same.any(dim=1))
-    if stride > 1:  # exact overall range on the full matrix
-        finite_pairs = ~self_mask & torch.isfinite(distances)
-        out["d_min"] = torch.where(finite_pairs, distances, math.inf).amin().double()
-        out["d_max"] = torch.where(finite_pairs, distances, -math.inf).amax().double()
-    else:
-        finite_pairs = ~self_mask & torch.isfinite(distances)
+        if same.shape[1]:  # any() over a bool matrix is a slow CPU reduction; amax over its bytes is fast
+            out["rows_without_same_class"] = torch.count_nonzero(same.view(torch.uint8).amax(dim=1) == 0)
+        else:
+            out["rows_without_same_class"] = torch.count_nonzero(~same.any(dim=1))
+    out.update(_overall_statistics(distances, self_mask, published, exact_range=stride > 1))
     # distances are already divided by T; max d/T is the largest argument of exp(-d/T).
     out["max_d_over_T"] = out["d_max"]
+    for name in ("p_same", "p_diff"):
+        values = published.get(name)
+        if values is not None and values.numel():
+            out[f"{name}_min"] = values.detach().min()
+            out[f"{name}_zero"] = torch.count_nonzero(values.detach() == 0)
+    return out
+
+
+def _overall_statistics(distances: torch.Tensor, self_mask: torch.Tensor, published: dict[str, Any], *,
+                        exact_range: bool, fast: bool = True) -> dict[str, torch.Tensor]:
+    """The full-matrix statistics over finite non-self pairs: ``d_min``/``d_max`` (when
+    ``exact_range``) and the exp/softmax zero and subnormal counts.
+
+    The common case, every distance finite, needs no finiteness mask: a count over the
+    non-self pairs is the count over all pairs minus the count over the (few) self pairs,
+    and the range comes from reductions. Each full-matrix pass saved matters: the probes
+    run on every step. Any NaN or inf distance takes the general path (``fast=False``),
+    which gives the same numbers.
+    """
+    out: dict[str, torch.Tensor] = {}
     tiny = torch.finfo(distances.dtype).tiny
+    if fast and distances.numel():
+        low, high = torch.aminmax(distances)  # NaN propagates, so both finite means every entry is
+        fast = bool(torch.isfinite(low) & torch.isfinite(high))
+    if fast:
+        self_distances = distances[self_mask]
+        if exact_range:
+            out["d_min"] = (low if not self_distances.numel() or self_distances.amin() > low
+                            else distances.masked_fill(self_mask, math.inf).amin()).double()
+            out["d_max"] = (high if not self_distances.numel() or self_distances.amax() < high
+                            else distances.masked_fill(self_mask, -math.inf).amax()).double()
+        for name, key in (("exp_out", "exp"), ("softmax", "softmax")):
+            values = published.get(name)
+            if values is None:
+                continue
+            self_values = values[self_mask]
+            out[f"{key}_zero"] = torch.count_nonzero(values == 0) - torch.count_nonzero(self_values == 0)
+            small = torch.count_nonzero(values.abs() < tiny) - torch.count_nonzero(self_values.abs() < tiny)
+            out[f"{key}_subnormal"] = small - out[f"{key}_zero"]
+        return out
+    finite_pairs = ~self_mask & torch.isfinite(distances)
+    if exact_range:
+        out["d_min"] = torch.where(finite_pairs, distances, math.inf).amin().double()
+        out["d_max"] = torch.where(finite_pairs, distances, -math.inf).amax().double()
     for name, key in (("exp_out", "exp"), ("softmax", "softmax")):
         values = published.get(name)
         if values is None:
@@ -84,11 +130,6 @@ def distance_statistics(published: dict[str, Any]) -> dict[str, torch.Tensor]:
         zero = (values == 0) & finite_pairs
         out[f"{key}_zero"] = torch.count_nonzero(zero)
         out[f"{key}_subnormal"] = torch.count_nonzero((values.abs() < tiny) & finite_pairs) - out[f"{key}_zero"]
-    for name in ("p_same", "p_diff"):
-        values = published.get(name)
-        if values is not None and values.numel():
-            out[f"{name}_min"] = values.detach().min()
-            out[f"{name}_zero"] = torch.count_nonzero(values.detach() == 0)
     return out
 
 

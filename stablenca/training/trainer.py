@@ -59,7 +59,7 @@ class TrainConfig:
 
     model: str = "modernnca"
     loss: str | None = None
-    task: str = "multiclass"
+    task: str | None = None  # None: the task the data declares (multiclass for the embedded Abalone)
     epochs: int | None = None
     seed: int = 0
     dtype: str = "float32"
@@ -83,17 +83,22 @@ class TrainConfig:
         """Fill the model's defaults and validate every field."""
         if self.model not in MODELS:
             raise ConfigError(f"unknown model {self.model!r}", fix=f"use one of {', '.join(MODELS)}")
-        if self.task not in TASKS:
-            raise ConfigError(f"unknown task {self.task!r}", fix=f"use one of {', '.join(TASKS)}")
+        config = self
+        if config.task is None:
+            from ..data import data_task
+
+            config = dataclasses.replace(config, task=data_task(config.data, target=config.target))
+        if config.task not in TASKS:
+            raise ConfigError(f"unknown task {config.task!r}", fix=f"use one of {', '.join(TASKS)}")
         if self.dtype not in floats.TRAIN_DTYPES:
             raise ConfigError(f"unsupported dtype {self.dtype!r}", fix="use float32 or float64")
         defaults = MODEL_DEFAULTS[self.model]
         # patience=None means "no early stopping"; "default" means the model's default.
         changes = {k: v for k, v in defaults.items()
                    if (k != "patience" and getattr(self, k) is None) or (k == "patience" and self.patience == "default")}
-        if self.loss is None and self.task == "regression":
+        if self.loss is None and config.task == "regression":
             changes["loss"] = "modernnca"
-        config = dataclasses.replace(self, **changes)
+        config = dataclasses.replace(config, **changes)
         config._check_types()
         if not 0 <= config.seed <= _MAX_SEED:
             raise ConfigError(f"seed={config.seed} is out of range", fix=f"use --seed between 0 and {_MAX_SEED}")
@@ -295,8 +300,12 @@ class Trainer:
         self.model = build_model(self.config, self.data.n_num, self.data.n_onehot).to(self.device, self.dtype)
         self.parameter_names = [name for name, _ in self.model.named_parameters()]
         self.optimizer = self._make_optimizer()
-        #: Batches and training candidates are drawn from this generator (replayable).
-        self.generator = torch.Generator().manual_seed(self.config.seed)
+        #: Batches and training candidates are drawn from this generator (replayable). It starts
+        #: where the initialisation left the global stream, so, as in TALENT's single global
+        #: stream, the shuffles do not reuse the random numbers that drew the initial weights.
+        #: (Seeding it with ``seed`` again made epoch 0's batch order a function of the init.)
+        self.generator = torch.Generator()
+        self.generator.set_state(torch.get_rng_state())
         self.x_train, self.y_train = (t.to(self.device) for t in self.data.tensors("train", self.dtype))
         check_data_fits(self.config, self.data)
         self.epoch = 0
@@ -324,6 +333,8 @@ class Trainer:
 
     def compute_loss(self, batch_indices: torch.Tensor) -> tuple[losses.LossOutput, dict[str, Any]]:
         """Forward pass of one batch; returns the loss output and what the loss published."""
+        # Always collected, even with no hook to read it: a replayed step must run the same ops
+        # as the recorded one (the tracer numbers them, and publishing detaches).
         with capture() as published:
             pairs = self.pairs(batch_indices)
             publish_temperature = getattr(self.model, "temperature", 1.0)

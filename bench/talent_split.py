@@ -1,0 +1,70 @@
+"""Write the embedded Abalone as TALENT-format split directories (the files both sides read).
+
+``python bench/talent_split.py OUT [--split-seed 0]`` writes ``OUT/abalone`` (3 classes,
+TALENT's rings bins) and ``OUT/abalone_reg`` (rings as a float), each with
+``N_{train,val,test}.npy`` (the seven measurements), ``C_*.npy`` (sex, saved as TALENT
+saves categorical columns: an object array of str, ``allow_pickle=True``), ``y_*.npy``
+and ``info.json``. Rows are ordered by ``numpy.random.RandomState(split_seed).permutation``
+and cut 2672/669/836 (TALENT's abalone sizes). The files are generated, never committed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from stablenca.data import SPLITS, load_abalone
+
+#: TALENT's abalone split sizes (train, val, test).
+SIZES = (2672, 669, 836)
+
+
+def full_table(task: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The embedded Abalone in its file order: numerical (n, 7), sex (n, 1) str, target (n,)."""
+    raw = load_abalone(task=task)
+    n = sum(raw.sizes().values())
+    x_num, x_cat, y = np.empty((n, 7)), np.empty((n, 1), dtype=object), np.empty(n, dtype=raw.y["train"].dtype)
+    for split in SPLITS:
+        rows = raw.row_index[split]
+        x_num[rows], x_cat[rows], y[rows] = raw.x_num[split], raw.x_cat[split], raw.y[split]
+    return x_num, x_cat, y
+
+
+def write_split(out: Path, *, split_seed: int = 0) -> dict[str, Path]:
+    """Write both directories under ``out``; return {task: directory}."""
+    written = {}
+    for task, name, task_type in (("multiclass", "abalone", "multiclass"), ("regression", "abalone_reg", "regression")):
+        x_num, x_cat, y = full_table(task)
+        if len(y) != sum(SIZES):
+            raise SystemExit(f"the embedded Abalone has {len(y)} rows, not {sum(SIZES)}")
+        order = np.random.RandomState(split_seed).permutation(len(y))
+        bounds = np.cumsum((0,) + SIZES)
+        root = out / name
+        root.mkdir(parents=True, exist_ok=True)
+        for k, split in enumerate(SPLITS):
+            rows = order[bounds[k]:bounds[k + 1]]
+            np.save(root / f"N_{split}.npy", x_num[rows])
+            np.save(root / f"C_{split}.npy", x_cat[rows].astype(str).astype(object), allow_pickle=True)
+            np.save(root / f"y_{split}.npy", y[rows])
+        (root / "info.json").write_text(json.dumps(
+            {"name": name, "task_type": task_type, "n_num_features": 7, "n_cat_features": 1,
+             "train_size": SIZES[0], "val_size": SIZES[1], "test_size": SIZES[2],
+             "source": f"stablenca embedded Abalone, RandomState({split_seed}).permutation"}, indent=1))
+        written[task] = root
+    return written
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--split-seed", type=int, default=0)
+    args = parser.parse_args()
+    for task, root in write_split(args.out, split_seed=args.split_seed).items():
+        print(f"{task}: {root}")
+
+
+if __name__ == "__main__":
+    main()

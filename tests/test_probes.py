@@ -1,0 +1,86 @@
+"""The probes' fast path (every distance finite) gives the same numbers as the general path."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from stablenca import probes
+
+
+def _case(seed: int):
+    """A (B, C) distance matrix with TALENT's self-pair layout, and what a loss publishes from it."""
+    generator = torch.Generator().manual_seed(seed)
+    batch, extra = torch.randint(1, 40, (2,), generator=generator).tolist()
+    distances = torch.rand(batch, batch + extra, generator=generator) * 30
+    self_mask = torch.zeros_like(distances, dtype=torch.bool)
+    if seed % 4:
+        self_mask[:, :batch].fill_diagonal_(True)
+    if seed % 5 == 0:
+        distances[self_mask] = 0.0  # cdist gives exactly 0 on self pairs: the minimum is attained there
+    if seed % 7 == 0:
+        distances.view(-1)[torch.randint(0, distances.numel(), (2,), generator=generator)] = math.inf
+    if seed % 11 == 0:
+        distances.view(-1)[torch.randint(0, distances.numel(), (1,), generator=generator)] = math.nan
+    softmax = torch.softmax((-distances).masked_fill(self_mask, -math.inf), dim=1)
+    exp_out = torch.exp(-4 * distances)  # large arguments: zeros and subnormals occur
+    return distances, self_mask, {"softmax": softmax, "exp_out": exp_out}
+
+
+@pytest.mark.parametrize("seed", range(120))
+def test_fast_path_equals_general_path(seed):
+    distances, self_mask, published = _case(seed)
+    for exact_range in (True, False):
+        fast = probes._overall_statistics(distances, self_mask, published, exact_range=exact_range)
+        general = probes._overall_statistics(distances, self_mask, published, exact_range=exact_range, fast=False)
+        assert fast.keys() == general.keys()
+        for key in fast:
+            a, b = fast[key].double().item(), general[key].double().item()
+            assert a == b or (math.isnan(a) and math.isnan(b)), (key, a, b)
+
+
+def test_counts_exclude_self_pairs_and_count_underflow():
+    distances = torch.tensor([[0.0, 200.0, 1.0], [3.0, 0.0, 2.0]])
+    self_mask = torch.tensor([[True, False, False], [False, True, False]])
+    exp_out = torch.exp(-distances)  # exp(-200) underflows to 0 in float32; the self pairs are exp(0) = 1
+    out = probes._overall_statistics(distances, self_mask, {"exp_out": exp_out}, exact_range=True)
+    assert (out["d_min"].item(), out["d_max"].item()) == (1.0, 200.0)
+    assert out["exp_zero"].item() == 1 and out["exp_subnormal"].item() == 0
+
+
+def test_rows_without_same_class():
+    distances = torch.rand(3, 5)
+    same = torch.tensor([[False, True, False, False, False], [False] * 5, [True] * 5])
+    out = probes.distance_statistics({"distances": distances, "same_class_mask": same})
+    assert out["rows_without_same_class"].item() == 1
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_range_quantiles_are_order_statistics(seed):
+    # Reference: a full sort (NaN last, as torch.sort and numpy's partition place it).
+    generator = torch.Generator().manual_seed(seed)
+    n = int(torch.randint(1, 300, (1,), generator=generator))
+    distances = torch.rand(n, generator=generator) * 10
+    if seed % 3 == 0:
+        distances[torch.randint(0, n, (max(1, n // 7),), generator=generator)] = math.nan
+    if seed % 5 == 0:
+        distances = distances.round()  # ties
+    mask = torch.rand(n, generator=generator) < 0.7
+    out: dict = {}
+    probes._range(distances, mask, "d_", out)
+    values = distances[mask].double()
+    if not values.numel():
+        assert math.isnan(out["d_p50"].item())
+        return
+    ordered = torch.sort(values).values
+    for q, key in ((0.5, "p50"), (0.99, "p99")):
+        expected = ordered[max(1, math.ceil(q * values.numel())) - 1].item()
+        got = out[f"d_{key}"].item()
+        assert got == expected or (math.isnan(got) and math.isnan(expected))
+    low, high = out["d_min"].item(), out["d_max"].item()
+    if torch.isnan(values).any():
+        assert math.isnan(low) and math.isnan(high)
+    else:
+        assert (low, high) == (ordered[0].item(), ordered[-1].item())
