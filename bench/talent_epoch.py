@@ -31,9 +31,9 @@ import torch  # noqa: E402
 import _common as C  # noqa: E402
 from talent_side_by_side import TASK_DIRS, import_talent, talent_args  # noqa: E402
 from talent_split import write_split  # noqa: E402
-from stablenca.recorder import Recorder  # noqa: E402
-from stablenca.sentinel import Sentinel  # noqa: E402
-from stablenca.train import StepContext, Trainer, TrainConfig  # noqa: E402
+from stablenca.runtime.recorder import Recorder  # noqa: E402
+from stablenca.runtime.sentinel import Sentinel  # noqa: E402
+from stablenca.training import StepContext, Trainer, TrainConfig  # noqa: E402
 
 
 def epoch_variants(talent, data_root: Path, model_path: Path, task: str) -> dict:

@@ -34,7 +34,7 @@ import torch  # noqa: E402
 import _common as C  # noqa: E402
 from talent_side_by_side import TASK_DIRS, TalentStream, import_talent, talent_args  # noqa: E402
 from talent_split import write_split  # noqa: E402
-from stablenca.train import Trainer, TrainConfig  # noqa: E402
+from stablenca.training import Trainer, TrainConfig  # noqa: E402
 
 
 def relative_differences(talent, data_root: Path, name: str, epochs: int, seed: int, dtype: str,

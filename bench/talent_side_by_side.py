@@ -9,7 +9,7 @@ runs as its own driver (``test/train_model_deep.py``) runs it: ``get_deep_args``
 ``set_seeds(seed)``, ``method.fit``, ``method.predict(..., 'best-val')``. Its per-epoch
 time is the ``Epoch: N, Time cost: S`` it prints (training and validation; TALENT also
 saves its checkpoint and log inside that time, as it always does). stablenca runs
-:class:`stablenca.train.Trainer` with its defaults in float32 on the same directory; its
+:class:`stablenca.training.Trainer` with its defaults in float32 on the same directory; its
 epoch time is the wall time from one epoch's end to the next (training and validation).
 
 Both read the files :mod:`talent_split` writes (a seeded permutation of the embedded
@@ -52,7 +52,7 @@ import torch  # noqa: E402
 
 import _common as C  # noqa: E402
 from talent_split import write_split  # noqa: E402
-from stablenca.train import Hook, Trainer, TrainConfig, load_data  # noqa: E402
+from stablenca.training import Hook, Trainer, TrainConfig, load_data  # noqa: E402
 
 TASK_DIRS = {"multiclass": "abalone", "regression": "abalone_reg"}
 EPOCH_LINE = re.compile(r"^Epoch: (\d+), Time cost: ([0-9.eE+-]+)$", re.M)

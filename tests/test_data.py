@@ -542,7 +542,7 @@ def test_bare_pickle_behind_an_object_header_is_refused(tmp_path):
 
 
 def test_task_comes_from_info_json_unless_asked(tmp_path):
-    from stablenca.train import TrainConfig, load_data
+    from stablenca.training import TrainConfig, load_data
 
     write_talent(tmp_path / "reg", task_type="regression")
     assert D.data_task(tmp_path / "reg") == "regression"

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from stablenca import probes
+from stablenca.runtime import probes
 
 
 def _case(seed: int):
