@@ -18,32 +18,21 @@ def _number(text: str, kind, what: str):
     return value
 
 
-def positive_int(text: str) -> int:
-    value = _number(text, int, "an integer")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
-    return value
+def _bounded(kind, what: str, ok, bound: str):
+    """An argparse type: a finite ``kind`` that satisfies ``ok``, else "VALUE must be BOUND"."""
+    def parse(text: str):
+        value = _number(text, kind, what)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{value} must be {bound}")
+        return value
+
+    return parse
 
 
-def nonnegative_int(text: str) -> int:
-    value = _number(text, int, "an integer")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 0")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = _number(text, float, "a number")
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{value} must be > 0")
-    return value
-
-
-def nonnegative_float(text: str) -> float:
-    value = _number(text, float, "a number")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 0")
-    return value
+positive_int = _bounded(int, "an integer", lambda v: v >= 1, ">= 1")
+nonnegative_int = _bounded(int, "an integer", lambda v: v >= 0, ">= 0")
+positive_float = _bounded(float, "a number", lambda v: v > 0, "> 0")
+nonnegative_float = _bounded(float, "a number", lambda v: v >= 0, ">= 0")
 
 
 def add_data_options(parser: argparse.ArgumentParser) -> None:
