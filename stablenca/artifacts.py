@@ -9,7 +9,12 @@ Layout of ``stablenca diagnose --out DIR`` (schema :data:`SCHEMA_VERSION`)::
     DIR/<run>/epochs.jsonl      one line per epoch (validation metrics)
     DIR/<run>/result.json       the FitResult (status, test metrics)
     DIR/<run>/finding.json      the traced first non-finite op: ``Finding.to_dict()`` (failed runs)
-    DIR/<run>/capsule.pt        the failing step's pre-state (failed runs; :mod:`stablenca.runtime.sentinel`)
+    DIR/<run>/capsule.pt        the failing step's pre-state (failed runs; built by :mod:`stablenca.runtime.sentinel`)
+
+A capsule is ``torch.save`` of a dict (:data:`CAPSULE_FORMAT`, :data:`CAPSULE_VERSION`); it is
+written atomically by :func:`save_capsule` and read back by :func:`load_capsule` with
+``torch.load(weights_only=True)``, so reading one cannot execute code. torch is imported only
+there, so the rest of this module (the report, ``stablenca --help``) stays free of it.
 
 A finding has one shape everywhere: ``Finding.to_dict()``. Its ``chain`` is a list of link
 dicts and ``chain_text`` the same chain as one display line, both written by the tracer; a
@@ -23,13 +28,17 @@ version is a :class:`stablenca.errors.DataError` that says so and how to fix it.
 from __future__ import annotations
 
 import dataclasses
+import io
+import pickle
+import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
-from .errors import DataError, OutputError
-from .records import atomic_write_json, read_json, read_jsonl
+from .errors import CapsuleError, DataError, OutputError
+from .records import atomic_write_bytes, atomic_write_json, read_json, read_jsonl
 
 #: The version of the run-directory schema this stablenca writes and reads.
 SCHEMA_VERSION = 1
@@ -50,6 +59,12 @@ SET_FILES = (SUMMARY, "report.md", "report.zh.md", CHECK)
 #: The keys of ``Finding.to_dict()`` a summary's ``first_nonfinite`` carries.
 FINDING_KEYS = ("phase", "op", "backward_node", "module", "source", "pattern", "chain", "chain_text",
                 "root_cause", "inputs", "verification")
+
+CAPSULE_FORMAT = "stablenca-capsule"
+CAPSULE_VERSION = 1
+#: The keys a capsule must hold to be replayed.
+REQUIRED_KEYS = ("config", "epoch", "step", "step_in_epoch", "batch_indices", "model_state", "optimizer_state",
+                 "rng_state")
 
 _REDIAGNOSE = "re-run `stablenca diagnose` with this stablenca to write the run again"
 
@@ -72,6 +87,20 @@ def write_run_json(run_dir: str | Path, name: str, value: Any) -> None:
     if name not in (CONFIG, RESULT, FINDING):
         raise ValueError(f"{name} is not a JSON file of a run directory")
     atomic_write_json(Path(run_dir) / name, value)
+
+
+def write_check(out: str | Path, document: dict[str, Any]) -> None:
+    """``check.json`` of a run set (a ``stablenca check --json`` document), atomically."""
+    atomic_write_json(Path(out) / CHECK, document)
+
+
+def save_capsule(path: str | Path, capsule: dict[str, Any]) -> None:
+    """``torch.save`` a capsule dict to ``path`` atomically (a cut write never leaves half a capsule)."""
+    import torch  # lazy: only capsules need torch
+
+    buffer = io.BytesIO()
+    torch.save(capsule, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def first_nonfinite(diverged_at: dict[str, Any] | None, finding: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -163,6 +192,71 @@ def read_summary(out: str | Path) -> dict[str, Any]:
     return summary
 
 
+def check_path(out: str | Path) -> Path | None:
+    """``out/check.json`` when the run set has one, else None."""
+    path = Path(out) / CHECK
+    return path if path.is_file() else None
+
+
+def read_check(path: str | Path) -> Any:
+    """The JSON of a ``stablenca check --json`` file (one-line error when it is missing or not JSON);
+    its shape is checked by :func:`stablenca.report.runs.load_check`."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"check file {path} does not exist",
+                        fix="write it with `stablenca check --json > FILE`, or drop --check")
+    try:
+        return read_json(path)
+    except (OSError, ValueError):
+        raise DataError(f"check file {path} is not JSON",
+                        fix="write it with `stablenca check --json > FILE`") from None
+
+
+def load_capsule(path: str | Path) -> dict[str, Any]:
+    """Load and validate a capsule; anything else raises :class:`CapsuleError` (one line)."""
+    import torch  # lazy: only capsules need torch
+
+    path = Path(path)
+    if path.is_dir():
+        raise CapsuleError(f"capsule {path} is a directory, not a capsule file",
+                           fix=f"pass {path}/<run>/capsule.pt, written by stablenca diagnose for a failed run")
+    if not path.is_file():
+        raise CapsuleError(f"capsule {path} does not exist",
+                           fix="pass the capsule.pt that stablenca diagnose wrote for a failed run")
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+    except OSError as exc:
+        raise CapsuleError(f"capsule {path} cannot be read ({exc.strerror})", fix="check the path and its permissions"
+                           ) from None
+    try:
+        # weights_only=True: tensors and plain containers only, so a crafted pickle cannot run code.
+        with warnings.catch_warnings():  # torch warns about odd pickle protocols in garbage files
+            warnings.simplefilter("ignore")
+            capsule = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as exc:  # a refused pickle, a truncated zip, garbage bytes, ...
+        blocked = re.search(r"GLOBAL (\S+)", str(exc)) if isinstance(exc, pickle.UnpicklingError) else None
+        if blocked is not None:  # the pickle asks for a Python object: it could run code
+            raise CapsuleError(f"{path} asks to load the Python object {blocked.group(1)}, which is refused for "
+                               "safety (torch.load weights_only=True)",
+                               fix="pass a capsule.pt written by stablenca diagnose; never load an untrusted pickle"
+                               ) from None
+        what = "is truncated or damaged" if magic == b"PK\x03\x04" else "is not a torch.save file"
+        raise CapsuleError(f"{path} {what}, so it is not a readable capsule ({type(exc).__name__})",
+                           fix="pass an untruncated capsule.pt written by stablenca diagnose") from None
+    if not isinstance(capsule, dict) or capsule.get("format") != CAPSULE_FORMAT:
+        raise CapsuleError(f"{path} is not a stablenca capsule",
+                           fix="pass the capsule.pt that stablenca diagnose wrote for a failed run")
+    missing = [key for key in REQUIRED_KEYS if key not in capsule]
+    if missing:
+        raise CapsuleError(f"capsule {path} lacks {', '.join(missing)}",
+                           fix="re-run stablenca diagnose to write a complete capsule")
+    if capsule.get("version") != CAPSULE_VERSION:
+        raise CapsuleError(f"capsule {path} has version {capsule.get('version')}, expected {CAPSULE_VERSION}",
+                           fix="re-run stablenca diagnose with this version of stablenca")
+    return capsule
+
+
 @dataclasses.dataclass
 class RunFiles:
     """What one run directory holds, as written (missing or cut files read as empty)."""
@@ -216,6 +310,11 @@ def read_records(run_dir: str | Path) -> list[dict[str, Any]]:
 
 def read_epochs(run_dir: str | Path) -> list[dict[str, Any]]:
     return _jsonl_or(Path(run_dir) / EPOCHS)
+
+
+def read_result(run_dir: str | Path) -> Any:
+    """``result.json`` of one run, or None when there is none (a cut file raises, as it is evidence)."""
+    return read_json(Path(run_dir) / RESULT)
 
 
 def _json_or(path: Path, default: Any) -> Any:

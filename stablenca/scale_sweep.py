@@ -98,7 +98,7 @@ def batch_from_capsule(path: str | Path) -> Batch:
     The distances are those the step computed (float32 model, as trained), returned in float64
     and detached, so the sweep measures the formulations, not the model.
     """
-    from .runtime.sentinel import load_capsule
+    from .artifacts import load_capsule
     from .training.trainer import Trainer, TrainConfig
 
     capsule = load_capsule(path)

@@ -63,8 +63,8 @@ def build_report(out_dir: str | Path, check_path: str | Path | None = None) -> l
     """
     out = Path(out_dir)
     run_set = load_run_set(out)
-    if check_path is None and (out / artifacts.CHECK).is_file():
-        check_path = out / artifacts.CHECK
+    if check_path is None:
+        check_path = artifacts.check_path(out)
     check = load_check(check_path) if check_path is not None else None
     problems: list[str] = []
     figures = plot_all(out, check_path, run_set=run_set, strict=False, problems=problems)

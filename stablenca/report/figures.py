@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import floats
+from .. import artifacts, floats
 from ..losses import ratio
 from ..errors import DataError
 from ..floats import exp_limits
@@ -736,8 +736,8 @@ def plot_all(out: str | Path, check_path: str | Path | None = None, *, run_set: 
         if run.first_nonfinite is not None:
             draw("chain", f"{run.name}-chain", lambda run=run: chain_figure(run), run.name)
     draw("domain", "ratio-failure-domain", lambda: failure_domain_figure(run_set.runs))
-    if check_path is None and (out / "check.json").is_file():
-        check_path = out / "check.json"
+    if check_path is None:
+        check_path = artifacts.check_path(out)
     if check_path is not None:
         if strict:
             check = load_check(check_path)

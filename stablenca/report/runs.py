@@ -17,7 +17,6 @@ import numpy as np
 
 from .. import artifacts, floats
 from ..errors import DataError
-from ..records import read_json
 
 
 def num(value: Any) -> float:
@@ -246,15 +245,7 @@ def check_curves(data: dict[str, Any]) -> list[dict[str, Any]]:
 
 def load_check(path: str | Path) -> dict[str, Any]:
     """Read a ``stablenca check --json`` file (one-line error when it is not one)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"check file {path} does not exist",
-                        fix="write it with `stablenca check --json > FILE`, or drop --check")
-    try:
-        data = read_json(path)
-    except (OSError, ValueError):
-        raise DataError(f"check file {path} is not JSON",
-                        fix="write it with `stablenca check --json > FILE`") from None
+    data = artifacts.read_check(path)
     check_curves(data)  # validates the shape
     return data
 

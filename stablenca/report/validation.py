@@ -15,13 +15,12 @@ the ``best_epoch`` that ``result.json`` recorded.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import EPOCHS, RESULT, read_epochs
+from ..artifacts import EPOCHS, read_epochs, read_result
 from ..errors import OutputError
 
 
@@ -74,9 +73,9 @@ def validation_curve(run_dir: str | Path) -> ValidationCurve:
         raise OutputError(f"{path} has no val_accuracy (a regression run?)",
                           fix="use a classification run directory")
     curve = from_records(records)
-    result_path = run_dir / RESULT
-    if result_path.is_file():
-        recorded = json.loads(result_path.read_text()).get("best_epoch")
+    result = read_result(run_dir)
+    if result is not None:
+        recorded = result.get("best_epoch")
         if recorded is not None and recorded != curve.best_epoch:
             raise OutputError(f"{run_dir}: result.json keeps epoch {recorded} but epochs.jsonl peaks at epoch "
                               f"{curve.best_epoch}", fix="re-run stablenca diagnose; the run directory is inconsistent")

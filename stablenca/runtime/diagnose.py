@@ -29,7 +29,7 @@ from .. import artifacts
 from ..artifacts import prepare_out_dir, write_run_json, write_summary
 from ..check import run_check
 from ..errors import OutputError
-from ..records import TERMINATED, atomic_write_json, deferred_interrupts
+from ..records import TERMINATED, deferred_interrupts
 from .recorder import Recorder
 from .sentinel import Sentinel
 from ..report import build_report
@@ -204,7 +204,7 @@ def _write_check(out: Path, loss_names: list[str], dtype: str) -> None:
     document = run_check(loss_names, dtypes, batches=1).to_dict()
     document["command"] = (f"stablenca check --loss {' '.join(loss_names)} --dtype {' '.join(dtypes)} "
                            "--batches 1 --json")
-    atomic_write_json(out / artifacts.CHECK, document)
+    artifacts.write_check(out, document)
 
 
 def _build_report(out: Path, log) -> None:

@@ -12,8 +12,8 @@ Modes:
 * ``off``: nothing but the trainer's own finiteness check.
 
 A capsule (``capsule.pt``) holds the pre-state, the config and the chain found in
-the run. It loads with ``torch.load(weights_only=True)``, so reading one cannot
-execute code. :func:`replay` reruns the step from a capsule under the tracer and
+the run. :mod:`stablenca.artifacts` writes and reads it (``torch.load(weights_only=True)``,
+so reading one cannot execute code). :func:`replay` reruns the step from a capsule under the tracer and
 gives the same first bad op, bit for bit: the in-run replay goes through the same
 :func:`traced_step`.
 """
@@ -22,23 +22,19 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
-import pickle
-import re
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .. import artifacts
+# Capsule files are read and written by stablenca.artifacts; these names stay importable from here.
+from ..artifacts import CAPSULE_FORMAT, CAPSULE_VERSION, REQUIRED_KEYS, load_capsule, save_capsule  # noqa: F401
 from ..errors import CapsuleError, ConfigError
-from ..records import atomic_write_bytes, atomic_write_json
 from ..trace import Tracer
 from ..trace.verify import apply_verification, verify_step
 from ..training.trainer import Hook, StepContext, Trainer, TrainConfig
 
-CAPSULE_FORMAT = "stablenca-capsule"
-CAPSULE_VERSION = 1
 MODES = ("sentinel", "full", "off")
 
 
@@ -194,8 +190,8 @@ class Sentinel(Hook):
         self.finding = finding
         self.capsule["finding"] = finding.to_dict() if finding is not None else None
         if self.run_dir is not None:
-            save_capsule(self.run_dir / "capsule.pt", self.capsule)
-            atomic_write_json(self.run_dir / "finding.json", self.capsule["finding"])
+            save_capsule(self.run_dir / artifacts.CAPSULE, self.capsule)
+            artifacts.write_run_json(self.run_dir, artifacts.FINDING, self.capsule["finding"])
 
 
 def build_capsule(trainer: Trainer, ctx: StepContext, snapshot: Snapshot) -> dict[str, Any]:
@@ -214,59 +210,6 @@ def build_capsule(trainer: Trainer, ctx: StepContext, snapshot: Snapshot) -> dic
         "rng_state": snapshot.rng_state,
         "finding": None,
     }
-
-
-def save_capsule(path: str | Path, capsule: dict[str, Any]) -> None:
-    buffer = io.BytesIO()
-    torch.save(capsule, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-REQUIRED_KEYS = ("config", "epoch", "step", "step_in_epoch", "batch_indices", "model_state", "optimizer_state",
-                 "rng_state")
-
-
-def load_capsule(path: str | Path) -> dict[str, Any]:
-    """Load and validate a capsule; anything else raises :class:`CapsuleError` (one line)."""
-    path = Path(path)
-    if path.is_dir():
-        raise CapsuleError(f"capsule {path} is a directory, not a capsule file",
-                           fix=f"pass {path}/<run>/capsule.pt, written by stablenca diagnose for a failed run")
-    if not path.is_file():
-        raise CapsuleError(f"capsule {path} does not exist",
-                           fix="pass the capsule.pt that stablenca diagnose wrote for a failed run")
-    try:
-        with open(path, "rb") as handle:
-            magic = handle.read(4)
-    except OSError as exc:
-        raise CapsuleError(f"capsule {path} cannot be read ({exc.strerror})", fix="check the path and its permissions"
-                           ) from None
-    try:
-        # weights_only=True: tensors and plain containers only, so a crafted pickle cannot run code.
-        with warnings.catch_warnings():  # torch warns about odd pickle protocols in garbage files
-            warnings.simplefilter("ignore")
-            capsule = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as exc:  # a refused pickle, a truncated zip, garbage bytes, ...
-        blocked = re.search(r"GLOBAL (\S+)", str(exc)) if isinstance(exc, pickle.UnpicklingError) else None
-        if blocked is not None:  # the pickle asks for a Python object: it could run code
-            raise CapsuleError(f"{path} asks to load the Python object {blocked.group(1)}, which is refused for "
-                               "safety (torch.load weights_only=True)",
-                               fix="pass a capsule.pt written by stablenca diagnose; never load an untrusted pickle"
-                               ) from None
-        what = "is truncated or damaged" if magic == b"PK\x03\x04" else "is not a torch.save file"
-        raise CapsuleError(f"{path} {what}, so it is not a readable capsule ({type(exc).__name__})",
-                           fix="pass an untruncated capsule.pt written by stablenca diagnose") from None
-    if not isinstance(capsule, dict) or capsule.get("format") != CAPSULE_FORMAT:
-        raise CapsuleError(f"{path} is not a stablenca capsule",
-                           fix="pass the capsule.pt that stablenca diagnose wrote for a failed run")
-    missing = [key for key in REQUIRED_KEYS if key not in capsule]
-    if missing:
-        raise CapsuleError(f"capsule {path} lacks {', '.join(missing)}",
-                           fix="re-run stablenca diagnose to write a complete capsule")
-    if capsule.get("version") != CAPSULE_VERSION:
-        raise CapsuleError(f"capsule {path} has version {capsule.get('version')}, expected {CAPSULE_VERSION}",
-                           fix="re-run stablenca diagnose with this version of stablenca")
-    return capsule
 
 
 def replay(path: str | Path, data=None):

@@ -66,10 +66,10 @@ from ..integrations.precision import HALF_DTYPES, autocast_disabled, finding_dty
 from .probes import batch_statistics
 from ..publish import capture
 from .. import artifacts
-from ..artifacts import prepare_out_dir
-from ..records import JsonlWriter, atomic_write_json
+from ..artifacts import CAPSULE_FORMAT, CAPSULE_VERSION, prepare_out_dir, save_capsule
+from ..records import JsonlWriter
 from ..trace import Tracer
-from .sentinel import CAPSULE_FORMAT, CAPSULE_VERSION, MODES, Snapshot, save_capsule
+from .sentinel import MODES, Snapshot
 
 #: Skipped steps traced in full (each costs two replays); later skips record the scale only.
 #: The scaler halves the scale at every skip, so a start-up calibration from 2**16 takes few.
@@ -275,8 +275,8 @@ class Watch:
             record["first_failing_rank"] = self.first_failing_rank
         if self.run_dir is not None:
             if explained is not None:
-                atomic_write_json(self.run_dir / "finding.json", explained)
-            save_capsule(self.run_dir / "capsule.pt", self._capsule(epoch, explained))
+                artifacts.write_run_json(self.run_dir, artifacts.FINDING, explained)
+            save_capsule(self.run_dir / artifacts.CAPSULE, self._capsule(epoch, explained))
 
     def _replay(self, closure):
         """Restore the pre-step state and rerun the closure eagerly under the tracer (local gradients only)."""
@@ -309,7 +309,7 @@ class Watch:
         self.failed_at = {"epoch": epoch, "step": self._step - 1, "phase": "optimizer"}
         self.finding = tracer.finding
         if self.run_dir is not None and self.finding is not None:
-            atomic_write_json(self.run_dir / "finding.json", self.finding.to_dict())
+            artifacts.write_run_json(self.run_dir, artifacts.FINDING, self.finding.to_dict())
 
     def _float32_counterfactual(self, closure) -> dict[str, Any]:
         """Rerun the step with autocast switched off; then rerun it as it was, so the gradients are the step's.
@@ -349,9 +349,9 @@ class Watch:
         run_dir = self.out / self.run_name
         run_dir.mkdir(parents=True, exist_ok=True)
         dtype = next((str(p.dtype).replace("torch.", "") for p in self.model.parameters()), "float32")
-        atomic_write_json(run_dir / "config.json", {"model": type(base_module(self.model)).__name__,
-                                                    "loss": "user loop", "dtype": dtype, "source": "watch",
-                                                    "rank": self.rank})
+        artifacts.write_run_json(run_dir, artifacts.CONFIG, {"model": type(base_module(self.model)).__name__,
+                                                          "loss": "user loop", "dtype": dtype, "source": "watch",
+                                                          "rank": self.rank})
         return run_dir
 
     def _entry(self) -> dict[str, Any]:
@@ -364,13 +364,13 @@ class Watch:
                 "first_nonfinite": artifacts.first_nonfinite(
                     self.failed_at if self.failed else None,
                     self.finding.to_dict() if self.finding is not None else None),
-                "capsule": str(Path(self.run_name) / "capsule.pt") if self.failed and self.mode != "off" else None,
+                "capsule": str(Path(self.run_name) / artifacts.CAPSULE) if self.failed and self.mode != "off" else None,
                 "test": {}, "val": {}, "excluded_rows": None}
 
     def _write_summary(self, *, interrupted: bool, gather: bool) -> None:
         entry = self._entry()
         if self.run_dir is not None:
-            atomic_write_json(self.run_dir / "result.json", entry)
+            artifacts.write_run_json(self.run_dir, artifacts.RESULT, entry)
         entries = self.agreement.gather(entry) if self.agreement is not None and gather else [entry]
         if self.rank != 0 or self.out is None:
             return
