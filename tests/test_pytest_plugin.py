@@ -21,7 +21,9 @@ USER_TESTS = f"""
 
 
     def test_ratio_is_stable(stablenca_check):
-        stablenca_check("ratio", dtype="float32", max_examples=60)
+        # Far past float32's exp limits (scale >= 1e3 > 103.97) every example breaks the ratio loss, so
+        # the failure does not hang on hypothesis happening to draw a large scale from the whole sweep.
+        stablenca_check("ratio", dtype="float32", max_examples=60, strategy=strategies.batches(regime="extremal"))
 
 
     def test_nca_logspace_is_stable(stablenca_check):

@@ -2,6 +2,7 @@
 
 import os
 import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,10 @@ def test_readme_has_python_examples():
 def test_readme_block_runs(index, capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # examples write runs/...: keep them out of the checkout
     environ = dict(os.environ)  # the DDP example sets torchrun's variables when they are missing
+    if "MASTER_PORT" in BLOCKS[index]:  # a free port, not the example's fixed one: runs may overlap
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(sock.getsockname()[1])
     namespace: dict = {}
     try:
         exec(compile(BLOCKS[index], f"README.md[python block {index}]", "exec"), namespace)

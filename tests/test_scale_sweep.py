@@ -29,7 +29,10 @@ def test_capsule_batch_is_the_failing_step(seed_batch):
     assert seed_batch.distances.shape == (32, 32)
     assert seed_batch.distances.dtype == torch.float64
     assert bool(seed_batch.self_mask.diagonal().all())
-    assert float(seed_batch.distances.max()) > 80  # the step failed at d_max 86.25
+    # The capsule's batch is the recorded failing step: its largest distance is the record's d_max
+    # (the recorder reads the same float32 distances; float64 holds them exactly).
+    failing = json.loads((DIAGNOSE / "seed-ratio-float32" / "records.jsonl").read_text().splitlines()[-1])
+    assert float(seed_batch.distances.max()) == pytest.approx(failing["d_max"], rel=2 ** -24)
 
 
 def test_ratio_pushes_the_scale_up_at_every_scale(sweep, seed_batch):
