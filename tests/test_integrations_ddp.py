@@ -34,7 +34,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _rank_main(rank: int, world: int, port: int, out: str, bad_rank: int | None, steps: int, pause: float,
+def _rank_main(rank: int, world: int, port: int | str, out: str, bad_rank: int | None, steps: int, pause: float,
                half: bool = False) -> None:
     """One rank: DDP over gloo, the same model everywhere; ``bad_rank``'s data overflows exp at step 3.
 
@@ -42,9 +42,12 @@ def _rank_main(rank: int, world: int, port: int, out: str, bad_rank: int | None,
     """
     import stablenca
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    if isinstance(port, str):  # a file rendezvous: no port that another process could take meanwhile
+        torch.distributed.init_process_group("gloo", init_method=f"file://{port}", rank=rank, world_size=world)
+    else:  # torchrun's way: the rendezvous in the environment
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
     calls = {"all_reduce": 0, "all_gather_object": 0}
     for name in calls:  # count the watch's own collectives (DDP's gradient all-reduce is in C++)
         original = getattr(torch.distributed, name)
@@ -76,12 +79,15 @@ def _rank_main(rank: int, world: int, port: int, out: str, bad_rank: int | None,
     Path(out, f"calls-{rank}.json").write_text(json.dumps(
         {"calls": calls, "failed_at": watch.failed_at, "steps": len(watch.records),
          "first_failing_rank": watch.first_failing_rank}))
+    # Tear down together: a rank that destroys the group while its peer is still between collectives
+    # can make gloo's peer abort ("terminate called without an active exception", seen once in 3 suites).
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
 
 def test_a_nonfinite_step_on_one_rank_stops_both_at_the_same_step(tmp_path):
     out = tmp_path / "ddp"
-    torch.multiprocessing.spawn(_rank_main, args=(2, _free_port(), str(out), 1, 8, 0.0), nprocs=2)
+    torch.multiprocessing.spawn(_rank_main, args=(2, str(tmp_path / "store"), str(out), 1, 8, 0.0), nprocs=2)
     ranks = [json.loads((out / f"calls-{rank}.json").read_text()) for rank in (0, 1)]
     for rank, seen in enumerate(ranks):
         assert seen["failed_at"] == {"epoch": 0, "step": 3}, rank
@@ -106,7 +112,7 @@ def test_a_nonfinite_step_on_one_rank_stops_both_at_the_same_step(tmp_path):
 @pytest.mark.slow  # one more pair of processes (about 25 s on a busy 2-core machine)
 def test_ddp_under_autocast_asks_every_rank_whether_float32_would_be_finite(tmp_path):
     out = tmp_path / "ddp"
-    torch.multiprocessing.spawn(_rank_main, args=(2, _free_port(), str(out), 1, 8, 0.0, True), nprocs=2)
+    torch.multiprocessing.spawn(_rank_main, args=(2, str(tmp_path / "store"), str(out), 1, 8, 0.0, True), nprocs=2)
     summary = json.loads((out / "summary.json").read_text())
     finding = summary["first_failing_finding"]
     assert summary["first_failing_rank"] == 1 and finding["output"]["dtype"] == "bfloat16"

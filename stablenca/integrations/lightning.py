@@ -33,6 +33,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from ..errors import ConfigError
 from ..publish import capture
 from ..runtime.watcher import Watch
 
@@ -59,8 +60,6 @@ class StableNCACallback(pl.Callback):
     # -- set-up and tear-down ----------------------------------------------------------
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not pl_module.automatic_optimization:
-            from ..errors import ConfigError
-
             raise ConfigError("StableNCACallback needs automatic optimisation (it replays training_step)",
                               fix="use stablenca.watch(...) inside a manual-optimisation training_step")
         optimizer = trainer.optimizers[0] if trainer.optimizers else None

@@ -18,6 +18,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import DataError, StableNCAError
 from ..artifacts import iter_run_dirs
 from ..records import read_jsonl
@@ -27,13 +29,11 @@ GRAD_NORM_PREFIX = "grad_2.0_norm/"
 
 def export(run_set: str | Path, logdir: str | Path | None = None) -> list[Path]:
     """Write the event files of every run in ``run_set``; returns the run directories written."""
-    try:
+    try:  # optional extra, imported on use so that `stablenca --help` works without it
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise StableNCAError("TensorBoard is not installed",
                              fix="pip install 'stablenca[tensorboard]'") from None
-    import numpy as np
-
     run_set = Path(run_set)
     if not run_set.is_dir():
         raise DataError(f"{run_set} is not a directory", fix="pass the --out directory of a stablenca run set")

@@ -39,6 +39,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.weak import WeakIdKeyDictionary
 
 from .units import UnitCounter, unit_label
+from .tracer import _loss_tensor, trace_call
 
 __all__ = ["VERDICTS", "Verification", "verify_call", "verify_step", "apply_verification"]
 
@@ -429,8 +430,6 @@ def verify_call(fn: Callable, *args, finding=None, **kwargs) -> tuple[Any, Verif
     Floating tensor arguments are the step's inputs: each replay casts them to its dtype and,
     where they require grad, counts their gradients.
     """
-    from .tracer import _loss_tensor, trace_call
-
     if finding is None:
         finding = trace_call(fn, *args, **kwargs).finding
     if finding is None:
