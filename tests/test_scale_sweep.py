@@ -29,10 +29,13 @@ def test_capsule_batch_is_the_failing_step(seed_batch):
     assert seed_batch.distances.shape == (32, 32)
     assert seed_batch.distances.dtype == torch.float64
     assert bool(seed_batch.self_mask.diagonal().all())
-    # The capsule's batch is the recorded failing step: its largest distance is the record's d_max
-    # (the recorder reads the same float32 distances; float64 holds them exactly).
+    # The capsule's batch is the recorded failing step: its largest distance is the record's d_max,
+    # up to the rounding of recomputing the float32 forward with other threads or another CPU path.
+    # Per evaluation: Linear(10 -> 3) gamma_10, BatchNorm over 32 rows (mean and variance gamma_32
+    # each, sqrt and divide ~4u), Linear(3 -> 3) gamma_3, cdist in 3 dims gamma_5 -- about 90u for the
+    # largest distance (its points are far apart: no cancellation); two evaluations differ by <= 180u.
     failing = json.loads((DIAGNOSE / "seed-ratio-float32" / "records.jsonl").read_text().splitlines()[-1])
-    assert float(seed_batch.distances.max()) == pytest.approx(failing["d_max"], rel=2 ** -24)
+    assert float(seed_batch.distances.max()) == pytest.approx(failing["d_max"], rel=180 * 2 ** -24)
 
 
 def test_ratio_pushes_the_scale_up_at_every_scale(sweep, seed_batch):
