@@ -139,6 +139,26 @@ def test_a_pole_is_not_an_overflow():
     assert "infinite in exact arithmetic too" in finding.root_cause["detail"]
 
 
+@pytest.mark.parametrize("result", [
+    lambda x: torch.log(x[0]),  # the non-finite forward value is the traced result itself
+    lambda x: torch.log(x[0] * 2.0),
+])
+def test_a_forward_log0_result_is_the_forward_op_not_its_backward(result):
+    # log(0) = -inf in the forward; its backward then computes grad / x = 1/0 too. The first
+    # non-finite value is the forward one, so the finding names the forward op.
+    x = torch.tensor([0.0, 1.0], requires_grad=True)
+    finding = find_nonfinite(result, x)
+    assert (finding.op, finding.phase, finding.pattern) == ("aten.log.default", "forward", "log(0)")
+
+
+def test_a_forward_log0_result_is_the_forward_op_when_the_caller_runs_backward():
+    x = torch.tensor([0.0, 1.0], requires_grad=True)
+    with stablenca.trace.Tracer() as tracer:
+        torch.log(x[0]).backward()
+    assert (tracer.finding.op, tracer.finding.phase) == ("aten.log.default", "forward")
+    assert x.grad[0] == math.inf  # the backward still ran, as the caller asked
+
+
 def test_exp_beyond_float64_range_is_still_an_overflow():
     # exp(1000) is finite mathematically though float64 cannot hold it either
     finding = find_nonfinite(lambda x: torch.exp(x).sum(), torch.tensor([1000.0, 1.0]))

@@ -137,6 +137,7 @@ class Tracer(Places, Provenance, Detectors, ChainSearch):
         self._exact = WeakIdKeyDictionary()
         self._made = WeakIdKeyDictionary()
         self._unit: tuple | None = None
+        self._graph_task = -1  # the backward pass seen last (see _backward_root_check)
         self._pending = None
         self._modstack: list[str] = []
         self._modnames: dict[int, str] = {}
@@ -203,6 +204,8 @@ class Tracer(Places, Provenance, Detectors, ChainSearch):
         self._index += 1
         if self._pending is not None:
             self._flush_pending()
+        if self._candidates:
+            self._backward_root_check()
         cat = info.cat
         mapping = self._map
         if cat == _C_VIEW:
@@ -331,6 +334,26 @@ class Tracer(Places, Provenance, Detectors, ChainSearch):
                     for cand in (old.extra or {}).get("origins", ()):
                         if cand.out is o:
                             cand.drop()  # its NaN/Inf were overwritten: keep only the counts
+
+    def _backward_root_check(self) -> None:
+        """A backward that starts from a pending NaN/Inf: that forward value is the failure.
+
+        ``log(x)`` with ``x = 0`` as the differentiated result: its -inf goes into no later op,
+        so it is still a candidate when its own backward (``grad / x``, 1/0 again) runs. The
+        first op of a new backward pass that runs in the candidate's autograd node (the graph's
+        root) confirms the forward candidate first.
+        """
+        node = _current_node()
+        if node is None:
+            return
+        task = torch._C._current_graph_task_id()
+        if task == self._graph_task:
+            return
+        self._graph_task = task
+        for cand in list(self._candidates):
+            out = cand.out
+            if cand.finding is None and out is not None and out.grad_fn is node:
+                self._confirm((cand,))
 
     # -- exactness ------------------------------------------------------------------------
 
