@@ -7,7 +7,9 @@ from typing import Any
 
 import torch
 
+from .detectors import OpCall, binary_operands
 from .ops import _broadcast, _positions_for
+from .patterns import analyse
 from .provenance import _BAD, _INFOK, _SMALL, _Candidate, _Event, _root_eligible
 from .records import ChainLink, Finding, _dtype_name, _fmt, _format_source, _small, tensor_stats
 
@@ -36,7 +38,8 @@ class ChainSearch:
             explain = [(i, self._lookup_tensor(args, kwargs, i), _BAD, None, ev) for i, ev in leaf_bad]
             prec = None
         else:
-            pattern, kind, explain, prec = self._analyse(info, args, kwargs, out, pos_nan, pos_inf, cand.func)
+            verdict = analyse(OpCall(info, cand.func, args, kwargs, out), pos_nan, pos_inf)
+            pattern, kind, explain, prec = verdict.pattern, verdict.kind, verdict.explain, verdict.precursor
             explain = [(i, t, need, p, None) for i, t, need, p in explain]
         tiny = None
         if pattern == "overflow" and not leaf_bad:
@@ -161,7 +164,7 @@ class ChainSearch:
             role = "base"
         else:
             return None
-        operands = self._binary_operands(info, args, kwargs, out)
+        operands = binary_operands(info, args, kwargs, out)
         if operands is None:
             return None
         (ia, a), (ib, b) = operands

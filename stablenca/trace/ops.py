@@ -1,9 +1,6 @@
-"""What the tracer knows about each ATen op: categories, and helpers that read an op's arguments.
-
-An op's rules live in one place: :class:`OpInfo` (cached per ``OpOverload``) says whether it is
-a view, a creation op, elementwise, a reduction, which arguments it writes; the NaN/Inf pattern
-rules are registered per op with :func:`nan_pattern` in :mod:`stablenca.trace.detectors`, the way
-``torch.utils.flop_counter`` registers its formulas.
+"""One op call as the tracer reads it: :class:`_OpInfo` (cached per ``OpOverload``: names, the
+arguments it writes, its facts from :mod:`stablenca.trace.registry`, which checks it gets) and
+helpers that read an op's arguments (operands, reduced dimensions, a float64 recompute).
 """
 
 from __future__ import annotations
@@ -13,58 +10,12 @@ from typing import Any
 
 import torch
 
+from .registry import NAN_PATTERNS, facts_for, functional_packet
+
 _INF = math.inf
 
-# Op categories (cached per OpOverload).
+# Op categories (cached per OpOverload): which checks an op's output gets.
 _C_PLAIN, _C_VIEW, _C_SKIP, _C_UF_POS, _C_UF_SIGNED, _C_CANCEL, _C_REDUCE, _C_MASK = range(8)
-
-_UF_POS = {"exp", "exp2", "_softmax", "sigmoid", "erfc"}  # outputs >= 0
-_UF_SIGNED = {"mul", "div", "pow"}
-_CANCEL = {"add", "sub", "rsub"}
-_REDUCE = {"sum", "mean"}
-_MASKCAND = {"_to_copy", "where", "masked_fill"}
-_SKIP = {
-    "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "resize_",
-    "set_", "_local_scalar_dense", "zeros", "zeros_like", "ones", "ones_like",
-    "eye", "arange", "randperm", "_to_dense",
-}
-#: Ops whose outputs are exact values (constants): a subtraction of them loses nothing.
-_EXACT_CREATE = {"zeros", "zeros_like", "ones", "ones_like", "eye", "arange", "full", "full_like", "new_full",
-                 "new_ones", "new_zeros", "scalar_tensor", "lift_fresh_copy"}
-#: Ops that only select, move or negate values: exact inputs give exact outputs.
-_EXACT_SELECT = {"clone", "copy", "_to_copy", "neg", "abs", "where", "masked_fill", "cat", "stack", "index",
-                 "index_select", "gather", "repeat", "expand_copy", "maximum", "minimum", "relu", "flip", "roll",
-                 "tril", "triu", "constant_pad_nd", "_unsafe_view", "clamp", "sign"}
-#: Arithmetic whose result is exact when the operands are and it is an integer below 2^p.
-_EXACT_ARITH = {"add", "sub", "rsub", "mul", "sum"}
-_VIEW_EXTRA = {"_unsafe_view", "lift_fresh", "lift_fresh_copy", "detach", "alias"}
-#: Ops whose output element i depends only on input element i (after broadcasting).
-_ELEMENTWISE = {
-    "abs", "add", "sub", "rsub", "mul", "div", "true_divide", "neg", "exp", "exp2", "expm1",
-    "log", "log2", "log10", "log1p", "sqrt", "rsqrt", "pow", "reciprocal", "sigmoid", "tanh",
-    "sin", "cos", "tan", "sinh", "cosh", "asin", "acos", "atan", "asinh", "acosh", "atanh",
-    "clamp", "clamp_min", "clamp_max", "maximum", "minimum", "fmax", "fmin", "where",
-    "masked_fill", "_to_copy", "clone", "copy", "square", "xlogy", "lerp", "addcmul",
-    "addcdiv", "threshold_backward", "relu", "gelu", "silu", "softplus", "erf", "erfc",
-    "lgamma", "digamma", "atan2", "hypot", "fmod", "remainder", "sign", "floor", "ceil",
-    "round", "trunc", "frac", "nan_to_num", "logit", "special_xlog1py", "sgn",
-}
-#: Ops whose output is finite whenever their inputs (and scalar arguments) are finite and
-#: that cannot underflow: their output is not checked unless an input is tainted.
-_NONCREATING = {
-    "neg", "abs", "relu", "clone", "masked_fill", "where", "index", "index_select", "gather", "cat", "stack",
-    "maximum", "minimum", "fmax", "fmin", "clamp", "clamp_min", "clamp_max", "sign", "sgn", "threshold_backward",
-    "tanh", "hardtanh", "fill", "zero", "constant_pad_nd", "embedding", "index_put", "masked_scatter", "copy",
-    "_to_copy", "flip", "roll", "repeat", "tril", "triu", "select_backward", "slice_backward",
-    "index_select_backward", "floor", "ceil", "round", "trunc", "new_zeros", "new_ones", "zeros_like",
-    "scatter", "full_like", "ones_like",
-}
-#: Elementwise ops that cannot turn finite inputs into ±inf.
-_NO_OVERFLOW = {"neg", "clone", "abs", "masked_fill", "where", "copy", "relu", "clamp", "clamp_min",
-                "clamp_max", "maximum", "minimum", "fmax", "fmin", "sign", "sgn", "floor", "ceil", "round",
-                "trunc", "frac", "sigmoid", "tanh", "sin", "cos", "threshold_backward", "nan_to_num"}
-_LOG_POLE = {"log": 0.0, "log2": 0.0, "log10": 0.0, "log1p": -1.0}
-
 
 _INFOS: dict[Any, "_OpInfo"] = {}  # per OpOverload, shared by all tracers
 _current_node = getattr(torch._C, "_current_autograd_node", lambda: None)
@@ -75,8 +26,10 @@ def _base_name(short: str) -> str:
 
 
 class _OpInfo:
+    """One op overload as the tracer sees it: names, written arguments, its registered facts."""
+
     __slots__ = ("name", "packet", "short", "base", "cat", "written", "elementwise", "argnames",
-                 "full_reduction", "nocreate")
+                 "full_reduction", "nocreate", "facts", "rule")
 
     def __init__(self, func) -> None:
         self.name = str(func)  # aten.div.Tensor
@@ -90,30 +43,37 @@ class _OpInfo:
         # positions and keyword names of the arguments the op writes to (in-place / out=)
         self.written = frozenset([i for i, _ in written] + [n for _, n in written])
         self.full_reduction = func._overloadname == "default"
-        self.elementwise = self.base in _ELEMENTWISE
-        self.nocreate = self.base in _NONCREATING
-        if func.is_view or self.short in _VIEW_EXTRA:
+        facts = self.facts = facts_for(func)
+        self.elementwise = facts.elementwise
+        self.nocreate = facts.noncreating
+        # the NaN/Inf pattern rule; an in-place op lost its inputs, so only the generic analysis applies
+        self.rule = None if self.written else NAN_PATTERNS.get(functional_packet(func))
+        if func.is_view or facts.view:
             self.cat = _C_VIEW
-        elif self.short in _SKIP:
+        elif facts.skip:
             self.cat = _C_SKIP
         elif self.written:  # in-place or out=: the inputs are gone, check NaN/Inf only
             self.cat = _C_PLAIN
-        elif self.short in _UF_POS:
+        elif facts.underflow == "positive":
             self.cat = _C_UF_POS
-        elif self.short in _UF_SIGNED:
+        elif facts.underflow == "signed":
             self.cat = _C_UF_SIGNED
-        elif self.short in _CANCEL:
+        elif facts.cancels:
             self.cat = _C_CANCEL
-        elif self.short in _REDUCE:
+        elif facts.reduction:
             self.cat = _C_REDUCE
-        elif self.short in _MASKCAND:
+        elif facts.mask:
             self.cat = _C_MASK
         else:
             self.cat = _C_PLAIN
 
 
-#: Reductions whose exact zero is a fact about the data (every reduced value equal, or all zero).
-_SPREAD = {"std", "var", "std_mean", "var_mean", "norm", "linalg_vector_norm"}
+def op_info(func) -> _OpInfo:
+    """The cached :class:`_OpInfo` of an op overload."""
+    info = _INFOS.get(func)
+    if info is None:
+        info = _INFOS[func] = _OpInfo(func)
+    return info
 
 
 def _flat_tensors(args, kwargs):

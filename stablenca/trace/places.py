@@ -1,6 +1,6 @@
 """Where an op ran: its phase, autograd node, module and the user's source line.
 
-Forward ops name the innermost module (module hooks) and the first frame outside torch and
+Forward ops name the innermost module (``torch.utils.module_tracker.ModuleTracker``) and the first frame outside torch and
 this package; an op that builds an autograd node stores that place in the node's metadata,
 so a backward op names the forward line that created its node.
 """
@@ -11,10 +11,36 @@ import os
 import sys
 
 import torch
+from torch.utils.module_tracker import ModuleTracker
 
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
 _THIS_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep  # the trace package
 _SOURCE_KEY = "stablenca.trace.source"
+
+
+class _Modules(ModuleTracker):
+    """``torch.utils.module_tracker.ModuleTracker`` naming modules as the tracer does.
+
+    ModuleTracker keeps the set of modules whose forward is running; the names are the
+    qualified names in the traced model (``encoder.0``, the root as ``<ClassName>``), and the
+    order of entry says which running module is the innermost.
+    """
+
+    def __init__(self, places: Places) -> None:
+        super().__init__()
+        self._places = places
+        self._entered: dict[str, int] = {}
+
+    def _get_mod_name(self, mod) -> str:
+        return self._places._module_name(mod, running=len(self.parents) > 1)
+
+    def _fw_pre_hook(self, mod, input) -> None:
+        super()._fw_pre_hook(mod, input)
+        self._entered[self._get_mod_name(mod)] = len(self._entered)
+
+    def innermost(self) -> str | None:
+        running = [n for n in self.parents if n in self._entered]
+        return max(running, key=self._entered.__getitem__) if running else None
 
 
 class Places:
@@ -27,19 +53,29 @@ class Places:
         for name, p in root.named_parameters():
             self._paramnames.setdefault(id(p), name)
 
-    def _pre_hook(self, module, args) -> None:
+    def _module_name(self, module, running: bool) -> str:
+        """A module's qualified name; the first module called outside any other names its submodules."""
         name = self._modnames.get(id(module))
         if name is None:
-            if not self._modstack:
+            if not running:
                 self._register_root(module)
                 name = self._modnames.get(id(module))
             if name is None:
                 name = f"<{type(module).__name__}>"
-        self._modstack.append(name)
+        return name
 
-    def _post_hook(self, module, args, output) -> None:
-        if self._modstack:
-            self._modstack.pop()
+    def _modules_enter(self) -> None:
+        self._modules = _Modules(self)
+        self._modules.__enter__()
+
+    def _modules_exit(self) -> None:
+        modules, self._modules = self._modules, None
+        if modules is not None:
+            modules.__exit__(None, None, None)
+
+    def _module_now(self) -> str | None:
+        """The innermost module whose forward is running, or None."""
+        return self._modules.innermost() if self._modules is not None else None
 
     def _user_src(self) -> tuple[str, int] | None:
         f = sys._getframe(1)
@@ -76,5 +112,4 @@ class Places:
                 meta = None
             src, module = meta if meta else (None, None)
             return "backward", node.name(), module, src
-        module = self._modstack[-1] if self._modstack else None
-        return "forward", None, module, self._user_src()
+        return "forward", None, self._module_now(), self._user_src()

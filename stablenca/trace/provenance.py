@@ -11,7 +11,7 @@ import weakref
 
 import torch
 
-from .ops import _EXACT_ARITH, _EXACT_SELECT, _flat_tensors
+from .ops import _flat_tensors
 from .records import PRECURSOR_KINDS, ChainLink, Finding, _dtype_name, _format_source, _significand_bits, tensor_stats
 
 # Taint bits: why a tensor produced under the tracer is worth following back.
@@ -99,6 +99,36 @@ class _Candidate:
                        self.index)
 
 
+def taint_of(tainted, bits: int) -> list[tuple[int, _Event]]:
+    """The (argument position, event) pairs of ``tainted`` that carry any of ``bits``."""
+    return [(i, ev) for i, ev in (tainted or ()) if ev.taint & bits]
+
+
+def hops_left(tainted, bit: int, key: str) -> int:
+    """Hops left for ``bit`` after this op (0: do not carry it further)."""
+    hops = 0
+    for _, ev in tainted or ():
+        if ev.taint & bit and ev.extra:
+            hops = max(hops, ev.extra.get(key, 0) - 1)
+    return hops
+
+
+def upstream_kinds(ev: _Event, limit: int = 64) -> set[str]:
+    """The kinds of the events upstream of ``ev`` (itself included), at most ``limit`` events."""
+    kinds: set[str] = set()
+    stack = [ev]
+    seen: set[int] = set()
+    while stack and len(seen) < limit:
+        e = stack.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if e.kind:
+            kinds.add(e.kind)
+        stack.extend(u for _, u in e.inputs)
+    return kinds
+
+
 def _root_eligible(ev: _Event) -> bool:
     return ev.kind in PRECURSOR_KINDS or ev.kind == "input"
 
@@ -121,9 +151,10 @@ class Provenance:
         if not floating:
             return
         exact = False
-        if info.base in _EXACT_SELECT or info.base in _EXACT_ARITH:
+        facts = info.facts
+        if facts.exact_select or facts.exact_arith:
             exact = all(self._is_exact(a) for _, a in _flat_tensors(args, kwargs))
-            if exact and info.base in _EXACT_ARITH:
+            if exact and facts.exact_arith:
                 limit = 2.0 ** _significand_bits(floating[0].dtype)  # integers below it are exact
                 for o in floating:
                     if o.numel() and not (bool(torch.equal(o, torch.round(o))) and float(o.abs().max()) <= limit):
@@ -204,33 +235,6 @@ class Provenance:
             if ev is not None:
                 found.append((i, ev))
         return found
-
-    @staticmethod
-    def _taint_of(tainted, bits) -> list[tuple[int, _Event]]:
-        return [(i, ev) for i, ev in (tainted or ()) if ev.taint & bits]
-
-    @staticmethod
-    def _hops(tainted, bit: int, key: str) -> int:
-        """Hops left for ``bit`` after this op (0: do not carry it further)."""
-        hops = 0
-        for _, ev in tainted or ():
-            if ev.taint & bit and ev.extra:
-                hops = max(hops, ev.extra.get(key, 0) - 1)
-        return hops
-
-    def _upstream_kinds(self, ev: _Event, limit: int = 64) -> set[str]:
-        kinds: set[str] = set()
-        stack = [ev]
-        seen: set[int] = set()
-        while stack and len(seen) < limit:
-            e = stack.pop()
-            if id(e) in seen:
-                continue
-            seen.add(id(e))
-            if e.kind:
-                kinds.add(e.kind)
-            stack.extend(u for _, u in e.inputs)
-        return kinds
 
     def _lookup_tensor(self, args, kwargs, pos):
         if isinstance(pos, int) and 0 <= pos < len(args) and isinstance(args[pos], torch.Tensor):

@@ -12,9 +12,18 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.weak import WeakIdKeyDictionary
 
-from .units import UnitCounter
-from .records import Finding, Precursor, TraceResult, _format_source, _small, _tiny, \
+from . import zeros
+from .candidates import Candidates
+from .chain import ChainSearch
+from .detectors import OpCall, Verdict, cancellation, cannot_create, carried, small_values, underflow, \
+    underflow_any_op
+from .ops import _C_CANCEL, _C_MASK, _C_PLAIN, _C_REDUCE, _C_SKIP, _C_UF_POS, _C_UF_SIGNED, _C_VIEW, \
+    _current_node, _flat_tensors, op_info
+from .places import Places
+from .provenance import _BAD, _Event, Provenance
+from .records import Finding, Precursor, TraceResult, _format_source, _significand_bits, _small, _tiny, \
     tensor_stats
+from .units import UnitCounter
 
 #: Ops that may write ±inf on purpose when one of their scalar arguments is ±inf.
 DEFAULT_ALLOW = (
@@ -36,12 +45,6 @@ DEFAULT_ALLOW = (
 )
 
 _INF = math.inf
-from .chain import ChainSearch
-from .places import Places
-from .detectors import Detectors
-from .ops import _INFOS, _C_CANCEL, _C_MASK, _C_PLAIN, _C_REDUCE, _C_SKIP, _C_UF_POS, _C_UF_SIGNED, \
-    _C_VIEW, _EXACT_CREATE, _SPREAD, _OpInfo, _current_node, _flat_tensors
-from .provenance import _BAD, _MAX_HELD, _Candidate, _Event, Provenance
 
 class _Mode(TorchDispatchMode):
     def __init__(self, tracer: Tracer) -> None:
@@ -62,7 +65,7 @@ class _Mode(TorchDispatchMode):
         return out
 
 
-class Tracer(Places, Provenance, Detectors, ChainSearch):
+class Tracer(Places, Provenance, Candidates, ChainSearch):
     """Trace every ATen op run inside the ``with`` block (forward and backward).
 
     Keyword-only arguments:
@@ -139,23 +142,18 @@ class Tracer(Places, Provenance, Detectors, ChainSearch):
         self._unit: tuple | None = None
         self._graph_task = -1  # the backward pass seen last (see _backward_root_check)
         self._pending = None
-        self._modstack: list[str] = []
+        self._modules = None  # a ModuleTracker while the block runs (see places.py)
         self._modnames: dict[int, str] = {}
         self._paramnames: dict[int, str] = {}
         self._keepalive: list[Any] = []
         self._internal_cache: dict[str, bool] = {}
-        self._handles: list[Any] = []
         self._gave_up = False
         if self.model is not None:
             self._register_root(self.model)
 
     def __enter__(self) -> Tracer:
         self._reset()
-        mm = torch.nn.modules.module
-        self._handles = [
-            mm.register_module_forward_pre_hook(self._pre_hook),
-            mm.register_module_forward_hook(self._post_hook, always_call=True),
-        ]
+        self._modules_enter()
         self._mode = _Mode(self)
         self._mode.__enter__()
         self._live = True
@@ -168,15 +166,12 @@ class Tracer(Places, Provenance, Detectors, ChainSearch):
                 self._mode.__exit__(exc_type, exc, tb)
         finally:
             self._mode = None
-            for h in self._handles:
-                h.remove()
-            self._handles = []
+            self._modules_exit()
             if self._pending is not None:
                 try:
                     self._flush_pending()
                 except Exception:
                     self._pending = None
-            self._modstack = []
 
     def _release(self) -> None:
         """Drop the provenance map, held tensors and module tables (after the caller is done)."""
@@ -198,9 +193,7 @@ class Tracer(Places, Provenance, Detectors, ChainSearch):
     # -- the per-op observer --------------------------------------------------------------
 
     def _observe(self, func, args, kwargs, out) -> None:
-        info = _INFOS.get(func)
-        if info is None:
-            info = _INFOS[func] = _OpInfo(func)
+        info = op_info(func)
         self._index += 1
         if self._pending is not None:
             self._flush_pending()
@@ -222,9 +215,10 @@ class Tracer(Places, Provenance, Detectors, ChainSearch):
                             if isinstance(o, torch.Tensor):
                                 mapping[o] = ev
             return
-        if cat == _C_SKIP or info.base in _EXACT_CREATE:
+        exact_create = info.facts.exact_create
+        if cat == _C_SKIP or exact_create:
             if isinstance(out, torch.Tensor) and out.is_floating_point():
-                (self._exact if info.base in _EXACT_CREATE else self._made)[out] = True
+                (self._exact if exact_create else self._made)[out] = True
         if cat == _C_SKIP:
             if self._candidates and info.short == "_local_scalar_dense" and isinstance(args[0], torch.Tensor):
                 ev = self._lookup(args[0])
@@ -240,7 +234,7 @@ class Tracer(Places, Provenance, Detectors, ChainSearch):
             outs = ()
         if not outs and info.written:
             outs = tuple(t for i, t in _flat_tensors(args, kwargs) if i in info.written)
-        if info.base not in _EXACT_CREATE:
+        if not exact_create:
             self._track_exact(info, args, kwargs, outs)
 
         node = _current_node()
@@ -253,16 +247,16 @@ class Tracer(Places, Provenance, Detectors, ChainSearch):
                 else:
                     continue
                 if needs:
-                    self._pending = (outs, (self._user_src(), self._modstack[-1] if self._modstack else None))
+                    self._pending = (outs, (self._user_src(), self._module_now()))
                     break
 
-        if info.nocreate and (cat == _C_PLAIN or cat == _C_MASK) and self._cannot_create(args, kwargs, outs):
+        if info.nocreate and (cat == _C_PLAIN or cat == _C_MASK) and cannot_create(args, kwargs, outs):
             # Finite inputs give a finite output here: skip the check unless an input is tainted.
             if not (mapping.data and self._tainted(args, kwargs)):
                 if cat == _C_MASK and outs and outs[0].is_floating_point() and outs[0].numel():
-                    ev = self._check_mask_op(info, node, args, kwargs, outs[0], None)
-                    if ev is not None:
-                        self._map_outs(info, outs, ev)
+                    verdict = zeros.mask_op(OpCall(info, func, args, kwargs, outs[0], outs))
+                    if verdict is not None:
+                        self._map_outs(info, outs, self._record(info, node, verdict, outs[0]))
                 return
         if node is not None and (cat == _C_UF_SIGNED or cat == _C_CANCEL):
             cat = _C_PLAIN  # mul/div/pow underflow and cancellation: forward ops only
@@ -295,37 +289,10 @@ class Tracer(Places, Provenance, Detectors, ChainSearch):
         if lo is None and not tainted:
             return  # no floating output
 
-        ev = None
-        if cat == _C_UF_POS:
-            if lo is not None and lo < _small(outs[0].dtype):
-                if lo < _tiny(outs[0].dtype):
-                    ev = self._check_underflow(info, node, args, kwargs, outs[0], tainted, lo)
-                if ev is None:
-                    ev = self._check_small(info, node, args, outs[0], tainted, lo)
-        elif cat == _C_UF_SIGNED:
-            ev = self._check_mask_mul(info, node, args, outs[0], tainted)
-            if ev is None and lo is not None:
-                tiny = _tiny(outs[0].dtype)
-                if lo < tiny and hi > -tiny:  # the range touches zero
-                    ev = self._check_underflow(info, node, args, kwargs, outs[0], tainted, lo)
-        elif cat == _C_CANCEL:
-            if lo is not None:
-                ev = self._check_cancellation(info, node, args, kwargs, outs[0], tainted)
-        elif cat == _C_REDUCE:
-            if node is None and lo is not None:
-                ev = self._check_empty_reduction(info, node, args, kwargs, outs[0], tainted)
-        elif cat == _C_MASK:
-            if lo is not None:
-                ev = self._check_mask_op(info, node, args, kwargs, outs[0], tainted)
-        if ev is None and cat == _C_PLAIN and node is None and lo is not None and not info.written \
-                and not info.nocreate and info.base not in _SPREAD:
-            ev = self._check_underflow_any(func, info, node, args, kwargs, outs[0], tainted)
-        if ev is None and info.base in _SPREAD and node is None and lo is not None:
-            ev = self._check_zero_spread(info, node, args, outs[0], tainted)
-        if ev is None and tainted:
-            ev = self._propagate_finite(info, node, args, kwargs, outs, tainted)
-        if ev is not None:
-            self._map_outs(info, outs, ev)
+        call = OpCall(info, func, args, kwargs, outs[0] if outs else None, outs, tuple(tainted or ()))
+        verdict = self._detect(call, cat, node, lo, hi)
+        if verdict is not None:
+            self._map_outs(info, outs, self._record(info, node, verdict, call.out))
         elif tainted:
             for o in outs:  # an in-place op may have cleaned a tainted tensor
                 if o in mapping:
@@ -335,25 +302,58 @@ class Tracer(Places, Provenance, Detectors, ChainSearch):
                         if cand.out is o:
                             cand.drop()  # its NaN/Inf were overwritten: keep only the counts
 
-    def _backward_root_check(self) -> None:
-        """A backward that starts from a pending NaN/Inf: that forward value is the failure.
+    def _detect(self, call: OpCall, cat: int, node, lo: float | None, hi: float) -> Verdict | None:
+        """The detectors that apply to this op's finite output, in order; the first verdict wins."""
+        info, out = call.info, call.out
+        forward = node is None
+        verdict = None
+        if cat == _C_UF_POS:
+            if lo is not None and lo < _small(out.dtype):
+                if lo < _tiny(out.dtype):
+                    verdict = underflow(call, lo)
+                if verdict is None:
+                    verdict = small_values(call, lo)
+        elif cat == _C_UF_SIGNED:
+            verdict = zeros.mask_multiply(call)
+            if verdict is None and lo is not None:
+                tiny = _tiny(out.dtype)
+                if lo < tiny and hi > -tiny:  # the range touches zero
+                    verdict = underflow(call, lo)
+        elif cat == _C_CANCEL:
+            if lo is not None:
+                if all(self._is_exact(a) for _, a in _flat_tensors(call.args, call.kwargs)):
+                    verdict = zeros.exact_difference(call)
+                else:
+                    verdict = cancellation(call, self._cancel_bits(out.dtype))
+        elif cat == _C_REDUCE:
+            if forward and lo is not None:
+                verdict = zeros.empty_reduction(call)
+        elif cat == _C_MASK:
+            if lo is not None:
+                verdict = zeros.mask_op(call)
+        spread = info.facts.spread
+        if verdict is None and cat == _C_PLAIN and forward and lo is not None and not info.written \
+                and not info.nocreate and not spread:
+            verdict = underflow_any_op(call)
+        if verdict is None and spread and forward and lo is not None:
+            verdict = zeros.zero_spread(call)
+        if verdict is None and call.tainted:
+            verdict = carried(call)
+        return verdict
 
-        ``log(x)`` with ``x = 0`` as the differentiated result: its -inf goes into no later op,
-        so it is still a candidate when its own backward (``grad / x``, 1/0 again) runs. The
-        first op of a new backward pass that runs in the candidate's autograd node (the graph's
-        root) confirms the forward candidate first.
-        """
-        node = _current_node()
-        if node is None:
-            return
-        task = torch._C._current_graph_task_id()
-        if task == self._graph_task:
-            return
-        self._graph_task = task
-        for cand in list(self._candidates):
-            out = cand.out
-            if cand.finding is None and out is not None and out.grad_fn is node:
-                self._confirm((cand,))
+    def _record(self, info, node, verdict: Verdict, out) -> _Event:
+        """A detector's verdict as a provenance event (and a precursor when it counts elements)."""
+        ev = self._event(info, node, verdict.kind, verdict.detail, verdict.taint, verdict.inputs, out,
+                         stats=verdict.stats)
+        ev.extra = verdict.extra
+        if verdict.precursor is not None:
+            self._precursor(ev, verdict.precursor)
+        return ev
+
+    def _cancel_bits(self, dtype) -> int:
+        if self.cancellation_bits is not None:
+            return int(self.cancellation_bits)
+        return _significand_bits(dtype) // 2
 
     # -- exactness ------------------------------------------------------------------------
 
@@ -381,62 +381,6 @@ class Tracer(Places, Provenance, Detectors, ChainSearch):
         p = Precursor(ev.kind, ev.op, ev.phase, ev.detail, int(count), ev.index, ev.node, ev.module, source)
         self._precursor_keys[key] = p
         self.precursors.append(p)
-
-    # -- precursor checks (finite outputs) ------------------------------------------------
-
-    # -- non-finite outputs ---------------------------------------------------------------
-
-    def _confirm(self, origins) -> None:
-        for cand in origins:
-            if cand.finding is None and any(cand is c for c in self._candidates):
-                self._candidates = [c for c in self._candidates if c is not cand]
-                with torch.no_grad():
-                    cand.finding = self._build_finding(cand)
-                cand.drop()
-                self.findings.append(cand.finding)
-                if self.finding is None:
-                    self.finding = cand.finding
-        if self.finding is not None and self.stop_at_first:
-            self._live = False
-            self._pending = None
-
-    @property
-    def discarded(self) -> list[Finding]:
-        """NaN/Inf that appeared but never reached a non-finite result (masked out or absorbed).
-
-        For example ``torch.where(x > 0, torch.sqrt(x), 0)`` traced without backward, or
-        PyTorch's own ``ratio = grad / dist; ratio.masked_fill_(dist == 0, 0)`` in the
-        backward of ``cdist``. Only op, place and counts are kept for these.
-        """
-        return [c.light() for c in self._candidates]
-
-    # -- findings -------------------------------------------------------------------------
-
-    def _record_finding(self, info, func, node, args, kwargs, outs, tainted, leaf_bad) -> None:
-        """A candidate: NaN/Inf appeared here. It becomes a finding once its values go on."""
-        float_outs = [o for o in outs if o.dtype.is_floating_point and o.numel()]
-        out = float_outs[0]
-        if len(float_outs) > 1:
-            out = next((o for o in float_outs if not math.isfinite(o.sum().item())), out)
-        n_nan = int(torch.count_nonzero(torch.isnan(out)))
-        n_inf = int(torch.count_nonzero(torch.isinf(out)))
-        phase, bnode, module, src = self._where(node)
-        cand = _Candidate(info, args, kwargs, out, leaf_bad, self._index, phase, bnode, module, src, n_nan, n_inf,
-                          list(self.precursors))
-        cand.unit = self._unit
-        cand.func = func
-        ev = _Event(self._index, info.name, phase, bnode, module, src, "source",
-                    f"{n_nan} NaN, {n_inf} ±inf", _BAD, (), out, info.elementwise)
-        ev.unit = self._unit
-        ev.extra = {"origins": (cand,)}
-        self._map_outs(info, outs, ev)
-        self._candidates.append(cand)
-        if len(self._candidates) > _MAX_HELD:
-            self._candidates[-_MAX_HELD - 1].drop()
-        if leaf_bad:  # the NaN/Inf of a leaf already went through this op: confirmed
-            for _, lev in leaf_bad:
-                lev.extra = {"origins": (cand,)}
-            self._confirm((cand,))
 
     # -- used by trace_call ----------------------------------------------------------------
 
