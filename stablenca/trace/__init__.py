@@ -127,7 +127,8 @@ reported (see :attr:`Tracer.discarded`). Measured overheads are in ``docs/trace.
 
 from .records import (PRECURSOR_KINDS, ROOT_CAUSE_KINDS, ChainLink, Finding, Precursor, TraceResult,
                       tensor_stats)
-from .tracer import DEFAULT_ALLOW, Tracer, find_nonfinite, trace_call
+from .calls import find_nonfinite, trace_call
+from .tracer import DEFAULT_ALLOW, Tracer
 
 __all__ = [
     "ROOT_CAUSE_KINDS",
