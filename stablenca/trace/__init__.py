@@ -100,10 +100,14 @@ Usage::
     >>> find_nonfinite(lambda d: losses.nca_logspace(d, y, y, torch.eye(3, dtype=torch.bool)).loss, d) is None
     True
 
-The package: :mod:`~stablenca.trace.records` (the records), :mod:`~stablenca.trace.ops`,
-:mod:`~stablenca.trace.provenance`, :mod:`~stablenca.trace.detectors`,
-:mod:`~stablenca.trace.chain`, :mod:`~stablenca.trace.places`, :mod:`~stablenca.trace.tracer`,
-and :mod:`~stablenca.trace.verify` (counterfactual replays that confirm or overturn a cause).
+The package: :mod:`~stablenca.trace.records` (the records), :mod:`~stablenca.trace.registry`
+(op facts per overload packet), :mod:`~stablenca.trace.ops`, :mod:`~stablenca.trace.provenance`
+(typed events, exactness), :mod:`~stablenca.trace.detectors` and :mod:`~stablenca.trace.zeros`
+(pure detectors returning verdicts), :mod:`~stablenca.trace.patterns` (the pattern of a
+NaN/Inf), :mod:`~stablenca.trace.candidates`, :mod:`~stablenca.trace.chain` (chain search),
+:mod:`~stablenca.trace.places`, :mod:`~stablenca.trace.tracer`, :mod:`~stablenca.trace.calls`,
+and :mod:`~stablenca.trace.replay` / :mod:`~stablenca.trace.verify` (counterfactual replays
+that confirm or overturn a cause).
 
 :func:`find_nonfinite` returns the :class:`Finding` or ``None``; :func:`trace_call` returns a
 :class:`TraceResult` that also carries the precursors of a clean run (its ``bool()`` is
