@@ -125,15 +125,16 @@ def exact_loss(name: str, distances: torch.Tensor, batch: Batch) -> torch.Tensor
     """The formulation ``name`` as a function of ``distances``, evaluated so that it stays exact.
 
     ``ratio`` is ``log P_diff - log P_same`` and ``ratio_eps`` is
-    ``logaddexp(log P_diff, log eps) - logaddexp(log P_same, log eps)`` (the same values,
-    in log space); the other formulations are the registered functions, which are
+    ``logaddexp(log P_diff, log 2eps) - logaddexp(log P_same, log eps)`` (the same values,
+    in log space; the student's divisor carries eps twice); the other formulations are the registered functions, which are
     finite at every scale in float64 within the sweep's bound.
     """
     if name in ("ratio", "ratio_eps"):
         log_same, log_other = row_log_sums(distances, batch)
         if name == "ratio_eps":
             log_eps = math.log(losses.RATIO_EPS)
-            log_same, log_other = (torch.logaddexp(v, torch.full_like(v, log_eps)) for v in (log_same, log_other))
+            log_same = torch.logaddexp(log_same, torch.full_like(log_same, log_eps))
+            log_other = torch.logaddexp(log_other, torch.full_like(log_other, log_eps + math.log(2)))
         return (log_other - log_same).mean()
     n_classes = int(max(int(batch.labels.max()), int(batch.candidate_labels.max()))) + 1
     return losses.evaluate(losses.get(name), distances, batch.labels, batch.candidate_labels, batch.self_mask,

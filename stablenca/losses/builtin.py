@@ -88,22 +88,32 @@ def ratio(distances, labels, candidate_labels, self_mask) -> LossOutput:
 
 
 def ratio_eps(distances, labels, candidate_labels, self_mask, eps: float = RATIO_EPS) -> LossOutput:
-    """The epsilon patch: ``-mean(log((P_same + 1e-10) / (P_diff + 1e-10)))``.
+    """The student's epsilon patch, exactly: ``-mean(log((P_same + ε) / (P_diff + ε + ε)))``, ε = 1e-10.
+
+    The homework's code adds ε to both sums and then once more in the divisor
+    (``P_diff = sum + eps`` followed by ``log(P_same / (P_diff + eps))``); the
+    additions are done in that order, so the float32 roundings are the student's too.
 
     Failure domain: never NaN, but it hides the failure. Once both sums underflow
-    the loss is exactly ``-log(1) = 0`` and the gradient is exactly zero, so
-    training silently stops; while one sum is far below 1e-10 the loss saturates at
+    the loss is exactly ``-log(ε / 2ε) = log 2`` and the gradient is exactly zero, so
+    training silently stops; while one sum is far below 1e-10 the loss saturates near
     ``±log(1e-10 / P)`` and the gradient of that sum is divided by 1e-10 instead of
-    by itself (biased). A singleton class contributes ``-log(1e-10 / P_diff)``, a
-    constant large term with no useful gradient.
+    by itself (biased). A singleton class contributes ``-log(1e-10 / (P_diff + 2ε))``,
+    a constant large term with no useful gradient.
 
     >>> d = torch.tensor([[0., 200.], [200., 0.]])
     >>> y = torch.tensor([0, 0])
-    >>> ratio_eps(d, y, y, torch.eye(2, dtype=torch.bool)).loss.item()  # P_same underflowed
-    0.0
+    >>> round(ratio_eps(d, y, y, torch.eye(2, dtype=torch.bool)).loss.item(), 4)  # both sums underflowed: log 2
+    0.6931
+    >>> d = torch.tensor([[0., 1., 2.], [1., 0., 3.], [2., 3., 0.]])
+    >>> y = torch.tensor([0, 0, 1])
+    >>> out = ratio_eps(d, y, y, torch.eye(3, dtype=torch.bool))
+    >>> abs(out.per_sample[0].item() - math.log(math.exp(-2) / math.exp(-1))) < 1e-6  # ε is invisible at O(1) sums
+    True
     """
     p_same, p_diff = _kernel_sums(distances, labels, candidate_labels, self_mask)
-    per_sample = -torch.log((p_same + eps) / (p_diff + eps))
+    # ε twice in the divisor, as the student's code has it (P_diff + eps, then + eps again).
+    per_sample = -torch.log((p_same + eps) / (p_diff + eps + eps))
     return LossOutput(per_sample, "mean", _all_rows(distances))
 
 

@@ -77,20 +77,23 @@ def _nan_grad(rows, cols):
 
 
 def _mp_ratio_family(d, labels, candidate_labels, self_mask, eps):
-    """``mean_i -log((P_same + eps) / (P_diff + eps))`` and its gradient (eps=0: the ratio)."""
+    """``mean_i -log((P_same + eps) / (P_diff + 2 eps))`` and its gradient (eps=0: the ratio).
+
+    The divisor carries eps twice, as the student's patch (and ``ratio_eps``) has it.
+    """
     rows, cols = len(d), len(d[0])
     grad = _zeros(rows, cols)
     terms = []
     for i in range(rows):
         kernel, same, other, raw_same, raw_diff = _row(d, i, labels, candidate_labels, self_mask)
-        p_same, p_diff = raw_same + eps, raw_diff + eps
+        p_same, p_diff = raw_same + eps, raw_diff + 2 * eps
         if p_same == 0 or p_diff == 0:
             # log 0: +inf (no same-class candidate), -inf, or nan (0/0); the mathematical value.
             terms.append(mp.nan if p_same == p_diff else (mp.inf if p_same == 0 else mp.ninf))
             continue
-        # log((P_diff + eps) / (P_same + eps)) = log1p((P_diff - P_same) / (P_same + eps)): the
-        # difference of the raw sums, never of the sums plus eps (that would cancel).
-        terms.append(mp.log1p((raw_diff - raw_same) / p_same) if eps else mp.log(p_diff / p_same))
+        # log((P_diff + 2 eps) / (P_same + eps)) = log1p((P_diff - P_same + eps) / (P_same + eps)):
+        # the difference of the raw sums, never of the sums plus eps (that would cancel).
+        terms.append(mp.log1p((raw_diff - raw_same + eps) / p_same) if eps else mp.log(p_diff / p_same))
         _scatter(grad[i], kernel, same, 1 / (p_same * rows), other, -1 / (p_diff * rows))
     if any(not mpmath.isfinite(t) for t in terms):
         return MpResult(sum(terms, mp.zero) / rows, _nan_grad(rows, cols))
@@ -103,7 +106,7 @@ def mp_ratio(d, labels, candidate_labels, self_mask):
 
 
 def mp_ratio_eps(d, labels, candidate_labels, self_mask):
-    """ratio_eps's own formula, with its 1e-10 (the float64 value of the constant)."""
+    """ratio_eps's own formula, the student's (1e-10 on both sums and once more in the divisor; the float64 value of the constant)."""
     return _mp_ratio_family(d, labels, candidate_labels, self_mask, mp.mpf(RATIO_EPS))
 
 

@@ -25,7 +25,7 @@ REGISTRY: dict[str, Formulation] = {
         _builtin("ratio", builtin.ratio, mp.mp_ratio, ("multiclass",), False,
                  "-log(P_same/P_diff), the student's loss"),
         _builtin("ratio_eps", builtin.ratio_eps, mp.mp_ratio_eps, ("multiclass",), False,
-                 "ratio with 1e-10 added to both sums"),
+                 "ratio with 1e-10 on both sums and once more in the divisor (the student's patch)"),
         _builtin("difference", builtin.difference, mp.mp_difference, ("multiclass",), False,
                  "P_diff.sum() - P_same.sum()"),
         _builtin("nca_logspace", builtin.nca_logspace, mp.mp_nca_logspace, ("multiclass",), True,
