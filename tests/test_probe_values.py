@@ -82,3 +82,26 @@ def test_batch_record_carries_the_loss_and_the_counts():
     assert record["softmax_zero"] == 4 and isinstance(record["softmax_zero"], int)
     assert record["loss_nan"] == 0 and record["loss_inf"] == 0 and record["rows_excluded"] == 0
     assert record["d_max"] == 200.0 and record["probe_sampled"] is False
+
+
+def test_row_coordinates_come_from_one_real_row():
+    # Row 0 has the smallest P_same, row 1 the smallest P_diff, row 2 the largest 2b - a; the
+    # batch minima (P_same from row 0, P_diff from row 1) would pair numbers of two rows.
+    from stablenca.runtime.probes import row_coordinates
+
+    p_same = torch.tensor([1e-30, 1.0, 3.0, 0.0], dtype=torch.float32)  # row 3: a singleton, P_same = 0
+    p_diff = torch.tensor([1.0, 1e-20, 1e-19, 0.0], dtype=torch.float32)  # row 3: both 0 -> 2b - a is NaN
+    ab = {k: float(v) for k, v in row_coordinates(p_same, p_diff).items()}
+    a = [-math.log(float(v)) if v > 0 else math.inf for v in p_same.tolist()]
+    b = [-math.log(float(v)) if v > 0 else math.inf for v in p_diff.tolist()]
+    # 2b - a: row 1 = 2 * 46.05 - 0 = 92.1; row 2 = 2 * 43.7 - (-1.10) = 88.5; row 0 = 0 - 69 < 0.
+    # Row 3's NaN never wins. torch's and math's float64 log are each within 1 ulp, so they agree to
+    # 2 ulps: rel 2 * 2**-52 (0.0 stays 0.0 exactly, inf stays inf).
+    def same_row(key, i):
+        return (ab[f"ab_{key}_a"], ab[f"ab_{key}_b"]) == (pytest.approx(a[i], rel=2 * 2**-52, abs=0),
+                                                          pytest.approx(b[i], rel=2 * 2**-52, abs=0))
+
+    assert same_row("backward", 1)
+    assert same_row("same", 3)  # P_same = 0.0: a = +inf, a real row
+    assert same_row("diff", 3)
+    assert row_coordinates(None, p_diff) == {}

@@ -53,8 +53,8 @@ from .batches import (CLASSES, FAR, KAPPA, POINTS_PER_DECADE, POPULATION_HELP, P
                       SCALE_MIN, Batch, build_batch, quantize, random_batch, scale_grid, theory_window)
 from .contract import (DEFAULT_TOLERANCE_FACTOR, SHIPPED_CONTRACT, Contract, Expectation, Violation, judge,
                        load_contract)
-from .measure import (THRESHOLD, CheckRow, Evaluation, PopulationStats, evaluate, run_formulation, summarise,
-                      threshold_bits)
+from .measure import (THRESHOLD, UNPATCHED, CheckRow, Evaluation, PopulationStats, evaluate, run_formulation,
+                      summarise, threshold_bits)
 from .table import CheckReport
 
 DEFAULT_BATCHES = 3
@@ -114,7 +114,8 @@ def run_check(loss_specs: Sequence[str] | None = None, dtypes: Sequence[str] | N
         evaluations = _sweep(formulations, references, dtypes, grid, populations, batches, seed, dps, progress)
     finally:
         torch.set_num_threads(threads)
-    rows = [summarise(formulations[k].name, dtype, references[k].describe(dps), evaluations[(k, dtype)])
+    rows = [summarise(formulations[k].name, dtype, references[k].describe(dps), evaluations[(k, dtype)],
+                      UNPATCHED.get(formulations[k].name))
             for k in range(len(formulations)) for dtype in dtypes]
     report = CheckReport(
         sweep={"scale_min": scale_min, "scale_max": scale_max, "points_per_decade": points_per_decade,
@@ -141,9 +142,15 @@ def _sweep(formulations, references, dtypes, grid, populations, batches, seed, d
                 rng = np.random.default_rng([seed, scale_index, POPULATIONS.index(population), b])
                 batch = random_batch(rng, scale, population)
                 mp_inputs = ref.to_mp_inputs(batch.distances, batch.labels, batch.labels, batch.self_mask)
+
+                def reference_of(reference):
+                    return ref.compute_reference(reference, batch.distances, batch.labels, batch.labels,
+                                                 batch.self_mask, dps=dps, mp_inputs=mp_inputs)
+
                 for k, (formulation, reference) in enumerate(zip(formulations, references)):
-                    result = ref.compute_reference(reference, batch.distances, batch.labels, batch.labels,
-                                                   batch.self_mask, dps=dps, mp_inputs=mp_inputs)
+                    result = reference_of(reference)
+                    patched = UNPATCHED.get(formulation.name)
+                    unpatched = None if patched is None else reference_of(ref.reference_for(losses.get(patched)))
                     for dtype in dtypes:
-                        evaluations[(k, dtype)].append(evaluate(formulation, batch, dtype, result))
+                        evaluations[(k, dtype)].append(evaluate(formulation, batch, dtype, result, unpatched))
     return evaluations

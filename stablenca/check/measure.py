@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 from typing import Any
 
@@ -15,6 +16,11 @@ from .batches import POPULATIONS, Batch
 
 #: Breakdown when more than this fraction of the significand bits are wrong.
 THRESHOLD = 0.5
+
+#: A patched formulation -> the quantity it patches. Its own reference shows only its
+#: rounding; measured against the exact unpatched loss (``ratio`` without epsilon) the bias
+#: the patch introduces shows too (the error-vs-scale figure draws both).
+UNPATCHED = {"ratio_eps": "ratio"}
 
 
 def threshold_bits(dtype) -> float:
@@ -41,6 +47,13 @@ class Evaluation:
     failed: bool
     loss_failed: bool
     reason: str
+    #: Bits of error against the unpatched quantity (:data:`UNPATCHED`); None for other losses.
+    unpatched_loss_bits: float | None = None
+    unpatched_grad_bits: float | None = None
+
+    @property
+    def loss_finite(self) -> bool:
+        return math.isfinite(self.loss)
 
 
 def run_formulation(formulation, batch: Batch, dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,15 +75,24 @@ def run_formulation(formulation, batch: Batch, dtype) -> tuple[torch.Tensor, tor
     return loss.detach(), grad.detach().to(torch.float64)
 
 
-def evaluate(formulation, batch: Batch, dtype, reference: ref.RefResult) -> Evaluation:
-    """Run ``formulation`` on ``batch`` in ``dtype`` and measure it against ``reference``."""
-    dtype = floats.as_dtype(dtype)
-    loss, grad = run_formulation(formulation, batch, dtype)
-    finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(grad).all())
+def _bits_against(loss, grad, reference: ref.RefResult, dtype) -> tuple[float, float | None]:
     loss_bits = ref.bits_of_error(loss, reference.loss, dtype)
     grad_bits = None
     if reference.grad is not None and reference.loss_finite:
         grad_bits = ref.gradient_bits_of_error(grad.numpy(), reference.grad, dtype)
+    return float(loss_bits), grad_bits
+
+
+def evaluate(formulation, batch: Batch, dtype, reference: ref.RefResult,
+             unpatched: ref.RefResult | None = None) -> Evaluation:
+    """Run ``formulation`` on ``batch`` in ``dtype`` and measure it against ``reference``
+    (and against ``unpatched``, the exact loss it patches, when given; it does not decide
+    the breakdown, which stays a property of the formulation's own arithmetic)."""
+    dtype = floats.as_dtype(dtype)
+    loss, grad = run_formulation(formulation, batch, dtype)
+    finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(grad).all())
+    loss_bits, grad_bits = _bits_against(loss, grad, reference, dtype)
+    unpatched_bits = (None, None) if unpatched is None else _bits_against(loss, grad, unpatched, dtype)
     vanished = bool((grad == 0).all()) and reference.grad_nonzero and reference.loss_finite
     limit = threshold_bits(dtype)
     reasons = []
@@ -82,7 +104,7 @@ def evaluate(formulation, batch: Batch, dtype, reference: ref.RefResult) -> Eval
         reasons.append(f"gradient {grad_bits:.1f} bits")
     loss_failed = not bool(torch.isfinite(loss)) or loss_bits > limit
     return Evaluation(batch.scale, batch.population, float(loss), finite, float(loss_bits), grad_bits,
-                      vanished, bool(reasons), loss_failed, ", ".join(reasons))
+                      vanished, bool(reasons), loss_failed, ", ".join(reasons), *unpatched_bits)
 
 
 # --------------------------------------------------------------------------- aggregation
@@ -130,6 +152,8 @@ class CheckRow:
     populations: dict[str, PopulationStats]
     #: Population (a) per scale, for Herbie-style error-vs-scale plots.
     per_scale: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    #: The loss the per-scale ``unpatched_*`` bits are measured against (:data:`UNPATCHED`), or None.
+    unpatched: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -137,7 +161,8 @@ class CheckRow:
         return out
 
 
-def summarise(loss: str, dtype: str, reference_label: str, evaluations: list[Evaluation]) -> CheckRow:
+def summarise(loss: str, dtype: str, reference_label: str, evaluations: list[Evaluation],
+              unpatched: str | None = None) -> CheckRow:
     paired = sorted((e for e in evaluations if e.population == "paired"), key=lambda e: e.scale)
     breakdown = next((e for e in paired if e.failed), None)
     loss_breakdown = next((e for e in paired if e.loss_failed), None)
@@ -148,18 +173,26 @@ def summarise(loss: str, dtype: str, reference_label: str, evaluations: list[Eva
         None if loss_breakdown is None else loss_breakdown.scale,
         None if nonfinite is None else nonfinite.scale,
         {p: PopulationStats.of([e for e in evaluations if e.population == p]) for p in POPULATIONS},
-        _per_scale(paired),
+        _per_scale(paired), unpatched,
     )
 
 
 def _per_scale(paired: list[Evaluation]) -> list[dict[str, Any]]:
-    """Median bits of error and the finite fraction at each scale of the sweep (population a)."""
+    """Median bits of error and the finite fractions (loss and gradient; loss alone) at each
+    scale of the sweep (population a); the medians against the unpatched loss where measured."""
     by_scale: dict[float, list[Evaluation]] = {}
     for evaluation in paired:
         by_scale.setdefault(evaluation.scale, []).append(evaluation)
     rows = []
     for scale, group in sorted(by_scale.items()):
         stats = PopulationStats.of(group)
-        rows.append({"scale": scale, "loss_bits_median": stats.loss_bits_median,
-                     "grad_bits_median": stats.grad_bits_median, "finite_fraction": stats.finite_fraction})
+        row = {"scale": scale, "loss_bits_median": stats.loss_bits_median,
+               "grad_bits_median": stats.grad_bits_median, "finite_fraction": stats.finite_fraction,
+               "loss_finite_fraction": sum(e.loss_finite for e in group) / len(group)}
+        unpatched_loss = [e.unpatched_loss_bits for e in group if e.unpatched_loss_bits is not None]
+        if unpatched_loss:
+            row["unpatched_loss_bits_median"] = _median(unpatched_loss)
+            row["unpatched_grad_bits_median"] = _median(
+                [e.unpatched_grad_bits for e in group if e.unpatched_grad_bits is not None])
+        rows.append(row)
     return rows

@@ -452,8 +452,6 @@ def error_vs_scale_figure(check: dict[str, Any]):
         for value, style in ((normal, ":"), (zero, "-")):
             if math.isfinite(value):
                 ax.axvline(value, color="black", ls=style, lw=0.9)
-        ax.text(zero, 1.0, f" exp(−s)=0.0\n at s={zero:.4g}", transform=ax.get_xaxis_transform(), fontsize=7,
-                va="top", ha="left")
         ax.set_xscale("log")
         if math.isfinite(scale_min) and math.isfinite(scale_max):
             ax.set_xlim(scale_min, scale_max)
@@ -465,11 +463,25 @@ def error_vs_scale_figure(check: dict[str, Any]):
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    limits = [Line2D([], [], color="black", ls=":", lw=0.9, label="exp(−s) becomes subnormal"),
-              Line2D([], [], color="black", ls="-", lw=0.9, label="exp(−s) = 0.0")]
+    # The limits' values go in the legend, not as text in the panels, where they would cover points.
+    at = {k: "; ".join(f"{d}: s = {exp_limits(d)[k]:.2f}" for d in dtypes) for k in (0, 1)}
+    limits = [Line2D([], [], color="black", ls=":", lw=0.9, label=f"exp(−s) becomes subnormal ({at[0]})"),
+              Line2D([], [], color="black", ls="-", lw=0.9, label=f"exp(−s) = 0.0 ({at[1]})")]
     if has_curves:
-        handles = [Line2D([], [], color=colours[name], lw=1.6, label=name) for name in losses]
-        handles.append(Line2D([], [], color="black", marker="x", ls="", label="non-finite loss or gradient"))
+        handles = []
+        for name in losses:
+            patched = next((r["unpatched"] for r in rows if r["loss"] == name and r.get("unpatched")), None)
+            if patched and any(math.isfinite(p.get("unpatched_loss_bits", math.nan))
+                               for r in rows if r["loss"] == name for p in r["curve"]):
+                handles.append(Line2D([], [], color=colours[name], lw=2.0,
+                                      label=f"{name} against the exact {patched} (no ε): its bias"))
+                handles.append(Line2D([], [], color=colours[name], lw=1.0, ls=(0, (1, 1.5)),
+                                      label=f"{name} against its own formula: rounding only"))
+            else:
+                handles.append(Line2D([], [], color=colours[name], lw=1.6, label=name))
+        handles.append(Line2D([], [], color="black", marker="x", ls="", label="non-finite loss"))
+        handles.append(Line2D([], [], color="black", marker="o", mfc="none", ls="",
+                              label="finite loss, non-finite gradient"))
         handles.append(Line2D([], [], color=_GREY, ls="--", label="threshold: half the significand bits"))
     else:
         handles = [Patch(color="#a1d99b", label="finite, at most half of the significand bits wrong"),
@@ -486,17 +498,28 @@ def _curve_panel(ax, rows, colours, precision, dtype) -> None:
         xs = np.array([p["scale"] for p in row["curve"]])
         bits = np.array([p["loss_bits"] for p in row["curve"]])
         finite = np.array([p["finite"] for p in row["curve"]])
-        broken = (~np.isfinite(bits)) | (np.isfinite(finite) & (finite < 1))
+        loss_finite = np.array([p["loss_finite"] for p in row["curve"]])
         colour = colours[row["loss"]]
-        shown = np.where(np.isfinite(bits) & ~broken, bits, np.nan)
-        ax.plot(xs, shown, lw=1.5, color=colour)
-        ax.plot(xs[broken], np.full(broken.sum(), top), "x", color=colour, ms=6)
+        # Only a non-finite loss goes on the non-finite row; a finite loss with a non-finite
+        # gradient keeps its measured bits and gets an open marker there.
+        loss_broken = ~np.isfinite(bits) | (np.isfinite(loss_finite) & (loss_finite < 1))
+        grad_broken = ~loss_broken & np.isfinite(finite) & (finite < 1)
+        shown = np.where(~loss_broken, bits, np.nan)
+        unpatched = np.array([p.get("unpatched_loss_bits", math.nan) for p in row["curve"]], dtype=float)
+        if row.get("unpatched") and np.isfinite(unpatched).any():
+            # The patched loss against the exact unpatched one (its bias), and thin: against its own formula.
+            ax.plot(xs, np.where(~loss_broken, unpatched, np.nan), lw=2.0, color=colour)
+            ax.plot(xs, shown, lw=1.0, ls=(0, (1, 1.5)), color=colour)
+        else:
+            ax.plot(xs, shown, lw=1.5, color=colour)
+        ax.plot(xs[loss_broken], np.full(loss_broken.sum(), top), "x", color=colour, ms=6)
+        ax.plot(xs[grad_broken], bits[grad_broken], "o", mfc="none", color=colour, ms=6)
     threshold = next((r["threshold_bits"] for r in rows if math.isfinite(r["threshold_bits"])), precision / 2)
     ax.axhline(threshold, color=_GREY, ls="--", lw=1)
     ax.axhline(width, color=_GREY, lw=0.5)
     ax.text(0.01, width, f" {width} = every bit of a {dtype} wrong", transform=ax.get_yaxis_transform(), fontsize=7,
             va="bottom")
-    ax.text(0.01, top, " non-finite (some row NaN/±inf)", transform=ax.get_yaxis_transform(), fontsize=7,
+    ax.text(0.01, top, " non-finite loss (some row NaN/±inf)", transform=ax.get_yaxis_transform(), fontsize=7,
             va="bottom")
     ax.set_ylim(-0.5, top + 3)
     ax.set_ylabel(f"bits of error of the loss, log2(ulps + 1)\n(0 = correctly rounded, at most {width})")

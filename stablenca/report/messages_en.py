@@ -184,6 +184,28 @@ EN: dict[str, str] = {
     "h_check": "{n}. Error versus distance scale (`stablenca check`)",
     "check_intro": "Swept on generated batches, every formulation and dtype: the smallest scale where it breaks "
                    "(non-finite, or more than half of the significand bits wrong) and its bits of error.",
+    "check_scale": ("The scale s: each generated batch puts every row's nearest same-class and nearest other-class "
+                    "distance (already divided by the temperature, so the argument of exp) in [s, 1.25 s]; s runs "
+                    "from {low} to {high}, {per_decade} points per decade. The sums then hold terms near exp(−s): in "
+                    "{dtype} exp(−s) is subnormal beyond s = {normal} and exactly 0.0 beyond {zero}."),
+    "check_metric": ("The metric is Herbie's bits of error: log2(1 + the distance, in units in the last place of the "
+                     "dtype, between the computed loss and the exact loss rounded to that dtype). 0 means correctly "
+                     "rounded, each further wrong bit doubles the distance, and it reaches the storage width (32 bits "
+                     "for float32, 64 for float64) when the result is as far off as a float can be: a finite value "
+                     "against an infinite one, or 0 against a non-zero value. A formulation breaks where more than "
+                     "half of its significand bits are wrong (12 of 24 in float32, 26.5 of 53 in float64), or where "
+                     "the loss or the gradient is non-finite."),
+    "check_reference": ("The exact value (the reference) is the same formula evaluated in mpmath with {dps} "
+                        "significant digits; mpmath's exponent range is unbounded, so exp never underflows there. "
+                        "Against its own formula an epsilon patch shows only its rounding; what it is meant to "
+                        "compute is the unpatched loss, so it is also measured against the exact loss without "
+                        "epsilon (the thick line in the figure; its own formula is the dotted line)."),
+    "check_unpatched": ("`{loss}` in {dtype} against the exact `{unpatched}` (no epsilon): more than {threshold} bits "
+                        "wrong from s = {scale} ({bits} bits at the median), while against its own formula it breaks "
+                        "at {own}. That gap is the bias the patch adds."),
+    "check_unpatched_never": ("`{loss}` in {dtype} against the exact `{unpatched}` (no epsilon): more than {threshold} "
+                              "bits wrong from s = {scale} ({bits} bits at the median), while against its own formula "
+                              "it never breaks up to s = {high}. That gap is the bias the patch adds."),
     "h_homework": "{n}. The homework's question: how ModernNCA and the student's code differ, and why it matters",
     "homework_intro": ("The studies below train every configuration once per seed on one fixed split, with TALENT's "
                        "default configuration (nothing tuned). Δ is the mean paired per-seed difference in test "
@@ -207,8 +229,10 @@ EN: dict[str, str] = {
     "fig_domain": "Figure {k}. Where the ratio loss and its gradient are finite, +inf, −inf or NaN, as a function "
                   "of the same-class and the other-class distance, in float32 and float64; the ratio runs' "
                   "trajectories from the records drawn over it.",
-    "fig_check": "Figure {k}. Bits of error against the distance scale for every formulation and dtype "
-                 "(`stablenca check`).",
+    "fig_check": ("Figure {k}. Bits of error of the loss against the distance scale for every formulation and "
+                  "dtype (`stablenca check`); `ratio_eps` is drawn against the exact ratio loss (thick) and against "
+                  "its own formula (dotted); × on the top row: non-finite loss; ○: finite loss, non-finite "
+                  "gradient."),
     "fig_sweep": ("Figure {k}. The loss and its push `|dL/ds|` against the distance scale `s` (1 = the batch's "
                   "median distance) on the failing step's batch, in float64, for every formulation: the ratio loss "
                   "falls linearly and its push stays; NCA's push changes sign at a finite scale."),

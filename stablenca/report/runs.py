@@ -174,6 +174,7 @@ _SCALE_KEYS = ("scale", "s")
 _LOSS_BITS_KEYS = ("loss_bits_median", "loss_bits", "bits", "loss_bits_max")
 _GRAD_BITS_KEYS = ("grad_bits_median", "grad_bits", "grad_bits_max")
 _FINITE_KEYS = ("finite_fraction", "finite")
+_LOSS_FINITE_KEYS = ("loss_finite_fraction", "loss_finite")
 
 
 def _first(mapping: dict[str, Any], keys: Iterable[str]) -> Any:
@@ -209,8 +210,11 @@ def check_curves(data: dict[str, Any]) -> list[dict[str, Any]]:
 
     Output, one dict per (loss, dtype): ``loss``, ``dtype``, ``threshold_bits``,
     ``breakdown_scale``, ``breakdown_reason``, ``loss_bits_median``, ``loss_bits_max``,
-    ``finite_fraction`` (population a) and ``curve`` (sorted points with ``scale``,
-    ``loss_bits``, ``grad_bits``, ``finite``; empty when the JSON has no per-scale data).
+    ``finite_fraction`` (population a), ``unpatched`` (the loss a patched formulation is
+    also measured against, or None) and ``curve`` (sorted points with ``scale``,
+    ``loss_bits``, ``grad_bits``, ``finite`` (loss and gradient), ``loss_finite``,
+    ``unpatched_loss_bits`` (NaN where not measured); empty when the JSON has no
+    per-scale data).
     """
     if not isinstance(data, dict) or not isinstance(data.get("results"), list):
         raise DataError("the check JSON has no 'results' list",
@@ -227,9 +231,13 @@ def check_curves(data: dict[str, Any]) -> list[dict[str, Any]]:
             scale = num(_first(point, _SCALE_KEYS))
             if not (math.isfinite(scale) and scale > 0):
                 continue
+            finite = num(_first(point, _FINITE_KEYS))
+            loss_finite = _first(point, _LOSS_FINITE_KEYS)
             curve.append({"scale": scale, "loss_bits": num(_first(point, _LOSS_BITS_KEYS)),
-                          "grad_bits": num(_first(point, _GRAD_BITS_KEYS)),
-                          "finite": num(_first(point, _FINITE_KEYS))})
+                          "grad_bits": num(_first(point, _GRAD_BITS_KEYS)), "finite": finite,
+                          # older check JSONs lack it: then "finite" (loss and gradient) stands in
+                          "loss_finite": finite if loss_finite is None else num(loss_finite),
+                          "unpatched_loss_bits": num(point.get("unpatched_loss_bits_median"))})
         curve.sort(key=lambda p: p["scale"])
         paired = (row.get("populations") or {}).get("paired") or {}
         rows.append({"loss": str(row["loss"]), "dtype": str(row["dtype"]),
@@ -239,6 +247,7 @@ def check_curves(data: dict[str, Any]) -> list[dict[str, Any]]:
                      "loss_bits_median": num(paired.get("loss_bits_median")),
                      "loss_bits_max": num(paired.get("loss_bits_max")),
                      "finite_fraction": num(paired.get("finite_fraction")),
+                     "unpatched": row.get("unpatched"),
                      "curve": curve})
     return rows
 

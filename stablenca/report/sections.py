@@ -530,7 +530,32 @@ def _check_section(doc: Doc, section: _Counter, check: dict[str, Any]) -> None:
             row["breakdown_scale"]) else ("cell_none", {}), Prose(row["breakdown_reason"]) if row["breakdown_reason"] else "—",
             fmt(row["finite_fraction"]), f"{fmt(row['loss_bits_median'])} / {fmt(row['loss_bits_max'])}"])
     doc.p(m("check_intro"))
+    sweep = check.get("sweep") or {}
+    if all(k in sweep for k in ("scale_min", "scale_max", "points_per_decade")):
+        doc.p(m("check_scale", low=fmt(sweep["scale_min"]), high=fmt(sweep["scale_max"]),
+                per_decade=sweep["points_per_decade"], **_limits_params("float32")))
+    doc.p(m("check_metric"))
+    doc.p(m("check_reference", dps=sweep.get("dps", "50")))
+    for row in check_curves(check):
+        bias = _unpatched_breakdown(row)
+        if bias is not None:
+            own = row["breakdown_scale"]
+            doc.p(m("check_unpatched" if math.isfinite(own) else "check_unpatched_never", loss=row["loss"],
+                    unpatched=row["unpatched"], dtype=row["dtype"], threshold=fmt(row["threshold_bits"]),
+                    scale=fmt(bias[0]), bits=fmt(bias[1]), own=fmt(own), high=fmt(sweep.get("scale_max"))))
     doc.table(["col_loss", "col_dtype", "col_breakdown", "col_reason", "col_finite", "col_bits"], rows)
+
+
+def _unpatched_breakdown(row: dict[str, Any]) -> tuple[float, float] | None:
+    """The first scale where a patched loss is more than the threshold away from the exact unpatched loss,
+    and its median bits there (None when it was not measured or never is)."""
+    if not row.get("unpatched"):
+        return None
+    for point in row["curve"]:
+        bits = num(point.get("unpatched_loss_bits"))
+        if math.isfinite(bits) and bits > row["threshold_bits"]:
+            return point["scale"], bits
+    return None
 
 
 _FIGURE_CAPTIONS = {"timeline": "fig_timeline", "gradients": "fig_gradients", "chain": "fig_chain",

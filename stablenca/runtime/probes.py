@@ -17,7 +17,10 @@ Keys (NaN/Inf are kept as values):
   argument of exp)
 * ``exp_zero`` (exp outputs that underflowed to exactly 0.0 from a finite distance),
   ``exp_subnormal``, ``softmax_zero`` (the same for softmax probabilities)
-* ``p_same_min``, ``p_diff_min``, ``rows_without_same_class``
+* ``p_same_min``, ``p_diff_min``, ``rows_without_same_class`` (the two minima may come from
+  different rows)
+* ``ab_backward_a``/``_b``, ``ab_same_a``/``_b``, ``ab_diff_a``/``_b``: (a, b) = (−ln P_same,
+  −ln P_diff) of one real row each (:func:`row_coordinates`)
 """
 
 from __future__ import annotations
@@ -84,6 +87,30 @@ def distance_statistics(published: dict[str, Any]) -> dict[str, torch.Tensor]:
         if values is not None and values.numel():
             out[f"{name}_min"] = values.detach().min()
             out[f"{name}_zero"] = torch.count_nonzero(values.detach() == 0)
+    out.update(row_coordinates(published.get("p_same"), published.get("p_diff")))
+    return out
+
+
+def row_coordinates(p_same: torch.Tensor | None, p_diff: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """(a, b) = (−ln P_same, −ln P_diff) of real rows, so that a and b come from the same row.
+
+    Three rows: ``backward``, the largest 2b − a (DivBackward0 of ``log(P_same / P_diff)``
+    forms e^(2b − a) and overflows past ln(max float)); ``same``, the largest a; ``diff``,
+    the largest b. In float64 from the stored sums: a sum that is 0.0 gives +inf, a sum
+    above 1 a negative value. A NaN score (both sums 0) never wins over a number. O(B).
+
+    >>> ab = row_coordinates(torch.tensor([1.0, 0.5, 2.0]), torch.tensor([1.0, 0.01, 0.5]))
+    >>> int(round(float(ab["ab_backward_b"]) / math.log(100))), round(float(ab["ab_same_a"]), 4)
+    (1, 0.6931)
+    """
+    if p_same is None or p_diff is None or not p_same.numel() or p_same.shape != p_diff.shape:
+        return {}
+    a = -torch.log(p_same.detach().double())
+    b = -torch.log(p_diff.detach().double())
+    out: dict[str, torch.Tensor] = {}
+    for name, score in (("backward", 2 * b - a), ("same", a), ("diff", b)):
+        row = torch.where(torch.isnan(score), -math.inf, score).argmax()
+        out[f"ab_{name}_a"], out[f"ab_{name}_b"] = a[row], b[row]
     return out
 
 
