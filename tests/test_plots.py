@@ -33,6 +33,9 @@ def synthetic_records(steps: int = 12, fail: bool = True, *, eps: bool = False) 
             "p_same_min": 0.0 if (eps and step > 9) else math.exp(-d_max * 0.2),
             "p_diff_min": p_diff,
             "rows_without_same_class": 0,
+            # (a, b) of real rows; a < 0 at the first steps (P_same > 1)
+            "ab_backward_a": d_max * 0.2 - 1.0, "ab_backward_b": min(d_max * 0.6, 120.0),
+            "ab_same_a": d_max * 0.3, "ab_same_b": 1.0, "ab_diff_a": 0.5, "ab_diff_b": min(d_max * 0.7, 130.0),
             "grad_2.0_norm/layer.weight": math.inf if last else 0.3 * 1.5 ** step,
             "grad_2.0_norm/layer.bias": math.nan if last else (0.0 if step == 2 else 1e-3 * 1.2 ** step),
             "param_norm/layer.weight": 1.0 + step,
@@ -206,6 +209,44 @@ def test_ratio_domain_categories():
 
 def test_failure_domain_figure(drawn):
     assert_png(drawn[1]["ratio-failure-domain.png"].path)
+
+
+def test_failure_domain_draws_real_rows_unclipped(run_set):
+    import numpy as np
+
+    fig = plots.failure_domain_figure(run_set.runs)
+    ax = fig.axes[0]  # float32: the ratio runs are float32
+    records = synthetic_records()
+    ok = [r for r in records if math.isfinite(r["ab_backward_a"])]
+    expected = {(r["ab_backward_a"], r["ab_backward_b"]) for r in ok}
+    drawn = [{tuple(p) for p in c.get_offsets().tolist()} for c in ax.collections]
+    # The same row's a and b are drawn together, negative a included (not clipped to 0).
+    assert any(expected <= points for points in drawn)
+    assert min(a for a, _ in expected) < 0 and ax.get_xlim()[0] <= min(a for a, _ in expected)
+    # The legend's marker colours are those of the points they name: the fixed-colour rows' edge colour,
+    # and the progress-coloured row's colour map.
+    from matplotlib.colors import to_rgba
+
+    handles = dict(zip((t.get_text() for t in fig.legends[0].get_texts()), fig.legends[0].legend_handles))
+    edges = {tuple(np.round(c.get_edgecolor()[0], 6)) for c in ax.collections if len(c.get_edgecolor())}
+    for label, handle in handles.items():
+        if "smallest P_same" in label or "smallest P_diff" in label:
+            assert tuple(np.round(to_rgba(handle.get_markeredgecolor()), 6)) in edges, label
+        if "largest 2b − a" in label:
+            cmap = next(c.get_cmap() for c in ax.collections if c.get_array() is not None and c.get_cmap().name
+                        == "viridis")
+            assert to_rgba(handle.get_color()) == pytest.approx(cmap(0.5)), label
+
+
+def test_timeline_margin_panel_draws_2b_minus_a(run_set):
+    run = next(r for r in run_set.runs if r.loss == "ratio")
+    fig = plots.timeline_figure(run)
+    margin = fig.axes[4]
+    lines = [line for line in margin.get_lines() if len(line.get_xdata()) == len(run.records)]
+    expected = [2 * r["ab_backward_b"] - r["ab_backward_a"] for r in run.records]
+    assert any(list(line.get_ydata()) == pytest.approx(expected, rel=1e-15) for line in lines)
+    assert any(line.get_ydata()[0] == pytest.approx(math.log(floats.facts("float32").max))
+               for line in margin.get_lines() if len(line.get_ydata()) == 2)  # the 88.72 line
 
 
 CHECK_SUMMARY = {

@@ -12,7 +12,7 @@ from stablenca.report.tracer_zh import translate, untranslated
 
 DIAGNOSE = Path(__file__).resolve().parents[1] / "reports" / "abalone" / "diagnose"
 #: Proper names, loss and run names, and words of file paths that stay as they are in Chinese.
-NAMES = {"IEEE", "ModernNCA", "NCA", "TALENT", "abalone", "scikit", "lego", "embedded", "modernnca", "nca_logspace",
+NAMES = {"IEEE", "Herbie", "mpmath", "ModernNCA", "NCA", "TALENT", "abalone", "scikit", "lego", "embedded", "modernnca", "nca_logspace",
          "ratio", "ratio_eps", "difference", "seed"}
 
 

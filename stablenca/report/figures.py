@@ -152,9 +152,9 @@ def _epoch_axis(ax, run: RunData) -> None:
 def timeline_figure(run: RunData):
     """Loss, gradient norm, distance scale against the exp limits, underflow counts; failure marked."""
     # A fixed layout (legends in the right margin): constrained layout would double the drawing time.
-    fig = _figure(13, 11, layout=None)
-    fig.subplots_adjust(left=0.085, right=0.755, top=0.885, bottom=0.055, hspace=0.3)
-    axes = fig.subplots(4, 1, sharex=True)
+    fig = _figure(13, 15.5, layout=None)
+    fig.subplots_adjust(left=0.085, right=0.755, top=0.915, bottom=0.04, hspace=0.32)
+    axes = fig.subplots(6, 1, sharex=True)
     steps = run.steps()
     status = run.status
     fail = run.failure_step
@@ -223,9 +223,9 @@ def timeline_figure(run: RunData):
     low = min((np.min(v) for v in drawn), default=0.1)
     ax.set_ylim(max(low * 0.5, 1e-3), max(zero * 1.6, max((np.max(v) for v in drawn), default=1.0) * 1.3))
     if fail is not None and np.isfinite(dmax[steps == fail]).any():
+        # The value goes in the legend (a text box beside the curve would cover it).
         at = float(dmax[steps == fail][0])
-        ax.annotate(f"{at:.4g} at step {fail}", (fail, at), xytext=(-12, 16), textcoords="offset points",
-                    ha="right", fontsize=8, arrowprops=dict(arrowstyle="->", lw=0.8))
+        ax.plot([fail], [at], "o", mfc="none", color="black", ms=7, label=f"{key} {at:.4g} at step {fail}")
     ax.set_ylabel("distance d/T\n(dimensionless, log)")
     ax.set_title("(c) distance scale vs the exp underflow limits", loc="left", fontsize=10)
 
@@ -243,9 +243,8 @@ def timeline_figure(run: RunData):
         any_count = True
         first = np.argmax(values > 0) if (values > 0).any() else None
         if first is not None and key != "exp_subnormal":
-            ax.annotate(f"first 0.0 at step {int(steps[first])}", (steps[first], values[first]),
-                        xytext=(8, 12), textcoords="offset points", fontsize=8, color=colour,
-                        arrowprops=dict(arrowstyle="->", color=colour, lw=0.8))
+            ax.plot([steps[first]], [values[first]], "o", mfc="none", color=colour, ms=7,
+                    label=f"first {label.split(' outputs')[0]} = 0.0 at step {int(steps[first])}")
     ax.set_yscale("symlog", linthresh=1)
     peak = max((np.nanmax(run.series(k), initial=0) for k in ("exp_zero", "exp_subnormal", "softmax_zero")
                 if run.has(k)), default=0)
@@ -259,8 +258,11 @@ def timeline_figure(run: RunData):
             ax.text(0.5, 0.55, "no exp / softmax output underflowed to 0.0 in this run",
                     ha="center", va="center", transform=ax.transAxes, color=_GREY)
     ax.set_ylabel("entries per batch\n(symlog)")
-    ax.set_xlabel("training step (batch index)")
     ax.set_title("(d) underflowed outputs", loc="left", fontsize=10)
+
+    _margin_panel(axes[4], run, steps)
+    _sums_panel(axes[5], run, steps)
+    axes[5].set_xlabel("training step (batch index)")
 
     for ax in axes:
         if fail is not None:
@@ -272,6 +274,64 @@ def timeline_figure(run: RunData):
             ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     _epoch_axis(axes[0], run)
     return fig
+
+
+def _margin_panel(ax, run: RunData, steps: np.ndarray) -> None:
+    """(e) 2b − a of the row with the largest 2b − a, against ln(max float) where e^(2b − a) overflows."""
+    ln_max = math.log(floats.facts(run.dtype).max)
+    aside = "" if run.loss == "ratio" else f" ({run.loss} never forms it: drawn for comparison)"
+    ax.set_title(f"(e) 2b − a against ln(max {run.dtype}) = {ln_max:.2f}: DivBackward0 of log(P_same / P_diff) "
+                 f"forms e^(2b − a){aside}", loc="left", fontsize=9.5)
+    ax.set_ylabel("2b − a\n(a = −ln P_same, b = −ln P_diff)")
+    if not (run.has("ab_backward_a") and run.has("ab_backward_b")):
+        ax.text(0.5, 0.5, "these records carry no per-row (a, b) (recorded before the probes kept them, or the loss "
+                "published no P_same / P_diff)", ha="center", va="center", transform=ax.transAxes, color=_GREY)
+        return
+    a, b = run.series("ab_backward_a"), run.series("ab_backward_b")
+    with np.errstate(invalid="ignore"):
+        exponent = 2 * b - a
+    good = np.isfinite(exponent)
+    ax.plot(steps[good], exponent[good], lw=0.9, color="#5e3c99", label="2b − a of the batch's row where it is largest")
+    ax.axhline(ln_max, color=_RED, lw=1.4, label=f"{ln_max:.2f} = ln(max {run.dtype}): e^(2b − a) overflows above")
+    _mark_nonfinite(ax, steps, exponent, "a sum was 0.0 (2b − a = ±inf / NaN)")
+    if good.any():
+        worst = int(np.flatnonzero(good)[np.argmax(exponent[good])])
+        ax.plot([steps[worst]], [exponent[worst]], "o", mfc="none", color="black", ms=7,
+                label=f"largest {exponent[worst]:.2f} at step {int(steps[worst])} "
+                      f"(margin {ln_max - exponent[worst]:+.2f})")
+        top = max(float(np.max(exponent[good])), ln_max)
+        ax.set_ylim(min(float(np.min(exponent[good])), 0.0) - 0.05 * top, top * 1.15)
+
+
+def _sums_panel(ax, run: RunData, steps: np.ndarray) -> None:
+    """(f) the smallest P_same and P_diff of each batch (log), against the dtype's smallest normal and subnormal."""
+    ax.set_title("(f) smallest P_same and P_diff of each batch (may come from different rows)", loc="left",
+                 fontsize=10)
+    ax.set_ylabel("sum of exp(−d)\n(log)")
+    drawn = False
+    for key, colour, label in (("p_same_min", _BLUE, "smallest P_same"), ("p_diff_min", _ORANGE, "smallest P_diff")):
+        if not run.has(key):
+            continue
+        values = run.series(key)
+        good = np.isfinite(values) & (values > 0)
+        ax.plot(steps[good], values[good], lw=0.9, color=colour, label=label)
+        zero = np.isfinite(values) & (values == 0)
+        if zero.any():  # 0.0 has no place on a log axis: crosses on the bottom edge
+            ax.plot(steps[zero], np.full(zero.sum(), 0.03), "x", color=colour, ms=7, mew=1.5,
+                    transform=ax.get_xaxis_transform(), clip_on=False, label=f"{label} exactly 0.0")
+        drawn = drawn or good.any()
+    if not drawn:
+        ax.text(0.5, 0.5, "this loss published no P_same / P_diff", ha="center", va="center",
+                transform=ax.transAxes, color=_GREY)
+        return
+    info = torch.finfo(getattr(torch, run.dtype))
+    ax.axhline(info.tiny, color=_ORANGE, ls="--", lw=1.0, label=f"{info.tiny:.3g}: smallest normal {run.dtype}")
+    ax.axhline(info.smallest_normal * info.eps, color=_RED, lw=1.2,
+               label=f"{info.smallest_normal * info.eps:.3g}: smallest subnormal")
+    ax.set_yscale("log")
+    positive = [v[np.isfinite(v) & (v > 0)] for v in (run.series("p_same_min"), run.series("p_diff_min"))]
+    high = max((float(v.max()) for v in positive if v.size), default=1.0)
+    ax.set_ylim(info.smallest_normal * info.eps / 100, high * 100)  # the limits always in view
 
 
 # --------------------------------------------------------------------------- figure 2: failure domain
@@ -286,15 +346,16 @@ DOMAIN_CATEGORIES = (
 )
 
 
-def ratio_domain(dtype: str, d_max: float, n: int = 241) -> tuple[np.ndarray, np.ndarray]:
+def ratio_domain(dtype: str, d_max: float, n: int = 241, d_min: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Evaluate :func:`stablenca.losses.ratio` and its gradient on an ``n × n`` grid in ``dtype``.
 
     Each grid point is one query with one same-class candidate at distance ``d_same``
-    (x) and one other-class candidate at ``d_other`` (y). Returns the axis values and
+    (x) and one other-class candidate at ``d_other`` (y), so x = a = −ln P_same and
+    y = b = −ln P_diff (``d_min < 0`` stands for sums above 1). Returns the axis values and
     an ``(n, n)`` array of category codes (rows: d_other, columns: d_same; see
     :data:`DOMAIN_CATEGORIES`). A cheap analytic evaluation, no training.
     """
-    axis = np.linspace(0.0, d_max, n)
+    axis = np.linspace(d_min, d_max, n)
     grid_same, grid_other = np.meshgrid(axis, axis, indexing="xy")
     torch_dtype = getattr(torch, dtype)
     distances = torch.tensor(np.stack([grid_same.ravel(), grid_other.ravel()], axis=1), dtype=torch_dtype)
@@ -315,41 +376,55 @@ def ratio_domain(dtype: str, d_max: float, n: int = 241) -> tuple[np.ndarray, np
     return axis, codes.reshape(n, n)
 
 
-def _trajectory(run: RunData) -> dict[str, np.ndarray]:
-    """The run's path in the (same-class, other-class) distance plane, from the records."""
-    out = {"steps": run.steps(), "d_same_min": run.series("d_same_min"), "d_other_min": run.series("d_other_min")}
-    if run.has("p_same_min") and run.has("p_diff_min"):
-        with np.errstate(divide="ignore", invalid="ignore"):
-            out["eff_same"] = -np.log(run.series("p_same_min"))
-            out["eff_other"] = -np.log(run.series("p_diff_min"))
-    return out
+#: Real rows recorded by the probes (:func:`stablenca.runtime.probes.row_coordinates`): key,
+#: legend text, marker colour (None: coloured by progress through the run), marker size.
+DOMAIN_ROWS = (
+    ("backward", "row with the largest 2b − a (decides the backward overflow)", None, 16),
+    ("same", "row with the smallest P_same (largest a)", "#e7298a", 9),
+    ("diff", "row with the smallest P_diff (largest b)", "#000000", 9),
+)
+
+
+def _row_paths(run: RunData) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(a, b) per step of each recorded real row; empty for records made before the probes kept them."""
+    return {key: (run.series(f"ab_{key}_a"), run.series(f"ab_{key}_b"))
+            for key, *_ in DOMAIN_ROWS if run.has(f"ab_{key}_a") and run.has(f"ab_{key}_b")}
 
 
 def failure_domain_figure(runs: Iterable[RunData] = ()):
-    """Figure 2: the ratio loss's failure domain in float32 and float64, trajectories overlaid."""
+    """Figure 2: the ratio loss's failure domain in float32 and float64, real rows' (a, b) overlaid."""
+    from matplotlib import colormaps
     from matplotlib.colors import ListedColormap
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    runs = [r for r in runs if r.records and (r.has("d_same_min") or r.has("p_same_min"))]
+    runs = [r for r in runs if r.records]
     overlay = next((chosen for chosen in ([r for r in runs if r.loss == name] for name in RATIO_FAMILY) if chosen),
                    runs)
-    fig = _figure(14, 7.2)
+    fig = _figure(14, 7.6)
     axes = fig.subplots(1, 2)
     cmap = ListedColormap([colour for _, colour in DOMAIN_CATEGORIES])
-    fig.suptitle("Failure domain of the ratio loss  −log(P_same / P_diff),  P = exp(−d),  for one query with "
-                 "one same-class and one other-class neighbour\n(computed on a grid, loss and gradient in "
-                 "the panel's dtype; training trajectories from the records drawn over it)", fontsize=11)
+    fig.suptitle("Failure domain of the ratio loss  −log(P_same / P_diff)  in a = −ln P_same, b = −ln P_diff\n"
+                 "(grid: one query with one same-class and one other-class neighbour, so a and b are the distances; "
+                 "loss and gradient in the panel's dtype; points: real rows of the ratio runs' batches)", fontsize=11)
     present: set[int] = set()
-    colourbar_source = None
+    progress_source = None
+    edge_drawn = False
     markers = ("o", "s", "^", "D")
     legend_runs = []
+    viridis = colormaps["viridis"]
     for ax, dtype in zip(axes, ("float32", "float64")):
         normal, zero = exp_limits(dtype)
-        extent = zero * 1.55
-        axis, codes = ratio_domain(dtype, extent)
+        mine = [r for r in overlay if r.dtype == dtype]
+        paths = {r.name: _row_paths(r) for r in mine}
+        values = np.concatenate([v[np.isfinite(v)] for p in paths.values() for pair in p.values() for v in pair]
+                                or [np.zeros(0)])
+        # Sums above 1 give negative a or b: the axes reach them instead of clipping them to 0.
+        low = min(0.0, float(values.min()) * 1.08 if values.size else 0.0)
+        extent = max(zero * 1.55, float(values.max()) * 1.05 if values.size else 0.0)
+        axis, codes = ratio_domain(dtype, extent, d_min=low)
         present.update(int(c) for c in np.unique(codes))
-        ax.imshow(codes, origin="lower", extent=(0, extent, 0, extent), cmap=cmap, vmin=-0.5,
+        ax.imshow(codes, origin="lower", extent=(low, extent, low, extent), cmap=cmap, vmin=-0.5,
                   vmax=len(DOMAIN_CATEGORIES) - 0.5, interpolation="nearest", aspect="equal")
         for value, style, text in ((zero, dict(color="black", lw=1.0, ls="-"), f"{zero:.2f}: exp(−d) = 0.0"),
                                    (normal, dict(color="black", lw=0.8, ls=":"), f"{normal:.2f}: subnormal")):
@@ -357,61 +432,84 @@ def failure_domain_figure(runs: Iterable[RunData] = ()):
             ax.axhline(value, **style)
             ax.text(value, extent * 0.985, f" {text}", rotation=90, va="top", ha="right", fontsize=8)
         ln_max = math.log(floats.facts(dtype).max)
-        a = np.array([0.0, extent])
+        a = np.array([low, extent])
         for b, x0, label in (((a + ln_max) / 2, 0.45, f"2b − a = {ln_max:.2f}: DivBackward0's (x/y)/y overflows"),
                              (a + ln_max, 0.02, f"b − a = {ln_max:.2f}: P_same / P_diff overflows")):
             ax.plot(a, b, color="#08306b", lw=1.2, ls="--")
-            x = x0 * extent
+            x = low + x0 * (extent - low)
             ax.text(x, np.interp(x, a, b) + extent * 0.012, label, fontsize=7.5, color="#08306b", va="bottom",
                     bbox=dict(fc="white", ec="none", alpha=0.7, pad=1))
         ax.axvline(ln_max, color="#08306b", lw=1.2, ls="--")
-        ax.text(ln_max, extent * 0.02, f" a = {ln_max:.2f}: 1/P_same overflows", rotation=90, fontsize=7.5,
-                color="#08306b", va="bottom", ha="right")
-        ax.set_xlim(0, extent)
-        ax.set_ylim(0, extent)
-        ax.set_xlabel("same-class distance d_same / T  (the numerator's exponent)")
-        ax.set_ylabel("other-class distance d_other / T  (the denominator's exponent)")
+        ax.text(ln_max, low + (extent - low) * 0.02, f" a = {ln_max:.2f}: 1/P_same overflows", rotation=90,
+                fontsize=7.5, color="#08306b", va="bottom", ha="right")
+        if low < 0:
+            ax.axvline(0, color=_GREY, lw=0.6)
+            ax.axhline(0, color=_GREY, lw=0.6)
+        ax.set_xlim(low, extent)
+        ax.set_ylim(low, extent)
+        ax.set_xlabel("a = −ln P_same  (grid: the same-class distance d/T; < 0 where P_same > 1)")
+        ax.set_ylabel("b = −ln P_diff  (grid: the other-class distance d/T; < 0 where P_diff > 1)")
         ax.set_title(f"{dtype}: exp underflows at d > {zero:.2f}", fontsize=10)
-        mine = [r for r in overlay if r.dtype == dtype]
-        if not mine:
-            ax.text(0.03, 0.03, f"no {dtype} run recorded: grid only", transform=ax.transAxes, fontsize=9,
+        if not any(paths.values()):
+            why = f"no {dtype} ratio run recorded" if not mine else "these records carry no per-row (a, b)"
+            ax.text(0.03, 0.03, f"{why}: grid only", transform=ax.transAxes, fontsize=9,
                     color=_GREY, bbox=dict(fc="white", ec=_GREY, alpha=0.8))
         for k, run in enumerate(mine):
             marker = markers[k % len(markers)]
-            path = _trajectory(run)
-            ok = np.isfinite(path["d_same_min"]) & np.isfinite(path["d_other_min"])
-            ax.plot(path["d_same_min"][ok], path["d_other_min"][ok], marker, ms=3, color=_GREY, alpha=0.6,
-                    mec="none")
-            if "eff_same" in path:
-                xs = np.clip(np.nan_to_num(path["eff_same"], nan=np.nan, posinf=extent), 0, extent)
-                ys = np.clip(np.nan_to_num(path["eff_other"], nan=np.nan, posinf=extent), 0, extent)
+            rows = paths[run.name]
+            steps = run.steps()
+            span = max(1.0, float(np.nanmax(steps) - np.nanmin(steps))) if len(steps) else 1.0
+            progress = (steps - np.nanmin(steps)) / span if len(steps) else steps
+            for key, text, colour, size in DOMAIN_ROWS:
+                if key not in rows:
+                    continue
+                xs, ys = rows[key]
+                # +inf (a sum that is exactly 0.0) is drawn on the edge, with the marker filled white.
+                at_edge = np.isposinf(xs) | np.isposinf(ys)
+                xs, ys = np.where(np.isposinf(xs), extent, xs), np.where(np.isposinf(ys), extent, ys)
                 good = np.isfinite(xs) & np.isfinite(ys)
-                span = max(1.0, float(np.nanmax(path["steps"]) - np.nanmin(path["steps"])))
-                progress = (path["steps"] - np.nanmin(path["steps"])) / span
-                points = ax.scatter(xs[good], ys[good], c=progress[good], cmap="viridis", vmin=0, vmax=1, s=14,
-                                    marker=marker, edgecolors="none", zorder=3)
-                if good.any():
-                    last = np.flatnonzero(good)[-1]
-                    label = f"last recorded step {int(path['steps'][last])}"
-                    if run.failure_step is not None and int(path["steps"][last]) == run.failure_step:
+                if colour is None:
+                    points = ax.scatter(xs[good], ys[good], c=progress[good], cmap=viridis, vmin=0, vmax=1, s=size,
+                                        marker=marker, edgecolors="none", zorder=3)
+                    progress_source = points
+                    handle = Line2D([], [], marker=marker, ls="", color=viridis(0.5), mec="none",
+                                    label=f"{run.name}: {text}; colour: progress (bar)")
+                else:
+                    ax.scatter(xs[good], ys[good], s=size, marker=marker, facecolors="none", edgecolors=colour,
+                               linewidths=0.7, zorder=3)
+                    handle = Line2D([], [], marker=marker, ls="", color=colour, mfc="none",
+                                    label=f"{run.name}: {text}")
+                if (good & at_edge).any():
+                    edge_drawn = True
+                    ax.scatter(xs[good & at_edge], ys[good & at_edge], s=size * 2, marker=marker, facecolors="white",
+                               edgecolors=colour or "black", zorder=3)
+                legend_runs.append(handle)
+            if "backward" in rows:
+                xs, ys = rows["backward"]
+                good = np.flatnonzero(np.isfinite(xs) & np.isfinite(ys))
+                if good.size:
+                    last = good[-1]
+                    label = f"last recorded step {int(steps[last])}"
+                    if run.failure_step is not None and int(steps[last]) == run.failure_step:
                         label = f"step {run.failure_step}: first non-finite"
                     ax.plot(xs[last], ys[last], "X", color=_RED, ms=12, mec="white", zorder=4)
-                    ax.annotate(f"{run.name}\n{label}", (xs[last], ys[last]),
-                                xytext=(28 + 6 * k, 40 - 58 * k), textcoords="offset points", fontsize=8,
-                                color=_RED, arrowprops=dict(arrowstyle="->", color=_RED),
+                    # Labels sit in the upper left (loss = −inf for one neighbour each: no row goes there),
+                    # clear of the points, the boundary lines and their labels.
+                    ax.annotate(f"{run.name}, {label}\na = {xs[last]:.2f}, b = {ys[last]:.2f}, "
+                                f"2b − a = {2 * ys[last] - xs[last]:.2f}", (xs[last], ys[last]),
+                                xytext=(0.03, 0.97 - 0.1 * k), textcoords="axes fraction", ha="left", va="top",
+                                fontsize=7.5, color=_RED, arrowprops=dict(arrowstyle="->", color=_RED, lw=0.7,
+                                                                          alpha=0.7),
                                 bbox=dict(fc="white", ec=_RED, alpha=0.9))
-                    colourbar_source = points
-            legend_runs.append(Line2D([], [], marker=marker, ls="", color=_GREY,
-                                      label=f"{run.name}: batch minima (d_same_min, d_other_min)"))
-            if "eff_same" in path:
-                legend_runs.append(Line2D([], [], marker=marker, ls="", color="#21918c",
-                                          label=f"{run.name}: worst rows (−ln P_same_min, −ln P_diff_min)"))
-    if colourbar_source is not None:
-        cbar = fig.colorbar(colourbar_source, ax=list(axes), shrink=0.6, pad=0.01)
+    if progress_source is not None:
+        cbar = fig.colorbar(progress_source, ax=list(axes), shrink=0.6, pad=0.01)
         cbar.set_label("progress through the run (0 = first recorded step, 1 = last)")
     handles = [Patch(color=colour, label=label) for k, (label, colour) in enumerate(DOMAIN_CATEGORIES)
                if k in present or k == 0]
-    fig.legend(handles=handles + legend_runs, loc="outside lower center", ncol=2, fontsize=9, frameon=False)
+    if edge_drawn:
+        handles.append(Line2D([], [], marker="o", ls="", mfc="white", mec="black",
+                              label="white fill: a sum exactly 0.0 (a or b = +inf), drawn on the edge"))
+    fig.legend(handles=handles + legend_runs, loc="outside lower center", ncol=2, fontsize=8.5, frameon=False)
     return fig
 
 

@@ -222,13 +222,18 @@ EN: dict[str, str] = {
     "no_figures": "No figure was drawn.",
     "figure_labels": "The figures are labelled in English.",
     "figure_problems": "Figures that could not be drawn:",
-    "fig_timeline": "Figure {k}. `{run}`: loss, total gradient norm, distance scale against the {dtype} exp limits "
-                    "{normal} and {zero}, and the exp/softmax outputs that underflowed to 0.0, per step.",
+    "fig_timeline": ("Figure {k}. `{run}`: loss, total gradient norm, distance scale against the {dtype} exp limits "
+                     "{normal} and {zero}, the exp/softmax outputs that underflowed to 0.0, the margin of 2b − a "
+                     "(a = −ln P_same, b = −ln P_diff, the batch's row where 2b − a is largest) to ln(FLT_MAX) = "
+                     "{ln_max}, and the smallest P_same and P_diff of each batch (log), per step."),
     "fig_gradients": "Figure {k}. `{run}`: gradient norm of every parameter tensor per step (log colour).",
     "fig_chain": "Figure {k}. `{run}`: the root-cause chain of the first non-finite value.",
-    "fig_domain": "Figure {k}. Where the ratio loss and its gradient are finite, +inf, −inf or NaN, as a function "
-                  "of the same-class and the other-class distance, in float32 and float64; the ratio runs' "
-                  "trajectories from the records drawn over it.",
+    "fig_domain": ("Figure {k}. Where the ratio loss and its gradient are finite, +inf, −inf or NaN, in a = −ln P_same "
+                   "and b = −ln P_diff (grid: one query with one same-class and one other-class neighbour, so a and b "
+                   "are the two distances), in float32 and float64; the points are real rows of the ratio runs' "
+                   "batches (a and b of one row): the row with the largest 2b − a (coloured by progress), the row "
+                   "with the smallest P_same and the row with the smallest P_diff. The boundaries a, 2b − a and "
+                   "b − a = ln(FLT_MAX) are labelled; negative values are not clipped."),
     "fig_check": ("Figure {k}. Bits of error of the loss against the distance scale for every formulation and "
                   "dtype (`stablenca check`); `ratio_eps` is drawn against the exact ratio loss (thick) and against "
                   "its own formula (dotted); × on the top row: non-finite loss; ○: finite loss, non-finite "

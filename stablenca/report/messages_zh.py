@@ -150,7 +150,7 @@ ZH: dict[str, str] = {
     "check_intro": "在生成的批次上扫描每种形式与数据类型：开始失效的最小尺度（非有限，或超过一半的有效位出错）及其误差位数。",
     "check_scale": ("尺度 s：每个生成的批次把每一行最近的同类距离与最近的异类距离（已除以温度，即 exp 的自变量）放在 "
                     "[s, 1.25 s] 内；s 从 {low} 取到 {high}，每十倍 {per_decade} 个点。于是各个和中的项都接近 exp(−s)："
-                    "在 {dtype} 中 s 超过 {normal} 时 exp(−s) 为次正规数，超过 {zero} 时恰为 0。"),
+                    "在 {dtype} 中 s 超过 {normal} 时 exp(−s) 为次正规数，超过 {zero} 时恰为 0.0。"),
     "check_metric": ("度量是 Herbie 的误差位数：log2(1 + 计算出的损失与舍入到该数据类型的精确损失之间相差的末位单位数)。"
                      "0 表示正确舍入，每多错一位距离加倍；结果错到浮点数所能错的最远时（有限值对无穷，或 0 对非零值），"
                      "它达到存储位宽（float32 为 32 位，float64 为 64 位）。超过一半有效位出错（float32 为 24 位中的 12 位，"
@@ -183,12 +183,15 @@ ZH: dict[str, str] = {
                       "`validation accuracy` 验证准确率，`best epoch` 最佳轮次（保留的检查点），`log space` 对数空间，"
                       "`early stopping` 早停。"),
     "figure_problems": "无法绘制的图：",
-    "fig_timeline": "图 {k}. `{run}`：每一步的损失、总梯度范数、距离尺度与 {dtype} 的 exp 界限 {normal} 和 {zero} 的对比，"
-                    "以及下溢为 0.0 的 exp/softmax 输出个数。",
+    "fig_timeline": ("图 {k}. `{run}`：每一步的损失、总梯度范数、距离尺度与 {dtype} 的 exp 界限 {normal} 和 {zero} 的对比、"
+                     "下溢为 0.0 的 exp/softmax 输出个数、2b − a 最大的那一行的 2b − a 与 `ln(FLT_MAX)` = {ln_max} 的距离"
+                     "（a = `−ln P_same`，b = `−ln P_diff`），以及每批最小的 `P_same` 与 `P_diff`（对数坐标）。"),
     "fig_gradients": "图 {k}. `{run}`：每个参数张量在每一步的梯度范数（对数色标）。",
     "fig_chain": "图 {k}. `{run}`：第一个非有限值的根本原因链。",
-    "fig_domain": "图 {k}. 比值损失及其梯度在何处为有限、+inf、−inf 或 NaN，作为同类距离和异类距离的函数，分别在 "
-                  "float32 和 float64 中计算；图上叠加了比值损失运行在记录中的轨迹。",
+    "fig_domain": ("图 {k}. 比值损失及其梯度在何处为有限、+inf、−inf 或 NaN，坐标为 a = `−ln P_same` 与 b = `−ln P_diff`"
+                   "（网格：每个查询只有一个同类近邻和一个异类近邻，a、b 即两段距离），分别在 float32 和 float64 中计算；"
+                   "图上的点是比值损失运行中真实的行（同一行的 a 与 b）：2b − a 最大的行（按运行进度着色）、`P_same` 最小的行、"
+                   "`P_diff` 最小的行；三条边界 a、2b − a、b − a = `ln(FLT_MAX)` 都已标出，负值不截断。"),
     "fig_check": ("图 {k}. 每种形式与数据类型的损失误差位数随距离尺度的变化（`stablenca check`）；`ratio_eps` 分别以精确的"
                   "比值损失（粗线）和自身公式（点线）为参照；顶行的 ×：损失非有限；○：损失有限而梯度非有限。"),
     "fig_sweep": ("图 {k}. 在失败那一步的批次上（float64），每种损失形式的损失及其推动力 `|dL/ds|` 随距离尺度 `s`"

@@ -266,7 +266,8 @@ def _ratio_unbounded(doc: Doc, section: _Counter, ratio_runs: list[RunData]) -> 
 
 def _limits_params(dtype: str) -> dict[str, str]:
     normal, zero = exp_limits(dtype)
-    return {"dtype": dtype, "normal": f"{normal:.2f}", "zero": f"{zero:.2f}"}
+    return {"dtype": dtype, "normal": f"{normal:.2f}", "zero": f"{zero:.2f}",
+            "ln_max": f"{math.log(facts(dtype).max):.2f}"}
 
 
 def _underflow(doc: Doc, section: _Counter, runs: list[RunData]) -> None:
