@@ -165,6 +165,22 @@ def test_exp_beyond_float64_range_is_still_an_overflow():
     assert finding.root_cause["kind"] == "overflow"
 
 
+def test_an_overflow_beyond_float64_is_decided_by_mpmath_not_called_a_pole():
+    # 700 ** 200 = 1.05e569: float64 overflows too although every input is below 709.78, so the
+    # float64 recompute alone would call it a pole; mpmath's exact value is finite
+    finding = find_nonfinite(lambda x: torch.pow(x, 200.0).sum(), torch.tensor([700.0, 1.5]))
+    assert (finding.pattern, finding.root_cause["kind"]) == ("overflow", "overflow")
+    assert "up to 1.05e+569 (mpmath), is beyond float64 too" in finding.root_cause["detail"]
+
+
+def test_a_pole_next_to_a_large_input_is_still_a_pole():
+    # lgamma(0) is a pole; lgamma(800) = 4.55e3 is finite. An input above float64's exp limit
+    # used to make the float64 recompute untrusted (an "overflow"); mpmath decides per element.
+    finding = find_nonfinite(lambda x: torch.lgamma(x).sum(), torch.tensor([0.0, 800.0]))
+    assert (finding.pattern, finding.root_cause["kind"]) == ("pole", "pole")
+    assert "float64 and mpmath recompute" in finding.root_cause["detail"]
+
+
 # -- counterfactual verification ------------------------------------------------------------
 
 

@@ -4,8 +4,9 @@
 :func:`~stablenca.trace.registry.register`, like ``torch.utils.flop_counter``'s formulas:
 ``0/0`` and ``x/0`` for a division, ``log(0)``, ``inf-inf`` ...), then decides from the values
 alone: an empty input of a fused op is an empty set; with finite inputs, the op is recomputed
-once in float64, and a result that is infinite there too is a ``pole``, a NaN there too a
-``domain`` error, and a finite one an ``overflow`` of the working dtype.
+once in float64 (and where float64 overflows too, in mpmath: :mod:`stablenca.trace.exact`),
+and a result that is infinite there too is a ``pole``, a NaN there too a ``domain`` error, and
+a finite one an ``overflow`` of the working dtype.
 
 >>> import torch
 >>> from stablenca.trace.ops import op_info
@@ -27,6 +28,7 @@ from typing import Any, NamedTuple
 import torch
 
 from .detectors import OpCall, indexed_broadcast_operands
+from .exact import exact_infinite
 from .ops import _INF, _as_operand, _broadcast, _flat_tensors, _recompute_float64, _reduce_dims
 from .provenance import _BAD, _INEXACT, _INFOK, _SMALL, _ZERO
 from .records import _dtype_name, _exp_limits, _fmt, _n
@@ -104,24 +106,34 @@ def analyse(call: OpCall, pos_nan: torch.Tensor, pos_inf: torch.Tensor) -> NanVe
         n_inf = _count(pos_inf & ~pos_nan)
         n_nan = _count(pos_nan)
         exact = _recompute_float64(call.func, args, kwargs, out)
+        beyond, recompute = "", "float64 recompute"
         if exact is not None:
-            # float64 is itself finite-ranged: exp(x) for x > 709.78 is inf there too. An input that
-            # large can overflow float64, so only smaller inputs make an infinite recompute a pole.
-            big = max((float(a.abs().max()) for _, a in tensors if a.numel()), default=0.0)
-            e_inf = _count((pos_inf | pos_nan) & torch.isinf(exact)) if big < math.log(torch.finfo(
-                torch.float64).max) else 0
+            inf64 = (pos_inf | pos_nan) & torch.isinf(exact)
+            e_inf = 0
+            if bool(inf64.any()):
+                # float64 is itself finite-ranged (700 ** 200, exp(1000)): where it overflows too,
+                # mpmath decides; an op without an mpmath form trusts float64 only while every input
+                # is below float64's exp limit (709.78)
+                decided = exact_infinite(call, inf64)
+                if decided is not None:
+                    e_inf, recompute = _count(decided[0]), "float64 and mpmath recompute"
+                    if decided[1] is not None:
+                        beyond = f"; the exact value, up to {decided[1]} (mpmath), is beyond float64 too"
+                else:
+                    big = max((float(a.abs().max()) for _, a in tensors if a.numel()), default=0.0)
+                    e_inf = _count(inf64) if big < math.log(torch.finfo(torch.float64).max) else 0
             e_nan = _count((pos_inf | pos_nan) & torch.isnan(exact))
             if e_inf:
                 lo_in = min((float(a.min()) for _, a in tensors if a.numel()), default=0.0)
                 hi_in = max((float(a.max()) for _, a in tensors if a.numel()), default=0.0)
-                d = (f"{_n(e_inf, 'result')} infinite in exact arithmetic too (float64 recompute: ±inf, inputs "
+                d = (f"{_n(e_inf, 'result')} infinite in exact arithmetic too ({recompute}: ±inf, inputs "
                      f"from {_fmt(lo_in)} to {_fmt(hi_in)}): a pole or an infeasible problem, not an overflow")
                 return NanVerdict("pole", "pole", _leads(tensors, _ZERO | _INEXACT), Flag("pole", d, e_inf))
             if e_nan:
                 return NanVerdict("NaN from finite inputs", "domain", _leads(tensors, _INEXACT | _ZERO))
         if n_inf and not n_nan:
             return NanVerdict("overflow", "overflow", _leads(tensors, _INEXACT | _SMALL),
-                              Flag("overflow", overflow_detail(base, tensors, dtype, n_inf), n_inf))
+                              Flag("overflow", overflow_detail(base, tensors, dtype, n_inf) + beyond, n_inf))
         return NanVerdict("NaN from finite inputs", "domain", _leads(tensors, _INEXACT | _ZERO))
     if _count(pos_nan):
         return NanVerdict("NaN from infinite inputs", "unknown", _leads(tensors, _INFOK | _BAD))

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from mpmath import mp
 
 aten = torch.ops.aten
 
@@ -46,6 +47,7 @@ class OpFacts:
     mask: bool = False  # may apply a mask (a bool cast, where, masked_fill with 0)
     spread: bool = False  # std/var/norm: an exact zero says every reduced value is equal or 0
     pole: float | None = None  # the input at which a log-like op is -inf
+    mpmath: Callable | None = None  # the op on mpmath numbers, elementwise (see stablenca.trace.exact)
 
 
 #: op packet -> its facts; filled by :func:`register`.
@@ -149,3 +151,19 @@ register(aten._to_copy, aten.where, aten.masked_fill, mask=True)
 register(aten.std, aten.var, aten.std_mean, aten.var_mean, aten.norm, aten.linalg_vector_norm, spread=True)
 register(aten.log, aten.log2, aten.log10, pole=0.0)
 register(aten.log1p, pole=-1.0)
+
+# the exact value of an elementwise op, for elements where float64 overflows too (exact.py);
+# an mpmath pole raises (ZeroDivisionError, ValueError) or returns ±inf
+register(aten.exp, mpmath=lambda x: mp.exp(x))
+register(aten.exp2, mpmath=lambda x: mp.power(2, x))
+register(aten.expm1, mpmath=lambda x: mp.expm1(x))
+register(aten.pow, mpmath=lambda a, b: mp.power(a, b))
+register(aten.mul, mpmath=lambda a, b: a * b)
+register(aten.div, aten.true_divide, mpmath=lambda a, b: a / b)
+register(aten.reciprocal, mpmath=lambda x: 1 / x)
+register(aten.square, mpmath=lambda x: x * x)
+register(aten.cosh, mpmath=lambda x: mp.cosh(x))
+register(aten.sinh, mpmath=lambda x: mp.sinh(x))
+register(aten.tan, mpmath=lambda x: mp.tan(x))
+register(aten.lgamma, mpmath=lambda x: mp.loggamma(x) if x > 0 else mp.log(abs(mp.gamma(x))))
+register(aten.digamma, mpmath=lambda x: mp.digamma(x))
