@@ -284,14 +284,16 @@ def _margin_panel(ax, run: RunData, steps: np.ndarray) -> None:
                  f"forms e^(2b − a){aside}", loc="left", fontsize=9.5)
     ax.set_ylabel("2b − a\n(a = −ln P_same, b = −ln P_diff)")
     if not (run.has("ab_backward_a") and run.has("ab_backward_b")):
-        ax.text(0.5, 0.5, "these records carry no per-row (a, b) (recorded before the probes kept them, or the loss "
-                "published no P_same / P_diff)", ha="center", va="center", transform=ax.transAxes, color=_GREY)
+        why = ("these records carry no per-row (a, b): recorded before the probes kept them" if run.has("p_same_min")
+               else "this loss published no P_same / P_diff")
+        ax.text(0.5, 0.5, why, ha="center", va="center", transform=ax.transAxes, color=_GREY)
         return
     a, b = run.series("ab_backward_a"), run.series("ab_backward_b")
     with np.errstate(invalid="ignore"):
         exponent = 2 * b - a
     good = np.isfinite(exponent)
-    ax.plot(steps[good], exponent[good], lw=0.9, color="#5e3c99", label="2b − a of the batch's row where it is largest")
+    ax.plot(steps[good], exponent[good], lw=0.9, color="#5e3c99",
+            label="2b − a of the batch's row where it is largest")
     ax.axhline(ln_max, color=_RED, lw=1.4, label=f"{ln_max:.2f} = ln(max {run.dtype}): e^(2b − a) overflows above")
     _mark_nonfinite(ax, steps, exponent, "a sum was 0.0 (2b − a = ±inf / NaN)")
     if good.any():

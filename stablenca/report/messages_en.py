@@ -141,16 +141,17 @@ EN: dict[str, str] = {
     "eps_no_zeros": "`exp` returned no exact zero in its {n_steps} recorded steps.",
     "eps_small": "The smallest `P_same` of a row reached {psame} (step {psame_step}) and the smallest `P_diff` "
                  "{pdiff} (step {pdiff_step}).",
-    "eps_formula": "The patch adds `{eps}` to both sums: `−log((P_same + {eps}) / (P_diff + {eps}))`. It bounds the "
-                   "loss, but a sum far below `{eps}` no longer counts: the loss saturates, and the gradient of "
-                   "`log(P + {eps})` is `P′ / (P + {eps})` instead of `P′ / P`, smaller by the factor "
-                   "`P / (P + {eps})`.",
+    "eps_formula": ("The patch, exactly as the student wrote it, adds `{eps}` to both sums and once more to the "
+                    "divisor: `−log((P_same + {eps}) / (P_diff + {eps} + {eps}))`. It bounds the loss, but a sum far "
+                    "below `{eps}` no longer counts: the loss saturates (at log 2 once both sums are 0), and the "
+                    "gradient of `log(P + c)` is `P′ / (P + c)` instead of `P′ / P`, smaller by the factor "
+                    "`P / (P + c)` (c = `{eps}` for `P_same`, twice that for `P_diff`)."),
     "eps_below": "In {n_below} of {n_steps} recorded steps some row had `P_same` or `P_diff` below `{eps}`.",
     "eps_bias": "At the smallest non-zero recorded sum, {p}, that factor is {factor}.",
     "eps_exact_zero": "In {n_zero} steps a sum was exactly 0.0 in some row: there the gradient through that sum is "
                       "exactly 0.",
-    "eps_dead": "In {n_dead} steps the loss and the gradient were both exactly 0: both sums had underflowed and "
-                "training silently stopped.",
+    "eps_dead": ("In {n_dead} steps the gradient was exactly 0: every row's sums had underflowed, the loss sat at "
+                 "log 2, and training silently stopped."),
     "eps_conclusion": "The NaN is gone, but the rows whose sums underflowed get a biased (vanishing) gradient, and "
                       "nothing in the loss tells you so; only the records do.",
     "h_difference": "{n}. The difference loss stays finite, but far pairs stop learning",

@@ -116,13 +116,14 @@ ZH: dict[str, str] = {
     "eps_no_zeros": "在已记录的 {n_steps} 步中 `exp` 没有返回精确的零。",
     "eps_small": "各行中最小的 `P_same` 达到 {psame}（第 {psame_step} 步），最小的 `P_diff` 达到 {pdiff}"
                  "（第 {pdiff_step} 步）。",
-    "eps_formula": "这个补丁给两个和都加上 `{eps}`：`−log((P_same + {eps}) / (P_diff + {eps}))`。它让损失有界，"
-                   "但远小于 `{eps}` 的和就不再起作用：损失饱和，而 `log(P + {eps})` 的梯度是 `P′ / (P + {eps})` 而不是 "
-                   "`P′ / P`，缩小了 `P / (P + {eps})` 倍。",
+    "eps_formula": ("这个补丁完全照学生的写法，给两个和都加上 `{eps}`，并在除数中再加一次："
+                    "`−log((P_same + {eps}) / (P_diff + {eps} + {eps}))`。它让损失有界，但远小于 `{eps}` 的和就不再起作用："
+                    "损失饱和（两个和都为 0 时钉在 log 2），而 `log(P + c)` 的梯度是 `P′ / (P + c)` 而不是 `P′ / P`，"
+                    "乘以因子 `P / (P + c)`（对 `P_same`，c = `{eps}`；对 `P_diff`，c 是它的两倍）。"),
     "eps_below": "在已记录的 {n_steps} 步中有 {n_below} 步，某一行的 `P_same` 或 `P_diff` 低于 `{eps}`。",
     "eps_bias": "在记录到的最小非零和 {p} 处，这个因子是 {factor}。",
     "eps_exact_zero": "有 {n_zero} 步中某一行的和精确为 0.0：在那里，经过这个和的梯度精确为 0。",
-    "eps_dead": "有 {n_dead} 步的损失和梯度都精确为 0：两个和都已下溢，训练悄无声息地停了下来。",
+    "eps_dead": "有 {n_dead} 步的梯度恰为 0：每一行的两个和都已下溢，损失停在 log 2，训练悄无声息地停了下来。",
     "eps_conclusion": "NaN 消失了，但和已下溢的那些行得到的是有偏的（趋于消失的）梯度，损失本身不会告诉你这一点；只有记录会。",
     "h_difference": "{n}. 差值损失保持有限，但远处的样本对不再学习",
     "difference_formula": "`P_diff.sum() − P_same.sum()` 是 `exp(−d)` 项的有界和，从不产生 NaN。它对某一对样本距离的"

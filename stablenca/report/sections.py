@@ -445,12 +445,15 @@ def _epsilon_run(doc: Doc, run: RunData, eps: float) -> None:
                     if math.isfinite(v) and v > 0]
         parts.append(m("eps_below", n_below=below, n_steps=n, eps=eps))
         if positive:
-            smallest = min(positive)
-            parts.append(m("eps_bias", p=smallest, factor=smallest / (smallest + eps)))
+            # P_diff gets eps twice (the student's divisor), P_same once.
+            smallest, added = min((v, eps * (1 if key == "p_same_min" else 2)) for r in run.records
+                                  for key in ("p_same_min", "p_diff_min") for v in [num(r.get(key))]
+                                  if math.isfinite(v) and v > 0)
+            parts.append(m("eps_bias", p=smallest, factor=smallest / (smallest + added)))
         exact = sum(1 for r in run.records if num(r.get("p_same_min")) == 0 or num(r.get("p_diff_min")) == 0)
         if exact:
             parts.append(m("eps_exact_zero", n_zero=exact))
-    dead = sum(1 for r in run.records if num(r.get("loss")) == 0 and num(r.get("grad_norm")) == 0)
+    dead = sum(1 for r in run.records if num(r.get("grad_norm")) == 0)
     if dead:
         parts.append(m("eps_dead", n_dead=dead))
     parts.append(m("eps_conclusion"))

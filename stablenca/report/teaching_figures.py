@@ -84,7 +84,7 @@ def validation_figure(curves: Mapping[str, ValidationCurve], title: str = "valid
                 zorder=4 if ratio else 2)
         if curve.best_epoch is not None:
             ax.scatter([curve.best_epoch], [curve.best], color=colour, s=50, zorder=5, edgecolors="black")
-    ax.set(xlabel="epoch", ylabel="validation accuracy", title=title)
+    ax.set(xlabel="epoch (counted from 0, as in the records and the text)", ylabel="validation accuracy", title=title)
     ax.legend(fontsize=7, loc="lower right", title="dot: kept checkpoint (best validation)", title_fontsize=7)
     return fig
 
@@ -134,7 +134,8 @@ def comparison_figure(run_dirs: Sequence[str | Path], title: str = "ModernNCA pr
                     title="distance scale per step (x: first non-finite step)")
     distance_ax.legend(fontsize=7)
     # Validation runs at the end of an epoch: epoch e's value is drawn at e + 1, where it was measured.
-    accuracy_ax.set(xlabel="epoch (validation at the end of each epoch)", ylabel="validation accuracy",
+    accuracy_ax.set(xlabel="epochs completed (the validation after epoch e, counted from 0, is drawn at e + 1)",
+                    ylabel="validation accuracy",
                     title="validation accuracy (dot: kept checkpoint)")
     fig.suptitle(title)
     return fig

@@ -76,6 +76,8 @@ def render_markdown(study: dict[str, Any]) -> str:
         f"- machine: {machine['cpu_count']} CPUs, {machine['platform']}, Python {machine['python']}, "
         f"torch {machine['torch']}, numpy {machine['numpy']}, scikit-learn {machine['sklearn']}; "
         f"{machine['jobs']} parallel job(s), {machine['threads_per_run']} thread per run",
+        *([f"- code: stablenca at commit {machine['code']}"] if machine.get("code") else []),
+        *([f"- provenance: {study['provenance']}"] if study.get("provenance") else []),
         f"- wall time: {study['wall_seconds']:.1f} s for {study['runs']} runs "
         f"(sum of run times {study['run_seconds_total']:.1f} s); started {study['started_at']}",
         "- mean ± std over seeds; std is the population std (ddof=0, as TALENT's np.std)",

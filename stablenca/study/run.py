@@ -339,7 +339,23 @@ def machine_info(jobs: int) -> dict[str, Any]:
 
     return {"cpu_count": os.cpu_count(), "platform": platform.platform(), "machine": platform.machine(),
             "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-            "sklearn": sklearn.__version__, "jobs": jobs, "threads_per_run": 1}
+            "sklearn": sklearn.__version__, "jobs": jobs, "threads_per_run": 1, "code": code_version()}
+
+
+def code_version() -> str | None:
+    """The git commit of the stablenca source that runs (``+ local changes`` when the tree is dirty),
+    or None outside a git checkout: a study's numbers depend on the code as much as on the machine."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "stablenca"],
+                               cwd=root, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{commit} + local changes" if dirty else commit
 
 
 def _select_rows(task: str, rows: Sequence[str] | None) -> list[Row]:
