@@ -46,3 +46,25 @@ def test_every_tracer_phrase_of_the_report_is_translated(reports):
     for text in found:
         assert untranslated(text)  # English before
         assert untranslated(translate(text)) == [], text
+
+
+def test_study_seed_zero_is_compared_with_the_same_training():
+    # A study row and a diagnose run pair up only when every training field agrees; the numbers shown are
+    # the study's seed-0 test accuracy and the run's own result.
+    import json
+
+    from stablenca.report.sections import _SAME_TRAINING, _seed_zero
+
+    run_set = load_run_set(DIAGNOSE)
+    study = json.loads((DIAGNOSE.parent / "factors_modernnca" / "study.json").read_text())
+    pairs = {(row, run): (a, b) for row, run, a, b in _seed_zero(study, run_set)}
+    run = run_set.run("modernnca", "modernnca")
+    row = next(r for r in study["rows"] if r["id"] == "modernnca_f32")
+    expected = (next(s for s in row["per_seed"] if s["seed"] == 0)["test"]["accuracy"], run.result["test"]["accuracy"])
+    assert pairs[("modernnca_f32", run.name)] == expected
+    assert all(run_set.runs[[r.name for r in run_set.runs].index(name)].config["loss"] ==
+               next(r for r in study["rows"] if r["id"] == row_id)["config"]["loss"] for row_id, name in pairs)
+    changed = json.loads(json.dumps(study))
+    for r in changed["rows"]:
+        r["config"]["lr"] = 0.5  # a different training: no pair
+    assert "lr" in _SAME_TRAINING and _seed_zero(changed, run_set) == []

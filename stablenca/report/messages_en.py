@@ -217,6 +217,18 @@ EN: dict[str, str] = {
                      "loss {student} ± {student_sd}."),
     "homework_step": "{id}, {label}: Δ {delta} [{low}, {high}].",
     "homework_factor": "{id}, {change}: Δ {delta} [{low}, {high}].",
+    "homework_machine": ("Made with stablenca at commit {code} on {cpus} CPUs, torch {torch}, {jobs} parallel job(s) "
+                         "of one thread (started {started})."),
+    "homework_machine_no_code": ("Made on {cpus} CPUs, torch {torch}, {jobs} parallel job(s) of one thread (started "
+                                 "{started}); this study did not record its code commit (see its study.md)."),
+    "homework_seed_same": ("Its seed 0 is the same training as runs of this report and gives the same test accuracy "
+                           "(study torch {torch}; this report torch {diagnose_torch}, {threads} thread(s)):"),
+    "homework_seed_differs": ("Its seed 0 is the same configuration as runs of this report, yet the numbers differ: "
+                              "a training result depends on the code (the trainer's random stream), on the torch "
+                              "version and on the thread count (both change the order of floating-point sums), and "
+                              "this study ran with torch {torch} while this report ran with torch {diagnose_torch}, "
+                              "{threads} thread(s):"),
+    "homework_seed_pair": "{row} seed 0: test accuracy {study}; {run}: {diagnose}.",
     "homework_caveat": ("TALENT's published numbers come from its own split, so they are a reference point, not a "
                         "paired comparison: a different split moves the mean by more than most factors above."),
     "h_figures": "{n}. Figures",

@@ -172,6 +172,15 @@ ZH: dict[str, str] = {
     "homework_gap": "ModernNCA 的测试准确率为 {modern} ± {modern_sd}，学生的 SeedNCA 用比值损失为 {student} ± {student_sd}。",
     "homework_step": "{id}，{label}：Δ {delta} [{low}, {high}]。",
     "homework_factor": "{id}，{change}：Δ {delta} [{low}, {high}]。",
+    "homework_machine": "由 stablenca 提交 {code} 在 {cpus} 个 CPU、torch {torch} 上生成，{jobs} 个并行任务，每个单线程（开始于 {started}）。",
+    "homework_machine_no_code": ("在 {cpus} 个 CPU、torch {torch} 上生成，{jobs} 个并行任务，每个单线程（开始于 {started}）；"
+                                 "这项研究没有记录代码的提交（见其 study.md）。"),
+    "homework_seed_same": ("它的种子 0 与本报告中的运行是同一次训练，测试准确率相同（研究用 torch {torch}；本报告用 torch "
+                           "{diagnose_torch}，{threads} 个线程）："),
+    "homework_seed_differs": ("它的种子 0 与本报告中的运行配置相同，结果却不同：训练结果取决于代码（训练器的随机数流）、"
+                              "torch 版本和线程数（后两者都会改变浮点求和的顺序），而这项研究用的是 torch {torch}，"
+                              "本报告用的是 torch {diagnose_torch}、{threads} 个线程："),
+    "homework_seed_pair": "{row} 种子 0：测试准确率 {study}；{run}：{diagnose}。",
     "homework_caveat": ("TALENT 公布的数字来自它自己的划分，所以只是参照，不是配对比较：换一个划分，均值的变化比上面大多数"
                         "因素都大。"),
     "h_figures": "{n}. 图",

@@ -135,7 +135,7 @@ def extract(run_set: RunSet, figures: list[Figure], check: dict[str, Any] | None
     if check is not None:
         _check_section(doc, section, check)
     if studies:
-        _homework(doc, section, studies)
+        _homework(doc, section, studies, run_set)
     _figures(doc, section, figures, runs, problems or [])
     return doc
 
@@ -144,7 +144,51 @@ def _interval_parts(paired: dict[str, Any]) -> dict[str, Any]:
     return {"delta": f"{paired['mean']:+.4f}", "low": f"{paired['low']:+.4f}", "high": f"{paired['high']:+.4f}"}
 
 
-def _homework(doc: Doc, section: _Counter, studies: list[tuple[str, dict[str, Any]]]) -> None:
+#: Config fields that must agree for a study row's seed 0 and a diagnose run to be the same training.
+_SAME_TRAINING = ("model", "loss", "task", "dtype", "epochs", "batch_size", "optimizer", "lr", "weight_decay",
+                  "patience", "candidates", "readout", "sample_rate", "split_seed", "numerical", "model_options")
+
+
+def _seed_zero(study: dict[str, Any], run_set: RunSet | None) -> list[tuple[str, str, float, float]]:
+    """(study row, diagnose run, study seed-0 test accuracy, diagnose test accuracy) for every study row
+    whose configuration is a diagnose run's (with the same seed)."""
+    if run_set is None or run_set.summary.get("seed") != 0:
+        return []
+    pairs = []
+    for row in study.get("rows", []):
+        config = row.get("config") or {}
+        seed_zero = next((r for r in row.get("per_seed", []) if r.get("seed") == 0), None)
+        accuracy = ((seed_zero or {}).get("test") or {}).get("accuracy")
+        if accuracy is None or not config:
+            continue
+        for run in run_set.runs:
+            test = ((run.result or {}).get("test") or {}).get("accuracy")
+            if test is not None and run.config and all(run.config.get(k) == config.get(k) for k in _SAME_TRAINING):
+                pairs.append((row["id"], run.name, float(accuracy), float(test)))
+    return pairs
+
+
+def _provenance(doc: Doc, study: dict[str, Any], run_set: RunSet | None) -> None:
+    """Which code and machine made the study, and whether its seed 0 reproduces the diagnose run."""
+    machine = study.get("machine") or {}
+    if machine:
+        doc.p(m("homework_machine" if machine.get("code") else "homework_machine_no_code",
+                cpus=machine.get("cpu_count", "?"), torch=machine.get("torch", "?"), jobs=machine.get("jobs", "?"),
+                code=machine.get("code") or "", started=study.get("started_at", "?")))
+    pairs = _seed_zero(study, run_set)
+    if not pairs:
+        return
+    items = [[m("homework_seed_pair", row=f"`{row}`", run=f"`{run}`", study=f"{a:.4f}", diagnose=f"{b:.4f}")]
+             for row, run, a, b in pairs]
+    diagnose = (run_set.summary.get("machine") or {}) if run_set is not None else {}
+    same = all(a == b for _, _, a, b in pairs)
+    doc.p(m("homework_seed_same" if same else "homework_seed_differs", torch=machine.get("torch", "?"),
+            diagnose_torch=diagnose.get("torch", "?"), threads=diagnose.get("threads", "?")))
+    doc.bullets(items)
+
+
+def _homework(doc: Doc, section: _Counter, studies: list[tuple[str, dict[str, Any]]],
+              run_set: RunSet | None = None) -> None:
     """The homework's question answered with the studies' numbers: the ablation walk and the factors."""
     doc.h2("h_homework", n=section.next())
     doc.p(m("homework_intro"))
@@ -170,6 +214,7 @@ def _homework(doc: Doc, section: _Counter, studies: list[tuple[str, dict[str, An
         if items:
             doc.p(m("homework_source", path=f"[`{path}`]({path})", n_seeds=len(study.get("seeds", []))))
             doc.bullets(items)
+            _provenance(doc, study, run_set)
     doc.p(m("homework_caveat"))
 
 
