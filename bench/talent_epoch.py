@@ -6,7 +6,9 @@ Interleaved rounds (the order rotates each round), one process, the TALENT-forma
 Abalone of ``talent_split.py``, float32, TALENT's default configuration:
 
 * **epoch**: TALENT's ``train_epoch`` + ``validate`` (what its ``Time cost`` covers, less
-  the checkpoint it saves) vs stablenca's steps + ``evaluate("val")``; and each half alone;
+  the checkpoint it saves) vs stablenca's steps + ``evaluate("val")``, with the eager
+  kernel (autograd through cdist → softmax → readout) and the fused one
+  (:mod:`stablenca.models.fused`); and each half alone;
 * **probes**: one stablenca training step (``Trainer.run_step``) with no hook, with the
   sentinel, with the recorder, and with both (what ``diagnose`` attaches), for ModernNCA
   and for the student's SeedNCA.
@@ -34,6 +36,7 @@ from talent_split import write_split  # noqa: E402
 from stablenca.runtime.recorder import Recorder  # noqa: E402
 from stablenca.runtime.sentinel import Sentinel  # noqa: E402
 from stablenca.training import StepContext, Trainer, TrainConfig  # noqa: E402
+from stablenca.training.trainer import KERNELS  # noqa: E402
 
 
 def epoch_variants(talent, data_root: Path, model_path: Path, task: str) -> dict:
@@ -46,7 +49,9 @@ def epoch_variants(talent, data_root: Path, model_path: Path, task: str) -> dict
     with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
         method = talent.Method(args, info["task_type"] == "regression")
         method.fit(train_val, info)  # builds the data and model, runs one epoch
-    trainer = Trainer(TrainConfig(data=str(data_root / name), seed=0, epochs=1, patience=None))
+    trainers = {kernel: Trainer(TrainConfig(data=str(data_root / name), seed=0, epochs=1, patience=None,
+                                            kernel=kernel))
+                for kernel in KERNELS}
 
     def quiet(call):
         def run():
@@ -56,18 +61,20 @@ def epoch_variants(talent, data_root: Path, model_path: Path, task: str) -> dict
                 call()
         return run
 
-    def steps():
+    def steps(trainer):
         for batch in trainer.epoch_batches():
             trainer.run_step(StepContext(0, 0, 0, batch))
 
-    return {
+    variants = {
         "TALENT epoch": quiet(lambda: (method.train_epoch(1), method.validate(1))),
-        "stablenca epoch": lambda: (steps(), trainer.evaluate("val")),
         "TALENT training steps": quiet(lambda: method.train_epoch(1)),
-        "stablenca training steps": steps,
         "TALENT validation": quiet(lambda: method.validate(1)),
-        "stablenca validation": lambda: trainer.evaluate("val"),
     }
+    for kernel, trainer in trainers.items():
+        variants[f"{kernel} epoch"] = lambda t=trainer: (steps(t), t.evaluate("val"))
+        variants[f"{kernel} training steps"] = lambda t=trainer: steps(t)
+    variants["stablenca validation"] = lambda: trainers["fused"].evaluate("val")
+    return variants
 
 
 def step_variants(tmp: Path, model: str) -> dict:
@@ -116,19 +123,21 @@ def main(argv=None) -> None:
         steps = {}
         for model in ("modernnca", "seed"):
             steps.update(C.interleaved(step_variants(tmp, model), rounds * 4))
-    pairs = [("epoch", "TALENT epoch", "stablenca epoch"),
-             ("training steps", "TALENT training steps", "stablenca training steps"),
-             ("validation", "TALENT validation", "stablenca validation")]
+    pairs = [("epoch", "TALENT epoch", "eager epoch", "fused epoch"),
+             ("training steps", "TALENT training steps", "eager training steps", "fused training steps"),
+             ("validation", "TALENT validation", "stablenca validation", "stablenca validation")]
     rows = []
-    for label, theirs, ours in pairs:
-        ratio = C.median([t / o for t, o in zip(epochs[theirs], epochs[ours])])
-        rows.append([label, C.fmt_seconds(C.median(epochs[theirs])), C.fmt_seconds(C.median(epochs[ours])),
-                     f"{ratio:.2f}×"])
+    for label, theirs, eager, fused in pairs:
+        ratios = [C.median([t / o for t, o in zip(epochs[theirs], epochs[ours])]) for ours in (eager, fused)]
+        rows.append([label, C.fmt_seconds(C.median(epochs[theirs])), C.fmt_seconds(C.median(epochs[eager])),
+                     C.fmt_seconds(C.median(epochs[fused])), f"{ratios[0]:.2f}×", f"{ratios[1]:.2f}×"])
     body = [f"{rounds} interleaved rounds, float32, {torch.get_num_threads()} torch threads, Abalone "
             "(TALENT-format split of `talent_split.py`), TALENT's default ModernNCA configuration.", "",
             "**Per epoch** (median; ratio = median of per-round TALENT / stablenca, above 1 means stablenca "
             "is faster):", "",
-            C.md_table(["", "TALENT", "stablenca", "TALENT / stablenca"], rows), "",
+            C.md_table(["", "TALENT", "stablenca eager", "stablenca fused", "TALENT / eager",
+                        "TALENT / fused"], rows), "",
+            "(Validation is the same code for both kernels.)", "",
             "**What diagnosis adds to one training step** (median; ratio to the same model's step with "
             "no hook, per round):", ""]
     step_rows = []

@@ -58,6 +58,9 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--patience", type=nonnegative_int, default=None,
                        help="early stopping patience in epochs (ModernNCA default 20)")
     group.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    group.add_argument("--kernel", choices=("eager", "fused"), default=None,
+                       help="ModernNCA's objective: fused (closed-form backward, faster) or eager (autograd "
+                            "through every op); the forward and what probes see are the same bits")
 
 
 def config_from_args(args: argparse.Namespace, *, model: str, loss: str | None):
@@ -69,4 +72,5 @@ def config_from_args(args: argparse.Namespace, *, model: str, loss: str | None):
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         patience="default" if args.patience is None else args.patience, device=args.device,
         data=args.data, target=args.target, split_seed=args.split_seed, numerical=args.numerical,
+        **({"kernel": args.kernel} if getattr(args, "kernel", None) else {}),
     )

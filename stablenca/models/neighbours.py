@@ -56,7 +56,17 @@ def in_batch_pairs(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> 
     return Pairs(distances, y, y, self_mask)
 
 
-def sampled_pool_pairs(
+@dataclasses.dataclass
+class Rows:
+    """One step's embedded rows: the batch first, then the sampled candidates."""
+
+    embeddings: torch.Tensor  # (C, dim); rows [0, B) are the batch
+    labels: torch.Tensor  # (B,)
+    candidate_labels: torch.Tensor  # (C,)
+    n_candidates_sampled: int = 0
+
+
+def sampled_pool_rows(
     model: torch.nn.Module,
     x_train: torch.Tensor,
     y_train: torch.Tensor,
@@ -64,8 +74,8 @@ def sampled_pool_pairs(
     *,
     sample_rate: float,
     generator: torch.Generator,
-) -> Pairs:
-    """TALENT's training candidates for one batch (``ModernNCAMethod.train_epoch`` + ``forward``)."""
+) -> Rows:
+    """TALENT's training candidates for one batch, embedded (``ModernNCAMethod.train_epoch`` + ``forward``)."""
     pool_mask = torch.ones(len(x_train), dtype=torch.bool, device=x_train.device)
     pool_mask[batch_indices] = False
     pool = pool_mask.nonzero().squeeze(1)
@@ -76,7 +86,6 @@ def sampled_pool_pairs(
     # except one draw per epoch that TALENT's validation DataLoader takes for its seed.
     order = torch.randperm(len(pool), generator=generator, device="cpu").to(pool.device)
     candidates = pool[order[:n_sampled]]
-    batch_size = len(batch_indices)
     # NOTE[DIFF]: TALENT embeds the batch and the candidates in two calls; one call
     # gives the same rows (no batch statistics are involved with n_blocks=0) and
     # halves the Python overhead. With n_blocks>0 BatchNorm sees the union, which
@@ -87,11 +96,26 @@ def sampled_pool_pairs(
     # normalised update amplifies, so float32 runs match TALENT's in distribution
     # (bench/talent_side_by_side.py), not bit for bit.
     embeddings = model(torch.cat([x_train[batch_indices], x_train[candidates]]))
-    distances = divided_by(torch.cdist(embeddings[:batch_size], embeddings, p=2), model.temperature)
+    candidate_labels = torch.cat([y_train[batch_indices], y_train[candidates]])
+    return Rows(embeddings, y_train[batch_indices], candidate_labels, n_sampled)
+
+
+def sampled_pool_pairs(
+    model: torch.nn.Module,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    batch_indices: torch.Tensor,
+    *,
+    sample_rate: float,
+    generator: torch.Generator,
+) -> Pairs:
+    """TALENT's training candidates for one batch, as distances (:func:`sampled_pool_rows`)."""
+    rows = sampled_pool_rows(model, x_train, y_train, batch_indices, sample_rate=sample_rate, generator=generator)
+    batch_size = len(batch_indices)
+    distances = divided_by(torch.cdist(rows.embeddings[:batch_size], rows.embeddings, p=2), model.temperature)
     self_mask = torch.zeros(distances.shape, dtype=torch.bool, device=distances.device)
     self_mask[:, :batch_size].fill_diagonal_(True)
-    candidate_labels = torch.cat([y_train[batch_indices], y_train[candidates]])
-    return Pairs(distances, y_train[batch_indices], candidate_labels, self_mask, n_sampled)
+    return Pairs(distances, rows.labels, rows.candidate_labels, self_mask, rows.n_candidates_sampled)
 
 
 def soft_neighbour_readout(

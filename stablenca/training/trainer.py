@@ -28,13 +28,16 @@ from .. import floats, losses
 from ..errors import ConfigError, StableNCAError, UserLossError
 from ..data import load_dataset, prepare
 from ..models import ModernNCA, SeedNCA
-from ..models.neighbours import (in_batch_pairs, knn_readout, onehot_targets, sampled_pool_pairs,
-                                soft_neighbour_readout)
+from ..losses.builtin import modernnca as _modernnca_loss
+from ..models.fused import modernnca_objective
+from ..models.neighbours import (Rows, in_batch_pairs, knn_readout, onehot_targets, sampled_pool_pairs,
+                                sampled_pool_rows, soft_neighbour_readout)
 from ..publish import capture
 from ..records import deferred_interrupts
 
 MODELS = ("modernnca", "seed")
 TASKS = ("multiclass", "regression")
+KERNELS = ("eager", "fused")
 
 #: Per-model defaults: TALENT's for ModernNCA, the homework's for the student's model.
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -72,6 +75,10 @@ class TrainConfig:
     readout: str | None = None  # "soft" (TALENT) or "knn" (the student, k=3)
     sample_rate: float = 0.5
     chunk_size: int = 4096
+    #: "fused": TALENT's objective (loss ``modernnca``) from embeddings with its closed-form
+    #: backward (:mod:`stablenca.models.fused`); "eager": distances, then the registered loss
+    #: on autograd's tape. Other losses always run eager. Same forward bits either way.
+    kernel: str = "eager"
     device: str = "cpu"
     data: str | None = None  # None = embedded Abalone
     target: str | None = None
@@ -121,6 +128,8 @@ class TrainConfig:
             raise ConfigError(f"unknown readout {config.readout!r}", fix="use soft or knn")
         if not 0 < config.sample_rate <= 1:
             raise ConfigError(f"sample_rate={config.sample_rate} must be in (0, 1]", fix="use 0.5 (TALENT)")
+        if config.kernel not in KERNELS:
+            raise ConfigError(f"unknown kernel {config.kernel!r}", fix=f"use one of {', '.join(KERNELS)}")
         if config.chunk_size < 1:
             raise ConfigError(f"chunk_size={config.chunk_size} must be >= 1", fix="use 4096 or so")
         losses.resolve(config.loss, config.task)  # unknown loss, or a loss that does not fit the task
@@ -143,7 +152,7 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
                 raise ConfigError(f"{name}={value!r} is not a number", fix=f"use {option(name)} with a number")
-        for name in ("loss", "device"):
+        for name in ("loss", "device", "kernel"):
             if not isinstance(getattr(self, name), str):
                 raise ConfigError(f"{name}={getattr(self, name)!r} is not a string", fix=f"use {option(name)} NAME")
         if not isinstance(self.model_options, dict):
@@ -296,6 +305,8 @@ class Trainer:
         self.formulation = losses.resolve(self.config.loss, self.task)
         if self.formulation.user:
             self.formulation = _guard_user_loss(self.formulation)
+        #: The fused kernel computes the built-in ModernNCA objective only; anything else runs eager.
+        self.fused = self.config.kernel == "fused" and self.formulation.fn is _modernnca_loss
         torch.manual_seed(self.config.seed)
         self.model = build_model(self.config, self.data.n_num, self.data.n_onehot).to(self.device, self.dtype)
         self.parameter_names = [name for name, _ in self.model.named_parameters()]
@@ -331,14 +342,30 @@ class Trainer:
         return sampled_pool_pairs(self.model, self.x_train, self.y_train, batch_indices,
                                   sample_rate=self.config.sample_rate, generator=self.generator)
 
+    def rows(self, batch_indices: torch.Tensor) -> Rows:
+        """The batch and its candidates, embedded (the batch first: self pairs on the leading diagonal)."""
+        batch_indices = batch_indices.to(self.device)
+        if self.config.candidates == "in_batch":
+            y = self.y_train[batch_indices]
+            return Rows(self.model(self.x_train[batch_indices]), y, y)
+        return sampled_pool_rows(self.model, self.x_train, self.y_train, batch_indices,
+                                 sample_rate=self.config.sample_rate, generator=self.generator)
+
     def compute_loss(self, batch_indices: torch.Tensor) -> tuple[losses.LossOutput, dict[str, Any]]:
         """Forward pass of one batch; returns the loss output and what the loss published."""
         # Always collected, even with no hook to read it: a replayed step must run the same ops
         # as the recorded one (the tracer numbers them, and publishing detaches).
+        temperature = getattr(self.model, "temperature", 1.0)
         with capture() as published:
+            if self.fused:
+                rows = self.rows(batch_indices)
+                published["temperature"] = temperature
+                output = modernnca_objective(rows.embeddings[:len(rows.labels)], rows.embeddings, rows.labels,
+                                             rows.candidate_labels, task=self.task, n_classes=self.n_classes,
+                                             temperature=temperature)
+                return output, published
             pairs = self.pairs(batch_indices)
-            publish_temperature = getattr(self.model, "temperature", 1.0)
-            published["temperature"] = publish_temperature
+            published["temperature"] = temperature
             output = losses.evaluate(self.formulation, pairs.distances, pairs.labels, pairs.candidate_labels,
                                      pairs.self_mask, task=self.task, n_classes=self.n_classes)
         return output, published
