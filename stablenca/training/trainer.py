@@ -78,7 +78,7 @@ class TrainConfig:
     #: "fused": TALENT's objective (loss ``modernnca``) from embeddings with its closed-form
     #: backward (:mod:`stablenca.models.fused`); "eager": distances, then the registered loss
     #: on autograd's tape. Other losses always run eager. Same forward bits either way.
-    kernel: str = "eager"
+    kernel: str = "fused"
     device: str = "cpu"
     data: str | None = None  # None = embedded Abalone
     target: str | None = None
