@@ -6,7 +6,7 @@ import json
 import sys
 
 from ..errors import EXIT_INTERRUPTED, EXIT_TERMINATED, INTERRUPTED_MESSAGE, TERMINATED_MESSAGE
-from ._args import add_data_options, add_training_options, config_from_args
+from ._args import add_data_options, add_training_options, config_from_args, positive_int
 
 
 def register(subparsers) -> None:
@@ -24,6 +24,9 @@ def register(subparsers) -> None:
     parser.add_argument("--mode", choices=("sentinel", "full", "off"), default="sentinel",
                         help="sentinel: cheap checks, trace the first bad step (default); full: trace every step")
     parser.add_argument("--no-report", action="store_true", help="skip the report and figures")
+    parser.add_argument("--jobs", type=positive_int, default=None,
+                        help="runs trained at once in worker processes, torch's threads shared among them "
+                             "(default: one per thread; a run's numbers depend on its thread count only)")
     add_training_options(parser)
     add_data_options(parser)
     parser.add_argument("--json", action="store_true", help="print summary.json on stdout")
@@ -36,7 +39,8 @@ def run(args) -> int:
     base = config_from_args(args, model="modernnca", loss=None)
     log = None if args.json else (lambda line: print(line, flush=True))
     summary = diagnose(out=args.out, models=args.model, loss_names=args.loss, base=base, mode=args.mode,
-                       force=args.force, report=not args.no_report, progress=sys.stderr.isatty(), log=log)
+                       force=args.force, report=not args.no_report, progress=sys.stderr.isatty(), log=log,
+                       jobs=args.jobs)
     if args.json:
         print(json.dumps(summary, allow_nan=True))
     if summary["interrupted"] and summary.get("signal") == "SIGTERM":

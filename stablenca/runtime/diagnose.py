@@ -16,10 +16,16 @@ diagnose still leaves a consistent summary (``"interrupted": true``).
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
+import multiprocessing.connection
+import os
+import pickle
 import platform
 import re
+import signal
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +78,15 @@ def diagnose(
     report: bool = True,
     progress: bool = False,
     log=None,
+    jobs: int | None = None,
 ) -> dict[str, Any]:
-    """Run the planned runs into ``out`` and return the summary (also in ``out/summary.json``)."""
+    """Run the planned runs into ``out`` and return the summary (also in ``out/summary.json``).
+
+    ``jobs`` runs that many trainings at once in worker processes, with torch's threads
+    shared out among them (``None``: one job per torch thread, at most one per run). A
+    run's numbers depend on its thread count, not on how many runs share the machine: two
+    jobs of one thread give the runs of ``OMP_NUM_THREADS=1`` with one job.
+    """
     base = base or TrainConfig()
     plan = plan_runs(models, loss_names)
     configs = [dataclasses.replace(base, model=model, loss=loss) for model, loss in plan]
@@ -84,31 +97,37 @@ def diagnose(
     for config in configs:
         check_data_fits(config.resolved(), data)
     out = prepare_out_dir(out, force=force)
+    jobs, threads = _jobs_and_threads(jobs, len(configs))
     summary = artifacts.new_summary(
         mode=mode, data=base.data or "abalone (embedded, scikit-lego)",
         task=configs[0].resolved().task, seed=base.seed, interrupted=False,
         machine={"python": platform.python_version(), "torch": str(torch.__version__),
-                 "platform": platform.platform(), "threads": torch.get_num_threads()},
+                 "platform": platform.platform(), "threads": threads, "jobs": jobs},
         command=" ".join(["stablenca", *sys.argv[1:]]) if sys.argv and "stablenca" in sys.argv[0] else None,
     )
     write_summary(out, summary)
     started = time.perf_counter()
     crash: BaseException | None = None
+
+    def record(entry: dict[str, Any]) -> bool:
+        summary["runs"].append(entry)
+        if entry["status"] == "interrupted":
+            summary["interrupted"] = True
+        write_summary(out, summary)
+        if log is not None:
+            log(summary_line(entry))
+        return summary["interrupted"]
+
     try:
-        for config in configs:
+        if jobs > 1:
+            _parallel_runs(configs, data, out, mode, jobs, threads, record, summary["runs"].append)
+        for config in configs if jobs == 1 else ():
             try:
                 entry = _one_run(config, data, out, mode, progress)
             except BaseException as exc:  # Ctrl-C or a crash inside a run: keep what it recorded
-                entry = _unfinished_entry(config, out, exc)
-                summary["runs"].append(entry)
+                summary["runs"].append(_unfinished_entry(config, out, exc))
                 raise
-            summary["runs"].append(entry)
-            if entry["status"] == "interrupted":
-                summary["interrupted"] = True
-            write_summary(out, summary)
-            if log is not None:
-                log(summary_line(entry))
-            if summary["interrupted"]:
+            if record(entry):
                 break
     except KeyboardInterrupt:
         summary["interrupted"] = True
@@ -132,6 +151,99 @@ def diagnose(
     if crash is not None:
         raise crash
     return summary
+
+
+def _jobs_and_threads(jobs: int | None, n_runs: int) -> tuple[int, int]:
+    """How many runs train at once, and torch threads per run."""
+    threads = torch.get_num_threads()
+    if jobs is None:
+        jobs = threads if "fork" in multiprocessing.get_all_start_methods() else 1
+    jobs = max(1, min(jobs, n_runs))
+    return jobs, max(1, threads // jobs)
+
+
+def _worker(connection, config, data, out: Path, mode: str, threads: int) -> None:
+    """One run in a forked process; sends (entry, pickled error or None, error line)."""
+    os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the parent only, which forwards it once
+    torch.set_num_threads(threads)
+    try:
+        connection.send((_one_run(config, data, out, mode, False), None, None))
+    except BaseException as exc:
+        try:
+            payload = pickle.dumps(exc)
+        except Exception:
+            payload = None
+        connection.send((_unfinished_entry(config, out, exc), payload, _one_line(exc)))
+    finally:
+        connection.close()
+
+
+def _parallel_runs(configs, data, out: Path, mode: str, jobs: int, threads: int,
+                   record: Callable[[dict], bool], record_unfinished: Callable[[dict], None]) -> None:
+    """Train ``jobs`` runs at a time in forked processes; hand each entry to ``record`` in plan order.
+
+    ``record`` returns True once the run set is interrupted: no further run starts (as one
+    after the other). A crash in a run is recorded with ``record_unfinished`` and re-raised.
+    Ctrl-C or SIGTERM in this process is forwarded once to the running workers as Ctrl-C;
+    each stops between steps and returns its interrupted run, recorded before this re-raises.
+    """
+    context = multiprocessing.get_context("fork")
+    waiting = list(enumerate(configs))
+    running: dict[Any, tuple[int, Any]] = {}  # connection -> (index, process)
+    finished: dict[int, tuple[dict, BaseException | None]] = {}
+    state = {"next": 0, "stop": False}
+
+    def start(index: int, config) -> None:
+        receive, send = context.Pipe(duplex=False)
+        process = context.Process(target=_worker, args=(send, config, data, out, mode, threads), daemon=True)
+        process.start()
+        send.close()
+        running[receive] = (index, process)
+
+    def collect_ready() -> None:
+        for connection in multiprocessing.connection.wait(list(running)):
+            index, process = running.pop(connection)
+            try:
+                entry, payload, line = connection.recv()
+            except EOFError:  # the worker died without a word (killed, out of memory)
+                entry, payload = _unfinished_entry(configs[index], out, RuntimeError()), None
+                process.join()
+                line = f"RuntimeError: the worker of run {index} exited with code {process.exitcode}"
+            process.join()
+            error = None
+            if line is not None:
+                error = pickle.loads(payload) if payload is not None else RuntimeError(line)
+            finished[index] = entry, error
+
+    def hand_over(*, interrupted: bool = False) -> None:
+        while state["next"] in finished:
+            entry, error = finished.pop(state["next"])
+            state["next"] += 1
+            if error is not None:
+                record_unfinished(entry)
+                if not interrupted:
+                    raise error
+            else:
+                state["stop"] = record(entry) or state["stop"]
+
+    try:
+        while running or (waiting and not state["stop"]):
+            while waiting and not state["stop"] and len(running) < jobs:
+                start(*waiting.pop(0))
+            collect_ready()
+            hand_over()
+    except KeyboardInterrupt:
+        for _, process in running.values():
+            if process.is_alive():
+                os.kill(process.pid, signal.SIGINT)
+        while running:
+            collect_ready()
+        hand_over(interrupted=True)
+        raise
+    finally:
+        for _, process in running.values():  # a crash ended the loop: no orphan keeps training
+            process.kill()
+            process.join()
 
 
 def _one_line(exc: BaseException) -> str:

@@ -1,0 +1,114 @@
+"""diagnose with several runs at once (worker processes): the same runs, in plan order; Ctrl-C and crashes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from stablenca.errors import EXIT_INTERRUPTED, EXIT_USAGE
+from stablenca.runtime.diagnose import _jobs_and_threads, diagnose
+from stablenca.training.trainer import TrainConfig
+
+CLI = [sys.executable, "-m", "stablenca.cli"]
+TIMING = {"train_seconds"}
+
+
+def _runs(summary: dict) -> list[dict]:
+    return [{k: v for k, v in run.items() if k not in TIMING} for run in summary["runs"]]
+
+
+def test_parallel_runs_equal_one_after_the_other(tmp_path, monkeypatch):
+    # One torch thread per run either way: a run's numbers depend on its thread count only.
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    options = dict(models=["seed", "modernnca"], loss_names=["ratio", "modernnca"],
+                   base=TrainConfig(epochs=3), report=False)
+    serial = diagnose(out=tmp_path / "serial", jobs=1, **options)
+    parallel = diagnose(out=tmp_path / "parallel", jobs=2, **options)
+    assert parallel["machine"]["jobs"] == 2 and serial["machine"]["jobs"] == 1
+    assert [r["run"] for r in parallel["runs"]] == [r["run"] for r in serial["runs"]]  # plan order
+    assert _runs(parallel) == _runs(serial)
+    assert any(r["diverged"] for r in parallel["runs"])  # the capsule path ran in a worker too
+    for run in serial["runs"]:
+        for name in ("records.jsonl", "epochs.jsonl", "result.json"):
+            a = (tmp_path / "serial" / run["run"] / name).read_text()
+            b = (tmp_path / "parallel" / run["run"] / name).read_text()
+            if name == "result.json":
+                a, b = ({k: v for k, v in json.loads(t).items() if k not in TIMING} for t in (a, b))
+            assert a == b, (run["run"], name)
+
+
+def test_jobs_share_the_threads():
+    threads = torch.get_num_threads()
+    assert _jobs_and_threads(1, 6) == (1, threads)
+    assert _jobs_and_threads(8, 2)[0] == 2  # never more jobs than runs
+    jobs, per_run = _jobs_and_threads(2, 6)
+    assert jobs == 2 and per_run == max(1, threads // 2)
+
+
+def test_a_crash_in_a_worker_is_the_usual_one_line_error(tmp_path):
+    module = tmp_path / "badloss.py"
+    module.write_text("def broken(distances, labels, candidate_labels, self_mask):\n"
+                      "    raise ValueError('no loss here')\n")
+    out = tmp_path / "diag"
+    proc = subprocess.run([*CLI, "diagnose", "--out", str(out), "--jobs", "2", "--epochs", "1", "--no-report",
+                           "--model", "modernnca", "--loss", "modernnca", "badloss:broken"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env={**__import__("os").environ, "PYTHONPATH": str(tmp_path)})
+    assert proc.returncode == EXIT_USAGE, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "no loss here" in proc.stderr.strip().splitlines()[-1]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] is True and "no loss here" in summary["error"]
+    assert [r["run"] for r in summary["runs"]][:1] == ["modernnca-modernnca-float32"]
+
+
+def _talent_dir(root: Path) -> Path:
+    import numpy as np
+
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 200), ("val", 8), ("test", 8)):
+        np.save(root / f"N_{split}.npy", rng.normal(size=(n, 3)))
+        np.save(root / f"y_{split}.npy", np.arange(n) % 2)
+    (root / "info.json").write_text(json.dumps({"task_type": "multiclass"}))
+    return root
+
+
+def test_ctrl_c_reaches_every_worker_and_keeps_their_records(tmp_path):
+    data = _talent_dir(tmp_path / "data")
+    out = tmp_path / "diag"
+    names = ["modernnca-modernnca-float32", "modernnca-nca_logspace-float32"]
+    argv = [*CLI, "diagnose", "--out", str(out), "--data", str(data), "--jobs", "2", "--no-report",
+            "--model", "modernnca", "--loss", "modernnca", "nca_logspace", "--batch-size", "8",
+            "--epochs", "5000", "--patience", "5000"]
+    proc = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        records = [out / name / "records.jsonl" for name in names]
+        while not all(p.exists() and p.read_bytes().count(b"\n") >= 4 for p in records):
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, "the workers did not start training within 240 s"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)  # the parent only: it forwards Ctrl-C to its workers
+        _, stderr = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == EXIT_INTERRUPTED, stderr
+    assert "Traceback" not in stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] is True
+    assert [r["run"] for r in summary["runs"]] == names
+    for run in summary["runs"]:
+        assert run["status"] == "interrupted"
+        lines = (out / run["run"] / "records.jsonl").read_text().splitlines()
+        steps = [json.loads(line)["step"] for line in lines]
+        assert steps == list(range(len(steps))) and len(steps) == run["steps_run"] >= 4
