@@ -58,7 +58,7 @@ def test_a_crash_in_a_worker_is_the_usual_one_line_error(tmp_path):
                       "    raise ValueError('no loss here')\n")
     out = tmp_path / "diag"
     proc = subprocess.run([*CLI, "diagnose", "--out", str(out), "--jobs", "2", "--epochs", "1", "--no-report",
-                           "--model", "modernnca", "--loss", "modernnca", "badloss:broken"],
+                           "--model", "modernnca", "--loss", "badloss:broken", "modernnca"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=600,
                           env={**__import__("os").environ, "PYTHONPATH": str(tmp_path)})
     assert proc.returncode == EXIT_USAGE, proc.stderr
@@ -66,7 +66,8 @@ def test_a_crash_in_a_worker_is_the_usual_one_line_error(tmp_path):
     assert "no loss here" in proc.stderr.strip().splitlines()[-1]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["interrupted"] is True and "no loss here" in summary["error"]
-    assert [r["run"] for r in summary["runs"]][:1] == ["modernnca-modernnca-float32"]
+    # the crash is in the first run: it is recorded, and the other worker is stopped
+    assert [r["run"] for r in summary["runs"]] == ["modernnca-badloss_broken-float32"]
 
 
 def _talent_dir(root: Path) -> Path:
