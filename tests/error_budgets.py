@@ -20,18 +20,12 @@ sum ``gamma_(n-1)``: ``S >= 1`` is off by ``(n+1) u + (n-1) u / e`` relative; ``
 
 import math
 
+# One copy of each: the contract's derived bounds (stablenca/check/bounds.py) use the same.
+from stablenca.cases._base import bits_for_ulps as bits
+from stablenca.check.bounds import lse_error_ulps as _lse_ulps
+
 #: Largest distance of a generated batch in units of its scale (FAR = 3, 8-bit rounding up).
 D_OVER_S = 3.01
-
-
-def bits(ulps: float) -> float:
-    """Herbie's metric: ``log2(1 + ulps)``."""
-    return math.log2(1.0 + ulps)
-
-
-def _lse_ulps(n: int) -> float:
-    """E_lse without its ``D u`` term, in units of u."""
-    return (n + 1) + (n - 1) / math.e + 3 * math.log(max(n, 1))
 
 
 def nca_logspace_bits(rows: int) -> tuple[float, float]:

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from stablenca import check, cli
+from stablenca import check, cli, losses
+from stablenca import reference as ref
+from stablenca.check import bounds
 from stablenca.errors import ContractError
 
 # A short sweep: 2 points per decade, one batch per scale and population.
@@ -172,6 +174,59 @@ def test_shipped_contract_is_valid_and_states_the_expected_behaviour():
     assert lo64 <= contract.expect["ratio"]["float64"].breakdown <= hi64
 
 
+
+SHIPPED_SWEEP = check.load_contract("default").sweep
+
+
+def test_shipped_bits_bounds_are_the_derived_ones():
+    """Every max_*_bits of the shipped contract is the analysis' bound on the seeded sweep (not a measurement)."""
+    contract = check.load_contract("default")
+    for name in ("difference", "nca_logspace", "modernnca"):
+        for dtype, entry in contract.expect[name].items():
+            loss_bits, grad_bits = bounds.derived_bits(name, dtype, SHIPPED_SWEEP)
+            assert entry.max_loss_bits == loss_bits, (name, dtype)
+            assert entry.max_grad_bits == grad_bits or (entry.max_grad_bits is None and name == "modernnca"), \
+                (name, dtype)
+
+
+def test_shipped_modernnca_breakdown_spans_the_predicted_window():
+    """Theory's first broken seeded batch, with q's rounding bracketed (slack 1/4..2), lies in the tolerance window."""
+    contract = check.load_contract("default")
+    for dtype, entry in contract.expect["modernnca"].items():
+        lo = bounds.modernnca_breakdown(dtype, SHIPPED_SWEEP, slack=2.0)
+        hi = bounds.modernnca_breakdown(dtype, SHIPPED_SWEEP, slack=0.25)
+        assert lo is not None and hi is not None, dtype
+        f = entry.tolerance_factor
+        assert entry.breakdown / f <= lo <= hi <= entry.breakdown * f, (dtype, lo, hi)
+
+
+@pytest.mark.parametrize("name", ["difference", "nca_logspace", "modernnca"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_measured_bits_stay_within_the_derived_bound_batch_by_batch(name, dtype):
+    """On this CPU path, every seeded batch (one per scale) is within its own derived bound."""
+    formulation = losses.resolve(name, "multiclass")
+    reference = ref.reference_for(formulation)
+    sweep = {**SHIPPED_SWEEP, "batches": 1}
+    for batch in bounds.sweep_batches(sweep):
+        exact = ref.compute_reference(reference, batch.distances, batch.labels, batch.labels, batch.self_mask)
+        measured = check.evaluate(formulation, batch, dtype, exact)
+        loss_bound, grad_bound = bounds.batch_bits(name, batch, dtype, exact)
+        assert measured.loss_bits <= loss_bound, (batch.scale, measured.loss_bits, loss_bound)
+        if grad_bound is not None:
+            assert measured.grad_bits <= grad_bound, (batch.scale, measured.grad_bits, grad_bound)
+
+
+def test_modernnca_breakdown_prediction_flips_at_the_saturation_boundary():
+    """Every row's same class nearer by g: theory says broken once (2**12 - 1) exp(-g) < 1, g > ln 4095 = 8.32 (float32)."""
+    labels = [0, 0, 1, 1]
+    far = [[2.0] * 4 for _ in range(4)]
+    # Row i's nearest same-class neighbour at 1 (scale s), nearest other at 1 + g/s.
+    for g, expected in ((8.0, False), (9.0, True)):
+        s = 64.0
+        near_same = [(1, 1.0), (0, 1.0), (3, 1.0), (2, 1.0)]
+        near_other = [(2, 1.0 + g / s), (3, 1.0 + g / s), (0, 1.0 + g / s), (1, 1.0 + g / s)]
+        batch = check.build_batch(labels, s, far, near_same, near_other)
+        assert bounds.modernnca_gradient_breaks(batch, "float32") is expected, g
 # --------------------------------------------------------------------------- the command line
 
 
