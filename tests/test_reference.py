@@ -10,7 +10,7 @@ from mpmath import mp
 
 from stablenca import floats, losses
 from stablenca import reference as ref
-from stablenca.check import random_batch
+from stablenca.check import bounds, random_batch
 from stablenca.errors import ConfigError
 
 NAMES = list(losses.REGISTRY)
@@ -22,6 +22,54 @@ def batch_at(scale, population="paired", seed=0):
 
 def args(batch):
     return batch.distances, batch.labels, batch.labels, batch.self_mask
+
+
+def mp_unit(dps):
+    """mpmath's unit roundoff at ``dps`` digits: ``2**-prec`` (round to nearest; prec 169 at 50 digits)."""
+    return mp.mpf(2) ** -mpmath.libmp.dps_to_prec(dps)
+
+
+def _logsumexp(values):
+    return float(np.logaddexp.reduce(values)) if len(values) else -math.inf
+
+
+def mp_loss_error_bound(name, batch, loss, dps):
+    """Relative error bound of the ``dps``-digit reference loss of ``name`` on ``batch``.
+
+    mpmath's exp/log are within 1 ulp (2u), every other operation and each ``fsum`` (an exact sum,
+    rounded once) within u. Per row: ``P_same``, ``P_diff`` are off by 3u relative, a quotient of them
+    by 7u, so ``log(quotient)`` by ``7u + 2u |L_i|`` absolute (ratio, nca_logspace's log1p(P_diff /
+    P_same)); ModernNCA's ``q + 1e-7`` adds 2u more (``9u``); ratio_eps's ``log1p((raw_diff - raw_same) /
+    P_same)`` cancels in its numerator: ``9u (1 + P_same / P_diff) + 2u |L_i|``. The mean: ``2u |L|``.
+    difference is one fsum of signed kernels: ``2u sum exp(-d) + u |L|``. The per-row values come from
+    float64 logsumexps (they only scale the bound), ``L`` from the 80-digit reference.
+    """
+    u = mp_unit(dps)
+    d = batch.distances.numpy()
+    labels = batch.labels.numpy()
+    rows = len(labels)
+    if name == "difference":
+        off = ~np.eye(rows, dtype=bool)
+        return (2 * u * mp.exp(_logsumexp(-d[off])) + u * abs(loss)) / abs(loss)
+    eps = {"ratio_eps": 1e-10, "modernnca": 1e-7}.get(name)
+    total = mp.zero
+    for i in range(rows):
+        same = [-d[i, j] for j in range(rows) if j != i and labels[j] == labels[i]]
+        other = [-d[i, j] for j in range(rows) if labels[j] != labels[i]]
+        log_same, log_other = _logsumexp(same), _logsumexp(other)
+        if name == "nca_logspace" and not same:
+            continue  # excluded row
+        if name == "ratio":
+            row, error = log_other - log_same, 7
+        elif name == "ratio_eps":
+            row = np.logaddexp(log_other, math.log(eps)) - np.logaddexp(log_same, math.log(eps))
+            error = 9 * (1 + math.exp(-row))
+        elif name == "nca_logspace":
+            row, error = np.logaddexp(log_same, log_other) - log_same, 7
+        else:
+            row, error = -math.log(math.exp(log_same - np.logaddexp(log_same, log_other)) + eps), 9
+        total += error * u + 2 * u * abs(row)
+    return (total / rows + 2 * u * abs(loss)) / abs(loss)
 
 
 def mp_rel(a, b):
@@ -41,10 +89,14 @@ def test_mpmath_reference_agrees_with_itself_at_80_digits(name, scale):
     at80 = ref.mp_loss(name, *args(batch), dps=80)
     assert mpmath.isfinite(at50.loss)
     with mp.workdps(80):
-        assert mp_rel(at50.loss, at80.loss) < mp.mpf("1e-45")
+        # The 80-digit values are exact here (their error is 2**-100 times the 50-digit one's).
+        assert mp_rel(at50.loss, at80.loss) <= mp_loss_error_bound(name, batch, at80.loss, 50)
+        # Every gradient entry is a kernel times a product/quotient of positive sums (no cancellation:
+        # the references write 1/P_same - 1/P_all and 1 - q without subtracting): at most 14 roundings
+        # of u and one exp of 2u, so 16u relative.
         for row50, row80 in zip(at50.grad, at80.grad):
             for g50, g80 in zip(row50, row80):
-                assert mp_rel(g50, g80) < mp.mpf("1e-45")
+                assert mp_rel(g50, g80) <= 16 * mp_unit(50)
 
 
 def test_mpmath_reference_is_valid_where_floats_underflow():
@@ -74,9 +126,21 @@ def test_analytic_gradient_matches_float64_autograd_at_moderate_scale(name, popu
     result = ref.mp_loss(name, *args(batch))
     assert mpmath.isfinite(result.loss)
     loss64, grad64 = ref.float64_loss(ref.get_reference(name).float64, *args(batch))
-    assert float(result.loss) == pytest.approx(loss64, rel=1e-12, abs=1e-14)
+    # float64 (u = 2**-53) against the exact value: the bound of the mpmath test above, with float64's
+    # sequential sums ((n-1) u more per kernel sum, n = rows - 1 candidates, twice per quotient) and the
+    # mean's sequential sum over the rows ((rows + 1) u |L| in all).
+    rows, u = batch.rows, 2.0 ** -53
+    with mp.workdps(50):
+        float64_bound = float(mp_loss_error_bound(name, batch, result.loss, 50) / mp_unit(50)) \
+            + 2 * (rows - 2) * 2 + rows + 1
+    assert abs(loss64 - float(result.loss)) <= float64_bound * u * abs(float(result.loss))
+    # A gradient entry is a weight <= 1 (a kernel over its sum, a softmax probability, or exp(-d) for
+    # difference) times 1/rows or 1, possibly minus another such term (LogsumexpBackward, SoftmaxBackward):
+    # two terms of (n-1) + 10 roundings each (the kernel sum, exp, the quotient, the backward products),
+    # all relative to the largest entry or 1/rows.
     analytic = np.array([[float(g) for g in row] for row in result.grad])
-    np.testing.assert_allclose(analytic, grad64, rtol=1e-10, atol=1e-14)
+    gradient_bound = 2 * ((rows - 2) + 10) * u * max(float(np.abs(analytic).max()), 1.0 / rows)
+    assert float(np.abs(analytic - grad64).max()) <= gradient_bound
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -85,7 +149,11 @@ def test_analytic_gradient_matches_mpmath_finite_differences(name, scale):
     batch = random_batch(np.random.default_rng(11), scale, "paired", rows=(4, 4))
     d, y, _, mask = ref.to_mp_inputs(*args(batch))
     step = mp.mpf("1e-20")
+    # Central differences at 60 digits (u = 2**-203): truncation h**2 |f^(3)| / 6 with |f^(3)| <= 6 (a
+    # third derivative of log-sum-exp or -log(q + 1e-7) in one distance: Bernoulli cumulants <= 1, resp.
+    # q'/(q + 1e-7) and the like <= 1, in 1 + 3 + 2 terms), plus each loss's rounding 2u |L| over 2h.
     with mp.workdps(60):
+        u60 = mp_unit(60)
         analytic = ref.get_reference(name).mp(d, y, y, mask).grad
         for i in range(len(d)):
             for j in range(len(d)):
@@ -95,10 +163,11 @@ def test_analytic_gradient_matches_mpmath_finite_differences(name, scale):
                 down = [row[:] for row in d]
                 up[i][j] += step
                 down[i][j] -= step
-                numeric = (ref.get_reference(name).mp(up, y, y, mask).loss
-                           - ref.get_reference(name).mp(down, y, y, mask).loss) / (2 * step)
-                assert abs(numeric - analytic[i][j]) <= mp.mpf("1e-25") * (abs(analytic[i][j]) + mp.mpf("1e-200")) \
-                    or abs(numeric - analytic[i][j]) < mp.mpf("1e-30"), (name, i, j, numeric, analytic[i][j])
+                loss_up = ref.get_reference(name).mp(up, y, y, mask).loss
+                loss_down = ref.get_reference(name).mp(down, y, y, mask).loss
+                numeric = (loss_up - loss_down) / (2 * step)
+                bound = step ** 2 + 2 * u60 * (abs(loss_up) + abs(loss_down)) / (2 * step)
+                assert abs(numeric - analytic[i][j]) <= bound, (name, i, j, numeric, analytic[i][j])
 
 
 def test_nca_logspace_reference_keeps_tiny_losses_exact():
@@ -148,7 +217,9 @@ def test_user_loss_reference_is_float64_self_or_its_attribute():
     batch = batch_at(3.0)
     result = ref.compute_reference(ref.reference_for(plain), *args(batch))
     assert result.label == "float64 (self)"
-    assert float(result.loss) == pytest.approx(float(ref.mp_loss("nca_logspace", *args(batch)).loss), rel=1e-12)
+    # The float64 evaluation against the exact value: the analysis of stablenca/check/bounds.py.
+    exact = float(ref.mp_loss("nca_logspace", *args(batch)).loss)
+    assert abs(float(result.loss) - exact) <= bounds.nca_logspace_error(batch, "float64")[0]
 
 
 # --------------------------------------------------------------------------- rounding
@@ -257,7 +328,8 @@ def test_mpmath_loss_only_reference_takes_its_gradient_from_float64_autograd():
         result = ref.compute_reference(reference, *args(batch))
         exact = ref.compute_reference(ref.get_reference("nca_logspace"), *args(batch))
         assert result.label == "mpmath (50 digits)" and result.loss == exact.loss
-        np.testing.assert_allclose(result.grad, exact.grad, rtol=1e-10, atol=1e-15)
+        # float64 autograd against the exact gradient: the absolute bound of stablenca/check/bounds.py.
+        assert np.abs(result.grad - exact.grad).max() <= bounds.nca_logspace_error(batch, "float64")[1]
     finally:
         ref.unregister_reference("test_user_loss_only")
 

@@ -11,7 +11,9 @@ import pytest
 import torch
 
 import stablenca
-from stablenca import losses, reference
+from stablenca import check, losses, reference
+from stablenca.cases._base import bits_for_ulps
+from stablenca.check import bounds
 from stablenca.losses import user as user_loss
 from stablenca.publish import capture
 
@@ -150,7 +152,11 @@ def test_check_a_user_loss_module_with_and_without_its_own_reference(commands):
     for row in (plain, with_mp):
         assert row["dtype"] == "float32" and row["breakdown_scale"] is None
         assert row["populations"]["paired"]["finite_fraction"] == 1.0
-    assert with_mp["populations"]["paired"]["loss_bits_max"] < 12
+    # unit_logspace is nca_logspace written by hand (paired batches: every row has a same-class
+    # candidate): the contract's derived bound on the same sweep (default grid, seed 0, one batch).
+    sweep = {"seed": 0, "batches": 1, "points_per_decade": check.POINTS_PER_DECADE,
+             "scale_min": check.SCALE_MIN, "scale_max": check.SCALE_MAX}
+    assert with_mp["populations"]["paired"]["loss_bits_max"] <= bounds.derived_bits("nca_logspace", "float32", sweep)[0]
 
 
 @pytest.fixture()
@@ -216,7 +222,11 @@ def test_user_references(user_module):
     d, y, c, m = _batch()
     exact = reference.mp_loss(declared, d.detach().double(), y, c, m)
     computed = float(with_mp(d.detach().double(), y, c, m).loss)
-    assert reference.bits_of_error(computed, exact.loss, torch.float64) <= 3
+    # The float64 evaluation's bound (stablenca/check/bounds.py, nca_logspace's analysis: the same
+    # operations), in ulps of the loss (spacing > u |L|), +1 for rounding the reference.
+    error = bounds.nca_logspace_error(check.Batch(d.detach().double(), y, 1.0), "float64")[0]
+    allowed = bits_for_ulps(error / (2.0 ** -53 * abs(float(exact.loss))) + 1)
+    assert reference.bits_of_error(computed, exact.loss, torch.float64) <= allowed
 
 
 def test_reference_mp_must_be_callable(user_module):

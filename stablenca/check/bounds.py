@@ -85,6 +85,8 @@ def nca_logspace_error(batch: Batch, dtype) -> tuple[float, float]:
     d, same, off = _kernel(batch)
     rows = [i for i in range(len(d)) if same[i].any()]
     R = len(rows)
+    if R == 0:  # every row a singleton: the loss is an empty mean, nothing is computed
+        return 0.0, 0.0
     losses, row_errors, grad_error = [], [], 0.0
     for i in rows:
         x = -d[i]
