@@ -25,6 +25,7 @@ from stablenca.cases import (
 )
 from stablenca.cases import bce_sigmoid, ce_on_probabilities, log_softmax, one_minus_exp
 from stablenca.cases._base import bits_for_ulps
+from stablenca.check.bounds import lse_error_ulps
 from stablenca.cases.check import check_case, format_case_table
 from stablenca.commands.check import run_cases
 from stablenca.cases.plots import plot_one_minus_exp
@@ -63,7 +64,8 @@ def test_domain_points_are_exact_in_float32():
     points = CASES["one_minus_exp"].domain.points()
     assert np.array_equal(points, points.astype(np.float32).astype(np.float64))
     assert points.min() == -100.0 and points.max() == 100.0 and (points != 0).all()
-    assert np.abs(points).min() == pytest.approx(1e-12, rel=1e-6)
+    # 1e-12 (float64 pow, correctly rounded) rounded once more to float32: within u = 2**-24.
+    assert np.abs(points).min() == pytest.approx(1e-12, rel=2.0 ** -24 + 2.0 ** -52)
 
 
 def test_references_are_registered_in_the_reference_module():
@@ -147,7 +149,7 @@ def test_naive_one_minus_exp_precursors_name_both_cancellations(dtype, x):
 def test_where_patch_value_is_finite_but_its_gradient_is_nan(dtype, x):
     t = _x(x, dtype)
     y = one_minus_exp.patched(t)
-    assert y.item() == pytest.approx(0.5)
+    assert y.item() == 0.5  # exact: 0.5 + x/12 with |x/12| below half an ulp of 0.5 rounds to 0.5
     (grad,) = torch.autograd.grad(y.sum(), t)
     assert torch.isnan(grad).all()  # where backpropagates through the unselected branch: 0 * inf
     # The forward result is finite; the tracer follows the gradient NaN back to the naive branch.
@@ -176,7 +178,7 @@ def test_expm1_rearrangement_is_silently_wrong_near_zero():
 def test_naive_one_minus_exp_gradient_is_nan_where_exp_overflows():
     t = _x(-100.0)
     y = one_minus_exp.naive(t)
-    assert y.item() == pytest.approx(0.01)  # 1/(1 - inf) = -0: the value is right
+    assert y.item() == float(np.float32(0.01))  # 1/(1 - inf) = -0, then -(1/-100): one rounding of 0.01
     (grad,) = torch.autograd.grad(y.sum(), t)
     assert torch.isnan(grad).all()  # exp's backward: 0 * inf
     assert torch.isfinite(torch.autograd.grad(one_minus_exp.fixed(t).sum(), t)[0]).all()
@@ -249,7 +251,8 @@ def test_naive_bce_is_silently_clamped(dtype, x):
     assert [w.kind for w in warnings] == ["saturated_probabilities"]
     fixed = _x(x, dtype)
     value = bce_sigmoid.fixed(fixed)
-    assert value.item() == pytest.approx(x) and torch.autograd.grad(value.sum(), fixed)[0].item() == 1.0
+    # Exact: the loss is x + log1p(exp(-x)) and exp(-x) is below half an ulp of x (e**-20 < 2**-21).
+    assert value.item() == x and torch.autograd.grad(value.sum(), fixed)[0].item() == 1.0
 
 
 def test_sigmoid_saturation_thresholds():
@@ -264,7 +267,12 @@ def test_bce_measured_sweep():
     assert run.ok and run.root_cause is None
     summary = run.to_dict()["forms"]["naive"]
     assert summary["finite_fraction"] == 1.0 and summary["vanished_fraction"] > 0.1
-    assert summary["vanished_grad"][0][0] == pytest.approx(17.78, rel=1e-3)
+    # The gradient vanishes once sigmoid(x) rounds to 1: 1 + exp(-x) rounds to 1 for exp(-x) < 2**-24,
+    # x > 24 ln 2 = 16.6 (up to 25 ln 2 = 17.3 for other evaluation orders); no sweep point lies in
+    # [16.6, 17.3], so the first vanished point is the first one above, on every CPU path.
+    points = CASES["bce_sigmoid"].domain.points()
+    assert not ((points > 24 * math.log(2)) & (points < 25 * math.log(2))).any()
+    assert summary["vanished_grad"][0][0] == points[points > 24 * math.log(2)].min()
     assert _within_budget(run)
 
 
@@ -273,11 +281,16 @@ def test_bce_measured_sweep():
 
 def test_ce_on_probabilities_is_bounded_below():
     loss = ce_on_probabilities.naive(torch.tensor([50.0, 1000.0]))
-    assert loss.tolist() == pytest.approx([ce_on_probabilities.minimum_naive_loss()] * 2, abs=1e-6)
-    assert ce_on_probabilities.minimum_naive_loss(10) == pytest.approx(1.4612, abs=1e-4)
-    assert ce_on_probabilities.minimum_naive_loss(2) == pytest.approx(0.3133, abs=1e-4)
+    # float32 softmax of (x, 0, ..., 0) for x >= 50 is exactly (1, 0, ..., 0); CrossEntropyLoss then
+    # takes a logsumexp of K = 10 terms (lse_error_ulps(K) u plus u |lse|, |lse| = log(e + 9) < 2.5)
+    # and subtracts 1 (u |L|, L < 1.5).
+    bound = (lse_error_ulps(10) + 2.5 + 1.5) * 2.0 ** -24
+    assert loss.tolist() == pytest.approx([ce_on_probabilities.minimum_naive_loss()] * 2, abs=bound)
+    # The literals are rounded to 4 decimals: half a unit.
+    assert ce_on_probabilities.minimum_naive_loss(10) == pytest.approx(1.4612, abs=5e-5)
+    assert ce_on_probabilities.minimum_naive_loss(2) == pytest.approx(0.3133, abs=5e-5)
     sweep = ce_on_probabilities.naive(torch.as_tensor(CASES["ce_on_probabilities"].domain.points()))
-    assert sweep.min().item() >= ce_on_probabilities.minimum_naive_loss() - 1e-9
+    assert sweep.min().item() >= ce_on_probabilities.minimum_naive_loss() - bound  # float32 rounding, as above
 
 
 def test_ce_on_probabilities_gradient_shrinks():
@@ -445,7 +458,12 @@ def test_property_cross_entropy_on_logits_and_probabilities(z, data):
     probabilities = torch.softmax(logits, 1)
     assert detect_probability_inputs(probabilities) is not None  # softmax outputs are always caught
     assert detect_probability_inputs(torch.log_softmax(logits, 1), loss="nll_loss") is None
-    assert F.cross_entropy(probabilities, y).item() >= ce_on_probabilities.minimum_naive_loss(len(z)) - 1e-6
+    # The bound holds for exact probabilities; float32 (u = 2**-24) moves it by the logsumexp over K terms
+    # of values in [0, 1] (lse_error_ulps(K) + |lse| <= 1 + log K), the subtraction (|L| <= 1 + log K) and the
+    # softmax's own error (probabilities off by K u in all, each moving the loss by at most 2 of it).
+    k = len(z)
+    rounding = (lse_error_ulps(k) + 2 * (1 + math.log(k)) + 2 * k) * 2.0 ** -24
+    assert F.cross_entropy(probabilities, y).item() >= ce_on_probabilities.minimum_naive_loss(k) - rounding
 
 
 #: The derived bound for BCEWithLogits at targets 0, 1/4, 1 (floor 1), in ulps. L = (1-y) x - logsigmoid(x):

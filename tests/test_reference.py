@@ -1,6 +1,7 @@
 """The references (mpmath and float64), the oracle itself, rounding and bits of error."""
 
 import math
+import struct
 
 import mpmath
 import numpy as np
@@ -261,7 +262,7 @@ def test_bits_of_error_counts_ulps_in_the_evaluated_dtype():
     # the reference is rounded first: 1 + 2**-30 is 1.0 in float32, so 1.0 is exact
     assert ref.bits_of_error(torch.tensor(1.0), mp.mpf(1) + mp.ldexp(1, -30), torch.float32) == 0.0
     # across zero: -smallest subnormal to +smallest subnormal is 2 ulps
-    assert ref.bits_of_error(torch.tensor(-1e-45), 1e-45, torch.float32) == pytest.approx(math.log2(3))
+    assert ref.bits_of_error(torch.tensor(-1e-45), 1e-45, torch.float32) == math.log2(3)
     # a reference below the dtype's range rounds to 0: computing 0 is exact
     assert ref.bits_of_error(torch.tensor(0.0), mp.mpf("1e-60"), torch.float32) == 0.0
     assert ref.bits_of_error(torch.tensor(0.0, dtype=torch.float64), mp.mpf("1e-400"), torch.float64) == 0.0
@@ -279,23 +280,29 @@ def test_bits_of_error_of_non_finite_results():
     assert ref.bits_of_error(torch.tensor(math.nan, dtype=torch.float64), mp.nan, torch.float64) == 0.0
     assert ref.bits_of_error(torch.tensor(1.0), mp.inf, torch.float32) == 32.0
     # the widest gap in float64 (from -max to +max) does not overflow
+    # 2 x the ordered integer of 1.7e308 numbers apart, i.e. log2(1 + 2 * 0x7FEE42D130773B76) = 63.997
     assert ref.bits_of_error(torch.tensor(-1.7e308, dtype=torch.float64), 1.7e308, torch.float64) == \
-        pytest.approx(64, abs=0.01)
+        math.log2(1 + 2 * struct.unpack("<q", struct.pack("<d", 1.7e308))[0])
 
 
 def test_bits_of_error_of_arrays_and_floors():
     computed = torch.tensor([1.0, 2.0, math.nan])
     bits = ref.bits_of_error(computed, [mp.mpf(1), mp.mpf(2) + mp.ldexp(1, -22), mp.mpf(3)], torch.float32)
     assert bits.tolist() == [0.0, 1.0, 32.0]
-    assert ref.bits_of_error(torch.tensor(0.0), 1e-6, torch.float32) > 20
-    assert ref.bits_of_error(torch.tensor(0.0), 1e-6, torch.float32, floor=100.0) < 4
+    # 0 against 1e-6: relative, every float32 between them counts (the ordered integer of float32(1e-6));
+    # with floor 100 it is 1e-6 over spacing(100) = 2**-17, a fraction of an ulp.
+    assert ref.bits_of_error(torch.tensor(0.0), 1e-6, torch.float32) == \
+        math.log2(1 + struct.unpack("<i", struct.pack("<f", 1e-6))[0])
+    assert ref.bits_of_error(torch.tensor(0.0), 1e-6, torch.float32, floor=100.0) == \
+        math.log2(1 + float(np.float32(1e-6)) / 2.0 ** -17)
 
 
 def test_gradient_bits_are_normwise():
     reference = np.array([[0.0, 0.5], [-0.25, 1e-60]])
     assert ref.gradient_bits_of_error(reference.copy(), reference, torch.float32) == 0.0
     assert ref.gradient_bits_of_error(np.array([[0.0, 0.5], [-0.25, 0.0]]), reference, torch.float32) == 0.0
-    assert ref.gradient_bits_of_error(np.zeros((2, 2)), reference, torch.float32) > 20  # vanished
+    # vanished: an error of 0.5 in ulps of 0.5 (2**-24): 2**23 ulps
+    assert ref.gradient_bits_of_error(np.zeros((2, 2)), reference, torch.float32) == math.log2(1 + 2 ** 23)
     assert ref.gradient_bits_of_error(np.array([[math.nan, 0.5], [0, 0]]), reference, torch.float32) == 32.0
     assert ref.gradient_bits_of_error(np.zeros(2), np.zeros(2), torch.float64) == 0.0
 

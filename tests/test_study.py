@@ -26,24 +26,29 @@ SMOKE_ROWS = ["modernnca_f32", "seed_ratio", "sklearn_nca_knn3", "knn3", "knn_tu
 
 # ----------------------------------------------------------------------------- statistics on hand-made numbers
 
+#: Means, stds and differences of at most 5 numbers in [0, 1] (and the decimal literals they are
+#: compared with): at most 16 float64 roundings, each within u = 2**-53 of a magnitude <= 1 (a std's
+#: error is its variance's error over 2 std, and the deviations are of the size of the std).
+HAND = {"rel": 0.0, "abs": 16 * 2.0 ** -53}
+
 
 def test_aggregate_mean_and_population_std():
     stats = aggregate([0.60, 0.62, 0.64])
-    assert stats["mean"] == pytest.approx(0.62)
-    assert stats["std"] == pytest.approx(math.sqrt((0.02 ** 2 + 0 + 0.02 ** 2) / 3))  # ddof=0, as TALENT
+    assert stats["mean"] == pytest.approx(0.62, **HAND)
+    assert stats["std"] == pytest.approx(math.sqrt((0.02 ** 2 + 0 + 0.02 ** 2) / 3), **HAND)  # ddof=0, as TALENT
     assert (stats["n"], stats["missing"]) == (3, 0)
 
 
 def test_aggregate_skips_missing_and_non_finite_values():
     stats = aggregate([0.5, None, float("nan"), 0.7, float("inf")])
-    assert stats["mean"] == pytest.approx(0.6) and stats["std"] == pytest.approx(0.1)
+    assert stats["mean"] == pytest.approx(0.6, **HAND) and stats["std"] == pytest.approx(0.1, **HAND)
     assert (stats["n"], stats["missing"]) == (2, 3)
     assert aggregate([]) == {"mean": None, "std": None, "n": 0, "missing": 0}
     assert aggregate([7.0])["std"] == 0.0
 
 
 def test_consecutive_deltas_are_differences_of_neighbours():
-    assert consecutive_deltas([0.50, 0.55, 0.53]) == [None, pytest.approx(0.05), pytest.approx(-0.02)]
+    assert consecutive_deltas([0.50, 0.55, 0.53]) == [None, pytest.approx(0.05, **HAND), pytest.approx(-0.02, **HAND)]
     assert consecutive_deltas([0.5, None, 0.6]) == [None, None, None]
 
 
@@ -51,8 +56,8 @@ def test_paired_differences_use_common_seeds():
     previous = {0: 0.50, 1: 0.60, 2: 0.70}
     current = {0: 0.55, 1: 0.60, 3: 0.90}  # seed 2 and 3 are not paired
     stats = paired_differences(previous, current)
-    assert stats["n"] == 2 and stats["mean"] == pytest.approx(0.025)
-    assert stats["std"] == pytest.approx(0.025) and stats["se"] == pytest.approx(0.025)
+    assert stats["n"] == 2 and stats["mean"] == pytest.approx(0.025, **HAND)
+    assert stats["std"] == pytest.approx(0.025, **HAND) and stats["se"] == pytest.approx(0.025, **HAND)
 
 
 def test_summarise_counts_divergence_and_missing_metrics():
@@ -65,7 +70,7 @@ def test_summarise_counts_divergence_and_missing_metrics():
          "diverged_at": {"epoch": 4, "step": 400, "step_in_epoch": 64}, "seconds": 1.0},
     ]
     summary = summarise(row, runs)
-    assert summary["accuracy"]["mean"] == pytest.approx(0.5) and summary["accuracy"]["std"] == pytest.approx(0.1)
+    assert summary["accuracy"]["mean"] == pytest.approx(0.5, **HAND) and summary["accuracy"]["std"] == pytest.approx(0.1, **HAND)
     assert summary["accuracy"]["n"] == 2 and summary["accuracy"]["missing"] == 1
     assert summary["diverged"] == 2 and summary["runs"] == 3
     assert summary["diverged_at_epoch"] == {"median": 3.0, "min": 2, "max": 4}
@@ -133,8 +138,9 @@ def test_smoke_summaries_are_computed_from_per_seed_values(smoke):
     for row in smoke["study"]["rows"] + smoke["study"]["ablation"]:
         for metric in ("accuracy", "macro_f1"):
             values = [r["test"][metric] for r in row["per_seed"]]
-            assert row["summary"][metric]["mean"] == pytest.approx(np.mean(values))
-            assert row["summary"][metric]["std"] == pytest.approx(np.std(values))
+            # The same numpy reductions of the same floats (JSON round-trips them exactly): equal.
+            assert row["summary"][metric]["mean"] == float(np.mean(values))
+            assert row["summary"][metric]["std"] == float(np.std(values))
         assert 0.0 <= row["summary"]["accuracy"]["mean"] <= 1.0
 
 
@@ -156,7 +162,7 @@ def test_smoke_ablation_deltas_are_differences_of_consecutive_rows(smoke):
     for previous, step in zip(steps, steps[1:]):
         for metric in ("accuracy", "macro_f1"):
             expected = step["summary"][metric]["mean"] - previous["summary"][metric]["mean"]
-            assert step["delta"][metric] == pytest.approx(expected)
+            assert step["delta"][metric] == expected  # the same subtraction of the same floats
             assert f"{expected:+.4f}" in smoke["md"]
     # A8 is full ModernNCA: the same runs as the main table's float32 row.
     main = next(row for row in smoke["study"]["rows"] if row["id"] == "modernnca_f32")
@@ -265,8 +271,10 @@ def test_factor_intervals_pair_seed_by_seed():
     table = factor_table([entry("seed_difference", [0.5, 0.6, 0.7]), entry("seed_difference_10_epochs", [0.6, 0.7, 0.8])])
     assert [f["id"] for f in table] == ["F5"]
     paired = table[0]["paired"]["accuracy"]
-    assert paired["n"] == 3 and abs(paired["mean"] - 0.1) < 1e-12
-    assert abs(paired["high"] - paired["low"]) < 1e-12
+    # The differences are exact (Sterbenz) differences of rounded literals, each within 1.5u of 0.1: the
+    # mean within 4.5u, the spread s <= 3u, the interval 2 t(0.975, 2) s / sqrt(3) < 15u wide: HAND.
+    assert paired["n"] == 3 and paired["mean"] == pytest.approx(0.1, **HAND)
+    assert paired["high"] - paired["low"] == pytest.approx(0.0, **HAND)
 
 
 def test_numerical_features_drop_the_sex_one_hot():
