@@ -97,6 +97,19 @@ def test_cancellation_is_flagged_from_exactly_half_the_significand(dtype, defaul
     assert found is not None and f"lost ≥ {default_bits} of" in found.detail
 
 
+@pytest.mark.parametrize("dtype, default_bits", [(torch.float32, 12), (torch.float64, 26)])
+def test_only_the_results_past_the_threshold_are_counted(dtype, default_bits):
+    # One tensor, so the tracer's quick pre-check passes (one result is past the threshold): the
+    # count must still leave out the results a bit, or a fraction of a bit, short of it.
+    p = 24 if dtype == torch.float32 else 53
+    a = torch.ones(3, dtype=dtype)
+    subtrahends = torch.tensor([1.0 - 2.0 ** -default_bits, 1.0 - 2.0 ** -(default_bits - 1),
+                                1.0 - 2.0 ** -default_bits * (1 + 2.0 ** -6)], dtype=dtype)
+    result = trace_call(lambda b: a - b * torch.ones(1, dtype=dtype), subtrahends)
+    (found,) = [x for x in result.precursors if x.kind == "cancellation"]
+    assert found.detail.startswith(f"1 of 3 results lost ≥ {default_bits} of {p} significand bits"), found.detail
+
+
 def test_cancellation_bits_argument_moves_the_threshold():
     assert _cancellation(1.0, 1.0 - 2.0 ** -7, torch.float32, bits=8) is None
     assert _cancellation(1.0, 1.0 - 2.0 ** -8, torch.float32, bits=8) is not None
