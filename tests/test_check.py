@@ -219,6 +219,11 @@ def test_measured_bits_stay_within_the_derived_bound_batch_by_batch(name, dtype)
         assert measured.loss_bits <= loss_bound, (batch.scale, measured.loss_bits, loss_bound)
         if grad_bound is not None:
             assert measured.grad_bits <= grad_bound, (batch.scale, measured.grad_bits, grad_bound)
+        if name == "modernnca":  # no bits bound (its gradient breaks), but an absolute one
+            _, grad = check.run_formulation(formulation, batch, dtype)
+            error = float(np.abs(grad.numpy() - exact.grad).max())
+            assert error <= bounds.modernnca_gradient_error(batch, dtype) + 2.0 ** -53 * np.abs(exact.grad).max(), \
+                (batch.scale, error)
 
 
 def test_modernnca_breakdown_prediction_flips_at_the_saturation_boundary():

@@ -140,6 +140,44 @@ def modernnca_error(batch: Batch, dtype) -> float:
     return float(np.mean(row_errors)) + (R - 1) * u * mean_abs + u * abs(float(np.mean(row_losses)))
 
 
+def modernnca_gradient_error(batch: Batch, dtype) -> float:
+    """Bound on the largest absolute error of an entry of ``modernnca``'s gradient on ``batch``.
+
+    NLL and ``mean`` give ``g_k = -[k in class] / ((q + 1e-7) R)`` (two roundings, and the forward's
+    ``q`` off by ``delta_q`` relative: ``[k in class] |r| delta_q``); SoftmaxBackward forms
+    ``p_j (g_j - sum_k p_k g_k)``: the dot product is off by ``(max delta_p + (n+1) u) q / ((q + 1e-7) R)``,
+    the difference rounds (``u |g_j - dot|``), and the product adds ``|r| (delta_p_j + u)``, with
+    ``delta_p_j = u |x_j - m| + (n+5) u`` the softmax's relative error (as in :func:`modernnca_error`).
+    No cancellation is assumed away: for a saturated row ``g_j - dot`` is ``-(1 - q) / (q + 1e-7) R``,
+    tiny, while the bound keeps the dot product's absolute error.
+    """
+    from ..losses.builtin import MODERNNCA_EPS
+
+    u, _ = _unit(dtype)
+    d, same, off = _kernel(batch)
+    R = len(d)
+    n = int(off[0].sum())
+    worst = 0.0
+    for i in range(R):
+        x = -d[i]
+        m = float(np.max(x[off[i]]))
+        e = np.where(off[i], np.exp(np.where(off[i], x - m, 0.0)), 0.0)
+        p = e / e.sum()
+        delta_p = np.where(off[i], u * np.abs(x - m) + (n + 5) * u, 0.0)
+        q = float(p[same[i]].sum())
+        delta_q = float(np.sum((p * (u * np.abs(x - m) + 4 * u))[same[i]])) / max(q, 1e-300) \
+            + float(np.sum(p * u * np.abs(x - m))) + (2 * n + 1) * u
+        qe = q + MODERNNCA_EPS
+        g = np.where(same[i], -1.0 / (qe * R), 0.0)
+        dot = -q / (qe * R)
+        r = p * (g - dot)
+        dot_error = (float(delta_p.max()) + (n + 1) * u) * q / (qe * R)
+        error = p * (np.where(same[i], 2 * u / (qe * R), 0.0) + dot_error + u * np.abs(g - dot)) \
+            + np.abs(r) * (delta_p + u + np.where(same[i], delta_q * q / qe, 0.0))
+        worst = max(worst, float(np.max(np.where(off[i], error, 0.0))))
+    return worst
+
+
 def difference_error(batch: Batch, dtype) -> tuple[float, float]:
     """(loss, gradient) absolute error bounds of ``difference`` on ``batch``.
 
