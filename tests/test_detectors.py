@@ -153,3 +153,29 @@ def test_module_names_come_from_the_module_tracker_and_restore_the_hooks():
     finding = find_nonfinite(lambda x: net(x).sum(), torch.tensor([0.0, 1.0]))
     assert finding.module == "1.1"  # the innermost running module, by its name in the model
     assert len(torch.nn.modules.module._global_forward_pre_hooks) == hooks
+
+
+def test_the_innermost_module_is_the_one_entered_last():
+    # p runs, q runs, then p runs again and calls q inside: the module named is q, the one
+    # entered last among those still running
+    class Q(torch.nn.Module):
+        def forward(self, x):
+            return torch.log(x) if self.pole else x
+
+    class P(torch.nn.Module):
+        def forward(self, x, q=None):
+            return q(x) if q is not None else x
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p, self.q = P(), Q()
+
+        def forward(self, x):
+            self.q.pole = False
+            x = self.q(self.p(x))
+            self.q.pole = True
+            return self.p(x, self.q)
+
+    finding = find_nonfinite(lambda x: Net()(x).sum(), torch.tensor([0.0, 1.0]))
+    assert finding.module == "q"

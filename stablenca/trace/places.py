@@ -23,20 +23,29 @@ class _Modules(ModuleTracker):
 
     ModuleTracker keeps the set of modules whose forward is running; the names are the
     qualified names in the traced model (``encoder.0``, the root as ``<ClassName>``), and the
-    order of entry says which running module is the innermost.
+    order of entry says which running module is the innermost. Its backward tracking is left
+    out: a backward op is placed by its autograd node's forward place (see :meth:`Places._where`),
+    and the multi-grad hook it registers per module call costs about 80 µs (6-module MLP step:
+    858 µs with it, 444 µs without, 316 µs untracked).
     """
 
     def __init__(self, places: Places) -> None:
         super().__init__()
         self._places = places
-        self._entered: dict[str, int] = {}
+        self._entered: dict[str, int] = {}  # name -> when it was last entered
+        self._clock = 0
 
     def _get_mod_name(self, mod) -> str:
         return self._places._module_name(mod, running=len(self.parents) > 1)
 
     def _fw_pre_hook(self, mod, input) -> None:
-        super()._fw_pre_hook(mod, input)
-        self._entered[self._get_mod_name(mod)] = len(self._entered)
+        name = self._get_mod_name(mod)
+        self._get_append_fn(name, False)()
+        self._clock += 1
+        self._entered[name] = self._clock
+
+    def _fw_post_hook(self, mod, input, output) -> None:
+        self._get_pop_fn(self._get_mod_name(mod), False)()
 
     def innermost(self) -> str | None:
         running = [n for n in self.parents if n in self._entered]
