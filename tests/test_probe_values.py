@@ -70,6 +70,17 @@ def test_softmax_zeros_do_not_count_the_masked_self_pairs():
     assert "exp_zero" not in stats
 
 
+def test_softmax_zeros_do_not_count_self_pairs_off_the_leading_diagonal():
+    # The same batch with the candidates in reverse order: self pairs at (i, 3 - i), so the probes
+    # take their general path (not the diagonal views); the counts are those of the test above.
+    order = torch.tensor([3, 2, 1, 0])
+    with capture() as published:
+        losses.evaluate(losses.get("modernnca"), D[:, order], LABELS, LABELS[order], SELF[:, order], n_classes=2)
+    stats = {k: float(v) for k, v in distance_statistics(published).items()}
+    assert stats["softmax_zero"] == 4 and stats["softmax_subnormal"] == 2
+    assert (stats["d_min"], stats["d_max"]) == (1, 200)
+
+
 def test_rows_without_a_same_class_candidate():
     stats = _stats("ratio", labels=torch.tensor([0, 0, 1, 2]))
     assert stats["rows_without_same_class"] == 2
