@@ -20,6 +20,37 @@ from torch import nn
 from ..errors import ConfigError
 
 
+class _Periodic(torch.autograd.Function):
+    """``[cos(a), sin(a)]`` with ``a = 2π f x``, whose backward reuses the forward's cos and sin.
+
+    Autograd's backward of ``cos``/``sin`` evaluates ``sin``/``cos`` again (two more
+    transcendental passes over the n × features × frequencies angles) and a negation. Here
+    the saved values give the same numbers: ``g_sin cos - g_cos sin`` is, bit for bit,
+    autograd's ``g_cos (-sin) + g_sin cos`` (``x - y`` is ``x + (-y)`` in IEEE arithmetic, and
+    ``-s g`` is ``-(s g)``), and the frequencies' gradient takes autograd's steps (the
+    broadcast sum over rows, then the factor 2π).
+    """
+
+    @staticmethod
+    def forward(ctx, x, frequencies):
+        angles = 2 * math.pi * frequencies[None] * x[..., None]  # the eager expression, same rounding
+        cos, sin = torch.cos(angles), torch.sin(angles)
+        ctx.save_for_backward(x, frequencies, cos, sin)
+        return torch.cat([cos, sin], dim=-1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, frequencies, cos, sin = ctx.saved_tensors
+        n_frequencies = cos.shape[-1]
+        grad_angles = grad[..., n_frequencies:] * cos - grad[..., :n_frequencies] * sin
+        grad_x = grad_frequencies = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (grad_angles * (2 * math.pi * frequencies[None])).sum(-1, keepdim=True).squeeze(-1)
+        if ctx.needs_input_grad[1]:
+            grad_frequencies = ((grad_angles * x[..., None]).sum(0, keepdim=True) * (2 * math.pi)).squeeze(0)
+        return grad_x, grad_frequencies
+
+
 class PeriodicEmbeddings(nn.Module):
     """``x -> [cos(2π f x), sin(2π f x)]`` with one row of frequencies per feature."""
 
@@ -34,8 +65,7 @@ class PeriodicEmbeddings(nn.Module):
         self.frequencies = nn.Parameter(torch.normal(0.0, frequency_scale, (n_features, n_frequencies)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        angles = 2 * math.pi * self.frequencies[None] * x[..., None]
-        return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+        return _Periodic.apply(x, self.frequencies)
 
 
 class PLREmbeddings(nn.Sequential):
