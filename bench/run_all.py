@@ -72,8 +72,8 @@ def targets_table(results: dict[str, dict]) -> str:
     d = results.get("diagnose")
     if d:
         wall = d["median_wall"]
-        rows.append(["`stablenca diagnose` defaults, end to end", "≤ 90 s", C.fmt_seconds(wall),
-                     verdict(wall <= 90) if "epochs" not in d.get("command", "") else "n/a (quick run)"])
+        rows.append(["`stablenca diagnose` defaults, end to end", "≤ 30 s", C.fmt_seconds(wall),
+                     verdict(wall <= 30) if "epochs" not in d.get("command", "") else "n/a (quick run)"])
     m = results.get("modernnca")
     if m:
         rows.append(["ModernNCA fit per epoch vs straightforward port", "≥ 2×", f"{m['speedup_vs_port']:.2f}×",
