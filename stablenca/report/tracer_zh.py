@@ -3,10 +3,11 @@
 The tracer builds its chains, root-cause details and verification statements from
 phrases with numbers in them (``overflow in 6 of 624 elements``). :func:`translate`
 rewrites each known phrase into Chinese with the numbers kept as they are, using the
-standard terms (上溢, 下溢, 次正规数, 恰为 0); :func:`untranslated` lists the English
-words left in a text, so a test can fail when the tracer learns a phrase this table
-does not know yet. Op names (``aten.div.Tensor``, ``DivBackward0``, ``exp``), dtype names
-and numbers stay as they are: they are identifiers, not prose.
+standard terms (上溢, 下溢, 次正规数, 对数空间, 恰为 0, 极点); :func:`untranslated` lists the
+English words left in a text, so a test can fail when the tracer learns a phrase this table
+does not know yet. Op names (``aten.div.Tensor``, ``DivBackward0``, ``lgamma``, ``_softmax``:
+any aten name that is not also an English word), parameter names, dtype names and numbers
+stay as they are: they are identifiers, not prose.
 
 >>> translate("div (overflow in 6 of 624 elements, backward DivBackward0: divisor as small as 1.39e-24)")
 'div(624 个元素中有 6 个上溢,反向 DivBackward0:除数小至 1.39e-24)'
