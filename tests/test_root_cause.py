@@ -181,6 +181,43 @@ def test_a_pole_next_to_a_large_input_is_still_a_pole():
     assert "float64 and mpmath recompute" in finding.root_cause["detail"]
 
 
+def _in_place(method, *args):
+    def step(x):
+        y = x * 1.0  # a fresh tensor the in-place op overwrites
+        getattr(y, method)(*args)
+        return y.sum()
+    return step
+
+
+@pytest.mark.parametrize("method, args, x, pattern, kind, says", [
+    # exp_(100) overwrites 100 with inf: recomputed from the overwritten inf it read as a pole
+    ("exp_", (), [100.0, 1.0], "overflow", "overflow", "largest input 100; float32 exp(x) overflows above 88.72"),
+    ("pow_", (200.0,), [700.0, 1.0], "overflow", "overflow", "up to 1.05e+569 (mpmath), is beyond float64 too"),
+    ("lgamma_", (), [0.0, 1.0], "pole", "pole", "inputs from 0 to 1"),
+    ("log_", (), [0.0, 1.0], "log(0)", "division_by_zero", "log(0) in 1 of 2 elements"),
+])
+def test_an_in_place_op_is_analysed_from_the_values_it_overwrote(method, args, x, pattern, kind, says):
+    finding = find_nonfinite(_in_place(method, *args), torch.tensor(x))
+    assert finding.op.startswith(f"aten.{method}")
+    assert (finding.pattern, finding.root_cause["kind"]) == (pattern, kind)
+    assert says in finding.root_cause["detail"]
+
+
+def test_only_in_place_ops_that_can_create_nonfinite_values_keep_their_inputs():
+    from stablenca.trace.ops import copy_before, op_info
+
+    aten = torch.ops.aten
+    assert op_info(aten.exp_.default).keep_before == (0,)
+    assert op_info(aten.div_.Tensor).keep_before == (0,)
+    # cannot turn finite values into ±inf (no_overflow), or not in place: nothing is copied
+    assert op_info(aten.relu_.default).keep_before == op_info(aten.clamp_.default).keep_before == ()
+    assert op_info(aten.exp.default).keep_before == ()
+    x = torch.ones(3)
+    kept = copy_before((0,), (x,))
+    assert kept[0][1] is not x and torch.equal(kept[0][1], x)
+    assert copy_before((0,), (x.double(),)) == ()  # float64 is never recomputed in a wider dtype
+
+
 # -- counterfactual verification ------------------------------------------------------------
 
 

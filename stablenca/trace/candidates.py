@@ -114,6 +114,7 @@ class Candidates:
                           list(self.precursors))
         cand.unit = self._unit
         cand.func = func
+        cand.before = self._before
         ev = _Event(self._index, info.name, phase, bnode, module, src, "source",
                     f"{n_nan} NaN, {n_inf} ±inf", _BAD, (), out, info.elementwise)
         ev.unit = self._unit

@@ -38,7 +38,7 @@ class ChainSearch:
             explain = [(i, self._lookup_tensor(args, kwargs, i), _BAD, None, ev) for i, ev in leaf_bad]
             prec = None
         else:
-            verdict = analyse(OpCall(info, cand.func, args, kwargs, out), pos_nan, pos_inf)
+            verdict = analyse(OpCall(info, cand.func, args, kwargs, out, before=cand.before), pos_nan, pos_inf)
             pattern, kind, explain, prec = verdict.pattern, verdict.kind, verdict.explain, verdict.precursor
             explain = [(i, t, need, p, None) for i, t, need, p in explain]
         tiny = None

@@ -43,6 +43,9 @@ class OpCall:
     out: torch.Tensor  # the floating output checked
     outs: tuple = ()  # every tensor output
     tainted: tuple = ()  # (argument position, provenance event) of inputs worth following back
+    #: (position, copy) of the arguments an in-place op overwrote, as they were before it ran
+    #: (kept only for :attr:`~stablenca.trace.ops._OpInfo.keep_before` ops); () when gone
+    before: tuple = ()
 
 
 @dataclasses.dataclass

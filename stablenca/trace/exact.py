@@ -37,12 +37,12 @@ def exact_infinite(call: OpCall, where: torch.Tensor) -> tuple[torch.Tensor, str
     """Which elements at ``where`` are infinite in exact arithmetic, and the largest finite magnitude.
 
     Returns ``(mask over the output, largest finite exact |value| as text or None)``, or None when
-    undecided: the op has no mpmath form, is not elementwise, wrote in place (its input is
-    gone), or ``where`` holds more than ``_MAX_ELEMENTS`` elements.
+    undecided: the op has no mpmath form, is not elementwise, wrote in place without the tracer
+    keeping its input (:attr:`OpCall.before`), or ``where`` holds more than ``_MAX_ELEMENTS`` elements.
     """
     info, out = call.info, call.out
     fn = info.facts.mpmath
-    if fn is None or not info.elementwise or info.written:
+    if fn is None or not info.elementwise or (info.written and not call.before):
         return None
     n = int(where.sum())
     arity = fn.__code__.co_argcount

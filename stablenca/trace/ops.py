@@ -29,7 +29,7 @@ class _OpInfo:
     """One op overload as the tracer sees it: names, written arguments, its registered facts."""
 
     __slots__ = ("name", "packet", "short", "base", "cat", "written", "elementwise", "argnames",
-                 "full_reduction", "nocreate", "facts", "rule")
+                 "full_reduction", "nocreate", "facts", "rule", "family_rule", "keep_before")
 
     def __init__(self, func) -> None:
         self.name = str(func)  # aten.div.Tensor
@@ -47,7 +47,15 @@ class _OpInfo:
         self.elementwise = facts.elementwise
         self.nocreate = facts.noncreating
         # the NaN/Inf pattern rule; an in-place op lost its inputs, so only the generic analysis applies
-        self.rule = None if self.written else NAN_PATTERNS.get(functional_packet(func))
+        # unless the tracer kept them (``keep_before``): then its functional op's rule does
+        self.family_rule = NAN_PATTERNS.get(functional_packet(func))
+        self.rule = None if self.written else self.family_rule
+        # An in-place elementwise op that can turn finite inputs into ±inf/NaN (exp_, pow_, lgamma_,
+        # div_): the tracer copies the arguments it overwrites before it runs, so that its analysis
+        # (the float64/mpmath recompute, the pattern rule) reads the values the op read.
+        in_place = self.short.endswith("_") and not self.short.endswith("__")
+        self.keep_before = tuple(sorted(i for i in self.written if isinstance(i, int))) \
+            if in_place and facts.elementwise and not facts.no_overflow else ()
         if func.is_view or facts.view:
             self.cat = _C_VIEW
         elif facts.skip:
@@ -136,6 +144,27 @@ def _reduce_dims(args, kwargs, ndim: int) -> tuple[list[int], bool]:
     if dim is None or len(dim) == 0:
         return list(range(ndim)), keepdim
     return [d % max(ndim, 1) for d in dim], keepdim
+
+
+def copy_before(keep: tuple, args) -> tuple:
+    """(position, copy) of the floating arguments at ``keep`` that an in-place op will overwrite.
+
+    float64 ones are not copied: nothing is recomputed for a float64 output (no wider dtype).
+    """
+    kept = []
+    for i in keep:
+        a = args[i] if i < len(args) else None
+        if isinstance(a, torch.Tensor) and a.is_floating_point() and a.dtype != torch.float64 and a.numel():
+            kept.append((i, a.detach().clone()))
+    return tuple(kept)
+
+
+def restored_args(args, before) -> tuple:
+    """``args`` with the overwritten arguments replaced by their copies from before the op ran."""
+    args = list(args)
+    for i, a in before:
+        args[i] = a
+    return tuple(args)
 
 
 def _recompute_float64(func, args, kwargs, out: torch.Tensor) -> torch.Tensor | None:

@@ -29,7 +29,7 @@ import torch
 
 from .detectors import OpCall, indexed_broadcast_operands
 from .exact import exact_infinite
-from .ops import _INF, _as_operand, _broadcast, _flat_tensors, _recompute_float64, _reduce_dims
+from .ops import _INF, _as_operand, _broadcast, _flat_tensors, _recompute_float64, _reduce_dims, restored_args
 from .provenance import _BAD, _INEXACT, _INFOK, _SMALL, _ZERO
 from .records import _dtype_name, _exp_limits, _fmt, _n
 from .registry import aten, register
@@ -78,11 +78,16 @@ def analyse(call: OpCall, pos_nan: torch.Tensor, pos_inf: torch.Tensor) -> NanVe
     """The verdict for ``call``'s non-finite output (NaN at ``pos_nan``, ±inf at ``pos_inf``)."""
     info, args, kwargs, out = call.info, call.args, call.kwargs, call.out
     dtype, shape = out.dtype, out.shape
+    written, rule = info.written, info.rule
+    if written and call.before:  # the tracer kept what the in-place op overwrote: analyse what it read
+        args = restored_args(args, call.before)
+        call = dataclasses.replace(call, args=args)
+        written, rule = (), info.family_rule
     tensors = [(i, a) for i, a in enumerate(args) if isinstance(a, torch.Tensor) and a.is_floating_point()
-               and i not in info.written]
+               and i not in written]
     finite_inputs = all(bool(torch.isfinite(a).all()) for _, a in tensors)
     base = info.base
-    if info.written:
+    if written:
         if base == "div" and len(args) > 1:  # the divisor survives an in-place division
             b = _broadcast(_as_operand(args[1], out), shape)
             if b is not None and _count((pos_nan | pos_inf) & (b == 0)):
@@ -90,8 +95,8 @@ def analyse(call: OpCall, pos_nan: torch.Tensor, pos_inf: torch.Tensor) -> NanVe
                 tb = args[1] if isinstance(args[1], torch.Tensor) else None
                 return NanVerdict("x/0 (in-place)", "division_by_zero", [Lead(1, tb, _ZERO, z)])
         base = "<in-place>"  # the overwritten operand is gone: only the generic analysis applies
-    if info.rule is not None:
-        found = info.rule(call, pos_nan, pos_inf, tensors)
+    if rule is not None:
+        found = rule(call, pos_nan, pos_inf, tensors)
         if found is not None:
             return found
 

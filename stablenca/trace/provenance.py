@@ -69,7 +69,7 @@ class _Candidate:
     """NaN/Inf produced from finite values, kept until it is used (then analysed) or dropped."""
 
     __slots__ = ("info", "args", "kwargs", "out", "leaf_bad", "index", "phase", "bnode", "module", "src",
-                 "n_nan", "n_inf", "precursors", "versions", "finding", "unit", "func")
+                 "n_nan", "n_inf", "precursors", "versions", "finding", "unit", "func", "before")
 
     def __init__(self, info, args, kwargs, out, leaf_bad, index, phase, bnode, module, src, n_nan, n_inf,
                  precursors):
@@ -79,6 +79,7 @@ class _Candidate:
         self.n_nan, self.n_inf, self.precursors = n_nan, n_inf, precursors
         self.unit = None
         self.func = None
+        self.before: tuple = ()  # an in-place op's overwritten arguments as they were (OpCall.before)
         self.versions = [(t, t._version) for _, t in _flat_tensors(args, kwargs) if not t.is_inference()]
         self.finding: Finding | None = None
 
@@ -87,7 +88,7 @@ class _Candidate:
 
     def drop(self) -> None:
         """Release the tensors (the analysis then only reports counts)."""
-        self.args, self.kwargs, self.out, self.versions = (), {}, None, []
+        self.args, self.kwargs, self.out, self.versions, self.before = (), {}, None, [], ()
 
     def light(self) -> Finding:
         detail = (f"{self.n_nan} NaN and {self.n_inf} ±inf appeared here but never reached a non-finite "

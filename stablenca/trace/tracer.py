@@ -18,7 +18,7 @@ from .chain import ChainSearch
 from .detectors import OpCall, Verdict, cancellation, cannot_create, carried, small_values, underflow, \
     underflow_any_op
 from .ops import _C_CANCEL, _C_MASK, _C_PLAIN, _C_REDUCE, _C_SKIP, _C_UF_POS, _C_UF_SIGNED, _C_VIEW, \
-    _current_node, _flat_tensors, op_info
+    _current_node, _flat_tensors, copy_before, op_info
 from .places import Places
 from .provenance import _BAD, _Candidate, _Event, Provenance
 from .records import Finding, Precursor, _format_source, _significand_bits, _small, _tiny, \
@@ -54,14 +54,20 @@ class _Mode(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if kwargs is None:
             kwargs = {}
-        out = func(*args, **kwargs)
         tracer = self.tracer
+        if tracer._live:
+            keep = op_info(func).keep_before
+            if keep:  # an in-place op about to overwrite values its analysis may need
+                tracer._before = copy_before(keep, args)
+        out = func(*args, **kwargs)
         tracer._unit = tracer._units.key(func)
         if tracer._live:
             try:
                 tracer._observe(func, args, kwargs, out)
             except Exception as exc:  # never break the user's computation
                 tracer._give_up(func, exc)
+            finally:
+                tracer._before = ()
         return out
 
 
@@ -148,6 +154,7 @@ class Tracer(Places, Provenance, Candidates, ChainSearch):
         self._keepalive: list[Any] = []
         self._internal_cache: dict[str, bool] = {}
         self._gave_up = False
+        self._before: tuple = ()  # the overwritten arguments of the in-place op being observed
         if self.model is not None:
             self._register_root(self.model)
 
