@@ -1,8 +1,11 @@
 """The user-loop API: attach the recorder, sentinel and tracer to any training loop."""
 
+import json
+
 import torch
 
 import stablenca
+from stablenca.report.tracer_zh import translate, untranslated
 from stablenca.runtime.watcher import watch
 
 
@@ -112,3 +115,92 @@ def test_a_watch_capsule_reloads_and_replay_says_it_cannot_rerun_it(tmp_path, ca
     assert main(["replay", str(capsule_path)]) == EXIT_USAGE
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "stablenca.watch" in err and "fix:" in err
+
+
+# -- counterfactual verification of the failing step --------------------------------------------
+
+
+def _log_sum_exp_naive(model, x, scale):
+    d = scale * model(x).pow(2).sum(1)  # positive "distances"
+    return -torch.log(torch.exp(-d).sum())  # float32 exp(-d) is 0.0 for d > 103.97: log(0) = -inf
+
+
+def _watched(tmp_path, *, as_loss_fn, calls=None):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(8, 4)
+
+    def loss_fn(m, x, scale):
+        if calls is not None:
+            calls.append(scale)
+        return _log_sum_exp_naive(m, x, scale)
+
+    with watch(model, optimizer, out=tmp_path) as w:
+        for step in range(3):
+            scale = 1e4 if step == 2 else 1.0  # step 2: every distance is far beyond 103.97
+            if as_loss_fn:
+                w.step(loss_fn, x, scale, epoch=0)
+            else:
+                def closure():
+                    optimizer.zero_grad()
+                    loss = loss_fn(model, x, scale)
+                    loss.backward()
+                    return loss
+                w.step(closure, epoch=0)
+            if w.should_stop:
+                break
+            optimizer.step()
+    return w, model
+
+
+def test_a_step_given_as_a_loss_function_is_verified_in_float64(tmp_path):
+    w, model = _watched(tmp_path, as_loss_fn=True)
+    assert w.failed_at == {"epoch": 0, "step": 2}
+    verification = w.finding.verification
+    assert verification["reference_finite"] and verification["representable"]
+    verdicts = {c["label"]: c["verdict"] for c in verification["candidates"]}
+    assert verdicts["exp (forward)"] == "confirmed"  # float32 exp(-d) = 0 is what makes the log fail
+    assert "the exact loss is finite" in verification["statement"]
+    assert w.finding.root_cause["verdict"] == "confirmed"
+    written = json.loads((tmp_path / "watch" / "finding.json").read_text())
+    assert written["verification"]["candidates"] == verification["candidates"]
+    # the float64 replays ran on copies: the user's model is float32 and holds the pre-step parameters
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_an_opaque_closure_says_the_verification_was_not_run(tmp_path):
+    w, _ = _watched(tmp_path, as_loss_fn=False)
+    assert w.failed_at == {"epoch": 0, "step": 2} and w.finding.pattern == "log(0)"
+    verification = w.finding.verification
+    assert verification["status"] == "not run" and "opaque closure" in verification["reason"]
+    assert "verification: not run, the step is an opaque closure" in str(w.finding)
+    written = json.loads((tmp_path / "watch" / "finding.json").read_text())
+    assert written["verification"]["status"] == "not run"
+    assert untranslated(translate(verification["statement"])) == []  # the Chinese report says it too
+
+
+def test_healthy_steps_run_the_loss_function_once_each(tmp_path):
+    calls = []
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    x = torch.randn(8, 4)
+    with watch(model, None) as w:
+        for _ in range(3):
+            w.step(lambda m, x, s: (calls.append(s), _log_sum_exp_naive(m, x, s))[1], x, 1.0)
+    assert not w.failed and len(calls) == 3  # no replay, no verification on a finite step
+    failing = []
+    _watched(tmp_path, as_loss_fn=True, calls=failing)
+    # two healthy steps, the failing one, its traced replay, then the verification's replays
+    assert failing[:3] == [1.0, 1.0, 1e4] and len(failing) > 4
+
+
+def test_a_loss_function_that_returns_no_tensor_is_a_one_line_error():
+    import pytest
+
+    from stablenca.errors import StableNCAError
+
+    model = torch.nn.Linear(4, 3)
+    with watch(model, None) as w:
+        with pytest.raises(StableNCAError, match="loss function returned float.*return the loss tensor"):
+            w.step(lambda m, x: 1.0, torch.randn(2, 4))

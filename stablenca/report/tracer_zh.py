@@ -26,6 +26,7 @@ _N = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?)"
 _OP = r"([\w.]+)"
 
 _DT = r"(\w+)"  # a dtype name
+_CODE = "(\x00\\d+\x00)"  # a code span, set aside while the phrases are rewritten (see translate)
 #: the quantity a verification is about: the loss, or the gradient from one op (its unit label)
 _QUANTITIES = [(r"loss", r"损失"), (rf"gradient from (?P<qop>[\w.]+(?: #\d+)?) \((?P<qphase>backward|forward)\)",
                                    r"\g<qop>(\g<qphase>)的梯度")]
@@ -58,6 +59,17 @@ PHRASES: list[tuple[str, str]] = [
     (r"; confirmed: ([^;]+)", r";已证实:\1"),
     (r"; present, not causal: ([^;]+)", r";存在但不是原因:\1"),
     (r"; float64 fails too: ([^;]+)", r";float64 也失败:\1"),
+    # a verification the watch could not run (stablenca.runtime.watcher.not_verified)
+    (rf"not run: the step is an opaque closure, which the watch cannot rebuild in float64; pass the loss function "
+     rf"and its inputs: {_CODE}",
+     r"未运行:这一步是不透明的闭包,`watch` 无法在 float64 中重建它;请传入损失函数及其输入:\1"),
+    (r"not run: the model has no float32 or narrower parameters to replay in float64",
+     r"未运行:模型没有 float32 或更窄的参数可在 float64 中重放"),
+    (rf"not run: the step runs under {_CODE}, which a float64 replay would keep; see its float32 counterfactual",
+     r"未运行:这一步在 \1 下运行,float64 重放也会保留它;请看它的 float32 反事实"),
+    (rf"not run: the float64 replay raised {_CODE}", r"未运行:float64 重放抛出了 \1"),
+    (rf"not run: the failure is in {_CODE}, which the float64 replay of the loss and its gradients does not cover",
+     r"未运行:失效发生在 \1 中,损失及其梯度的 float64 重放不涵盖这一步"),
     *_each(_QUANTITIES, rf"(?P<op>[\w.]+(?: #\d+)?) \((?P<ph>backward|forward)\) makes ±inf/NaN in (?P<dt>\w+) although the "
            rf"exact {{Q}} is finite \((?P<v>{_N[1:-1]}), float64 replay\): an intermediate of the op's evaluation "
            r"order leaves the range",
@@ -243,10 +255,20 @@ def _is_op_name(word: str) -> bool:
 
 
 def translate(text: str) -> str:
-    """``text`` with every known tracer/checker phrase in Chinese (numbers and identifiers kept)."""
+    """``text`` with every known tracer/checker phrase in Chinese (numbers and identifiers kept).
+
+    Code spans (text in backticks) are kept verbatim: the punctuation rules do not reach them.
+    """
+    spans: list[str] = []
+
+    def set_aside(match: re.Match) -> str:
+        spans.append(match.group(0))
+        return f"\x00{len(spans) - 1}\x00"
+
+    text = re.sub(r"`[^`]*`", set_aside, text)
     for pattern, replacement in _COMPILED:
         text = pattern.sub(replacement, text)
-    return text
+    return re.sub("\x00(\\d+)\x00", lambda match: spans[int(match.group(1))], text)
 
 
 def untranslated(text: str) -> list[str]:

@@ -17,6 +17,15 @@ same idiom as ``optimizer.step(closure)``) and hand it to :meth:`Watch.step`::
                 optimizer.step()
     print(watch.finding)  # the first non-finite op and its root-cause chain, or None
 
+A step given as a loss function and its inputs, ``watch.step(loss_fn, x, y, epoch=epoch)``
+with ``loss_fn(model, x, y)`` returning the loss, is run by the watch (it zeroes the
+gradients and runs the backward, through ``scaler`` when given). The watch can then rebuild
+the failing step in float64 (a deep copy of the model cast to float64, the floating inputs
+cast up exactly) and run the counterfactual verification of :mod:`stablenca.trace.verify`
+on it, as ``stablenca diagnose`` does: the finding carries the verdicts. A closure is
+opaque (the watch cannot change the dtype of what it captured): its finding says
+``verification: not run`` and why. Healthy steps cost the same either way.
+
 Each step is recorded (one JSONL line, flushed) with loss, gradient and parameter
 norms, and whatever the loss published with :func:`stablenca.publish`. In
 ``sentinel`` mode the pre-step state is copied before the closure runs; on the first
@@ -51,6 +60,8 @@ With ``out=DIR`` the watch writes a run set that ``stablenca report DIR`` reads:
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 import math
 import signal
 import threading
@@ -69,6 +80,7 @@ from .. import artifacts
 from ..artifacts import CAPSULE_FORMAT, CAPSULE_VERSION, prepare_out_dir, save_capsule
 from ..records import JsonlWriter
 from ..trace import Tracer
+from ..trace.verify import apply_verification, verify_step
 from .sentinel import MODES, Snapshot
 
 #: Skipped steps traced in full (each costs two replays); later skips record the scale only.
@@ -160,17 +172,36 @@ class Watch:
         return self.failed or self.interrupted
 
     # -- one step ------------------------------------------------------------------
-    def step(self, closure: Callable[[], torch.Tensor], *, epoch: int | None = None) -> torch.Tensor:
-        """Run ``closure`` (forward + backward, returns the loss), record it, and trace the first failure."""
+    def step(self, closure: Callable[..., torch.Tensor], *inputs: Any, epoch: int | None = None) -> torch.Tensor:
+        """Run one step, record it, and trace (and, when it can, verify) the first failure.
+
+        ``step(closure)``: ``closure()`` zeroes the gradients, runs forward and backward and
+        returns the loss. ``step(loss_fn, *inputs)``: ``loss_fn(model, *inputs)`` returns the
+        loss and the watch zeroes the gradients and runs the backward; a failing step is then
+        also replayed in float64 for the counterfactual verification (see the module docstring).
+        """
         self.begin()
+        run = functools.partial(self._loss_step, closure, inputs) if inputs else closure
         tracer = Tracer(model=base_module(self.model)) if self.mode == "full" and not self.should_stop else None
         with capture() as published, (eager() if tracer is not None else contextlib.nullcontext()), \
                 (tracer if tracer is not None else contextlib.nullcontext()):
-            loss = closure()
+            loss = run()
         if not isinstance(loss, torch.Tensor):
             raise ConfigError(f"the closure returned {type(loss).__name__}, not the loss tensor",
                               fix="end the closure with `return loss`")
-        self.observe(loss, published, closure, epoch=epoch, tracer=tracer)
+        self.observe(loss, published, run, epoch=epoch, tracer=tracer, loss_fn=(closure, inputs) if inputs else None)
+        return loss
+
+    def _loss_step(self, loss_fn: Callable[..., torch.Tensor], inputs: tuple) -> torch.Tensor:
+        """One step of ``step(loss_fn, *inputs)``: zero the gradients, the loss, its backward."""
+        self.model.zero_grad(set_to_none=True)
+        if self.optimizer is not None:
+            self.optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(self.model, *inputs)
+        if not isinstance(loss, torch.Tensor):
+            raise ConfigError(f"the loss function returned {type(loss).__name__}, not the loss tensor",
+                              fix="return the loss tensor from loss_fn(model, *inputs)")
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
         return loss
 
     def begin(self) -> None:
@@ -179,12 +210,13 @@ class Watch:
             self.snapshot.take()
 
     def observe(self, loss: torch.Tensor, published: dict[str, Any], replay: Callable[[], Any], *,
-                epoch: int | None = None, tracer=None) -> dict[str, Any]:
+                epoch: int | None = None, tracer=None, loss_fn: tuple | None = None) -> dict[str, Any]:
         """After a step's backward: record it, agree across ranks, explain a skip or the first failure.
 
         ``replay`` reruns the step's forward and backward (it is called after the pre-step
         state is restored); integrations that do not own the loop (Lightning) call
-        :meth:`begin` and this method from their hooks.
+        :meth:`begin` and this method from their hooks. ``loss_fn``: ``(loss_fn, inputs)``
+        of a step given as ``step(loss_fn, *inputs)``, which a float64 replay can rebuild.
         """
         watching = not self.should_stop
         record: dict[str, Any] = {"epoch": epoch, "step": self._step}
@@ -204,7 +236,7 @@ class Watch:
             any_failed, terminated = self.agreement.agree(any_failed, terminated)
         if watching and (status == "skipped" or any_failed):
             self._explain(replay, record, tracer, traced=status == "skipped" and self.skipped <= TRACED_SKIPS,
-                          any_failed=any_failed, epoch=epoch)
+                          any_failed=any_failed, epoch=epoch, loss_fn=loss_fn)
         if terminated and not self.interrupted:
             self.interrupted = self.terminated = True
             record["interrupted"] = "SIGTERM"
@@ -236,7 +268,7 @@ class Watch:
         return "skipped"
 
     def _explain(self, closure, record: dict[str, Any], tracer, *, traced: bool, any_failed: bool,
-                 epoch: int | None) -> None:
+                 epoch: int | None, loss_fn: tuple | None = None) -> None:
         """Replay the step under the tracer (and in float32 for a half-precision op); record the finding."""
         first_failure = any_failed and not self.failed
         if not (traced or first_failure) or self.snapshot is None:
@@ -259,6 +291,9 @@ class Watch:
             return
         self.failed_at = {"epoch": epoch, "step": self._step}
         self.finding = finding
+        if finding is not None:
+            self._verify(finding, loss_fn)
+            explained = finding.to_dict()
         report = {"rank": self.rank, "finite": record["finite"], "finding": explained}
         reports = self.agreement.gather(report) if self.agreement is not None else [report]
         # Decided on what every rank found, so all ranks replay together (or none does).
@@ -277,6 +312,46 @@ class Watch:
             if explained is not None:
                 artifacts.write_run_json(self.run_dir, artifacts.FINDING, explained)
             save_capsule(self.run_dir / artifacts.CAPSULE, self._capsule(epoch, explained))
+
+    def _verify(self, finding, loss_fn: tuple | None) -> None:
+        """The counterfactual verification of the failing step, or why it was not run (in the finding)."""
+        base = base_module(self.model)
+        working = next((p.dtype for p in base.parameters() if p.is_floating_point()), None)
+        if loss_fn is None:
+            return not_verified(finding, "the step is an opaque closure, which the watch cannot rebuild in float64; "
+                                         "pass the loss function and its inputs: `watch.step(loss_fn, x, y)`")
+        if working is None or working == torch.float64:
+            return not_verified(finding, "the model has no float32 or narrower parameters to replay in float64")
+        if finding_dtype(finding) in HALF_DTYPES and str(working).replace("torch.", "") not in HALF_DTYPES:
+            return not_verified(finding, "the step runs under `torch.autocast`, which a float64 replay would keep; "
+                                         "see its float32 counterfactual")
+        rng = torch.get_rng_state()
+        try:
+            # After the traced replay the model holds the pre-step parameters (the optimizer has
+            # not stepped): one copy per dtype, so the user's model and gradients are untouched.
+            models: dict[torch.dtype, torch.nn.Module] = {}
+            fn, inputs = loss_fn
+
+            def forward(dtype):
+                if dtype not in models:
+                    models[dtype] = copy.deepcopy(base).to(dtype)
+                model = models[dtype]
+                model.zero_grad(set_to_none=True)
+                if self.snapshot.rng_state is not None:
+                    torch.set_rng_state(self.snapshot.rng_state)
+                cast = [a.detach().to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+                        for a in inputs]
+                loss = fn(model, *cast)
+                return loss, [p for p in model.parameters() if p.requires_grad]
+
+            with eager(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                verification = verify_step(forward, finding, working=working)
+        except Exception as exc:  # the user's loop goes on: say why instead
+            return not_verified(finding, f"the float64 replay raised `{type(exc).__name__}: {exc}`")
+        finally:
+            torch.set_rng_state(rng)
+        apply_verification(finding, verification)
 
     def _replay(self, closure):
         """Restore the pre-step state and rerun the closure eagerly under the tracer (local gradients only)."""
@@ -308,6 +383,9 @@ class Watch:
                 break
         self.failed_at = {"epoch": epoch, "step": self._step - 1, "phase": "optimizer"}
         self.finding = tracer.finding
+        if self.finding is not None:
+            not_verified(self.finding, "the failure is in `optimizer.step()`, which the float64 replay of the "
+                                       "loss and its gradients does not cover")
         if self.run_dir is not None and self.finding is not None:
             artifacts.write_run_json(self.run_dir, artifacts.FINDING, self.finding.to_dict())
 
@@ -429,6 +507,11 @@ class Watch:
         if self._previous_sigterm is not None:
             signal.signal(signal.SIGTERM, self._previous_sigterm)
             self._previous_sigterm = None
+
+
+def not_verified(finding, reason: str) -> None:
+    """Say in ``finding`` that the counterfactual verification was not run, and why."""
+    finding.verification = {"status": "not run", "reason": reason, "statement": f"not run: {reason}"}
 
 
 def _clean_name(name: str) -> str:

@@ -257,7 +257,9 @@ class Finding:
         rc = self.root_cause
         verdict = f" [{rc['verdict']}]" if rc.get("verdict") else ""
         lines.append(f"root cause: {rc['kind']} at {rc['op']}{verdict}: {rc['detail']}")
-        if self.verification:
+        if self.verification and self.verification.get("status") == "not run":
+            lines.append(f"verification: not run, {self.verification['reason']}")
+        elif self.verification:
             lines.append(f"verified by counterfactual replay: {self.verification['statement']}")
         for s in self.inputs:
             lines.append(f"  input {s.get('arg', '?')}: {_stats_line(s)}")
