@@ -56,9 +56,10 @@ class _Mode(TorchDispatchMode):
             kwargs = {}
         tracer = self.tracer
         if tracer._live:
+            # an in-place op about to overwrite values its analysis may need; set for every op,
+            # so that a copy left by an op that raised is never read for another op
             keep = op_info(func).keep_before
-            if keep:  # an in-place op about to overwrite values its analysis may need
-                tracer._before = copy_before(keep, args)
+            tracer._before = copy_before(keep, args) if keep else ()
         out = func(*args, **kwargs)
         tracer._unit = tracer._units.key(func)
         if tracer._live:
