@@ -26,8 +26,11 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
+import multiprocessing
+import os
 import textwrap
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -61,11 +64,16 @@ def _figure(width: float, height: float, layout: str | None = "constrained"):
     return Figure(figsize=(width, height), dpi=100, layout=layout)
 
 
-def save_figure(fig, path: str | Path) -> Path:
-    """Render ``fig`` to PNG in memory, then write it atomically."""
+def png_bytes(fig) -> bytes:
+    """``fig`` rendered to PNG in memory."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
-    atomic_write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Render ``fig`` to PNG in memory, then write it atomically."""
+    atomic_write_bytes(path, png_bytes(fig))
     return Path(path)
 
 
@@ -830,6 +838,84 @@ class Figure:
     run: str | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class FigureJob:
+    """A figure still to be drawn: ``make()`` returns the matplotlib figure written to ``name``.png.
+
+    ``in_parent``: ``make`` runs torch reductions, whose summation order follows the thread count, so it is
+    drawn in this process (a forked worker runs single-threaded, and its sums could differ in the last bits).
+    """
+
+    kind: str
+    name: str
+    make: Callable[[], Any]
+    run: str | None = None
+    in_parent: bool = False
+
+
+#: The jobs of the running pool. Forked workers inherit them, so the ``make`` closures are never pickled.
+_POOL_JOBS: list[FigureJob] = []
+
+
+def _single_threaded() -> None:
+    # Forked after the parent ran OpenMP: a worker must not start an OpenMP team of its own.
+    torch.set_num_threads(1)
+
+
+def _png_or_problem(index: int) -> bytes | str:
+    job = _POOL_JOBS[index]
+    try:
+        return png_bytes(job.make())
+    except Exception as exc:  # noqa: BLE001 - a report with one figure missing beats no report
+        return f"{job.name}.png: {type(exc).__name__}: {exc}"
+
+
+def _pool_size(n_jobs: int) -> int:
+    """Worker processes for ``n_jobs`` figures: one per available core; 0 (no pool) without ``fork``."""
+    if n_jobs < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(n_jobs, cores) if cores > 1 else 0
+
+
+def draw_figures(jobs: Sequence[FigureJob], figures_dir: Path, *, strict: bool = True) -> list[Figure | str]:
+    """Draw ``jobs`` into ``figures_dir``, in a pool of forked processes when more than one core is available.
+
+    Returns, per job in order, the written :class:`Figure` or the problem text of a figure that could not
+    be drawn. With ``strict`` a failing figure is drawn again here, so its own exception is raised.
+    Agg renders the same PNG bytes in a worker as here; files are written here, in the jobs' order.
+    """
+    global _POOL_JOBS
+    pooled = [k for k, job in enumerate(jobs) if not job.in_parent]
+    workers = _pool_size(len(pooled))
+    _POOL_JOBS = list(jobs)
+    try:
+        if workers:
+            import matplotlib.backends.backend_agg  # noqa: F401 - imported once here, inherited by the workers
+            import matplotlib.figure  # noqa: F401
+
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                     initializer=_single_threaded) as pool:
+                futures = {k: pool.submit(_png_or_problem, k) for k in pooled}
+                results = {k: _png_or_problem(k) for k in range(len(jobs)) if k not in futures}
+                results.update((k, future.result()) for k, future in futures.items())
+        else:
+            results = {k: _png_or_problem(k) for k in range(len(jobs))}
+    finally:
+        _POOL_JOBS = []
+    outcomes: list[Figure | str] = []
+    for job, result in zip(jobs, (results[k] for k in range(len(jobs)))):
+        if isinstance(result, str) and strict:
+            result = png_bytes(job.make())  # raises the figure's own exception, with its traceback
+        if isinstance(result, str):
+            outcomes.append(result)
+        else:
+            path = figures_dir / f"{job.name}.png"
+            atomic_write_bytes(path, result)
+            outcomes.append(Figure(path, job.kind, job.run))
+    return outcomes
+
+
 def plot_all(out: str | Path, check_path: str | Path | None = None, *, run_set: RunSet | None = None,
              strict: bool = True, problems: list[str] | None = None) -> list[Figure]:
     """Draw every figure of a diagnose output into ``out/figures`` (from recorded data only).
@@ -839,18 +925,10 @@ def plot_all(out: str | Path, check_path: str | Path | None = None, *, run_set: 
     """
     run_set = run_set or load_run_set(out)
     out = Path(out)
-    figures_dir = out / FIGURES_DIR
-    written: list[Figure] = []
+    jobs: list[FigureJob] = []
 
     def draw(kind: str, name: str, make: Callable[[], Any], run: str | None = None) -> None:
-        try:
-            fig = make()
-            written.append(Figure(save_figure(fig, figures_dir / f"{name}.png"), kind, run))
-        except Exception as exc:  # noqa: BLE001 - a report with one figure missing beats no report
-            if strict:
-                raise
-            if problems is not None:
-                problems.append(f"{name}.png: {type(exc).__name__}: {exc}")
+        jobs.append(FigureJob(kind, name, make, run))
 
     for run in run_set.runs:
         draw("timeline", f"{run.name}-timeline", lambda run=run: timeline_figure(run), run.name)
@@ -859,6 +937,8 @@ def plot_all(out: str | Path, check_path: str | Path | None = None, *, run_set: 
         if run.first_nonfinite is not None:
             draw("chain", f"{run.name}-chain", lambda run=run: chain_figure(run), run.name)
     draw("domain", "ratio-failure-domain", lambda: failure_domain_figure(run_set.runs))
+    check_problems: list[str] = []  # reported after the figures drawn before the check was read
+    drawn_before_check = len(jobs)
     if check_path is None:
         check_path = artifacts.check_path(out)
     if check_path is not None:
@@ -869,8 +949,11 @@ def plot_all(out: str | Path, check_path: str | Path | None = None, *, run_set: 
                 check = load_check(check_path)
             except DataError as exc:
                 check = None
-                if problems is not None:
-                    problems.append(str(exc))
+                check_problems.append(str(exc))
         if check is not None:
             draw("check", "error-vs-scale", lambda: error_vs_scale_figure(check))
-    return written
+    outcomes = draw_figures(jobs, out / FIGURES_DIR, strict=strict)
+    if problems is not None:
+        problems += [o for o in outcomes[:drawn_before_check] if isinstance(o, str)] + check_problems
+        problems += [o for o in outcomes[drawn_before_check:] if isinstance(o, str)]
+    return [o for o in outcomes if isinstance(o, Figure)]

@@ -153,17 +153,13 @@ def plot_teaching(out: str | Path, runs, *, problems: list[str] | None = None) -
     """
     from ..artifacts import CAPSULE
     from ..scale_sweep import FLOAT64_EXP_BOUND, batch_from_capsule, log_grid, sweep_scale
-    from .figures import FIGURES_DIR, Figure
+    from .figures import FIGURES_DIR, Figure, FigureJob, draw_figures
 
     out = Path(out)
-    written: list = []
+    jobs: list[FigureJob] = []
 
-    def draw(kind: str, name: str, make) -> None:
-        try:
-            written.append(Figure(save_figure(make(), out / FIGURES_DIR / f"{name}.png"), kind, None))
-        except Exception as exc:  # noqa: BLE001 - a report with one figure missing beats no report
-            if problems is not None:
-                problems.append(f"{name}.png: {type(exc).__name__}: {exc}")
+    def draw(kind: str, name: str, make, in_parent: bool = False) -> None:
+        jobs.append(FigureJob(kind, name, make, in_parent=in_parent))
 
     def sweep_of(run_dir: Path):
         batch = batch_from_capsule(run_dir / CAPSULE)
@@ -172,7 +168,7 @@ def plot_teaching(out: str | Path, runs, *, problems: list[str] | None = None) -
 
     failing = [r for r in runs if r.loss == "ratio" and (out / r.name / CAPSULE).is_file()]
     if failing:
-        draw("sweep", "loss-against-scale", lambda: sweep_of(out / failing[0].name))
+        draw("sweep", "loss-against-scale", lambda: sweep_of(out / failing[0].name), in_parent=True)
     classified = [r for r in runs if r.config.get("task", "multiclass") == "multiclass"
                   and (out / r.name / "epochs.jsonl").is_file()]
     modern = [out / r.name for r in classified if r.config.get("model") == "modernnca"]
@@ -181,4 +177,7 @@ def plot_teaching(out: str | Path, runs, *, problems: list[str] | None = None) -
     if classified:
         draw("validation", "validation-accuracy",
              lambda: validation_figure({r.name: validation_curve(out / r.name) for r in classified}))
-    return written
+    outcomes = draw_figures(jobs, out / FIGURES_DIR, strict=False)
+    if problems is not None:
+        problems += [o for o in outcomes if isinstance(o, str)]
+    return [o for o in outcomes if isinstance(o, Figure)]

@@ -1,0 +1,49 @@
+"""The report's figures drawn in a pool of forked processes: the same files as drawn one by one."""
+
+from __future__ import annotations
+
+import pytest
+
+from stablenca.report import figures
+from stablenca.report.figures import Figure, FigureJob, draw_figures
+
+
+def _line(values):
+    def make():
+        fig = figures._figure(3, 2)
+        fig.add_subplot().plot(values)
+        return fig
+    return make
+
+
+def _broken():
+    raise ValueError("no data for this figure")
+
+
+def _jobs():
+    return [FigureJob("timeline", "a", _line([1, 3, 2]), "run-a"), FigureJob("check", "broken", _broken),
+            FigureJob("timeline", "b", _line([2, 1, 0.5]), "run-b"), FigureJob("sweep", "c", _line([0, 1]), in_parent=True)]
+
+
+def _draw(tmp_path, monkeypatch, workers: int, strict: bool = False):
+    monkeypatch.setattr(figures, "_pool_size", lambda n: workers)
+    return draw_figures(_jobs(), tmp_path, strict=strict)
+
+
+@pytest.mark.skipif(figures._pool_size(2) == 0, reason="needs fork and two cores to draw in a pool")
+def test_pool_writes_the_same_bytes_in_the_same_order(tmp_path, monkeypatch):
+    serial = _draw(tmp_path / "serial", monkeypatch, 0)
+    pooled = _draw(tmp_path / "pooled", monkeypatch, 2)
+    assert [type(o) for o in pooled] == [Figure, str, Figure, Figure]
+    assert pooled[1] == serial[1] == "broken.png: ValueError: no data for this figure"
+    for one, other in zip(serial, pooled):
+        if isinstance(one, Figure):
+            assert (one.kind, one.run, one.path.name) == (other.kind, other.run, other.path.name)
+            assert one.path.read_bytes() == other.path.read_bytes()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_strict_raises_the_figure_s_own_error_and_writes_nothing_after_it(tmp_path, monkeypatch, workers):
+    with pytest.raises(ValueError, match="no data for this figure"):
+        _draw(tmp_path, monkeypatch, workers, strict=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
