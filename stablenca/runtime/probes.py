@@ -38,18 +38,26 @@ import torch
 QUANTILE_SAMPLE = 1 << 16
 
 
-def _range(distances: torch.Tensor, mask: torch.Tensor, prefix: str, out: dict[str, torch.Tensor]) -> None:
-    """min, max, p50, p99 of the masked entries (NaN when there are none)."""
-    values = distances[mask]
-    if values.numel() == 0:
+def _host_array(tensor: torch.Tensor) -> np.ndarray:
+    """The values on the host as a numpy array, exactly (half precisions widened to float32)."""
+    tensor = tensor.detach().cpu()
+    if tensor.dtype in (torch.float16, torch.bfloat16):
+        tensor = tensor.float()
+    return tensor.numpy()
+
+
+def _range(values: np.ndarray, prefix: str, out: dict[str, torch.Tensor]) -> None:
+    """min, max, p50, p99 of ``values`` (NaN when there are none; a NaN value makes min/max NaN)."""
+    if values.size == 0:
         nan = torch.tensor(math.nan, dtype=torch.float64)
         out[f"{prefix}min"] = out[f"{prefix}max"] = out[f"{prefix}p50"] = out[f"{prefix}p99"] = nan
         return
-    out[f"{prefix}min"], out[f"{prefix}max"] = (v.double() for v in torch.aminmax(values))
+    out[f"{prefix}min"] = torch.tensor(float(values.min()), dtype=torch.float64)
+    out[f"{prefix}max"] = torch.tensor(float(values.max()), dtype=torch.float64)
     # Both order statistics from one selection (numpy's introselect; NaN sorts last, as in
     # torch.kthvalue); selecting is exact, so the float64 results are the same as sorting.
-    ranks = [max(1, math.ceil(q * values.numel())) - 1 for q in (0.5, 0.99)]
-    selected = np.partition(values.cpu().numpy(), ranks)
+    ranks = [max(1, math.ceil(q * values.size)) - 1 for q in (0.5, 0.99)]
+    selected = np.partition(values, ranks)
     for rank, key in zip(ranks, ("p50", "p99")):
         out[f"{prefix}{key}"] = torch.tensor(float(selected[rank]), dtype=torch.float64)
 
@@ -68,13 +76,16 @@ def distance_statistics(published: dict[str, Any]) -> dict[str, torch.Tensor]:
     stride = max(1, math.ceil(distances.numel() / QUANTILE_SAMPLE))
     out["probe_sampled"] = torch.tensor(float(stride > 1))
     rows = slice(None, None, stride)
-    sample, sample_pairs = distances[rows], ~self_mask[rows]
+    # The (at most QUANTILE_SAMPLE) sampled pairs are selected on the host: numpy's boolean
+    # indexing of a small array costs microseconds where torch's goes through nonzero.
+    sample = _host_array(distances[rows])
     # +inf marks masked pairs on purpose; NaN distances are kept so they show in min/max.
-    sample_pairs &= ~torch.isinf(sample)
-    _range(sample, sample_pairs, "d_", out)
+    sample_pairs = ~_host_array(self_mask[rows]) & ~np.isinf(sample)
+    _range(sample[sample_pairs], "d_", out)
     if same is not None:
-        _range(sample, sample_pairs & same[rows], "d_same_", out)
-        _range(sample, sample_pairs & ~same[rows], "d_other_", out)
+        same_sample = _host_array(same[rows])
+        _range(sample[sample_pairs & same_sample], "d_same_", out)
+        _range(sample[sample_pairs & ~same_sample], "d_other_", out)
         if same.shape[1]:  # any() over a bool matrix is a slow CPU reduction; amax over its bytes is fast
             out["rows_without_same_class"] = torch.count_nonzero(same.view(torch.uint8).amax(dim=1) == 0)
         else:
