@@ -125,3 +125,30 @@ def test_modernnca_capsule_replays_the_recorded_finding_bit_for_bit(modernnca_ca
     # (a replay that drew other candidates would find other numbers of zeros and 0/0 rows).
     assert finding.to_dict() == capsule["finding"]
     assert finding.root_cause["kind"] == "underflow" and finding.pattern == "0/0"
+
+
+def test_replay_runs_with_the_thread_count_recorded_in_the_capsule(modernnca_capsule, monkeypatch):
+    # Reductions split by thread, so a replay with another count can differ in the last bits of
+    # float64 figures; the capsule records the count and replay uses it, then restores the caller's.
+    import stablenca.runtime.sentinel as sentinel
+
+    capsule = load_capsule(modernnca_capsule)
+    assert capsule["threads"] >= 1
+    seen = []
+    real_traced_step = sentinel.traced_step
+
+    def spy(trainer, capsule):
+        seen.append(torch.get_num_threads())
+        return real_traced_step(trainer, capsule)
+
+    monkeypatch.setattr(sentinel, "traced_step", spy)
+    before = torch.get_num_threads()
+    other = capsule["threads"] + 1
+    torch.set_num_threads(other)
+    try:
+        finding, _ = replay(modernnca_capsule)
+        assert seen == [capsule["threads"]]
+        assert torch.get_num_threads() == other
+        assert finding.to_dict() == capsule["finding"]
+    finally:
+        torch.set_num_threads(before)

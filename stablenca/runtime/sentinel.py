@@ -199,6 +199,8 @@ def build_capsule(trainer: Trainer, ctx: StepContext, snapshot: Snapshot) -> dic
         "format": CAPSULE_FORMAT,
         "version": CAPSULE_VERSION,
         "torch_version": str(torch.__version__),
+        # Float reductions split by thread; a replay with the recorded count repeats the step bit for bit.
+        "threads": torch.get_num_threads(),
         "config": trainer.config.to_dict(),
         "epoch": ctx.epoch,
         "step": ctx.step,
@@ -226,6 +228,8 @@ def replay(path: str | Path, data=None):
         raise CapsuleError(f"capsule {path} holds a config that is not a TrainConfig",
                            fix="re-run stablenca diagnose with this version of stablenca") from None
     trainer = Trainer(config, data=data)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(capsule.get("threads", threads)))  # capsules before the field: the current count
     try:
         finding, _ = traced_step(trainer, capsule)
         if finding is not None and finding.unit is not None:
@@ -233,4 +237,6 @@ def replay(path: str | Path, data=None):
     except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
         raise CapsuleError(f"capsule {path} does not fit its own config ({type(exc).__name__})",
                            fix="re-run stablenca diagnose to write a fresh capsule") from None
+    finally:
+        torch.set_num_threads(threads)
     return finding, capsule
