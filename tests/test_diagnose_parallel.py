@@ -24,13 +24,19 @@ def _runs(summary: dict) -> list[dict]:
     return [{k: v for k, v in run.items() if k not in TIMING} for run in summary["runs"]]
 
 
-def test_parallel_runs_equal_one_after_the_other(tmp_path, monkeypatch):
-    # One torch thread per run either way: a run's numbers depend on its thread count only.
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+def test_parallel_runs_equal_one_after_the_other(tmp_path):
+    # One torch thread per run either way: a run's numbers depend on its thread count only. The
+    # in-process (serial) runs really use one thread (with two, reductions split differently and
+    # the trajectories differ; CI's default is one thread per core).
     options = dict(models=["seed", "modernnca"], loss_names=["ratio", "modernnca"],
                    base=TrainConfig(epochs=3), report=False)
-    serial = diagnose(out=tmp_path / "serial", jobs=1, **options)
-    parallel = diagnose(out=tmp_path / "parallel", jobs=2, **options)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        serial = diagnose(out=tmp_path / "serial", jobs=1, **options)
+        parallel = diagnose(out=tmp_path / "parallel", jobs=2, **options)
+    finally:
+        torch.set_num_threads(threads)
     assert parallel["machine"]["jobs"] == 2 and serial["machine"]["jobs"] == 1
     assert [r["run"] for r in parallel["runs"]] == [r["run"] for r in serial["runs"]]  # plan order
     assert _runs(parallel) == _runs(serial)
