@@ -109,6 +109,23 @@ def test_teaching_figures_draw_the_recorded_data(tmp_path, sweep):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_the_two_ratio_runs_are_told_apart_and_the_legend_is_off_the_data():
+    from stablenca.report import teaching_figures as story_figures
+
+    runs = [DIAGNOSE / "seed-ratio-float32", DIAGNOSE / "modernnca-ratio-float32"]
+    figure = story_figures.validation_figure({run.name: validation_curve(run) for run in runs})
+    seed_line, modernnca_line = figure.axes[0].get_lines()
+    # Same loss, same colour; the model is the line style.
+    assert seed_line.get_color() == modernnca_line.get_color()
+    assert seed_line.get_linestyle() != modernnca_line.get_linestyle()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(figure).draw()
+    legend = figure.axes[0].get_legend().get_window_extent()
+    axes = figure.axes[0].get_window_extent()
+    assert legend.x0 >= axes.x1  # beside the axes, so it covers no curve
+
+
 def test_fractional_epochs_end_where_a_run_stopped():
     from stablenca.report.teaching_figures import fractional_epochs
 

@@ -73,19 +73,24 @@ def scale_sweep_figure(sweep: Sweep, title: str = ""):
 
 
 def validation_figure(curves: Mapping[str, ValidationCurve], title: str = "validation accuracy by epoch"):
-    """Validation accuracy per epoch, one line per run; the kept epoch is a large dot with its value."""
-    fig = _figure(7.0, 4.0)
+    """Validation accuracy per epoch, one line per run; the kept epoch is a large dot with its value.
+
+    Colour is the loss (as in every figure); the line style tells the models apart, so the
+    student's and ModernNCA's ratio runs differ. The legend sits beside the axes, off the data.
+    """
+    fig = _figure(10.0, 4.0)
     ax = fig.subplots()
     for name, curve in curves.items():
         colour = _colour(name)
         label = name if curve.best_epoch is None else f"{name}: best {curve.best:.4f} at epoch {curve.best_epoch}"
         ratio = name.endswith("-ratio-float32")  # short and hidden under ratio_eps otherwise
         ax.plot(curve.epochs, curve.accuracy, color=colour, label=label, lw=2.2 if ratio else 1.2,
-                zorder=4 if ratio else 2)
+                linestyle="--" if name.startswith("seed-") else "-", zorder=4 if ratio else 2)
         if curve.best_epoch is not None:
             ax.scatter([curve.best_epoch], [curve.best], color=colour, s=50, zorder=5, edgecolors="black")
     ax.set(xlabel="epoch (counted from 0, as in the records and the text)", ylabel="validation accuracy", title=title)
-    ax.legend(fontsize=7, loc="lower right", title="dot: kept checkpoint (best validation)", title_fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0,
+              title="dot: kept checkpoint (best validation)\ndashed: the student's SeedNCA", title_fontsize=7)
     return fig
 
 
