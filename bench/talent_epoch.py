@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -31,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 import _common as C  # noqa: E402
-from talent_side_by_side import TASK_DIRS, import_talent, talent_args  # noqa: E402
+from talent_side_by_side import TASK_DIRS, add_talent_option, import_talent, talent_args  # noqa: E402
 from talent_split import write_split  # noqa: E402
 from stablenca.runtime.recorder import Recorder  # noqa: E402
 from stablenca.runtime.sentinel import Sentinel  # noqa: E402
@@ -109,7 +108,7 @@ def step_variants(tmp: Path, model: str) -> dict:
 def main(argv=None) -> None:
     parser = C.parser(__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--talent", type=Path, default=Path(os.environ.get("STABLENCA_TALENT", "/work/talent")))
+    add_talent_option(parser)
     args = C.parse(parser, argv)
     if args.threads is None:
         torch.set_num_threads(2)

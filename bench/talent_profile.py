@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -25,7 +24,7 @@ import torch  # noqa: E402
 from torch.profiler import profile  # noqa: E402
 
 import _common as C  # noqa: E402
-from talent_side_by_side import TASK_DIRS, import_talent, talent_args  # noqa: E402
+from talent_side_by_side import TASK_DIRS, add_talent_option, import_talent, talent_args  # noqa: E402
 from talent_split import write_split  # noqa: E402
 from stablenca.training import StepContext, Trainer, TrainConfig  # noqa: E402
 
@@ -44,7 +43,7 @@ def self_times(call, epochs: int) -> dict[str, float]:
 def main(argv=None) -> None:
     parser = C.parser(__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--talent", type=Path, default=Path(os.environ.get("STABLENCA_TALENT", "/work/talent")))
+    add_talent_option(parser)
     args = C.parse(parser, argv)
     if args.threads is None:
         torch.set_num_threads(2)

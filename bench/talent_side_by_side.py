@@ -62,6 +62,11 @@ VAL_LINE = re.compile(r"^epoch (\d+), val, loss=\S+ \w+ result=([0-9.eE+-]+|nan)
 # --------------------------------------------------------------------------- TALENT
 
 
+def add_talent_option(parser) -> None:
+    """``--talent DIR``: where TALENT's checkout is (default ``$STABLENCA_TALENT`` or /work/talent)."""
+    parser.add_argument("--talent", type=Path, default=Path(os.environ.get("STABLENCA_TALENT", "/work/talent")))
+
+
 def import_talent(path: Path):
     """TALENT's modules from a checkout at ``path``; a clear exit when it is not there."""
     if not (path / "TALENT" / "model" / "methods" / "modernNCA.py").is_file():
@@ -280,7 +285,7 @@ def render(saved: dict) -> str:
 def main(argv=None) -> None:
     parser = C.parser(__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=15, help="seeds 0..N-1 (default 15, as TALENT reports)")
-    parser.add_argument("--talent", type=Path, default=Path(os.environ.get("STABLENCA_TALENT", "/work/talent")))
+    add_talent_option(parser)
     parser.add_argument("--data", type=Path, default=None, help="directory from bench/talent_split.py")
     parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--tasks", default="multiclass,regression")
