@@ -208,12 +208,21 @@ def parser(description: str) -> argparse.ArgumentParser:
                    help="also write {'markdown': ..., 'data': ...} to PATH (used by bench/run_all.py)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: torch's, i.e. one per core); also passed to subprocesses")
+    p.add_argument("--allocator", choices=("retain", "system"), default="retain",
+                   help="retain: keep freed memory for reuse, as the stablenca CLI does "
+                        "(stablenca.retain_freed_memory); system: glibc's defaults (what a plain script gets)")
     return p
 
 
 def parse(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
     """Parse, then apply ``--threads`` to torch here and to the subprocesses' environment."""
     args = p.parse_args(argv)
+    if args.allocator == "retain":
+        from stablenca.runtime.allocator import retain_freed_memory
+
+        args.allocator_applied = retain_freed_memory()
+    else:  # subprocesses (the CLI) leave glibc's defaults alone too
+        os.environ["STABLENCA_ALLOCATOR"] = "system"
     if args.threads:
         import torch
 
@@ -264,7 +273,8 @@ def canary_line(c: dict[str, float]) -> str:
 
 def command_line(script: str, args: argparse.Namespace, extra: str = "") -> str:
     threads = f" --threads {args.threads}" if getattr(args, "threads", None) else ""
-    return f"python bench/{script}" + (" --quick" if getattr(args, "quick", False) else "") + threads + extra
+    allocator = " --allocator system" if getattr(args, "allocator", "retain") == "system" else ""
+    return f"python bench/{script}" + (" --quick" if getattr(args, "quick", False) else "") + threads + allocator + extra
 
 
 def section(title: str, command: str, info: dict[str, Any], body: str) -> str:

@@ -130,8 +130,12 @@ def main(argv=None) -> None:
         ratios = [C.median([t / o for t, o in zip(epochs[theirs], epochs[ours])]) for ours in (eager, fused)]
         rows.append([label, C.fmt_seconds(C.median(epochs[theirs])), C.fmt_seconds(C.median(epochs[eager])),
                      C.fmt_seconds(C.median(epochs[fused])), f"{ratios[0]:.2f}×", f"{ratios[1]:.2f}×"])
+    allocator = ("glibc keeping freed memory for reuse (`--allocator retain`, what the stablenca CLI sets), for "
+                 "both libraries in this one process" if getattr(args, "allocator_applied", False) else
+                 "glibc's default allocator settings (`--allocator system`), for both libraries")
     body = [f"{rounds} interleaved rounds, float32, {torch.get_num_threads()} torch threads, Abalone "
-            "(TALENT-format split of `talent_split.py`), TALENT's default ModernNCA configuration.", "",
+            "(TALENT-format split of `talent_split.py`), TALENT's default ModernNCA configuration; "
+            f"{allocator}.", "",
             "**Per epoch** (median; ratio = median of per-round TALENT / stablenca, above 1 means stablenca "
             "is faster):", "",
             C.md_table(["", "TALENT", "stablenca eager", "stablenca fused", "TALENT / eager",

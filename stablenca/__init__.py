@@ -31,6 +31,7 @@ _LAZY = {
     "Watch": ("stablenca.runtime.watcher", "Watch"),
     "run_check": ("stablenca.check", "run_check"),
     "TrainConfig": ("stablenca.training.trainer", "TrainConfig"),
+    "retain_freed_memory": ("stablenca.runtime.allocator", "retain_freed_memory"),
 }
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "capture",
     "find_nonfinite",
     "publish",
+    "retain_freed_memory",
     "run_check",
     "trace_call",
     "watch",
