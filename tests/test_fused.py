@@ -27,11 +27,16 @@ def eager(queries, candidates, labels, candidate_labels, task, n_classes, temper
     return modernnca(distances, labels, candidate_labels, self_mask, n_classes=n_classes, task=task)
 
 
-def both(queries, candidates, labels, candidate_labels, task, n_classes, temperature=1.0):
-    """(loss, published, grad_q, grad_c) of the eager path and of the fused one."""
+def both(queries, candidates, labels, candidate_labels, task, n_classes, temperature=1.0, shared=False):
+    """(loss, published, grad_q, grad_c) of the eager path and of the fused one.
+
+    ``shared``: the queries are a slice of the candidates' leading rows (as in the Trainer), and
+    grad_c is the gradient of the candidates for both roles (grad_q is None).
+    """
     results = []
     for path in (eager, modernnca_objective):
-        q, c = queries.clone().requires_grad_(), candidates.clone().requires_grad_()
+        c = candidates.clone().requires_grad_()
+        q = c[:len(queries)] if shared else queries.clone().requires_grad_()
         with capture() as published:
             if path is eager:
                 out = eager(q, c, labels, candidate_labels, task, n_classes, temperature)
@@ -39,7 +44,7 @@ def both(queries, candidates, labels, candidate_labels, task, n_classes, tempera
                 out = modernnca_objective(q, c, labels, candidate_labels, task=task, n_classes=n_classes,
                                           temperature=temperature)
         out.loss.backward()
-        results.append((out.loss.detach(), published, q.grad, c.grad))
+        results.append((out.loss.detach(), published, None if shared else q.grad, c.grad))
     return results
 
 
@@ -47,21 +52,25 @@ def gradient_bound(queries, candidates, labels, candidate_labels, task, n_classe
     """Componentwise bound on |grad_fused - grad_eager| in float64 (both from the same forward).
 
     Both paths take the same distances d, softmax s and prediction u (same bits). They differ
-    in how dL/dd_ij = a_i s_ij r_ij / T is rounded: the eager path forms the row sum
-    sum_k s_ik dL/ds_ik in the softmax backward (C terms: gamma_C relative, Higham 3.1), the
-    fused one uses u from the forward's product (also C terms). With
-    A_ij = |a_i s_ij / (T d_ij)| and R_ij bounding |r_ij| and the scale of that row sum
-    (1 for classification, where 0 <= u_iy <= 1 and r = m - u_iy; sum_k s_ik |t_k| + |t_j| +
-    |u_i| for regression), each path's dL/dd_ij / d_ij is within (gamma_C + 4u) A_ij R_ij of
-    the exact value (the row sum, then a subtraction, two products, one division). The
-    products with the coordinates add gamma_(C+2) per path (C terms and the q_i * rowsum
-    term, Higham 3.5). Two paths, so
+    in how G_ij = dL/dd_ij / d_ij = a_i s_ij r_ij / (T d_ij) is rounded and summed. The eager
+    path forms the row sum sum_k s_ik dL/ds_ik in the softmax backward (C terms), the fused one
+    takes u from the forward's product (also C terms); each then takes a subtraction, two
+    products and a division, and the fused one the row factor a_i: every G_ij is within
+    gamma_(C+8) of its exact value relative to A_ij R_ij, with A_ij = |a_i s_ij / (T d_ij)| and
+    R_ij bounding |r_ij| and the scale of that row sum (1 for classification, where
+    0 <= u_iy <= 1 and r = m - u_iy; sum_k s_ik |t_k| + |t_j| + |u_i| for regression). A
+    coordinate of the gradient, e_ik sum_j G_ij - sum_j G_ij c_jk and its transpose for the
+    candidates (both roles summed when they are one tensor), is then a sum of at most 2C + 4
+    such terms, each times one coordinate: relative error gamma_(C+8) gamma_(2C+4)-combined
+    into gamma_(3C+12) (Higham 3.1, 3.4: (1 + theta_k)(1 + theta_j) = 1 + theta_(k+j)) of
+    sum_j A_ij R_ij (|q_ik| + |c_jk|). Two paths, so
 
-        |Delta grad_q_ik| <= 2 (2 gamma_(C+2) + 4u) sum_j A_ij R_ij (|q_ik| + |c_jk|),
+        |Delta grad_q_ik| <= 2 gamma_(3C+12) sum_j A_ij R_ij (|q_ik| + |c_jk|),
 
-    and the same with the roles of i and j exchanged for the candidates.
+    the same with the roles of i and j exchanged for the candidates, and the sum of both for
+    a row that is both (``shared``).
     """
-    n = candidates.shape[0] + 2
+    n = 3 * candidates.shape[0] + 12
     gamma = n * U64 / (1 - n * U64)
     d = torch.cdist(queries, candidates)
     logits = (-d / temperature)
@@ -79,7 +88,7 @@ def gradient_bound(queries, candidates, labels, candidate_labels, task, n_classe
         r = torch.ones_like(s)
     weights = (a[:, None] * s / (temperature * d)).nan_to_num(nan=0.0, posinf=0.0) * r
     weights = weights.masked_fill(d == 0, 0.0)
-    factor = 2 * (2 * gamma + 4 * U64)
+    factor = 2 * gamma
     bound_q = factor * (weights.sum(1)[:, None] * queries.abs() + weights @ candidates.abs())
     bound_c = factor * (weights.sum(0)[:, None] * candidates.abs() + weights.mT @ queries.abs())
     return bound_q, bound_c
@@ -120,6 +129,40 @@ def test_fused_equals_autograd_on_random_batches(seed, n_queries, n_extra, dim, 
     assert torch.all((gc_f - gc_e).abs() <= bound_c)
 
 
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2 ** 31), n_queries=st.integers(2, 9), n_extra=st.integers(0, 12),
+       dim=st.integers(1, 6), n_classes=st.integers(1, 4), task=st.sampled_from(["multiclass", "regression"]),
+       duplicates=st.booleans(), scale=st.sampled_from([1e-3, 1.0, 30.0]),
+       temperature=st.sampled_from([1.0, 0.3]))
+def test_fused_shared_rows_equal_autograd(seed, n_queries, n_extra, dim, n_classes, task, duplicates, scale,
+                                          temperature):
+    """The Trainer's case: queries = embeddings[:B], candidates = embeddings; one gradient for both roles."""
+    queries, candidates, labels, candidate_labels = make_batch(seed, n_queries, n_extra, dim, n_classes, task,
+                                                               duplicates, scale)
+    (loss_e, pub_e, _, grad_e), (loss_f, pub_f, _, grad_f) = both(
+        queries, candidates, labels, candidate_labels, task, n_classes, temperature, shared=True)
+    assert torch.equal(loss_e, loss_f)
+    for name in pub_e:
+        assert torch.equal(pub_e[name], pub_f[name]), name
+    bound_q, bound_c = gradient_bound(queries, candidates, labels, candidate_labels, task, n_classes, temperature)
+    bound = bound_c.clone()
+    bound[:n_queries] += bound_q
+    assert torch.all((grad_f - grad_e).abs() <= bound)
+
+
+def test_fused_takes_a_slice_of_the_candidates_as_one_input():
+    embeddings = torch.randn(6, 3, requires_grad=True)
+    labels, candidate_labels = torch.tensor([0, 1, 0, 1]), torch.tensor([0, 1, 0, 1, 1, 0])
+    shared = modernnca_objective(embeddings[:4], embeddings, labels, candidate_labels, task="multiclass",
+                                 n_classes=2).per_sample.grad_fn.next_functions
+    apart = modernnca_objective(embeddings.detach()[:4], embeddings, labels, candidate_labels, task="multiclass",
+                                n_classes=2).per_sample.grad_fn.next_functions
+    # the slice is not an input of its own (one tensor input fewer); a detached copy of the rows is
+    assert len(shared) == len(apart) - 1
+    for edges in (shared, apart):
+        assert [type(f).__name__ for f, _ in edges if f is not None] == ["AccumulateGrad"]
+
+
 @pytest.mark.parametrize("task", ["multiclass", "regression"])
 def test_fused_gradient_passes_gradcheck(task):
     # Finite differences in float64 (torch.autograd.gradcheck's own tolerances); the
@@ -132,6 +175,12 @@ def test_fused_gradient_passes_gradcheck(task):
                                    temperature=0.7).per_sample
 
     assert torch.autograd.gradcheck(loss, (queries.requires_grad_(), candidates.requires_grad_()))
+
+    def shared_loss(embeddings):
+        return modernnca_objective(embeddings[:5], embeddings, labels, candidate_labels, task=task, n_classes=3,
+                                   temperature=0.7).per_sample
+
+    assert torch.autograd.gradcheck(shared_loss, (candidates.detach().clone().requires_grad_(),))
 
 
 def test_fused_zero_distance_follows_cdist():
@@ -189,26 +238,68 @@ def test_unknown_kernel_is_a_config_error():
         TrainConfig(kernel="compiled").resolved()
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("rows", [1, 37, 1848])
-def test_periodic_embedding_backward_is_autograds_bit_for_bit(dtype, rows):
-    """The PLR cos/sin backward reuses the forward's values; it must give autograd's exact bits."""
-    from stablenca.models.embeddings import _Periodic
+def gamma(n):
+    """Higham's gamma_n = n u / (1 - n u) in float64: a sum of n terms, or n roundings, is within it."""
+    return n * U64 / (1 - n * U64)
 
-    generator = torch.Generator().manual_seed(rows)
-    x = torch.randn(rows, 7, generator=generator, dtype=dtype) * 3
-    frequencies = torch.randn(7, 77, generator=generator, dtype=dtype) * 0.0443
-    upstream = torch.randn(rows, 7, 154, generator=generator, dtype=dtype)
 
-    def eager_periodic(x, frequencies):
-        angles = 2 * math.pi * frequencies[None] * x[..., None]
-        return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+@pytest.mark.parametrize("rows", [1, 37, 400])
+def test_plr_lite_function_equals_autograd_through_the_modules(rows):
+    """PLR embeddings in one Function (no [cos, sin] concatenation) against autograd through
+    Periodic -> Linear -> ReLU, float64, within the bounds derived below.
 
+    Both take the same angles, cos and sin (the same ops). They differ only in the order of the
+    sums: the Linear's 2K + 1 terms (one product, or two and an addition), the gradient's
+    products and reductions. A sum of n terms is within gamma_n sum|terms| of the exact value
+    (Higham, Accuracy and Stability of Numerical Algorithms, 3.1); two paths, a factor 2.
+    """
+    from stablenca.models.embeddings import PLREmbeddings
+
+    torch.manual_seed(rows)
+    plr = PLREmbeddings(n_features=7, n_frequencies=77, frequency_scale=0.5, d_embedding=34).double()
+    periodic, linear = plr[0], plr[1]
+    x = torch.randn(rows, 7, dtype=torch.float64) * 3
+    upstream = torch.randn(rows, 7, 34, dtype=torch.float64)
     results = []
-    for function in (eager_periodic, _Periodic.apply):
-        xx, ff = x.clone().requires_grad_(), frequencies.clone().requires_grad_()
-        out = function(xx, ff)
+    for fused in (False, True):
+        plr.zero_grad()
+        xx = x.clone().requires_grad_()
+        out = plr(xx) if fused else torch.relu(linear(periodic(xx)))
         out.backward(upstream)
-        results.append((out, xx.grad, ff.grad))
-    for eager_value, fused_value in zip(*results):
-        assert torch.equal(eager_value, fused_value)
+        results.append((out.detach(), xx.grad, periodic.frequencies.grad, linear.weight.grad, linear.bias.grad))
+    (out_e, gx_e, gf_e, gw_e, gb_e), (out_f, gx_f, gf_f, gw_f, gb_f) = results
+    n_frequencies = 77
+    features = periodic(x).detach()  # [cos, sin], |entries| <= 1
+    w = linear.weight.detach()
+    # forward: b + sum of 2K products
+    terms = linear.bias.detach().abs() + features.abs() @ w.abs().mT
+    forward_bound = 2 * gamma(2 * n_frequencies + 1) * terms
+    assert torch.all((out_f - out_e).abs() <= forward_bound)
+    # The ReLU masks agree where the pre-activation is beyond the forward's rounding (every
+    # entry of this data): then both backward passes start from the same gradient g.
+    pre = linear(features).detach()
+    assert torch.all(pre.abs() > forward_bound)
+    g = upstream * (pre > 0)
+    g_flat, f_flat = g.reshape(-1, 34), features.reshape(-1, 2 * n_frequencies)
+    assert torch.all((gw_f - gw_e).abs() <= 2 * gamma(len(g_flat)) * (g_flat.abs().mT @ f_flat.abs()))
+    assert torch.all((gb_f - gb_e).abs() <= 2 * gamma(len(g_flat)) * g_flat.abs().sum(0))
+    # d/d angle: g W (d terms) times cos or sin (|.| <= 1), a difference: within gamma_(d+2) M with
+    # M = sum_e |g_e| (|Wcos_e| + |Wsin_e|); then the K-term (x) or n-term (frequencies) reduction.
+    m = g.abs() @ (w[:, :n_frequencies].abs() + w[:, n_frequencies:].abs())
+    two_pi_f = (2 * math.pi * periodic.frequencies.detach()).abs()
+    bound_x = 2 * (gamma(34 + 2) + 2 * gamma(n_frequencies + 1)) * (m * two_pi_f).sum(-1)
+    bound_f = 2 * (gamma(34 + 2) + 2 * gamma(rows + 2)) * 2 * math.pi * (m * x.abs()[..., None]).sum(0)
+    assert torch.all((gx_f - gx_e).abs() <= bound_x)
+    assert torch.all((gf_f - gf_e).abs() <= bound_f)
+
+
+def test_plr_lite_function_passes_gradcheck():
+    from stablenca.models.embeddings import _PLRLite
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 3, generator=generator, dtype=torch.float64)
+    frequencies = torch.randn(3, 5, generator=generator, dtype=torch.float64)
+    weight = torch.randn(6, 10, generator=generator, dtype=torch.float64)
+    bias = torch.randn(6, generator=generator, dtype=torch.float64)
+    inputs = tuple(t.requires_grad_() for t in (x, frequencies, weight, bias))
+    assert torch.autograd.gradcheck(_PLRLite.apply, inputs)

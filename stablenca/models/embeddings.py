@@ -20,35 +20,55 @@ from torch import nn
 from ..errors import ConfigError
 
 
-class _Periodic(torch.autograd.Function):
-    """``[cos(a), sin(a)]`` with ``a = 2π f x``, whose backward reuses the forward's cos and sin.
+def _angles(x: torch.Tensor, frequencies: torch.Tensor) -> torch.Tensor:
+    """``2π f_j x_j`` for every feature j and frequency: (n, features, frequencies)."""
+    return 2 * math.pi * frequencies[None] * x[..., None]
 
-    Autograd's backward of ``cos``/``sin`` evaluates ``sin``/``cos`` again (two more
-    transcendental passes over the n × features × frequencies angles) and a negation. Here
-    the saved values give the same numbers: ``g_sin cos - g_cos sin`` is, bit for bit,
-    autograd's ``g_cos (-sin) + g_sin cos`` (``x - y`` is ``x + (-y)`` in IEEE arithmetic, and
-    ``-s g`` is ``-(s g)``), and the frequencies' gradient takes autograd's steps (the
-    broadcast sum over rows, then the factor 2π).
+
+class _PLRLite(torch.autograd.Function):
+    """``ReLU(Linear([cos(a), sin(a)]))`` with ``a = 2π f x``, without the concatenation.
+
+    The Linear's input is the concatenation ``[cos, sin]`` (n × features × 2·frequencies,
+    8 MB per 1848-row step); multiplying each half by its half of the weight and adding
+    gives the same output without writing it, and the backward gets the gradient of
+    each half straight from one product each (contiguous, so the sin/cos products read
+    no strided halves) and reuses the forward's cos and sin instead of evaluating sin and
+    cos again. The sums are the same terms in another order (the Linear's 2K + 1 terms in two
+    products, the reductions of the frequencies' and inputs' gradients): rounding only;
+    tests/test_fused.py bounds the difference from autograd through the three modules.
     """
 
     @staticmethod
-    def forward(ctx, x, frequencies):
-        angles = 2 * math.pi * frequencies[None] * x[..., None]  # the eager expression, same rounding
+    def forward(ctx, x, frequencies, weight, bias):
+        angles = _angles(x, frequencies)
         cos, sin = torch.cos(angles), torch.sin(angles)
-        ctx.save_for_backward(x, frequencies, cos, sin)
-        return torch.cat([cos, sin], dim=-1)
+        del angles
+        n_frequencies = frequencies.shape[-1]
+        flat_shape = (-1, n_frequencies)
+        out = torch.addmm(bias, cos.view(flat_shape), weight[:, :n_frequencies].mT)
+        out.addmm_(sin.view(flat_shape), weight[:, n_frequencies:].mT).relu_()
+        ctx.save_for_backward(x, frequencies, weight, cos, sin, out)
+        return out.view(*cos.shape[:-1], -1)
 
     @staticmethod
     def backward(ctx, grad):
-        x, frequencies, cos, sin = ctx.saved_tensors
-        n_frequencies = cos.shape[-1]
-        grad_angles = grad[..., n_frequencies:] * cos - grad[..., :n_frequencies] * sin
+        x, frequencies, weight, cos, sin, out = ctx.saved_tensors
+        n_frequencies = frequencies.shape[-1]
+        grad = torch.ops.aten.threshold_backward(grad.reshape(out.shape), out, 0)  # ReLU's, from its output
+        flat_cos, flat_sin = cos.view(-1, n_frequencies), sin.view(-1, n_frequencies)
+        grad_weight = torch.cat([grad.mT @ flat_cos, grad.mT @ flat_sin], dim=1) if ctx.needs_input_grad[2] else None
+        grad_bias = grad.sum(0) if ctx.needs_input_grad[3] else None
         grad_x = grad_frequencies = None
-        if ctx.needs_input_grad[0]:
-            grad_x = (grad_angles * (2 * math.pi * frequencies[None])).sum(-1, keepdim=True).squeeze(-1)
-        if ctx.needs_input_grad[1]:
-            grad_frequencies = ((grad_angles * x[..., None]).sum(0, keepdim=True) * (2 * math.pi)).squeeze(0)
-        return grad_x, grad_frequencies
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            # d/da of cos(a) Wc + sin(a) Ws = -sin(a) (g Wc) + cos(a) (g Ws), in place
+            grad_angles = (grad @ weight[:, n_frequencies:]).mul_(flat_cos)
+            grad_angles.sub_((grad @ weight[:, :n_frequencies]).mul_(flat_sin))
+            grad_angles = grad_angles.view(cos.shape)
+            if ctx.needs_input_grad[0]:
+                grad_x = (grad_angles * (2 * math.pi * frequencies[None])).sum(-1)
+            if ctx.needs_input_grad[1]:
+                grad_frequencies = grad_angles.mul_(x[..., None]).sum(0).mul_(2 * math.pi)
+        return grad_x, grad_frequencies, grad_weight, grad_bias
 
 
 class PeriodicEmbeddings(nn.Module):
@@ -65,7 +85,8 @@ class PeriodicEmbeddings(nn.Module):
         self.frequencies = nn.Parameter(torch.normal(0.0, frequency_scale, (n_features, n_frequencies)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _Periodic.apply(x, self.frequencies)
+        angles = _angles(x, self.frequencies)
+        return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
 
 
 class PLREmbeddings(nn.Sequential):
@@ -86,3 +107,8 @@ class PLREmbeddings(nn.Sequential):
             nn.Linear(2 * n_frequencies, d_embedding),
             nn.ReLU(),
         )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The three modules' composition in one step (:class:`_PLRLite`); the parameters stay theirs."""
+        periodic, linear = self[0], self[1]
+        return _PLRLite.apply(x, periodic.frequencies, linear.weight, linear.bias)

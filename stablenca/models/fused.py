@@ -38,7 +38,10 @@ class _ModernNCAObjective(torch.autograd.Function):
     """Per-row ModernNCA losses of ``queries`` against ``candidates`` (self pairs on the leading diagonal)."""
 
     @staticmethod
-    def forward(ctx, queries, candidates, labels, candidate_labels, same, targets, temperature, classification):
+    def forward(ctx, queries, candidates, labels, candidate_labels, same, targets, temperature, classification,
+                shared):
+        if shared:  # ``queries`` is None: the leading rows of ``candidates``
+            queries = candidates[:len(labels)]
         raw = torch.cdist(queries, candidates, p=2)
         # x / 1.0 == x exactly: skipped at T = 1 as in the eager path (the same bits)
         distances = raw if temperature == 1.0 else raw / temperature
@@ -53,7 +56,7 @@ class _ModernNCAObjective(torch.autograd.Function):
             picked = probabilities @ targets  # a matrix-vector product, as in the eager path
             per_sample = (picked - labels) ** 2
         ctx.save_for_backward(queries, candidates, raw, probabilities, labels, candidate_labels, same, picked)
-        ctx.temperature, ctx.classification = temperature, classification
+        ctx.temperature, ctx.classification, ctx.shared = temperature, classification, shared
         ctx.mark_non_differentiable(distances, probabilities)
         ctx.set_materialize_grads(False)  # no (B, C) zero gradients for the two published outputs
         return per_sample, distances, probabilities
@@ -62,7 +65,7 @@ class _ModernNCAObjective(torch.autograd.Function):
     def backward(ctx, grad_per_sample, _grad_distances, _grad_probabilities):
         queries, candidates, raw, probabilities, labels, candidate_labels, same, picked = ctx.saved_tensors
         if grad_per_sample is None:  # only the published outputs were used
-            return None, None, None, None, None, None, None, None
+            return (None,) * 9
         # dL/dd_ij = coefficient_i * H_ij * d_ij, with H_ij = s_ij r_ij / d_ij; the row factor is
         # applied to the (B, dim) products, not to the (B, C) matrix.
         if ctx.classification:
@@ -82,12 +85,21 @@ class _ModernNCAObjective(torch.autograd.Function):
         if not bool(torch.isfinite(row_sums).all()):
             ratio.masked_fill_(raw == 0, 0)
             row_sums = ratio.sum(dim=1)
+        if ctx.shared:  # the queries are the candidates' leading rows: one gradient for both roles
+            # dL/de_j = e_j (a_j rowsum_j [j < B] + (a H)_j) - [a (H E)]_j [j < B] - (H^T (a Q))_j: the
+            # autograd path's two gradients, summed here instead of through a zero-filled slice gradient
+            weights = coefficient @ ratio
+            weights[:len(queries)] += coefficient * row_sums
+            grad = candidates * weights[:, None]
+            grad[:len(queries)] -= (ratio @ candidates).mul_(coefficient[:, None])
+            grad.addmm_(ratio.mT, coefficient[:, None] * queries, alpha=-1)
+            return None, grad, None, None, None, None, None, None, None
         grad_queries = grad_candidates = None
         if ctx.needs_input_grad[0]:
             grad_queries = coefficient[:, None] * (queries * row_sums[:, None] - ratio @ candidates)
         if ctx.needs_input_grad[1]:
             grad_candidates = candidates * (coefficient @ ratio)[:, None] - ratio.mT @ (coefficient[:, None] * queries)
-        return grad_queries, grad_candidates, None, None, None, None, None, None
+        return grad_queries, grad_candidates, None, None, None, None, None, None, None
 
 
 def modernnca_objective(queries: torch.Tensor, candidates: torch.Tensor, labels: torch.Tensor,
@@ -112,17 +124,25 @@ def modernnca_objective(queries: torch.Tensor, candidates: torch.Tensor, labels:
     else:
         labels, candidate_labels = labels.to(queries.dtype), candidate_labels.to(queries.dtype)
         targets = candidate_labels
-    same = labels[:, None] == candidate_labels[None, :] if classification else None
+    same = None
+    if classification:
+        same = labels[:, None] == candidate_labels[None, :]
+        # published as same & ~self_mask (the self pairs are the diagonal); the backward zeroes
+        # the diagonal anyway, so one mask serves both
+        same.fill_diagonal_(False)
+    # When the queries are a slice of the candidates' leading rows (the Trainer's embeddings of
+    # batch + sampled rows), the Function takes the candidates alone and returns one gradient.
+    shared = (queries._base is candidates and queries.data_ptr() == candidates.data_ptr()
+              and queries.stride() == candidates.stride())
     per_sample, distances, probabilities = _ModernNCAObjective.apply(
-        queries, candidates, labels, candidate_labels, same, targets, float(temperature), classification)
+        None if shared else queries, candidates, labels, candidate_labels, same, targets, float(temperature),
+        classification, shared)
     self_mask = torch.zeros(distances.shape, dtype=torch.bool, device=distances.device)
     self_mask.fill_diagonal_(True)
     publish("distances", distances)
     publish("self_mask", self_mask)
     if classification:
-        same_class_mask = same.clone()
-        same_class_mask.fill_diagonal_(False)  # = same & ~self_mask: the self pairs are the diagonal
-        publish("same_class_mask", same_class_mask)
+        publish("same_class_mask", same)
     publish("softmax", probabilities)
     included = torch.ones(len(per_sample), dtype=torch.bool, device=per_sample.device)
     return LossOutput(per_sample, "mean", included)
