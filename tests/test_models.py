@@ -96,3 +96,28 @@ def test_streamed_readout_equals_one_shot_softmax(dtype):
     for chunk in (1, 33, 1000, 5000):
         streamed = soft_neighbour_readout(queries, candidates, targets, chunk_size=chunk)
         assert ((streamed.double() - full.double()).abs() <= tolerance).all(), chunk
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.37])
+def test_readout_without_negation_keeps_the_bits(temperature):
+    """The evaluation path takes exp(m - d) with the row minimum m instead of exp(-d - max(-d)):
+    (-d) - (-m) = m - d in IEEE arithmetic (negation is exact, addition commutes), so the
+    readout is the same bits as with the negated logits."""
+    generator = torch.Generator().manual_seed(1)
+    queries, candidates = torch.randn(30, 6, generator=generator), torch.randn(500, 6, generator=generator) * 4
+    targets = torch.nn.functional.one_hot(torch.arange(500) % 3).float()
+    for chunk in (1, 77, 500):
+        row_max = torch.full((30,), -float("inf"))
+        row_sum, weighted = torch.zeros(30), torch.zeros(30, 3)
+        for start in range(0, 500, chunk):  # the negated-logits formulation
+            distances = torch.cdist(queries, candidates[start:start + chunk])
+            logits = (distances if temperature == 1.0 else distances / temperature).neg_()
+            new_max = torch.maximum(row_max, logits.amax(dim=1))
+            rescale = torch.exp(row_max - new_max)
+            weights = logits.sub_(new_max[:, None]).exp_()
+            row_sum.mul_(rescale).add_(weights.sum(dim=1))
+            weighted.mul_(rescale[:, None]).addmm_(weights, targets[start:start + chunk])
+            row_max = new_max
+        with torch.no_grad():
+            readout = soft_neighbour_readout(queries, candidates, targets, temperature=temperature, chunk_size=chunk)
+        assert torch.equal(readout, weighted / row_sum[:, None]), chunk

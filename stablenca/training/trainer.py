@@ -409,6 +409,8 @@ class Trainer:
     @torch.no_grad()
     def embed(self, x: torch.Tensor, batch_size: int = 8192) -> torch.Tensor:
         self.model.eval()
+        if len(x) <= batch_size:  # one chunk: no concatenated copy
+            return self.model(x)
         return torch.cat([self.model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
     @torch.no_grad()
@@ -420,7 +422,7 @@ class Trainer:
         # recomputes them for every batch).
         train_embeddings = self.embed(self.x_train)
         query_embeddings = self.embed(x)
-        if not (torch.isfinite(train_embeddings).all() and torch.isfinite(query_embeddings).all()):
+        if not (_all_finite(train_embeddings) and _all_finite(query_embeddings)):
             # Finite weights can still overflow the embeddings (a huge learning rate): no prediction,
             # which evaluate() reports as NaN metrics instead of a scikit-learn error.
             shape = (len(x),) if self.task == "regression" else (len(x), self.n_classes)
@@ -431,12 +433,11 @@ class Trainer:
                                      n_classes=self.n_classes)
         else:
             targets = onehot_targets(self.y_train, self.task, self.n_classes, self.dtype)
-            prediction = torch.cat([
-                soft_neighbour_readout(query_embeddings[i:i + 1024], train_embeddings, targets,
-                                       temperature=getattr(self.model, "temperature", 1.0),
-                                       chunk_size=self.config.chunk_size)
-                for i in range(0, len(query_embeddings), 1024)
-            ]).cpu().double().numpy()
+            chunks = [soft_neighbour_readout(query_embeddings[i:i + 1024], train_embeddings, targets,
+                                             temperature=getattr(self.model, "temperature", 1.0),
+                                             chunk_size=self.config.chunk_size)
+                      for i in range(0, len(query_embeddings), 1024)]
+            prediction = (chunks[0] if len(chunks) == 1 else torch.cat(chunks)).cpu().double().numpy()
             if self.task == "regression":
                 prediction = prediction[:, 0]
         if self.task == "regression":
@@ -536,6 +537,15 @@ class Trainer:
             diverged_at=self.diverged_at, best_epoch=best_epoch, val=val, test=test,
             train_seconds=round(train_seconds, 3), excluded_rows=self.excluded_rows,
         )
+
+
+def _all_finite(x: torch.Tensor) -> bool:
+    """No NaN or infinity in ``x``: its minimum and maximum in one pass (NaN propagates to both).
+
+    >>> _all_finite(torch.tensor([1.0, -2.0])), _all_finite(torch.tensor([1.0, float("inf")]))
+    (True, False)
+    """
+    return x.numel() == 0 or bool(torch.isfinite(torch.stack(torch.aminmax(x))).all())
 
 
 def _guard_user_loss(formulation: losses.Formulation) -> losses.Formulation:
