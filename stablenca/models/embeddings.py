@@ -54,7 +54,9 @@ class _PLRLite(torch.autograd.Function):
     def backward(ctx, grad):
         x, frequencies, weight, cos, sin, out = ctx.saved_tensors
         n_frequencies = frequencies.shape[-1]
-        grad = torch.ops.aten.threshold_backward(grad.reshape(out.shape), out, 0)  # ReLU's, from its output
+        # ReLU's backward, from its output; the incoming gradient is often a strided slice (of the
+        # encoder's input gradient): read in place, the result is contiguous
+        grad = torch.ops.aten.threshold_backward(grad, out.view(grad.shape), 0).reshape(out.shape)
         flat_cos, flat_sin = cos.view(-1, n_frequencies), sin.view(-1, n_frequencies)
         grad_weight = torch.cat([grad.mT @ flat_cos, grad.mT @ flat_sin], dim=1) if ctx.needs_input_grad[2] else None
         grad_bias = grad.sum(0) if ctx.needs_input_grad[3] else None
