@@ -33,9 +33,13 @@ class _PLRLite(torch.autograd.Function):
     gives the same output without writing it, and the backward gets the gradient of
     each half straight from one product each (contiguous, so the sin/cos products read
     no strided halves) and reuses the forward's cos and sin instead of evaluating sin and
-    cos again. The sums are the same terms in another order (the Linear's 2K + 1 terms in two
-    products, the reductions of the frequencies' and inputs' gradients): rounding only;
-    tests/test_fused.py bounds the difference from autograd through the three modules.
+    cos again.
+
+    NOTE[DIFF]: TALENT applies ``nn.Linear`` to the concatenation. The sums here are the same
+    terms in another order (the Linear's 2K + 1 terms in two products, the gradient's
+    reductions): rounding only. tests/test_fused.py bounds the difference from autograd
+    through the three modules in float64; bench/talent_lockstep.py keeps float64 training
+    within ~1e-8 of TALENT's after 16 epochs.
     """
 
     @staticmethod

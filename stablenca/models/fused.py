@@ -4,7 +4,9 @@ The eager path (``cdist`` → mask → ``softmax`` → ``@ targets`` → ``log``
 error, :func:`stablenca.losses.builtin.modernnca`) records every step on autograd's tape,
 and its backward walks them one by one: about ten passes over the (B, C) matrix. The
 gradient has a closed form, so the backward here makes four passes (mask to float,
-subtract, times s, divided by d), two sums and two matrix products. The forward runs the same ops as the eager path, so the loss and everything
+subtract, times s, divided by d), two sums and two matrix products. When the queries are
+the candidates' leading rows (the Trainer's case) it returns one gradient for both roles
+instead of two that autograd would add through a zero-filled slice gradient. The forward runs the same ops as the eager path, so the loss and everything
 published (distances, softmax, masks) are the same bits; only the gradient's rounding
 differs (tests/test_fused.py compares it with autograd in float64).
 
