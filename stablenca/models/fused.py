@@ -40,8 +40,8 @@ class _ModernNCAObjective(torch.autograd.Function):
     """Per-row ModernNCA losses of ``queries`` against ``candidates`` (self pairs on the leading diagonal)."""
 
     @staticmethod
-    def forward(ctx, queries, candidates, labels, candidate_labels, same, targets, temperature, classification,
-                shared):
+    def forward(ctx, queries, candidates, labels, candidate_labels, class_table, targets, temperature,
+                classification, shared):
         if shared:  # ``queries`` is None: the leading rows of ``candidates``
             queries = candidates[:len(labels)]
         raw = torch.cdist(queries, candidates, p=2)
@@ -57,7 +57,7 @@ class _ModernNCAObjective(torch.autograd.Function):
         else:
             picked = probabilities @ targets  # a matrix-vector product, as in the eager path
             per_sample = (picked - labels) ** 2
-        ctx.save_for_backward(queries, candidates, raw, probabilities, labels, candidate_labels, same, picked)
+        ctx.save_for_backward(queries, candidates, raw, probabilities, labels, candidate_labels, class_table, picked)
         ctx.temperature, ctx.classification, ctx.shared = temperature, classification, shared
         ctx.mark_non_differentiable(distances, probabilities)
         ctx.set_materialize_grads(False)  # no (B, C) zero gradients for the two published outputs
@@ -65,7 +65,7 @@ class _ModernNCAObjective(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_per_sample, _grad_distances, _grad_probabilities):
-        queries, candidates, raw, probabilities, labels, candidate_labels, same, picked = ctx.saved_tensors
+        queries, candidates, raw, probabilities, labels, candidate_labels, class_table, picked = ctx.saved_tensors
         if grad_per_sample is None:  # only the published outputs were used
             return (None,) * 9
         # dL/dd_ij = coefficient_i * H_ij * d_ij, with H_ij = s_ij r_ij / d_ij; the row factor is
@@ -73,7 +73,9 @@ class _ModernNCAObjective(torch.autograd.Function):
         if ctx.classification:
             # r_ij = m_ij - u_iy, coefficient_i = g_i / (T (u_iy + eps))
             coefficient = grad_per_sample / (ctx.temperature * (picked + MODERNNCA_EPS))
-            ratio = same.view(torch.uint8).to(probabilities.dtype)  # via bytes: 3x faster than from bool
+            # m as rows of the (K, C) class table picked by label (a row copy, faster than converting
+            # the (B, C) bool mask); m_ii = 1 here, but the diagonal is zeroed below
+            ratio = class_table.to(probabilities.dtype).index_select(0, labels)
             ratio.sub_(picked[:, None])
         else:
             # r_ij = t_j - u_i, coefficient_i = -2 g_i (u_i - y_i) / T
@@ -126,21 +128,20 @@ def modernnca_objective(queries: torch.Tensor, candidates: torch.Tensor, labels:
     else:
         labels, candidate_labels = labels.to(queries.dtype), candidate_labels.to(queries.dtype)
         targets = candidate_labels
-    same = None
+    same = class_table = None
     if classification:
         # labels[:, None] == candidate_labels[None, :], the same bits, as rows of the (K, C) class
         # table picked by label: a copy per row instead of a comparison per pair (10x faster)
         classes = torch.arange(n_classes, device=candidate_labels.device)
-        same = (classes[:, None] == candidate_labels[None, :]).index_select(0, labels)
-        # published as same & ~self_mask (the self pairs are the diagonal); the backward zeroes
-        # the diagonal anyway, so one mask serves both
-        same.fill_diagonal_(False)
+        class_table = classes[:, None] == candidate_labels[None, :]
+        same = class_table.index_select(0, labels)
+        same.fill_diagonal_(False)  # published as same & ~self_mask: the self pairs are the diagonal
     # When the queries are a slice of the candidates' leading rows (the Trainer's embeddings of
     # batch + sampled rows), the Function takes the candidates alone and returns one gradient.
     shared = (queries._base is candidates and queries.data_ptr() == candidates.data_ptr()
               and queries.stride() == candidates.stride())
     per_sample, distances, probabilities = _ModernNCAObjective.apply(
-        None if shared else queries, candidates, labels, candidate_labels, same, targets, float(temperature),
+        None if shared else queries, candidates, labels, candidate_labels, class_table, targets, float(temperature),
         classification, shared)
     self_mask = torch.zeros(distances.shape, dtype=torch.bool, device=distances.device)
     self_mask.fill_diagonal_(True)
