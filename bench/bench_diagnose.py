@@ -1,16 +1,18 @@
 """``stablenca diagnose`` with its defaults, end to end (figures and report included).
 
 Runs the real command in a subprocess, ``--repeats`` times, each into a fresh output
-directory, and measures its wall time. From each run's ``summary.json`` it takes the
-per-run ``train_seconds`` (training, evaluations, the sentinel and the recorder) and
-the total seconds of the runs, and from ``check.json`` the seconds of the small check
-diagnose runs for the report; what is left of the wall time is start-up (imports,
-data loading) plus the report and figures, which are timed once more on their own
-with ``stablenca report OUT``; the import of the modules the command needs is timed
-once in a fresh interpreter.
+directory, and measures its wall time and the CPU time of the command and all its worker
+processes (user + system; unlike the wall time, it hardly depends on what else runs). From
+each run's ``summary.json`` it takes the per-run ``train_seconds`` (training, evaluations, the
+sentinel and the recorder) and from ``check.json`` the seconds of the small check diagnose
+runs for the report. A timeline of the last repeat comes from the output's file times: a run
+starts when its ``config.json`` is written and has trained when its ``result.json`` is; the
+report ends with ``report.md``. The import of the modules the command needs is timed once in
+a fresh interpreter, and the report stage alone once with ``stablenca report OUT``.
 
 Target: at most 30 s of wall time on a 2-core machine (issue 16; it was 90 s before). With two
-torch threads diagnose trains two runs at once, one thread each (`--jobs`).
+torch threads diagnose trains two runs at once, one thread each (`--jobs`); each worker draws
+its run's figures after training, and the check runs in a worker of its own from the start.
 
 ``python bench/bench_diagnose.py [--quick] [--repeats N]``; ``--quick`` adds
 ``--epochs 3`` to the command (a smoke run, not the target's configuration).
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -45,6 +48,35 @@ def timed(cmd: list[str], env=None) -> tuple[float, subprocess.CompletedProcess]
     return time.perf_counter() - started, proc
 
 
+def cpu_seconds_of_children() -> float:
+    """User + system time of every finished, waited-for descendant (workers roll up into their parent)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timeline(out: Path, started: float, wall: float, run_names: list[str]) -> list[list[str]]:
+    """Rows (what, from, to) in seconds since the command started, from the output's file times."""
+    def at(path: Path) -> float | None:
+        return path.stat().st_mtime - started if path.is_file() else None
+
+    rows, spans = [], []
+    for name in run_names:
+        begin, end = at(out / name / "config.json"), at(out / name / "result.json")
+        if begin is not None and end is not None:
+            spans.append((begin, end))
+            rows.append([f"run `{name}` (trained)", f"{begin:.1f}", f"{end:.1f}"])
+    rows.sort(key=lambda row: float(row[1]))
+    first = min((b for b, _ in spans), default=0.0)
+    last = max((e for _, e in spans), default=0.0)
+    report = at(out / "report.md")
+    rows.insert(0, ["start-up (until the first run starts)", "0.0", f"{first:.1f}"])
+    if report is not None:
+        rows.append(["after the last run trained: its figures, the report's last figures, report.md",
+                     f"{last:.1f}", f"{report:.1f}"])
+        rows.append(["exit", f"{report:.1f}", f"{wall:.1f}"])
+    return rows
+
+
 def main(argv=None) -> int:
     p = C.parser(__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=None, help="whole-command repeats (default 3, quick 1)")
@@ -54,7 +86,8 @@ def main(argv=None) -> int:
     repeats = args.repeats or (1 if args.quick else 3)
     extra = ["--epochs", "3"] if args.quick else []
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    walls, summaries, report_walls, outputs, checks = [], [], [], [], []
+    walls, cpus, summaries, report_walls, outputs, checks = [], [], [], [], [], []
+    timeline_rows: list[list[str]] = []
     workdir = Path(tempfile.mkdtemp(prefix="stablenca-bench-diagnose-"))
     try:
         import_wall, proc = timed([sys.executable, "-c", "import stablenca.runtime.diagnose, stablenca.report, sklearn"],
@@ -63,18 +96,21 @@ def main(argv=None) -> int:
             out = workdir / f"run{r}"
             cmd = stablenca_cmd() + ["diagnose", "--out", str(out), "--force"] + extra
             C.stderr(f"bench_diagnose: repeat {r + 1}/{repeats}: {' '.join(cmd[1:])}")
+            cpu_before, started = cpu_seconds_of_children(), time.time()
             wall, proc = timed(cmd, env=env)
             if proc.returncode != 0:
                 raise SystemExit(f"diagnose failed ({proc.returncode}): {proc.stderr[-2000:]}")
             walls.append(wall)
+            cpus.append(cpu_seconds_of_children() - cpu_before)
             summary = json.loads((out / "summary.json").read_text())
             summaries.append(summary)
+            timeline_rows = timeline(out, started, wall, [r["run"] for r in summary["runs"]])
             check_file = out / "check.json"
             checks.append(json.loads(check_file.read_text()).get("seconds") if check_file.is_file() else None)
             figures = sorted((out / "figures").glob("*.png")) if (out / "figures").is_dir() else []
             outputs.append({"report_md": (out / "report.md").is_file(), "report_zh": (out / "report.zh.md").is_file(),
                             "figures": len(figures)})
-            C.stderr(f"  {wall:.1f} s")
+            C.stderr(f"  {wall:.1f} s wall, {cpus[-1]:.1f} s CPU")
         # The report stage alone (figures + both reports), on the last output, in a fresh process.
         report_wall, proc = timed(stablenca_cmd() + ["report", str(workdir / f"run{repeats - 1}")], env=env)
         report_walls.append(report_wall)
@@ -98,35 +134,42 @@ def main(argv=None) -> int:
                      f"{100 * med / median_wall:.0f} %"])
     runs_total = C.median([s.get("seconds", float("nan")) for s in summaries])
     check_seconds = [c for c in checks if c is not None]
-    check_total = C.median(check_seconds) if check_seconds else 0.0
-    rest = median_wall - runs_total - check_total
-    rows.append(["**all runs** (summary `seconds`)", "", "", "", C.fmt_seconds(runs_total), "",
-                 f"{100 * runs_total / median_wall:.0f} %"])
-    if check_seconds:
-        rows.append(["check.json sweep (`seconds` in check.json)", "", "", "", C.fmt_seconds(check_total), "",
-                     f"{100 * check_total / median_wall:.0f} %"])
-    rows.append(["start-up + report/figures (the rest of the wall time)", "", "", "", C.fmt_seconds(rest), "",
-                 f"{100 * rest / median_wall:.0f} %"])
+    check_total = C.median(check_seconds) if check_seconds else None
+    rows.append(["**all runs**, each with its own figures (summary `seconds`)", "", "", "",
+                 C.fmt_seconds(runs_total), "", f"{100 * runs_total / median_wall:.0f} %"])
+    if check_total is not None:
+        rows.append(["check.json sweep (`seconds` in check.json; in a worker of its own, beside the start-up)",
+                     "", "", "", C.fmt_seconds(check_total), "", ""])
     table = C.md_table(["run", "status", "epochs", "steps", "train_seconds (median)", "per step (incl. evals)",
                         "share of wall"], rows)
     met = median_wall <= TARGET_SECONDS
+    median_cpu = C.median(cpus)
+    cores = info.get("usable_cores") or 1
     command = " ".join(["stablenca", "diagnose", "--out", "OUT", "--force"] + extra)
     body = (
         f"Command timed: `{command}` (subprocess, wall time), {repeats} repeat(s): "
         f"{', '.join(C.fmt_seconds(w) for w in walls)}; **median {C.fmt_seconds(median_wall)}** "
         + (f"(target ≤ {TARGET_SECONDS:.0f} s: **{'met' if met else 'missed'}**)" if not args.quick
            else "(quick smoke run with --epochs 3: not the target's configuration)")
-        + f".\n\nOutputs of the last repeat: report.md {'yes' if outputs[-1]['report_md'] else 'NO'}, "
+        + f".\n\nCPU time of the command and its workers (user + system): "
+          f"{', '.join(C.fmt_seconds(c) for c in cpus)}; median {C.fmt_seconds(median_cpu)}, so at least "
+          f"{C.fmt_seconds(median_cpu / cores)} of wall time on {cores} cores; {cores} × wall − CPU = "
+          f"{C.fmt_seconds(cores * median_wall - median_cpu)} of core time left idle (or taken by other "
+          "processes).\n\n"
+        + f"Outputs of the last repeat: report.md {'yes' if outputs[-1]['report_md'] else 'NO'}, "
           f"report.zh.md {'yes' if outputs[-1]['report_zh'] else 'NO'}, {outputs[-1]['figures']} figures. "
           f"Runs trained {summaries[-1]['machine'].get('jobs', 1)} at a time, "
           f"{summaries[-1]['machine'].get('threads')} torch thread(s) each (so the runs' shares can add up "
           "to more than the runs' wall time).\n\n"
         + table
+        + "\nTimeline of the last repeat (seconds since the command started; from the output's file times):\n\n"
+        + C.md_table(["what", "from", "to"], timeline_rows)
         + f"\nSeparately: importing stablenca.runtime.diagnose + stablenca.report + sklearn in a fresh interpreter "
           f"{C.fmt_seconds(import_wall)}; `stablenca report OUT` alone (figures and both reports, fresh process) "
           f"{C.fmt_seconds(report_walls[0])}.\n"
     )
-    data = {"checks": checks, "walls": walls, "median_wall": median_wall, "target_met": met, "summaries": summaries,
+    data = {"checks": checks, "walls": walls, "cpu_seconds": cpus, "timeline": timeline_rows,
+            "median_wall": median_wall, "target_met": met, "summaries": summaries,
             "import_wall": import_wall, "report_wall": report_walls[0], "outputs": outputs, "command": command}
     md = C.section("`stablenca diagnose`, defaults, end to end", C.command_line("bench_diagnose.py", args), info,
                    body)

@@ -8,18 +8,19 @@ Reading (:mod:`.runs`, through :mod:`stablenca.artifacts`) is apart from renderi
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from .. import artifacts
 from ..records import atomic_write_text
-from .figures import plot_all
+from .figures import FIGURES_DIR, Figure, draw_figures, figure_jobs, problems_of
 from .markdown import Doc, Prose, fmt, placeholders
 from .markdown import render as render_markdown
 from .messages_en import EN
 from .messages_zh import ZH
 from .runs import load_check, load_run_set
 from .sections import extract
-from .teaching_figures import plot_teaching
+from .teaching_figures import teaching_jobs
 from .tracer_zh import translate as translate_zh
 
 #: Language → (catalogue, file name, how the parts of a paragraph are joined).
@@ -55,20 +56,25 @@ def _studies(out: Path) -> list[tuple[str, dict]]:
     return found
 
 
-def build_report(out_dir: str | Path, check_path: str | Path | None = None) -> list[Path]:
+def build_report(out_dir: str | Path, check_path: str | Path | None = None, *,
+                 drawn: Mapping[str, Figure | str] | None = None) -> list[Path]:
     """Draw the figures and write ``report.md`` and ``report.zh.md`` into ``out_dir``.
 
     Reads only what ``stablenca diagnose`` recorded (and ``check_path``, default
     ``out_dir/check.json`` when present). Returns the written paths, figures first.
+    ``drawn``: figures already drawn from the same records, by name (see
+    :func:`.figures.draw_figures`); the others are drawn here, all in one pool.
     """
     out = Path(out_dir)
     run_set = load_run_set(out)
     if check_path is None:
         check_path = artifacts.check_path(out)
     check = load_check(check_path) if check_path is not None else None
-    problems: list[str] = []
-    figures = plot_all(out, check_path, run_set=run_set, strict=False, problems=problems)
-    figures += plot_teaching(out, run_set.runs, problems=problems)
+    jobs, check_problems = figure_jobs(out, check_path, run_set=run_set, strict=False)
+    teaching = teaching_jobs(out, run_set.runs)
+    outcomes = draw_figures(jobs + teaching, out / FIGURES_DIR, strict=False, drawn=drawn)
+    problems = problems_of(outcomes[:len(jobs)]) + check_problems + problems_of(outcomes[len(jobs):])
+    figures = [o for o in outcomes if isinstance(o, Figure)]
     doc = extract(run_set, figures, check, problems, studies=_studies(out))
     written = [f.path for f in figures]
     for lang, (_, name, _) in LANGUAGES.items():

@@ -29,7 +29,7 @@ import math
 import multiprocessing
 import os
 import textwrap
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,17 @@ def png_bytes(fig) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()
+
+
+def load_fonts() -> None:
+    """Draw one small figure here, so this process has found and loaded matplotlib's fonts.
+
+    The first text a process draws costs about 0.3 s (font list, glyph cache); processes forked
+    afterwards inherit what was loaded.
+    """
+    fig = _figure(1, 1)
+    fig.add_subplot().set_title("0")
+    png_bytes(fig)
 
 
 def save_figure(fig, path: str | Path) -> Path:
@@ -842,15 +853,15 @@ class Figure:
 class FigureJob:
     """A figure still to be drawn: ``make()`` returns the matplotlib figure written to ``name``.png.
 
-    ``in_parent``: ``make`` runs torch reductions, whose summation order follows the thread count, so it is
-    drawn in this process (a forked worker runs single-threaded, and its sums could differ in the last bits).
+    ``make`` only draws: whatever depends on torch's thread count (the scale sweep's replay) is
+    computed before the job is made, in the process that owns the threads, so a single-threaded
+    worker draws the same figure.
     """
 
     kind: str
     name: str
     make: Callable[[], Any]
     run: str | None = None
-    in_parent: bool = False
 
 
 #: The jobs of the running pool. Forked workers inherit them, so the ``make`` closures are never pickled.
@@ -863,11 +874,23 @@ def _single_threaded() -> None:
 
 
 def _png_or_problem(index: int) -> bytes | str:
-    job = _POOL_JOBS[index]
+    return _rendered(_POOL_JOBS[index])
+
+
+def _rendered(job: FigureJob) -> bytes | str:
+    """The PNG of ``job``, or the problem text when it cannot be drawn."""
     try:
         return png_bytes(job.make())
     except Exception as exc:  # noqa: BLE001 - a report with one figure missing beats no report
         return f"{job.name}.png: {type(exc).__name__}: {exc}"
+
+
+def render_here(jobs: Iterable[FigureJob]) -> dict[str, bytes | str]:
+    """Each job's PNG (or problem text) by name, drawn in this process one after the other; nothing is written.
+
+    For a worker that draws its share (``drawn`` of :func:`draw_figures`, where the files are written).
+    """
+    return {job.name: _rendered(job) for job in jobs}
 
 
 def _pool_size(n_jobs: int) -> int:
@@ -878,16 +901,20 @@ def _pool_size(n_jobs: int) -> int:
     return min(n_jobs, cores) if cores > 1 else 0
 
 
-def draw_figures(jobs: Sequence[FigureJob], figures_dir: Path, *, strict: bool = True) -> list[Figure | str]:
+def draw_figures(jobs: Sequence[FigureJob], figures_dir: Path, *, strict: bool = True,
+                 drawn: Mapping[str, bytes | str] | None = None) -> list[Figure | str]:
     """Draw ``jobs`` into ``figures_dir``, in a pool of forked processes when more than one core is available.
 
     Returns, per job in order, the written :class:`Figure` or the problem text of a figure that could not
     be drawn. With ``strict`` a failing figure is drawn again here, so its own exception is raised.
     Agg renders the same PNG bytes in a worker as here; files are written here, in the jobs' order.
+    ``drawn``: jobs rendered elsewhere (:func:`render_here`), by name, written as they are; ``stablenca
+    diagnose`` draws each run's figures in the worker that trained it.
     """
     global _POOL_JOBS
-    pooled = [k for k, job in enumerate(jobs) if not job.in_parent]
-    workers = _pool_size(len(pooled))
+    results: dict[int, bytes | str] = {k: drawn[job.name] for k, job in enumerate(jobs) if job.name in (drawn or {})}
+    todo = [k for k in range(len(jobs)) if k not in results]
+    workers = _pool_size(len(todo))
     _POOL_JOBS = list(jobs)
     try:
         if workers:
@@ -896,15 +923,15 @@ def draw_figures(jobs: Sequence[FigureJob], figures_dir: Path, *, strict: bool =
 
             with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
                                      initializer=_single_threaded) as pool:
-                futures = {k: pool.submit(_png_or_problem, k) for k in pooled}
-                results = {k: _png_or_problem(k) for k in range(len(jobs)) if k not in futures}
+                futures = {k: pool.submit(_png_or_problem, k) for k in todo}
                 results.update((k, future.result()) for k, future in futures.items())
         else:
-            results = {k: _png_or_problem(k) for k in range(len(jobs))}
+            results.update((k, _png_or_problem(k)) for k in todo)
     finally:
         _POOL_JOBS = []
     outcomes: list[Figure | str] = []
-    for job, result in zip(jobs, (results[k] for k in range(len(jobs)))):
+    for k, job in enumerate(jobs):
+        result = results[k]
         if isinstance(result, str) and strict:
             result = png_bytes(job.make())  # raises the figure's own exception, with its traceback
         if isinstance(result, str):
@@ -916,29 +943,23 @@ def draw_figures(jobs: Sequence[FigureJob], figures_dir: Path, *, strict: bool =
     return outcomes
 
 
-def plot_all(out: str | Path, check_path: str | Path | None = None, *, run_set: RunSet | None = None,
-             strict: bool = True, problems: list[str] | None = None) -> list[Figure]:
-    """Draw every figure of a diagnose output into ``out/figures`` (from recorded data only).
+def run_figure_jobs(run: RunData) -> list[FigureJob]:
+    """The figures of one run: its timeline, its gradient flow, and its root-cause chain when it failed."""
+    jobs = [FigureJob("timeline", f"{run.name}-timeline", lambda: timeline_figure(run), run.name)]
+    if run.grad_keys():
+        jobs.append(FigureJob("gradients", f"{run.name}-gradients", lambda: gradient_flow_figure(run), run.name))
+    if run.first_nonfinite is not None:
+        jobs.append(FigureJob("chain", f"{run.name}-chain", lambda: chain_figure(run), run.name))
+    return jobs
 
-    ``check_path`` defaults to ``out/check.json`` when that exists. With ``strict=False``
-    a figure that cannot be drawn is skipped and its error appended to ``problems``.
-    """
-    run_set = run_set or load_run_set(out)
+
+def figure_jobs(out: str | Path, check_path: str | Path | None = None, *, run_set: RunSet,
+                strict: bool = True) -> tuple[list[FigureJob], list[str]]:
+    """The figures of :func:`plot_all`, still to be drawn, and (``strict=False``) why the check file was left out."""
     out = Path(out)
-    jobs: list[FigureJob] = []
-
-    def draw(kind: str, name: str, make: Callable[[], Any], run: str | None = None) -> None:
-        jobs.append(FigureJob(kind, name, make, run))
-
-    for run in run_set.runs:
-        draw("timeline", f"{run.name}-timeline", lambda run=run: timeline_figure(run), run.name)
-        if run.grad_keys():
-            draw("gradients", f"{run.name}-gradients", lambda run=run: gradient_flow_figure(run), run.name)
-        if run.first_nonfinite is not None:
-            draw("chain", f"{run.name}-chain", lambda run=run: chain_figure(run), run.name)
-    draw("domain", "ratio-failure-domain", lambda: failure_domain_figure(run_set.runs))
-    check_problems: list[str] = []  # reported after the figures drawn before the check was read
-    drawn_before_check = len(jobs)
+    jobs = [job for run in run_set.runs for job in run_figure_jobs(run)]
+    jobs.append(FigureJob("domain", "ratio-failure-domain", lambda: failure_domain_figure(run_set.runs)))
+    check_problems: list[str] = []
     if check_path is None:
         check_path = artifacts.check_path(out)
     if check_path is not None:
@@ -951,9 +972,30 @@ def plot_all(out: str | Path, check_path: str | Path | None = None, *, run_set: 
                 check = None
                 check_problems.append(str(exc))
         if check is not None:
-            draw("check", "error-vs-scale", lambda: error_vs_scale_figure(check))
-    outcomes = draw_figures(jobs, out / FIGURES_DIR, strict=strict)
+            jobs.append(check_figure_job(check))
+    return jobs, check_problems
+
+
+def check_figure_job(check: dict[str, Any]) -> FigureJob:
+    """Figure 3 of a ``stablenca check --json`` document (as read back from ``check.json``)."""
+    return FigureJob("check", "error-vs-scale", lambda: error_vs_scale_figure(check))
+
+
+def problems_of(outcomes: Iterable[Figure | str]) -> list[str]:
+    """The problem texts among :func:`draw_figures`' outcomes."""
+    return [o for o in outcomes if isinstance(o, str)]
+
+
+def plot_all(out: str | Path, check_path: str | Path | None = None, *, run_set: RunSet | None = None,
+             strict: bool = True, problems: list[str] | None = None) -> list[Figure]:
+    """Draw every figure of a diagnose output into ``out/figures`` (from recorded data only).
+
+    ``check_path`` defaults to ``out/check.json`` when that exists. With ``strict=False``
+    a figure that cannot be drawn is skipped and its error appended to ``problems``.
+    """
+    run_set = run_set or load_run_set(out)
+    jobs, check_problems = figure_jobs(out, check_path, run_set=run_set, strict=strict)
+    outcomes = draw_figures(jobs, Path(out) / FIGURES_DIR, strict=strict)
     if problems is not None:
-        problems += [o for o in outcomes[:drawn_before_check] if isinstance(o, str)] + check_problems
-        problems += [o for o in outcomes[drawn_before_check:] if isinstance(o, str)]
+        problems += problems_of(outcomes) + check_problems
     return [o for o in outcomes if isinstance(o, Figure)]

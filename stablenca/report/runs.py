@@ -137,18 +137,20 @@ def load_run_set(out: str | Path) -> RunSet:
     out = Path(out)
     summary = artifacts.read_summary(out)
     entries, extra = artifacts.run_names(out, summary)
-    runs = []
-    for entry in entries:
-        files = artifacts.read_run(out / str(entry["run"]))
-        runs.append(RunData(name=str(entry["run"]), path=files.path, entry=entry, config=files.config,
-                            records=files.records, epochs=files.epochs, result=files.result,
-                            finding=files.finding))
+    runs = [load_run(out / str(entry["run"]), entry) for entry in entries]
     for name in extra:  # a run that was cut before its summary entry was written
         files = artifacts.read_run(out / name)
         runs.append(RunData(name=name, path=files.path, entry=artifacts.entry_from_files(name, files),
                             config=files.config, records=files.records, epochs=files.epochs,
                             result=files.result, finding=files.finding, in_summary=False))
     return RunSet(out, summary, runs)
+
+
+def load_run(run_dir: str | Path, entry: dict[str, Any]) -> RunData:
+    """One run directory with its summary entry (as read back from ``summary.json``)."""
+    files = artifacts.read_run(run_dir)
+    return RunData(name=str(entry["run"]), path=files.path, entry=entry, config=files.config,
+                   records=files.records, epochs=files.epochs, result=files.result, finding=files.finding)
 
 
 def format_number(value: float | None, *, small_digits: int = 2) -> str:

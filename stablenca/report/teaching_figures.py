@@ -26,7 +26,7 @@ from .figures import _figure, save_figure
 from .validation import ValidationCurve, validation_curve
 
 __all__ = ["comparison_figure", "fractional_epochs", "plot_teaching", "save_figure", "scale_sweep_figure",
-           "validation_figure"]
+           "teaching_jobs", "validation_figure"]
 
 #: One colour per formulation, the same in every figure (Okabe-Ito, colour-blind safe).
 COLOURS = {"ratio": "#d55e00", "ratio_eps": "#e69f00", "difference": "#cc79a7", "nca_logspace": "#0072b2",
@@ -146,43 +146,61 @@ def comparison_figure(run_dirs: Sequence[str | Path], title: str = "ModernNCA pr
     return fig
 
 
-def plot_teaching(out: str | Path, runs, *, problems: list[str] | None = None) -> list:
-    """Draw the teaching figures of a diagnose output into ``out/figures``; returns :class:`.figures.Figure` items.
+def teaching_jobs(out: str | Path, runs) -> list:
+    """The teaching figures of a diagnose output, still to be drawn (:class:`.figures.FigureJob` items).
 
-    * ``loss-against-scale.png``: the sweep on the batch of the first failing ratio run with a
+    * ``loss-against-scale``: the sweep on the batch of the first failing ratio run with a
       capsule (rebuilt from the capsule: a forward pass, nothing is trained);
-    * ``modernnca-comparison.png``: every ModernNCA classification run;
-    * ``validation-accuracy.png``: every run with validation accuracy per epoch.
+    * ``modernnca-comparison``: every ModernNCA classification run;
+    * ``validation-accuracy``: every run with validation accuracy per epoch.
 
-    A figure that cannot be drawn is skipped and its error appended to ``problems``.
+    The sweep is computed here, with this process's torch threads (its replayed forward
+    pass sums in an order that follows them), so that any process can draw it.
     """
     from ..artifacts import CAPSULE
-    from ..scale_sweep import FLOAT64_EXP_BOUND, batch_from_capsule, log_grid, sweep_scale
-    from .figures import FIGURES_DIR, Figure, FigureJob, draw_figures
+    from .figures import FigureJob
 
     out = Path(out)
     jobs: list[FigureJob] = []
-
-    def draw(kind: str, name: str, make, in_parent: bool = False) -> None:
-        jobs.append(FigureJob(kind, name, make, in_parent=in_parent))
-
-    def sweep_of(run_dir: Path):
-        batch = batch_from_capsule(run_dir / CAPSULE)
-        grid = log_grid(0.01, FLOAT64_EXP_BOUND / float(batch.unit.max()), 25)
-        return scale_sweep_figure(sweep_scale(batch, grid), f"{run_dir.name}: the failing step's batch, float64")
-
     failing = [r for r in runs if r.loss == "ratio" and (out / r.name / CAPSULE).is_file()]
     if failing:
-        draw("sweep", "loss-against-scale", lambda: sweep_of(out / failing[0].name), in_parent=True)
+        jobs.append(FigureJob("sweep", "loss-against-scale", _sweep_drawing(out / failing[0].name)))
     classified = [r for r in runs if r.config.get("task", "multiclass") == "multiclass"
                   and (out / r.name / "epochs.jsonl").is_file()]
     modern = [out / r.name for r in classified if r.config.get("model") == "modernnca"]
     if len(modern) > 1:
-        draw("comparison", "modernnca-comparison", lambda: comparison_figure(modern))
+        jobs.append(FigureJob("comparison", "modernnca-comparison", lambda: comparison_figure(modern)))
     if classified:
-        draw("validation", "validation-accuracy",
-             lambda: validation_figure({r.name: validation_curve(out / r.name) for r in classified}))
-    outcomes = draw_figures(jobs, out / FIGURES_DIR, strict=False)
+        jobs.append(FigureJob("validation", "validation-accuracy",
+                              lambda: validation_figure({r.name: validation_curve(out / r.name) for r in classified})))
+    return jobs
+
+
+def _sweep_drawing(run_dir: Path):
+    """The sweep of ``run_dir``'s capsule, computed now; returns the function that draws it (or raises its error)."""
+    from ..artifacts import CAPSULE
+    from ..scale_sweep import FLOAT64_EXP_BOUND, batch_from_capsule, log_grid, sweep_scale
+
+    try:
+        batch = batch_from_capsule(run_dir / CAPSULE)
+        sweep = sweep_scale(batch, log_grid(0.01, FLOAT64_EXP_BOUND / float(batch.unit.max()), 25))
+    except Exception as exc:  # noqa: BLE001 - reported as this figure's problem when it is drawn
+        error = exc
+
+        def fail():
+            raise error
+        return fail
+    return lambda: scale_sweep_figure(sweep, f"{run_dir.name}: the failing step's batch, float64")
+
+
+def plot_teaching(out: str | Path, runs, *, problems: list[str] | None = None) -> list:
+    """Draw the teaching figures (:func:`teaching_jobs`) into ``out/figures``; returns :class:`.figures.Figure` items.
+
+    A figure that cannot be drawn is skipped and its error appended to ``problems``.
+    """
+    from .figures import FIGURES_DIR, Figure, draw_figures, problems_of
+
+    outcomes = draw_figures(teaching_jobs(out, runs), Path(out) / FIGURES_DIR, strict=False)
     if problems is not None:
-        problems += [o for o in outcomes if isinstance(o, str)]
+        problems += problems_of(outcomes)
     return [o for o in outcomes if isinstance(o, Figure)]

@@ -16,6 +16,7 @@ diagnose still leaves a consistent summary (``"interrupted": true``).
 from __future__ import annotations
 
 import dataclasses
+import json
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -35,10 +36,12 @@ from .. import artifacts
 from ..artifacts import prepare_out_dir, write_run_json, write_summary
 from ..check import run_check
 from ..errors import OutputError
-from ..records import TERMINATED, deferred_interrupts
+from ..records import TERMINATED, deferred_interrupts, dumps
 from .recorder import Recorder
 from .sentinel import Sentinel
 from ..report import build_report
+from ..report.figures import check_figure_job, load_fonts, render_here, run_figure_jobs
+from ..report.runs import load_run
 from ..training import trainer as train
 from ..training.trainer import TrainConfig, Trainer, check_data_fits
 
@@ -92,12 +95,25 @@ def diagnose(
     configs = [dataclasses.replace(base, model=model, loss=loss) for model, loss in plan]
     for config in configs:
         config.resolved()  # reject bad combinations before anything is written
+    jobs, threads = _jobs_and_threads(jobs, len(configs))
+    # With workers, the check is computed (and its figure drawn) in one of them from the start, on the
+    # core that is idle while this process imports what the runs need and loads the data.
+    checking = (_Forked(_check_with_figure, sorted({config.loss for config in configs}), base.dtype)
+                if report and jobs > 1 else None)
+    try:
+        return _diagnose(configs, base, out, mode, force, report, progress, log, jobs, threads, checking)
+    finally:
+        if checking is not None:
+            checking.cancel()
+
+
+def _diagnose(configs, base: TrainConfig, out, mode: str, force: bool, report: bool, progress: bool, log,
+              jobs: int, threads: int, checking: _Forked | None) -> dict[str, Any]:
     # Bad data is reported before anything is written (or an earlier run set is cleared).
     data = train.load_data(configs[0].resolved())  # through the module: tests interrupt it there
     for config in configs:
         check_data_fits(config.resolved(), data)
     out = prepare_out_dir(out, force=force)
-    jobs, threads = _jobs_and_threads(jobs, len(configs))
     summary = artifacts.new_summary(
         mode=mode, data=base.data or "abalone (embedded, scikit-lego)",
         task=configs[0].resolved().task, seed=base.seed, interrupted=False,
@@ -108,6 +124,7 @@ def diagnose(
     write_summary(out, summary)
     started = time.perf_counter()
     crash: BaseException | None = None
+    drawn: dict[str, bytes | str] = {}  # figures drawn by the workers, by name
 
     def record(entry: dict[str, Any]) -> bool:
         summary["runs"].append(entry)
@@ -120,7 +137,9 @@ def diagnose(
 
     try:
         if jobs > 1:
-            _parallel_runs(configs, data, out, mode, jobs, threads, record, summary["runs"].append)
+            _import_what_every_run_imports(report)
+            _parallel_runs(configs, data, out, mode, jobs, threads, record, summary["runs"].append,
+                           drawn if report else None)
         for config in configs if jobs == 1 else ():
             try:
                 entry = _one_run(config, data, out, mode, progress)
@@ -141,10 +160,14 @@ def diagnose(
             summary["signal"] = "SIGTERM"  # preempted (torchrun, SLURM, Kubernetes), not Ctrl-C
         write_summary(out, summary)
     if report and crash is None and not summary["interrupted"]:
-        _write_check(out, sorted({config.loss for config in configs}), base.dtype)
+        if checking is not None:
+            document, drawn[_CHECK_FIGURE] = checking.result()
+            artifacts.write_check(out, document)
+        else:
+            artifacts.write_check(out, _check_document(sorted({config.loss for config in configs}), base.dtype))
     if report:  # built from what was recorded, also after Ctrl-C or a crash
         try:
-            _build_report(out, log)
+            _build_report(out, log, drawn)
         except Exception:
             if crash is None:
                 raise
@@ -162,40 +185,120 @@ def _jobs_and_threads(jobs: int | None, n_runs: int) -> tuple[int, int]:
     return jobs, max(1, threads // jobs)
 
 
-def _worker(connection, config, data, out: Path, mode: str, threads: int) -> None:
-    """One run in a forked process; sends (entry, pickled error or None, error line)."""
-    os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the parent only, which forwards it once
-    torch.set_num_threads(threads)
-    try:
-        connection.send((_one_run(config, data, out, mode, False), None, None))
-    except BaseException as exc:
+class _Forked:
+    """``function(*args)`` in a forked process with one torch thread; :meth:`result` returns its value or raises its error."""
+
+    def __init__(self, function: Callable[..., Any], *args: Any) -> None:
+        context = multiprocessing.get_context("fork")
+        self._receive, send = context.Pipe(duplex=False)
+        self._process = context.Process(target=_call_forked, args=(send, function, args), daemon=True)
+        self._process.start()
+        send.close()
+
+    def result(self) -> Any:
         try:
-            payload = pickle.dumps(exc)
-        except Exception:
-            payload = None
-        connection.send((_unfinished_entry(config, out, exc), payload, _one_line(exc)))
+            value, payload, line = self._receive.recv()
+        except EOFError:  # the worker died without a word (killed, out of memory)
+            self._process.join()
+            raise RuntimeError(f"a worker process exited with code {self._process.exitcode}") from None
+        self._process.join()
+        if line is not None:
+            raise pickle.loads(payload) if payload is not None else RuntimeError(line)
+        return value
+
+    def cancel(self) -> None:
+        """Stop the worker if it still runs (its result is no longer wanted)."""
+        if self._process.is_alive():
+            self._process.kill()
+        self._process.join()
+        self._receive.close()
+
+
+def _call_forked(connection, function: Callable[..., Any], args: tuple) -> None:
+    os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the parent only
+    torch.set_num_threads(1)
+    try:
+        connection.send((function(*args), None, None))
+    except BaseException as exc:
+        connection.send((None, *_pickled_error(exc)))
     finally:
         connection.close()
 
 
+def _pickled_error(exc: BaseException) -> tuple[bytes | None, str]:
+    try:
+        payload = pickle.dumps(exc)
+    except Exception:
+        payload = None
+    return payload, _one_line(exc)
+
+
+def _import_what_every_run_imports(report: bool) -> None:
+    """Import here, once, what each forked run would otherwise import on its own (seconds per run)."""
+    import sklearn.metrics  # noqa: F401 - the validation's macro-F1
+    import sklearn.neighbors  # noqa: F401 - the kNN readout of the evaluations
+    import torch._dynamo  # noqa: F401 - torch.optim.Optimizer.__init__ imports it on first use (~1 s)
+
+    if report:  # each worker draws its run's figures
+        load_fonts()
+
+
+#: Expected cost of a run, for starting the longest first: ModernNCA through autograd (100-160 ms per
+#: step), the fused ModernNCA objective (~55 ms), the SeedNCA step (~2 ms); reports/benchmarks.md.
+def _expected_cost(config: TrainConfig) -> int:
+    if config.model != "modernnca":
+        return 0
+    return 1 if config.loss == "modernnca" and config.kernel == "fused" else 2
+
+
+def _worker(connection, config, data, out: Path, mode: str, threads: int, draw: bool) -> None:
+    """One run in a forked process; sends (entry, its figures, pickled error or None, error line)."""
+    os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the parent only, which forwards it once
+    torch.set_num_threads(threads)
+    try:
+        entry = _one_run(config, data, out, mode, False)
+    except BaseException as exc:
+        connection.send((_unfinished_entry(config, out, exc), {}, *_pickled_error(exc)))
+        connection.close()
+        return
+    figures: dict[str, bytes | str] = {}
+    if draw and entry["status"] != "interrupted":
+        try:
+            figures = _run_figures(out, entry)
+        except KeyboardInterrupt:  # the run is done: Ctrl-C only skips its figures (the report draws them)
+            figures = {}
+    connection.send((entry, figures, None, None))
+    connection.close()
+
+
+def _run_figures(out: Path, entry: dict[str, Any]) -> dict[str, bytes | str]:
+    """The run's own figures, from its files and its summary entry as the report will read them back."""
+    run = load_run(out / entry["run"], json.loads(dumps(entry)))
+    return render_here(run_figure_jobs(run))
+
+
 def _parallel_runs(configs, data, out: Path, mode: str, jobs: int, threads: int,
-                   record: Callable[[dict], bool], record_unfinished: Callable[[dict], None]) -> None:
-    """Train ``jobs`` runs at a time in forked processes; hand each entry to ``record`` in plan order.
+                   record: Callable[[dict], bool], record_unfinished: Callable[[dict], None],
+                   drawn: dict[str, bytes | str] | None = None) -> None:
+    """Train ``jobs`` runs at a time in forked processes, the longest expected first; record them in plan order.
 
     ``record`` returns True once the run set is interrupted: no further run starts (as one
-    after the other). A crash in a run is recorded with ``record_unfinished`` and re-raised.
-    Ctrl-C or SIGTERM in this process is forwarded once to the running workers as Ctrl-C;
-    each stops between steps and returns its interrupted run, recorded before this re-raises.
+    after the other). A crash in a run is recorded with ``record_unfinished`` and re-raised
+    at once, after the runs that finished. Ctrl-C or SIGTERM in this process is forwarded once
+    to the running workers as Ctrl-C; each stops between steps and returns its interrupted run,
+    recorded before this re-raises. With ``drawn``, each worker draws its run's figures after
+    training and they are added to ``drawn``.
     """
     context = multiprocessing.get_context("fork")
-    waiting = list(enumerate(configs))
+    waiting = sorted(enumerate(configs), key=lambda item: -_expected_cost(item[1].resolved()))
     running: dict[Any, tuple[int, Any]] = {}  # connection -> (index, process)
     finished: dict[int, tuple[dict, BaseException | None]] = {}
     state = {"next": 0, "stop": False}
 
     def start(index: int, config) -> None:
         receive, send = context.Pipe(duplex=False)
-        process = context.Process(target=_worker, args=(send, config, data, out, mode, threads), daemon=True)
+        process = context.Process(target=_worker, args=(send, config, data, out, mode, threads, drawn is not None),
+                                  daemon=True)
         process.start()
         send.close()
         running[receive] = (index, process)
@@ -204,9 +307,9 @@ def _parallel_runs(configs, data, out: Path, mode: str, jobs: int, threads: int,
         for connection in multiprocessing.connection.wait(list(running)):
             index, process = running.pop(connection)
             try:
-                entry, payload, line = connection.recv()
+                entry, figures, payload, line = connection.recv()
             except EOFError:  # the worker died without a word (killed, out of memory)
-                entry, payload = _unfinished_entry(configs[index], out, RuntimeError()), None
+                entry, figures, payload = _unfinished_entry(configs[index], out, RuntimeError()), {}, None
                 process.join()
                 line = f"RuntimeError: the worker of run {index} exited with code {process.exitcode}"
             process.join()
@@ -214,15 +317,19 @@ def _parallel_runs(configs, data, out: Path, mode: str, jobs: int, threads: int,
             if line is not None:
                 error = pickle.loads(payload) if payload is not None else RuntimeError(line)
             finished[index] = entry, error
+            if drawn is not None:
+                drawn.update(figures)
 
-    def hand_over(*, interrupted: bool = False) -> None:
-        while state["next"] in finished:
-            entry, error = finished.pop(state["next"])
-            state["next"] += 1
+    def hand_over(*, every_finished: bool = False) -> None:
+        """Record the finished runs in plan order: up to the first still missing, or (``every_finished``) all."""
+        while finished and (every_finished or state["next"] in finished):
+            index = min(finished)
+            if index != state["next"] and not every_finished:
+                break
+            entry, error = finished.pop(index)
+            state["next"] = index + 1
             if error is not None:
                 record_unfinished(entry)
-                if not interrupted:
-                    raise error
             else:
                 state["stop"] = record(entry) or state["stop"]
 
@@ -231,6 +338,11 @@ def _parallel_runs(configs, data, out: Path, mode: str, jobs: int, threads: int,
             while waiting and not state["stop"] and len(running) < jobs:
                 start(*waiting.pop(0))
             collect_ready()
+            crashed = sorted(index for index, (_, error) in finished.items() if error is not None)
+            if crashed:
+                error = finished[crashed[0]][1]
+                hand_over(every_finished=True)
+                raise error
             hand_over()
     except KeyboardInterrupt:
         for _, process in running.values():
@@ -238,7 +350,7 @@ def _parallel_runs(configs, data, out: Path, mode: str, jobs: int, threads: int,
                 os.kill(process.pid, signal.SIGINT)
         while running:
             collect_ready()
-        hand_over(interrupted=True)
+        hand_over(every_finished=True)
         raise
     finally:
         for _, process in running.values():  # a crash ended the loop: no orphan keeps training
@@ -310,16 +422,32 @@ def summary_line(entry: dict[str, Any]) -> str:
             f"{root.get('detail')}; test (before the failing step) {metrics}")
 
 
-def _write_check(out: Path, loss_names: list[str], dtype: str) -> None:
+#: The check's figure (figure 3 of the report), drawn by the worker that computes the check.
+_CHECK_FIGURE = "error-vs-scale"
+
+
+def _check_document(loss_names: list[str], dtype: str) -> dict[str, Any]:
     """A small ``stablenca check`` of the formulations that were run (figure 3 of the report)."""
     dtypes = sorted({dtype, "float32", "float64"})
     document = run_check(loss_names, dtypes, batches=1).to_dict()
     document["command"] = (f"stablenca check --loss {' '.join(loss_names)} --dtype {' '.join(dtypes)} "
                            "--batches 1 --json")
-    artifacts.write_check(out, document)
+    return document
 
 
-def _build_report(out: Path, log) -> None:
-    paths = build_report(out)
+def _check_with_figure(loss_names: list[str], dtype: str) -> tuple[dict[str, Any], bytes | str]:
+    """The check's document and its figure, drawn from the document as it will be read back from check.json.
+
+    One torch thread computes the same check as several: its batches have at most 16 rows
+    (:data:`stablenca.check.batches.ROWS`), so no reduction is large enough to be split
+    among threads (tests/test_diagnose_parallel.py compares the two).
+    """
+    document = _check_document(loss_names, dtype)
+    rendered = render_here([check_figure_job(json.loads(dumps(document)))])
+    return document, rendered[_CHECK_FIGURE]
+
+
+def _build_report(out: Path, log, drawn: dict[str, bytes | str] | None = None) -> None:
+    paths = build_report(out, drawn=drawn)
     if log is not None and paths:
         log("report: " + ", ".join(str(p) for p in paths))
