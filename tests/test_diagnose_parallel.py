@@ -13,7 +13,9 @@ import pytest
 import torch
 
 from stablenca.errors import EXIT_INTERRUPTED, EXIT_USAGE
-from stablenca.runtime.diagnose import _jobs_and_threads, diagnose
+from stablenca.check import run_check
+from stablenca.report import build_report
+from stablenca.runtime.diagnose import DEFAULT_RUNS, _jobs_and_threads, diagnose, plan_runs, start_order
 from stablenca.training.trainer import TrainConfig
 
 CLI = [sys.executable, "-m", "stablenca.cli"]
@@ -56,6 +58,58 @@ def test_jobs_share_the_threads():
     assert _jobs_and_threads(8, 2)[0] == 2  # never more jobs than runs
     jobs, per_run = _jobs_and_threads(2, 6)
     assert jobs == 2 and per_run == max(1, threads // 2)
+
+
+def test_the_longest_runs_start_first():
+    configs = [TrainConfig(model=model, loss=loss) for model, loss in plan_runs(None, None)]
+    order = [DEFAULT_RUNS[index] for index in start_order(configs)]
+    # ModernNCA through autograd (plan order among them), then the fused objective, then SeedNCA
+    assert order == [("modernnca", "ratio"), ("modernnca", "ratio_eps"), ("modernnca", "difference"),
+                     ("modernnca", "nca_logspace"), ("modernnca", "modernnca"), ("seed", "ratio")]
+    eager = TrainConfig(model="modernnca", loss="modernnca", kernel="eager")
+    assert start_order([configs[-1], eager]) == [1, 0]
+
+
+def test_the_check_is_the_same_on_one_thread(monkeypatch):
+    # diagnose computes check.json in a one-thread worker; the parent has torch's default threads.
+    threads = torch.get_num_threads()
+    documents = []
+    try:
+        for count in (max(2, threads), 1):
+            torch.set_num_threads(count)
+            document = run_check(["ratio", "nca_logspace"], ["float32", "float64"], batches=1).to_dict()
+            document.pop("seconds")
+            documents.append(document)
+    finally:
+        torch.set_num_threads(threads)
+    assert documents[0] == documents[1]
+
+
+def test_figures_drawn_by_the_workers_are_the_report_s_own(tmp_path, monkeypatch):
+    # Each worker draws its run's figures and the check's; the report of the same directory, drawn
+    # afresh in this process, must give the same bytes (and the same report).
+    import stablenca.runtime.diagnose as module
+
+    handed_over = {}
+
+    def spying_build_report(out, drawn=None):
+        handed_over.update(drawn or {})
+        return build_report(out, drawn=drawn)
+
+    monkeypatch.setattr(module, "build_report", spying_build_report)
+    out = tmp_path / "diag"
+    diagnose(out=out, models=["seed", "modernnca"], loss_names=["ratio", "modernnca"],
+             base=TrainConfig(epochs=3), jobs=2)
+    assert {"seed-ratio-float32-chain", "modernnca-modernnca-float32-timeline", "error-vs-scale"} <= set(handed_over)
+    assert all(isinstance(png, bytes) for png in handed_over.values())
+    first = {p.name: p.read_bytes() for p in (out / "figures").iterdir()}
+    reports = [(out / name).read_text(encoding="utf-8") for name in ("report.md", "report.zh.md")]
+    assert "seed-ratio-float32-chain.png" in first and "error-vs-scale.png" in first
+    for path in (out / "figures").iterdir():
+        path.unlink()
+    build_report(out)
+    assert {p.name: p.read_bytes() for p in (out / "figures").iterdir()} == first
+    assert [(out / name).read_text(encoding="utf-8") for name in ("report.md", "report.zh.md")] == reports
 
 
 def test_a_crash_in_a_worker_is_the_usual_one_line_error(tmp_path):

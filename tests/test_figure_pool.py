@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from stablenca.report import figures
-from stablenca.report.figures import Figure, FigureJob, draw_figures
+from stablenca.report.figures import Figure, FigureJob, draw_figures, render_here
 
 
 def _line(values):
@@ -22,7 +22,7 @@ def _broken():
 
 def _jobs():
     return [FigureJob("timeline", "a", _line([1, 3, 2]), "run-a"), FigureJob("check", "broken", _broken),
-            FigureJob("timeline", "b", _line([2, 1, 0.5]), "run-b"), FigureJob("sweep", "c", _line([0, 1]), in_parent=True)]
+            FigureJob("timeline", "b", _line([2, 1, 0.5]), "run-b"), FigureJob("sweep", "c", _line([0, 1]))]
 
 
 def _draw(tmp_path, monkeypatch, workers: int, strict: bool = False):
@@ -47,3 +47,21 @@ def test_strict_raises_the_figure_s_own_error_and_writes_nothing_after_it(tmp_pa
     with pytest.raises(ValueError, match="no data for this figure"):
         _draw(tmp_path, monkeypatch, workers, strict=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_figures_drawn_elsewhere_are_written_as_they_are_and_not_drawn_again(tmp_path, monkeypatch, workers):
+    # What a diagnose worker sends: PNG bytes or a problem, drawn in another process.
+    drawn = render_here(_jobs()[:2])
+    assert isinstance(drawn["a"], bytes) and drawn["broken"] == "broken.png: ValueError: no data for this figure"
+
+    def not_again():
+        raise AssertionError("a figure drawn elsewhere is drawn again")
+
+    monkeypatch.setattr(figures, "_pool_size", lambda n: workers)
+    jobs = [FigureJob("timeline", "a", not_again, "run-a"), FigureJob("check", "broken", not_again), *_jobs()[2:]]
+    outcomes = draw_figures(jobs, tmp_path, strict=False, drawn=drawn)
+    assert [type(o) for o in outcomes] == [Figure, str, Figure, Figure]
+    assert outcomes[1] == drawn["broken"]
+    assert (tmp_path / "a.png").read_bytes() == drawn["a"]
+    assert (outcomes[0].kind, outcomes[0].run) == ("timeline", "run-a")

@@ -124,13 +124,14 @@ def built_run_dir(tmp_path_factory):
             patch.setattr(stablenca.training.trainer, "Trainer", NoTraining)
             patch.setattr(stablenca.training.trainer, "train", NoTraining)
             figures: list = []
-            real_plot_all = plots.plot_all
+            real_draw_figures = plots.draw_figures
 
-            def recording_plot_all(*args, **kwargs):
-                figures.extend(real_plot_all(*args, **kwargs))
-                return figures
+            def recording_draw_figures(*args, **kwargs):
+                outcomes = real_draw_figures(*args, **kwargs)
+                figures.extend(o for o in outcomes if isinstance(o, plots.Figure))
+                return outcomes
 
-            patch.setattr("stablenca.report.plot_all", recording_plot_all)
+            patch.setattr("stablenca.report.draw_figures", recording_draw_figures)
             paths = report.build_report(out)
         _BUILT.update(out=out, paths=paths, figures={f.path.name: f for f in figures})
     return _BUILT
@@ -138,7 +139,7 @@ def built_run_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def drawn(tmp_path_factory):
-    """Every figure of the synthetic directory, drawn once by plot_all (through build_report)."""
+    """Every figure of the synthetic directory, drawn once (by build_report)."""
     built = built_run_dir(tmp_path_factory)
     return built["out"], built["figures"]
 

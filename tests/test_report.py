@@ -97,12 +97,11 @@ def test_interrupted_run_dir_still_gets_a_report(tmp_path, monkeypatch):
     from stablenca.report import figures as plots
 
     # The figures are tested on their own; here only the interrupted run's timeline is drawn.
-    def some_figures(out, check_path=None, *, run_set=None, strict=True, problems=None):
-        run = run_set.runs[-1]
-        path = plots.save_figure(plots.timeline_figure(run), out / "figures" / f"{run.name}-timeline.png")
-        return [plots.Figure(path, "timeline", run.name)]
+    def some_figures(out, check_path=None, *, run_set, strict=True):
+        return plots.run_figure_jobs(run_set.runs[-1])[:1], []
 
-    monkeypatch.setattr(report, "plot_all", some_figures)
+    monkeypatch.setattr(report, "figure_jobs", some_figures)
+    monkeypatch.setattr(report, "teaching_jobs", lambda out, runs: [])
     write_run_dir(tmp_path, steps=6, interrupted=True)
     # records cut mid-line by the interruption, no result.json
     run_dir = tmp_path / "modernnca-modernnca-float32"

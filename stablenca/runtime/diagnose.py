@@ -243,12 +243,19 @@ def _import_what_every_run_imports(report: bool) -> None:
         load_fonts()
 
 
-#: Expected cost of a run, for starting the longest first: ModernNCA through autograd (100-160 ms per
-#: step), the fused ModernNCA objective (~55 ms), the SeedNCA step (~2 ms); reports/benchmarks.md.
-def _expected_cost(config: TrainConfig) -> int:
-    if config.model != "modernnca":
-        return 0
-    return 1 if config.loss == "modernnca" and config.kernel == "fused" else 2
+def start_order(configs: list[TrainConfig]) -> list[int]:
+    """The runs' indices, the longest expected first (plan order among equals), so the short runs fill the end.
+
+    Expected from the step's cost (reports/benchmarks.md): ModernNCA through autograd 100-160 ms,
+    the fused ModernNCA objective ~55 ms, the SeedNCA step ~2 ms.
+    """
+    def cost(config: TrainConfig) -> int:
+        config = config.resolved()
+        if config.model != "modernnca":
+            return 0
+        return 1 if config.loss == "modernnca" and config.kernel == "fused" else 2
+
+    return sorted(range(len(configs)), key=lambda index: -cost(configs[index]))
 
 
 def _worker(connection, config, data, out: Path, mode: str, threads: int, draw: bool) -> None:
@@ -290,7 +297,7 @@ def _parallel_runs(configs, data, out: Path, mode: str, jobs: int, threads: int,
     training and they are added to ``drawn``.
     """
     context = multiprocessing.get_context("fork")
-    waiting = sorted(enumerate(configs), key=lambda item: -_expected_cost(item[1].resolved()))
+    waiting = [(index, configs[index]) for index in start_order(configs)]
     running: dict[Any, tuple[int, Any]] = {}  # connection -> (index, process)
     finished: dict[int, tuple[dict, BaseException | None]] = {}
     state = {"next": 0, "stop": False}
