@@ -112,6 +112,21 @@ def test_figures_drawn_by_the_workers_are_the_report_s_own(tmp_path, monkeypatch
     assert [(out / name).read_text(encoding="utf-8") for name in ("report.md", "report.zh.md")] == reports
 
 
+def test_ctrl_c_before_the_runs_stops_the_check_s_worker(tmp_path, monkeypatch):
+    import multiprocessing
+
+    import stablenca.training.trainer as train_module
+
+    def interrupted(config):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "load_data", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        diagnose(out=tmp_path / "diag", jobs=2)  # the check's worker started before the data were loaded
+    assert multiprocessing.active_children() == []
+    assert not (tmp_path / "diag").exists()
+
+
 def test_a_crash_in_a_worker_is_the_usual_one_line_error(tmp_path):
     module = tmp_path / "badloss.py"
     module.write_text("def broken(distances, labels, candidate_labels, self_mask):\n"

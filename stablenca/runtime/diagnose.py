@@ -162,8 +162,9 @@ def _diagnose(configs, base: TrainConfig, out, mode: str, force: bool, report: b
         write_summary(out, summary)
     if report and crash is None and not summary["interrupted"]:
         if checking is not None:
-            document, drawn[_CHECK_FIGURE] = checking.result()
+            document, figure = checking.result()
             artifacts.write_check(out, document)
+            drawn.update(figure)
         else:
             artifacts.write_check(out, _check_document(sorted({config.loss for config in configs}), base.dtype))
     if report:  # built from what was recorded, also after Ctrl-C or a crash
@@ -443,10 +444,6 @@ def summary_line(entry: dict[str, Any]) -> str:
             f"{root.get('detail')}; test (before the failing step) {metrics}")
 
 
-#: The check's figure (figure 3 of the report), drawn by the worker that computes the check.
-_CHECK_FIGURE = "error-vs-scale"
-
-
 def _check_document(loss_names: list[str], dtype: str) -> dict[str, Any]:
     """A small ``stablenca check`` of the formulations that were run (figure 3 of the report)."""
     dtypes = sorted({dtype, "float32", "float64"})
@@ -456,7 +453,7 @@ def _check_document(loss_names: list[str], dtype: str) -> dict[str, Any]:
     return document
 
 
-def _check_with_figure(loss_names: list[str], dtype: str) -> tuple[dict[str, Any], bytes | str]:
+def _check_with_figure(loss_names: list[str], dtype: str) -> tuple[dict[str, Any], dict[str, bytes | str]]:
     """The check's document and its figure, drawn from the document as it will be read back from check.json.
 
     One torch thread computes the same check as several: its batches have at most 16 rows
@@ -464,8 +461,7 @@ def _check_with_figure(loss_names: list[str], dtype: str) -> tuple[dict[str, Any
     among threads (tests/test_diagnose_parallel.py compares the two).
     """
     document = _check_document(loss_names, dtype)
-    rendered = render_here([check_figure_job(json.loads(dumps(document)))])
-    return document, rendered[_CHECK_FIGURE]
+    return document, render_here([check_figure_job(json.loads(dumps(document)))])
 
 
 def _build_report(out: Path, log, drawn: dict[str, bytes | str] | None = None) -> None:
