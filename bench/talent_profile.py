@@ -5,7 +5,7 @@
 Both train on the TALENT-format Abalone of ``talent_split.py`` (float32, TALENT's default
 configuration): TALENT's ``train_epoch``, and stablenca's training steps with each kernel.
 The table gives each side's self CPU time by op, and the share of the matrix products
-(``aten::mm`` + ``aten::addmm``): the three (batch × candidates × dim) products an exact
+(``aten::mm``, ``aten::addmm`` and its in-place form): the three (batch × candidates × dim) products an exact
 gradient of this objective needs, and the layers'. With every other op free, an epoch could
 not be faster than its products: that bounds the per-epoch ratio against TALENT.
 """
@@ -28,7 +28,7 @@ from talent_side_by_side import TASK_DIRS, add_talent_option, import_talent, tal
 from talent_split import write_split  # noqa: E402
 from stablenca.training import StepContext, Trainer, TrainConfig  # noqa: E402
 
-PRODUCTS = ("aten::mm", "aten::addmm")
+PRODUCTS = ("aten::mm", "aten::addmm", "aten::addmm_")
 
 
 def self_times(call, epochs: int) -> dict[str, float]:
