@@ -63,7 +63,8 @@ def masks(g: torch.Generator) -> tuple[dict, dict]:
         "same-class mask: class-table rows [kept]": lambda: table.index_select(0, labels),
     }
     backward = {
-        "m − u: bool → uint8 → float, sub": lambda: same.view(torch.uint8).to(torch.float32).sub_(picked[:, None]),
+        "m − u: bool → uint8 → float, sub":
+            lambda: same.view(torch.uint8).to(torch.float32).sub_(picked[:, None]),
         "m − u: float class-table rows, sub [kept]":
             lambda: table.to(torch.float32).index_select(0, labels).sub_(picked[:, None]),
         "m − u: torch.where(m, 1 − u, −u)": lambda: torch.where(same, (1 - picked)[:, None], (-picked)[:, None]),

@@ -3,12 +3,13 @@
 The eager path (``cdist`` → mask → ``softmax`` → ``@ targets`` → ``log``/NLL or squared
 error, :func:`stablenca.losses.builtin.modernnca`) records every step on autograd's tape,
 and its backward walks them one by one: about ten passes over the (B, C) matrix. The
-gradient has a closed form, so the backward here makes four passes (mask to float,
-subtract, times s, divided by d), two sums and two matrix products. When the queries are
-the candidates' leading rows (the Trainer's case) it returns one gradient for both roles
-instead of two that autograd would add through a zero-filled slice gradient. The forward runs the same ops as the eager path, so the loss and everything
-published (distances, softmax, masks) are the same bits; only the gradient's rounding
-differs (tests/test_fused.py compares it with autograd in float64).
+gradient has a closed form, so the backward here makes four passes (the float mask's
+rows, subtract, times s, divided by d), two sums and two matrix products. When the queries
+are the candidates' leading rows (the Trainer's case) it returns one gradient for both
+roles instead of two that autograd would add through a zero-filled slice gradient. The
+forward runs the same ops as the eager path, so the loss and everything published
+(distances, softmax, masks) are the same bits; only the gradient's rounding differs
+(tests/test_fused.py compares it with autograd in float64).
 
 Derivation, for queries q_i, candidates c_j, distances d_ij = ||q_i - c_j||, logits
 z_ij = -d_ij / T with the self pairs at -inf, s = softmax(z) per row, prediction
