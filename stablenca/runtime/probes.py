@@ -46,25 +46,25 @@ def _host_array(tensor: torch.Tensor) -> np.ndarray:
     return tensor.numpy()
 
 
-def _range(values: np.ndarray, prefix: str, out: dict[str, torch.Tensor]) -> None:
-    """min, max, p50, p99 of ``values`` (NaN when there are none; a NaN value makes min/max NaN)."""
+def _range(values: np.ndarray, prefix: str, out: dict[str, Any]) -> None:
+    """min, max, p50, p99 of ``values`` as floats (NaN when there are none; a NaN value makes min/max NaN)."""
     if values.size == 0:
-        nan = torch.tensor(math.nan, dtype=torch.float64)
-        out[f"{prefix}min"] = out[f"{prefix}max"] = out[f"{prefix}p50"] = out[f"{prefix}p99"] = nan
+        out[f"{prefix}min"] = out[f"{prefix}max"] = out[f"{prefix}p50"] = out[f"{prefix}p99"] = math.nan
         return
-    out[f"{prefix}min"] = torch.tensor(float(values.min()), dtype=torch.float64)
-    out[f"{prefix}max"] = torch.tensor(float(values.max()), dtype=torch.float64)
-    # Both order statistics from one selection (numpy's introselect; NaN sorts last, as in
-    # torch.kthvalue); selecting is exact, so the float64 results are the same as sorting.
-    ranks = [max(1, math.ceil(q * values.size)) - 1 for q in (0.5, 0.99)]
-    selected = np.partition(values, ranks)
-    for rank, key in zip(ranks, ("p50", "p99")):
-        out[f"{prefix}{key}"] = torch.tensor(float(selected[rank]), dtype=torch.float64)
+    out[f"{prefix}min"], out[f"{prefix}max"] = float(values.min()), float(values.max())
+    # Selection is exact (NaN sorts last, as in torch.sort), so these are the sorted array's
+    # entries. Two single selections, the second over the upper part only: numpy's partition
+    # with a list of ranks took 1.4 ms on a 66k sample where one rank takes 0.05 ms.
+    low, high = (max(1, math.ceil(q * values.size)) - 1 for q in (0.5, 0.99))
+    selected = np.partition(values, low)
+    upper = np.partition(selected[low:], high - low)
+    out[f"{prefix}p50"], out[f"{prefix}p99"] = float(selected[low]), float(upper[high - low])
 
 
-def distance_statistics(published: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """Distance range overall, same-class and other-class; exp/softmax underflow counts."""
-    out: dict[str, torch.Tensor] = {}
+def distance_statistics(published: dict[str, Any]) -> dict[str, Any]:
+    """Distance range overall, same-class and other-class; exp/softmax underflow counts
+    (0-d tensors, and floats for what was computed on the host)."""
+    out: dict[str, Any] = {}
     distances = published.get("distances")
     if distances is None:
         return out
@@ -74,18 +74,20 @@ def distance_statistics(published: dict[str, Any]) -> dict[str, torch.Tensor]:
         self_mask = torch.zeros_like(distances, dtype=torch.bool)
     same = published.get("same_class_mask")
     stride = max(1, math.ceil(distances.numel() / QUANTILE_SAMPLE))
-    out["probe_sampled"] = torch.tensor(float(stride > 1))
+    out["probe_sampled"] = stride > 1
     rows = slice(None, None, stride)
-    # The (at most QUANTILE_SAMPLE) sampled pairs are selected on the host: numpy's boolean
-    # indexing of a small array costs microseconds where torch's goes through nonzero.
-    sample = _host_array(distances[rows])
+    # The (at most QUANTILE_SAMPLE) sampled pairs are selected on the host, flat, with
+    # np.compress: torch's masked selection goes through nonzero, and numpy's boolean
+    # indexing of a 2-D array took twice as long on a mixed mask (same class: 0.1 ms).
+    sample = np.ascontiguousarray(_host_array(distances[rows])).ravel()
     # +inf marks masked pairs on purpose; NaN distances are kept so they show in min/max.
-    sample_pairs = ~_host_array(self_mask[rows]) & ~np.isinf(sample)
-    _range(sample[sample_pairs], "d_", out)
+    sample_pairs = ~np.isinf(sample)
+    sample_pairs &= ~_host_array(self_mask[rows]).ravel()
+    _range(np.compress(sample_pairs, sample), "d_", out)
     if same is not None:
-        same_sample = _host_array(same[rows])
-        _range(sample[sample_pairs & same_sample], "d_same_", out)
-        _range(sample[sample_pairs & ~same_sample], "d_other_", out)
+        same_sample = _host_array(same[rows]).ravel()
+        _range(np.compress(sample_pairs & same_sample, sample), "d_same_", out)
+        _range(np.compress(sample_pairs & ~same_sample, sample), "d_other_", out)
         if same.shape[1]:  # any() over a bool matrix is a slow CPU reduction; amax over its bytes is fast
             out["rows_without_same_class"] = torch.count_nonzero(same.view(torch.uint8).amax(dim=1) == 0)
         else:
@@ -240,9 +242,13 @@ def batch_statistics(
     published: dict[str, Any],
     named_parameters: list[tuple[str, torch.nn.Parameter]],
     grad_norms: torch.Tensor | None = None,
+    param_norms: torch.Tensor | None = None,
 ) -> dict[str, Any]:
-    """One flat record for one batch (see the module docstring for the keys)."""
-    tensors: dict[str, torch.Tensor] = {"loss": loss.detach().double().reshape(())}
+    """One flat record for one batch (see the module docstring for the keys).
+
+    ``grad_norms`` and ``param_norms``, when given, are the float64 norms per parameter in
+    ``named_parameters`` order that the trainer computed already (the same expression)."""
+    tensors: dict[str, Any] = {"loss": loss.detach().double().reshape(())}
     if per_sample is not None:
         per_sample = per_sample.detach()
         tensors["loss_nan"] = torch.isnan(per_sample).sum()
@@ -252,20 +258,23 @@ def batch_statistics(
         # In float64: a finite float32 gradient with entries near 1e35 has a float32 norm of inf,
         # which would mark a healthy step as failed.
         grad_norms = torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float64)) if grads else torch.zeros(0)
-    param_norms = torch.stack(torch._foreach_norm([p.detach() for _, p in named_parameters], 2,
-                                                  dtype=torch.float64)) \
-        if named_parameters else torch.zeros(0)
+    if param_norms is None:
+        param_norms = torch.stack(torch._foreach_norm([p.detach() for _, p in named_parameters], 2,
+                                                      dtype=torch.float64)) \
+            if named_parameters else torch.zeros(0)
     tensors["grad_norm"] = grad_norms.double().norm()
     tensors["grad_nonfinite"] = (~torch.isfinite(grad_norms)).sum()
     tensors["param_norm"] = param_norms.double().norm()
     tensors.update(distance_statistics(published))
     keys = list(tensors)
-    if all(t.device.type == "cpu" for t in tensors.values()):
+    on_device = [key for key, t in tensors.items() if isinstance(t, torch.Tensor) and t.device.type != "cpu"]
+    if not on_device:
         # On the CPU, float() per scalar is exact (counts < 2**53, float32 widened exactly) and
         # skips three tensor ops per key: most of a small step's probe cost.
         flat = [float(t) for t in tensors.values()]
-    else:  # one host transfer for everything
-        flat = torch.stack([t.double().reshape(()).cpu() for t in tensors.values()]).tolist()
+    else:  # one host transfer for everything on the device
+        moved = dict(zip(on_device, torch.stack([tensors[key].double().reshape(()) for key in on_device]).tolist()))
+        flat = [moved[key] if key in moved else float(t) for key, t in tensors.items()]
     record: dict[str, Any] = {}
     for key, value in zip(keys, flat):
         is_count = key.endswith(("_nan", "_inf", "_zero", "_subnormal", "_nonfinite")) or key.startswith("rows_")
@@ -282,3 +291,274 @@ def batch_statistics(
     for (name, _), value in zip(named_parameters, param_norms.double().cpu().tolist()):
         record[f"param_norm/{name}"] = value
     return record
+
+
+# -- many small steps at once ---------------------------------------------------------------
+#
+# The student's step (a 32 x 32 matrix, about 1 ms) would spend half its time again in the
+# hundred-odd tensor ops of batch_statistics: per-op dispatch, not arithmetic. Such steps are
+# copied (one fused copy) into stacked buffers and summarised DEFERRED_STEPS at a time with
+# numpy over (steps, B, C) arrays. Every number is the one batch_statistics gives: counts,
+# extremes and order statistics are exact whatever the grouping; the float64 norms and logs,
+# whose roundings depend on how a kernel walks its input, are computed row by row by the same
+# torch kernels (tests/test_probe_deferred.py compares the two paths key by key).
+
+#: Steps with at most this many (query, candidate) pairs are summarised many at a time.
+DEFERRED_PAIRS = 1 << 12
+#: At most this many such steps are held (DEFERRED_STEPS x DEFERRED_PAIRS x 10 bytes: 2.6 MB).
+DEFERRED_STEPS = 64
+
+_MATRICES = ("distances", "same_class_mask", "self_mask", "exp_out", "softmax")
+_SUMS = ("p_same", "p_diff")
+_FLOATS = (torch.float32, torch.float64)
+
+
+def _layout(tensors: dict[str, Any]) -> tuple | None:
+    """``((name, shape, dtype), ...)`` when :class:`DeferredSteps` can stack these tensors, else None.
+
+    Anything unusual (a non-CPU tensor, a half precision, a shape the probes do not expect)
+    is left to batch_statistics.
+    """
+    distances = tensors["distances"]
+    if distances.dim() != 2 or distances.dtype not in _FLOATS:
+        return None
+    batch = distances.shape[0]
+    for name, value in tensors.items():
+        if not isinstance(value, torch.Tensor) or value.device.type != "cpu":
+            return None
+        if name in _MATRICES:
+            wanted = torch.bool if name.endswith("_mask") else distances.dtype
+            if value.shape != distances.shape or value.dtype != wanted:
+                return None
+        elif name in _SUMS:
+            if value.shape != (batch,) or value.dtype not in _FLOATS:
+                return None
+        elif name == "included":
+            if value.dim() != 1 or value.dtype != torch.bool:
+                return None
+        elif name in ("grad_norms", "param_norms"):
+            if value.dim() != 1 or value.dtype != torch.float64 or value.shape != tensors["grad_norms"].shape:
+                return None
+        elif value.dtype not in _FLOATS or (name == "loss" and value.numel() != 1) or \
+                (name == "per_sample" and value.dim() != 1):
+            return None
+    return tuple((name, tuple(value.shape), value.dtype) for name, value in tensors.items())
+
+
+class _Stack:
+    """``capacity`` slots of one layout: a (steps, ...) buffer per tensor, and its views per slot.
+
+    P_same and P_diff are kept widened to float64 (exact), each row padded by one entry so
+    that a log over the stack runs row by row (see :func:`_row_logs`).
+    """
+
+    def __init__(self, layout: tuple, capacity: int) -> None:
+        self.names = [name for name, _, _ in layout]
+        self.buffers, views = [], []
+        for name, shape, dtype in layout:
+            if name in _SUMS:
+                buffer = torch.empty((capacity, shape[0] + 1), dtype=torch.float64)
+                views.append(buffer[:, :shape[0]])
+            else:
+                buffer = torch.empty((capacity, *shape), dtype=dtype)
+                views.append(buffer)
+            self.buffers.append(views[-1])
+        self.slots = [[view[slot] for view in views] for slot in range(capacity)]
+        self.used = 0
+
+    def arrays(self) -> dict[str, torch.Tensor]:
+        return {name: buffer[:self.used] for name, buffer in zip(self.names, self.buffers)}
+
+
+class DeferredSteps:
+    """Small steps held for :meth:`records`, in the order they were added.
+
+    >>> held = DeferredSteps()
+    >>> norms = torch.ones(1, dtype=torch.float64)
+    >>> published = {"distances": torch.tensor([[0.0, 1.0], [1.0, 0.0]]), "self_mask": torch.eye(2, dtype=torch.bool)}
+    >>> held.add({"step": 0}, loss=torch.tensor(0.5), per_sample=None, included=None, grad_norms=norms,
+    ...          param_norms=norms, published=published)
+    False
+    >>> record = held.records(["w"])[0]
+    >>> record["step"], record["d_min"], record["param_norm/w"], len(held)
+    (0, 1.0, 1.0, 0)
+    """
+
+    def __init__(self, capacity: int = DEFERRED_STEPS) -> None:
+        self.capacity = capacity
+        self._stacks: dict[tuple, _Stack | None] = {}  # None: a layout that is summarised at once
+        self._held: list[tuple[_Stack, int, dict[str, Any], float | None]] = []
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def add(self, header: dict[str, Any], *, loss: torch.Tensor, per_sample: torch.Tensor | None,
+            included: torch.Tensor | None, published: dict[str, Any], grad_norms: torch.Tensor | None,
+            param_norms: torch.Tensor | None) -> bool | None:
+        """Copy one step in (one fused copy). None: not held (summarise it with batch_statistics);
+        True: held, and a stack is now full (call :meth:`records` before the next add).
+
+        ``included`` marks the rows the loss kept (``rows_excluded`` counts the others; the
+        count is taken with the rest, not here)."""
+        distances = published.get("distances")
+        if not isinstance(distances, torch.Tensor) or not 0 < distances.numel() <= DEFERRED_PAIRS \
+                or grad_norms is None or param_norms is None:
+            return None
+        tensors = {"loss": loss.detach(), "grad_norms": grad_norms, "param_norms": param_norms}
+        if per_sample is not None:
+            tensors["per_sample"] = per_sample.detach()
+        if included is not None:
+            tensors["included"] = included
+        for name in _MATRICES + _SUMS:
+            value = published.get(name)
+            if value is not None:
+                tensors[name] = value
+        values = list(tensors.values())
+        try:  # a key that is cheap to build: the layout's names, shapes, dtypes and devices
+            key = (tuple(tensors), tuple(v.shape for v in values), tuple(v.dtype for v in values),
+                   tuple(v.device for v in values))
+        except AttributeError:  # something published that is not a tensor
+            return None
+        if key not in self._stacks:
+            layout = _layout(tensors)
+            self._stacks[key] = None if layout is None else _Stack(layout, self.capacity)
+        stack = self._stacks[key]
+        if stack is None:
+            return None
+        slot = stack.used
+        torch._foreach_copy_(stack.slots[slot], values)
+        stack.used += 1
+        temperature = published.get("temperature")
+        self._held.append((stack, slot, header, None if temperature is None else float(temperature)))
+        return stack.used == self.capacity
+
+    def records(self, parameter_names: list[str]) -> list[dict[str, Any]]:
+        """The held steps' records (each header, then what batch_statistics gives); empties the store."""
+        stacks = [stack for stack in self._stacks.values() if stack is not None and stack.used]
+        summaries = {}
+        for stack in stacks:
+            keys, columns = _stacked_statistics(stack.arrays(), parameter_names)
+            summaries[id(stack)] = keys, list(zip(*columns))
+        norm_keys = [f"grad_2.0_norm/{name}" for name in parameter_names] + \
+                    [f"param_norm/{name}" for name in parameter_names]
+        records = []
+        for stack, slot, header, temperature in self._held:
+            keys, rows = summaries[id(stack)]
+            values = rows[slot]
+            record = dict(header)
+            record.update(zip(keys, values))  # ... rows_excluded
+            if temperature is not None:
+                record["temperature"] = temperature
+            record.update(zip(norm_keys, values[len(keys):]))
+            records.append(record)
+        self._held.clear()
+        for stack in stacks:
+            stack.used = 0
+        return records
+
+
+def _row_logs(rows: torch.Tensor) -> np.ndarray:
+    """``torch.log`` of each row of a (steps, B) float64 view, as the log of that row alone.
+
+    A vectorised log rounds an entry according to where it falls in the kernel's blocks of
+    vector width, counted from the start of the inner loop. The view's rows are one entry
+    apart in memory (_Stack pads them), so TensorIterator cannot merge them into one loop:
+    each row is its own inner loop, as a (B,) tensor is. Above the parallel grain size
+    (32768 entries) a loop could start mid-row, so those stacks go row by row.
+    """
+    if rows.numel() < 32768 and rows.dim() == 2 and rows.stride(0) != rows.shape[1]:
+        return torch.log(rows).numpy()
+    return np.stack([torch.log(row).numpy() for row in rows])
+
+
+def _count(mask: np.ndarray) -> np.ndarray:
+    """True entries per row of a (rows, N) bool array, N < 65536: bytes summed into uint16,
+    four times faster than ``np.count_nonzero(axis=1)`` (which widens every entry to int64)."""
+    return mask.view(np.uint8).sum(axis=1, dtype=np.uint16).astype(np.int64)
+
+
+def _nan_unless(keep: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``np.where(keep, values, nan)`` for float32/float64 ``values``, without np.where's
+    branch per entry (six times slower on a random mask): OR-ing a quiet NaN's bits into
+    an entry makes it NaN, OR-ing zero leaves it as it is."""
+    bits = np.uint32 if values.dtype == np.float32 else np.uint64
+    quiet_nan = np.array(np.nan, dtype=values.dtype).view(bits)
+    return (values.view(bits) | (~keep).astype(bits) * quiet_nan).view(values.dtype)
+
+
+def _stacked_ranges(values: np.ndarray, keep: np.ndarray, numbers: np.ndarray, prefix: str,
+                    out: dict[str, np.ndarray]) -> None:
+    """:func:`_range` of ``values[k][keep[k]]`` for every row k of (steps, N) arrays;
+    ``numbers`` is ``keep`` less the NaN values."""
+    kept, counted = _count(keep), _count(numbers)
+    ordered = _nan_unless(numbers, values)
+    ordered.sort(axis=1)  # each row's numbers first, ascending, then NaN
+    # the same float64 product and ceil as _range
+    low, high = ((np.maximum(1, np.ceil(q * kept)) - 1).astype(np.int64) for q in (0.5, 0.99))
+    ranks = np.stack([np.zeros_like(kept), counted - 1, low, high], axis=1)
+    picked = np.take_along_axis(ordered, np.clip(ranks, 0, values.shape[1] - 1), axis=1)
+    # A NaN value makes min and max NaN (numpy's min/max); a rank past the numbers lands on a NaN.
+    extremes = (kept > 0) & (counted == kept)
+    defined = np.stack([extremes, extremes, low < counted, high < counted], axis=1)
+    result = np.where(defined, picked, np.nan)
+    for column, key in enumerate(("min", "max", "p50", "p99")):
+        out[f"{prefix}{key}"] = result[:, column]
+
+
+def _stacked_statistics(tensors: dict[str, torch.Tensor], parameter_names: list[str]):
+    """``(keys, columns)``: batch_statistics' keys in its order, one column of Python values per key
+    (then one per ``grad_2.0_norm/NAME`` and ``param_norm/NAME``), for stacked steps."""
+    arrays = {name: tensor.numpy() for name, tensor in tensors.items()}
+    steps = len(arrays["loss"])
+    out: dict[str, Any] = {"loss": arrays["loss"].reshape(steps)}
+    if "per_sample" in arrays:
+        out["loss_nan"] = _count(np.isnan(arrays["per_sample"]))
+        out["loss_inf"] = _count(np.isinf(arrays["per_sample"]))
+    # The norm kernel reduces each row of a (steps, P) tensor as it reduces one (P,) vector
+    # (binary_kernel_reduce_lastdim, one row per call): the same float64 bits as .norm().
+    out["grad_norm"] = torch.linalg.vector_norm(tensors["grad_norms"], dim=1).numpy()
+    out["grad_nonfinite"] = _count(~np.isfinite(arrays["grad_norms"]))
+    out["param_norm"] = torch.linalg.vector_norm(tensors["param_norms"], dim=1).numpy()
+    out["probe_sampled"] = np.zeros(steps, dtype=bool)  # DEFERRED_PAIRS < QUANTILE_SAMPLE: never sampled
+
+    distances = arrays["distances"].reshape(steps, -1)
+    self_mask = arrays.get("self_mask")
+    pairs = ~np.isinf(distances)
+    if self_mask is not None:
+        pairs &= ~self_mask.reshape(steps, -1)
+    finite_pairs = pairs & ~np.isnan(distances)
+    _stacked_ranges(distances, pairs, finite_pairs, "d_", out)
+    same = arrays.get("same_class_mask")
+    if same is not None:
+        flat_same = same.reshape(steps, -1)
+        other = ~flat_same
+        _stacked_ranges(distances, pairs & flat_same, finite_pairs & flat_same, "d_same_", out)
+        _stacked_ranges(distances, pairs & other, finite_pairs & other, "d_other_", out)
+        out["rows_without_same_class"] = _count(_count(same.reshape(-1, same.shape[2])).reshape(steps, -1) == 0)
+    tiny = torch.finfo(tensors["distances"].dtype).tiny
+    for name, key in (("exp_out", "exp"), ("softmax", "softmax")):
+        if name in arrays:
+            values = arrays[name].reshape(steps, -1)
+            out[f"{key}_zero"] = _count((values == 0) & finite_pairs)
+            small = _count((np.abs(values) < tiny) & finite_pairs)
+            out[f"{key}_subnormal"] = small - out[f"{key}_zero"]
+    out["max_d_over_T"] = out["d_max"]
+    for name in _SUMS:
+        if name in arrays:
+            out[f"{name}_min"] = arrays[name].min(axis=1)
+            out[f"{name}_zero"] = _count(arrays[name] == 0)
+    if "p_same" in arrays and "p_diff" in arrays:
+        # float64 logs row by row, as row_coordinates takes them; negation and 2b - a are exact.
+        a, b = -_row_logs(tensors["p_same"]), -_row_logs(tensors["p_diff"])
+        with np.errstate(invalid="ignore"):  # inf - inf is NaN, as in torch, without a warning
+            backward = 2 * b - a
+        for name, score in (("backward", backward), ("same", a), ("diff", b)):
+            row = np.where(np.isnan(score), -np.inf, score).argmax(axis=1)  # the first largest, as torch's
+            out[f"ab_{name}_a"], out[f"ab_{name}_b"] = a[np.arange(steps), row], b[np.arange(steps), row]
+    included = arrays.get("included")
+    out["rows_excluded"] = np.zeros(steps, dtype=np.int64) if included is None else \
+        included.shape[1] - _count(included)
+    keys = list(out)
+    columns = [column.tolist() for column in out.values()]
+    columns += arrays["grad_norms"].T.tolist() + arrays["param_norms"].T.tolist()
+    return keys, columns

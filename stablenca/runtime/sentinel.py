@@ -49,6 +49,8 @@ class Snapshot:
         self._model_copy = [t.clone() for t in self._model_live]
         self._optimizer_live: list[torch.Tensor] = []
         self._optimizer_copy: list[torch.Tensor] = []
+        # model then optimizer tensors, copied by one fused call per step
+        self._live, self._copy = self._model_live, self._model_copy
         self.generator_state: torch.Tensor | None = None
         self.rng_state: torch.Tensor | None = None
         self.extra: dict[str, Any] = {}
@@ -71,15 +73,17 @@ class Snapshot:
             torch.set_rng_state(self.rng_state)
 
     def take(self, **extra: Any) -> None:
-        """Copy the current state (cheap: fused copies into buffers allocated once)."""
-        torch._foreach_copy_(self._model_copy, self._model_live)
+        """Copy the current state (cheap: one fused copy into buffers allocated once)."""
         live = self._optimizer_tensors()
         if len(live) != len(self._optimizer_live) or any(a is not b for a, b in zip(live, self._optimizer_live)):
             # Adam creates its state lazily at the first step.
             self._optimizer_live = live
             self._optimizer_copy = [t.clone() for t in live]
-        elif live:
-            torch._foreach_copy_(self._optimizer_copy, live)
+            self._live = self._model_live + live
+            self._copy = self._model_copy + self._optimizer_copy
+            torch._foreach_copy_(self._model_copy, self._model_live)
+        else:
+            torch._foreach_copy_(self._copy, self._live)
         self.generator_state = self.generator.get_state() if self.generator is not None else None
         self.rng_state = torch.get_rng_state()
         self.extra = extra

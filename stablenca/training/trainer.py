@@ -204,6 +204,7 @@ class StepContext:
     loss_output: losses.LossOutput | None = None
     published: dict[str, Any] = dataclasses.field(default_factory=dict)
     grad_norms: torch.Tensor | None = None  # per parameter, in named_parameters order
+    param_norms: torch.Tensor | None = None  # the same after the optimizer step (applied steps only)
     finite: bool = True
     applied: bool = False
 
@@ -400,7 +401,8 @@ class Trainer:
             self.optimizer.step()
             ctx.applied = True
             parameters = [p.detach() for p in self.model.parameters()]
-            ctx.finite = bool(torch.isfinite(torch.stack(torch._foreach_norm(parameters, 2, dtype=torch.float64))).all())
+            ctx.param_norms = torch.stack(torch._foreach_norm(parameters, 2, dtype=torch.float64))
+            ctx.finite = bool(torch.isfinite(ctx.param_norms).all())
         for hook in self.hooks:
             hook.after_step(self, ctx)
         return ctx
