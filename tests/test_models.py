@@ -121,3 +121,18 @@ def test_readout_without_negation_keeps_the_bits(temperature):
         with torch.no_grad():
             readout = soft_neighbour_readout(queries, candidates, targets, temperature=temperature, chunk_size=chunk)
         assert torch.equal(readout, weighted / row_sum[:, None]), chunk
+
+
+def test_plr_and_modernnca_run_under_autocast():
+    """Under torch.autocast the PLR embedding runs its modules (autocast decides each op's dtype)."""
+    torch.manual_seed(0)
+    model = ModernNCA(d_num=7, d_cat=3)
+    x = torch.randn(16, 10)
+    plr = model.num_embeddings
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        embedded = plr(x[:, :7])
+        expected = torch.relu(plr[1](plr[0](x[:, :7])))
+        out = model(x)
+    assert embedded.dtype == torch.bfloat16 and torch.equal(embedded, expected)
+    out.float().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())

@@ -116,5 +116,9 @@ class PLREmbeddings(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The three modules' composition in one step (:class:`_PLRLite`); the parameters stay theirs."""
-        periodic, linear = self[0], self[1]
+        periodic, linear, relu = self
+        if torch.is_autocast_enabled(x.device.type):
+            # autocast picks each op's dtype (the Linear in half precision); the modules' ops follow
+            # it, the Function's second, in-place product would mix dtypes
+            return relu(linear(periodic(x)))
         return _PLRLite.apply(x, periodic.frequencies, linear.weight, linear.bias)
