@@ -3,7 +3,9 @@ import subprocess
 import sys
 
 import math
+import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from stablenca.errors import ConfigError
 from stablenca.training.trainer import TrainConfig, Trainer, train
@@ -79,3 +81,17 @@ def test_cli_rejects_ratio_for_regression_in_one_line():
     assert completed.returncode == 2
     assert completed.stderr.count("\n") == 1 and "fix:" in completed.stderr
     assert "Traceback" not in completed.stderr
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), n_classes=st.integers(1, 6), n=st.integers(1, 60))
+def test_macro_f1_is_scikit_learns(data, n_classes, n):
+    """The validation's macro F1 equals scikit-learn's f1_score bit for bit (missing classes: 0)."""
+    from sklearn.metrics import f1_score
+
+    from stablenca.training.trainer import macro_f1
+
+    labels = st.lists(st.integers(0, n_classes - 1), min_size=n, max_size=n)
+    truth, predicted = np.array(data.draw(labels)), np.array(data.draw(labels))
+    expected = f1_score(truth, predicted, average="macro", labels=list(range(n_classes)), zero_division=0.0)
+    assert macro_f1(truth, predicted, n_classes) == float(expected)

@@ -456,12 +456,8 @@ class Trainer:
         if self.task == "regression":
             error = prediction - truth
             return {"rmse": float(np.sqrt(np.mean(error ** 2))), "mae": float(np.mean(np.abs(error)))}
-        from sklearn.metrics import f1_score
-
         labels = prediction.argmax(axis=1)
-        return {"accuracy": float(np.mean(labels == truth)),
-                "macro_f1": float(f1_score(truth, labels, average="macro", labels=list(range(self.n_classes)),
-                                           zero_division=0.0))}
+        return {"accuracy": float(np.mean(labels == truth)), "macro_f1": macro_f1(truth, labels, self.n_classes)}
 
     def _improved(self, metrics: dict[str, float], best: float | None) -> tuple[bool, float]:
         # TALENT selects on accuracy (classification) or MAE (regression); ties count.
@@ -539,6 +535,24 @@ class Trainer:
             diverged_at=self.diverged_at, best_epoch=best_epoch, val=val, test=test,
             train_seconds=round(train_seconds, 3), excluded_rows=self.excluded_rows,
         )
+
+
+def macro_f1(truth: np.ndarray, predicted: np.ndarray, n_classes: int) -> float:
+    """Macro-averaged F1 over classes 0..K-1, 0 for a class neither true nor predicted.
+
+    scikit-learn's ``f1_score(average="macro", labels=range(K), zero_division=0)`` in the same
+    float64 steps (2 tp / (true + predicted) per class, then the mean), from three bincounts:
+    the same value without its input validation (about 1 ms per validation).
+
+    >>> macro_f1(np.array([0, 1, 1, 2]), np.array([0, 1, 2, 2]), 4)  # class 3: 0
+    0.5833333333333333
+    """
+    truth, predicted = np.asarray(truth, dtype=np.int64), np.asarray(predicted, dtype=np.int64)
+    true_positives = np.bincount(truth[truth == predicted], minlength=n_classes).astype(np.float64)
+    denominator = (np.bincount(truth, minlength=n_classes) + np.bincount(predicted, minlength=n_classes))
+    scores = np.divide(2.0 * true_positives, denominator.astype(np.float64),
+                       out=np.zeros(n_classes), where=denominator > 0)
+    return float(np.mean(scores))
 
 
 def _all_finite(x: torch.Tensor) -> bool:
