@@ -84,3 +84,37 @@ def test_range_quantiles_are_order_statistics(seed):
         assert math.isnan(low) and math.isnan(high)
     else:
         assert (low, high) == (ordered[0].item(), ordered[-1].item())
+
+
+@pytest.mark.parametrize("seed", range(60))
+@pytest.mark.parametrize("sample", [probes.QUANTILE_SAMPLE, 50])
+def test_distance_statistics_are_those_of_the_general_path(seed, sample, monkeypatch):
+    # With the self pairs on the leading diagonal and every distance finite, the sampled ranges
+    # skip the self and finiteness masks; the record must be the one the masks give (same keys
+    # in the same order). sample=50 forces a strided sample of rows, with its own self pairs.
+    distances, self_mask, published = _case(seed)
+    generator = torch.Generator().manual_seed(seed)
+    published = {**published, "distances": distances, "self_mask": self_mask,
+                 "same_class_mask": (torch.rand(distances.shape, generator=generator) < 0.3) & ~self_mask}
+    monkeypatch.setattr(probes, "QUANTILE_SAMPLE", sample)
+    fast = probes.distance_statistics(published)
+    monkeypatch.setattr(probes, "_is_leading_diagonal", lambda mask: False)
+    general = probes.distance_statistics(published)
+    assert list(fast) == list(general)
+    for key in fast:
+        a, b = float(fast[key]), float(general[key])
+        assert a == b or (math.isnan(a) and math.isnan(b)), (key, a, b)
+
+
+def test_a_nan_in_the_last_row_is_not_lost_between_the_two_views():
+    # The off-diagonal pairs are two views (the body, then the last row after its diagonal entry);
+    # a NaN distance or softmax value in the second one must still send the step down the general path.
+    distances = torch.tensor([[0.0, 1.0, 2.0], [1.0, 0.0, math.nan]])
+    self_mask = torch.tensor([[True, False, False], [False, True, False]])
+    softmax = torch.tensor([[0.0, 0.5, 0.5], [1e-40, 0.0, math.nan]])
+    for exact_range in (True, False):
+        fast = probes._overall_statistics(distances, self_mask, {"softmax": softmax}, exact_range=exact_range)
+        general = probes._overall_statistics(distances, self_mask, {"softmax": softmax}, exact_range=exact_range,
+                                             fast=False)
+        assert {k: float(v) for k, v in fast.items()} == {k: float(v) for k, v in general.items()}
+        assert fast["softmax_subnormal"] == 1  # the 1e-40 at (1, 0); the NaN-distance pair is not counted

@@ -25,6 +25,7 @@ Keys (NaN/Inf are kept as values):
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -75,14 +76,23 @@ def distance_statistics(published: dict[str, Any]) -> dict[str, Any]:
     same = published.get("same_class_mask")
     stride = max(1, math.ceil(distances.numel() / QUANTILE_SAMPLE))
     out["probe_sampled"] = stride > 1
+    # The full-matrix statistics first: when the self pairs are the leading diagonal and every
+    # other distance is finite (the Trainer's steps), the sample needs neither mask below.
+    leading = distances.dim() == 2 and _is_leading_diagonal(self_mask)
+    overall = _diagonal_statistics(distances, published, exact_range=stride > 1) if leading else None
     rows = slice(None, None, stride)
     # The (at most QUANTILE_SAMPLE) sampled pairs are selected on the host, flat, with
     # np.compress: torch's masked selection goes through nonzero, and numpy's boolean
     # indexing of a 2-D array took twice as long on a mixed mask (same class: 0.1 ms).
     sample = np.ascontiguousarray(_host_array(distances[rows])).ravel()
-    # +inf marks masked pairs on purpose; NaN distances are kept so they show in min/max.
-    sample_pairs = ~np.isinf(sample)
-    sample_pairs &= ~_host_array(self_mask[rows]).ravel()
+    if overall is not None:  # all the sample's pairs but its self pairs: row k at column k * stride
+        sampled = np.arange(0, distances.shape[0], stride)
+        sample_pairs = np.ones(sample.size, dtype=bool)
+        sample_pairs[np.arange(len(sampled)) * distances.shape[1] + sampled] = False
+    else:
+        # +inf marks masked pairs on purpose; NaN distances are kept so they show in min/max.
+        sample_pairs = ~np.isinf(sample)
+        sample_pairs &= ~_host_array(self_mask[rows]).ravel()
     _range(np.compress(sample_pairs, sample), "d_", out)
     if same is not None:
         same_sample = _host_array(same[rows]).ravel()
@@ -92,7 +102,9 @@ def distance_statistics(published: dict[str, Any]) -> dict[str, Any]:
             out["rows_without_same_class"] = torch.count_nonzero(same.view(torch.uint8).amax(dim=1) == 0)
         else:
             out["rows_without_same_class"] = torch.count_nonzero(~same.any(dim=1))
-    out.update(_overall_statistics(distances, self_mask, published, exact_range=stride > 1))
+    if overall is None:  # a leading diagonal with a non-finite distance: the general path (the same numbers)
+        overall = _overall_statistics(distances, self_mask, published, exact_range=stride > 1, fast=not leading)
+    out.update(overall)
     # distances are already divided by T; max d/T is the largest argument of exp(-d/T).
     out["max_d_over_T"] = out["d_max"]
     for name in ("p_same", "p_diff"):
@@ -157,8 +169,10 @@ def _diagonal_statistics(distances: torch.Tensor, published: dict[str, Any], *,
     pairs = [view for view in _off_diagonal(distances) if view.numel()]
     if not pairs:
         return None
-    # amin and amax, not aminmax: aminmax copies a strided view first
-    low, high = min(view.amin() for view in pairs), max(view.amax() for view in pairs)
+    # amin and amax, not aminmax: aminmax copies a strided view first. torch.minimum/maximum
+    # propagate NaN (Python's min() over tensors drops a NaN that comes second).
+    low = functools.reduce(torch.minimum, [view.amin() for view in pairs])
+    high = functools.reduce(torch.maximum, [view.amax() for view in pairs])
     if not bool(torch.isfinite(low) & torch.isfinite(high)):  # NaN propagates: both finite means all are
         return None
     out: dict[str, torch.Tensor] = {}
@@ -172,7 +186,7 @@ def _diagonal_statistics(distances: torch.Tensor, published: dict[str, Any], *,
         if values.shape != distances.shape or not values.is_contiguous():
             return None
         views = [view for view in _off_diagonal(values.detach()) if view.numel()]
-        smallest = min(view.amin() for view in views)
+        smallest = functools.reduce(torch.minimum, [view.amin() for view in views])
         if bool(smallest >= tiny):  # nothing underflowed (a NaN compares False and is counted below)
             out[f"{key}_zero"] = out[f"{key}_subnormal"] = torch.tensor(0)
             continue
