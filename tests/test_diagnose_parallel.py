@@ -112,6 +112,34 @@ def test_figures_drawn_by_the_workers_are_the_report_s_own(tmp_path, monkeypatch
     assert [(out / name).read_text(encoding="utf-8") for name in ("report.md", "report.zh.md")] == reports
 
 
+def _freeze_count_in_a_worker() -> int:
+    import gc
+    import multiprocessing
+
+    from stablenca.runtime.diagnose import _start_forked
+
+    receive, send = multiprocessing.Pipe(duplex=False)
+    process = multiprocessing.get_context("fork").Process(target=lambda: send.send(gc.get_freeze_count()))
+    _start_forked(process)
+    count = receive.recv()
+    process.join()
+    return count
+
+
+def test_workers_start_with_the_heap_frozen_and_this_process_does_not_stay_frozen():
+    import gc
+
+    assert gc.get_freeze_count() == 0
+    assert _freeze_count_in_a_worker() > 0  # the worker's collector skips what it inherited
+    assert gc.get_freeze_count() == 0
+    gc.freeze()  # a process that froze its heap itself keeps it frozen
+    try:
+        assert _freeze_count_in_a_worker() > 0
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+
+
 def test_ctrl_c_before_the_runs_stops_the_check_s_worker(tmp_path, monkeypatch):
     import multiprocessing
 

@@ -192,7 +192,11 @@ def _start_forked(process) -> None:
 
     A full collection in a worker would otherwise visit the ~400,000 objects of torch, sklearn and
     matplotlib (~0.25 s each time, and a copy of every page it touches); this process unfreezes at once.
+    A process that froze its heap itself (``gc.freeze`` before forking servers) is left as it is.
     """
+    if gc.get_freeze_count():
+        process.start()
+        return
     gc.freeze()
     try:
         process.start()
