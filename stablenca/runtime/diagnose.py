@@ -254,7 +254,6 @@ def _pickled_error(exc: BaseException) -> tuple[bytes | None, str]:
 
 def _import_what_every_run_imports(report: bool) -> None:
     """Import here, once, what each forked run would otherwise import on its own (seconds per run)."""
-    import sklearn.metrics  # noqa: F401 - the validation's macro-F1
     import sklearn.neighbors  # noqa: F401 - the kNN readout of the evaluations
     import torch._dynamo  # noqa: F401 - torch.optim.Optimizer.__init__ imports it on first use (~1 s)
 
