@@ -242,3 +242,23 @@ def test_a_recorder_nobody_closed_writes_when_collected(tmp_path):
     del trainer
     gc.collect()
     assert len(_lines(tmp_path)) == 10
+
+
+def test_a_new_shape_every_step_keeps_a_bounded_number_of_buffers():
+    held = probes.DeferredSteps(4)
+    names = ["w"]
+    expected, written = [], []
+    for index in range(3 * probes.DEFERRED_LAYOUTS):
+        options = {"special": False, "self": "diagonal", "same": True, "exp": True, "softmax": False, "sums": True,
+                   "temperature": True, "per_sample": True, "included": False, "parameters": 1}
+        step = _step(index, 2 + index, 3 + index, torch.float32, options)  # a new batch size each step
+        header = {"step": index}
+        expected.append(json.dumps(_immediate(step, header, names)))
+        result = held.add(header, **step)
+        if result is None:  # over the bound: the caller summarises it at once, after what is held
+            written += [json.dumps(record) for record in held.records(names)] + [expected[-1]]
+        elif result:
+            written += [json.dumps(record) for record in held.records(names)]
+        assert len(held._stacks) <= probes.DEFERRED_LAYOUTS
+    written += [json.dumps(record) for record in held.records(names)]
+    assert written == expected

@@ -321,6 +321,9 @@ def batch_statistics(
 DEFERRED_PAIRS = 1 << 12
 #: At most this many such steps are held (DEFERRED_STEPS x DEFERRED_PAIRS x 10 bytes: 2.6 MB).
 DEFERRED_STEPS = 64
+#: At most this many layouts (shapes) keep buffers; a step of another is summarised at once
+#: (a loss whose batch size changes every step would otherwise allocate without end).
+DEFERRED_LAYOUTS = 8
 
 _MATRICES = ("distances", "same_class_mask", "self_mask", "exp_out", "softmax")
 _SUMS = ("p_same", "p_diff")
@@ -433,10 +436,16 @@ class DeferredSteps:
                    tuple(v.device for v in values))
         except AttributeError:  # something published that is not a tensor
             return None
-        if key not in self._stacks:
+        stack = self._stacks.get(key, False)
+        if stack is False:  # a layout not seen yet (or forgotten)
+            for old in [old for old, kept in self._stacks.items() if kept is None or not kept.used]:
+                if len(self._stacks) < DEFERRED_LAYOUTS:
+                    break
+                del self._stacks[old]  # nothing held there
+            if len(self._stacks) >= DEFERRED_LAYOUTS:
+                return None
             layout = _layout(tensors)
-            self._stacks[key] = None if layout is None else _Stack(layout, self.capacity)
-        stack = self._stacks[key]
+            stack = self._stacks[key] = None if layout is None else _Stack(layout, self.capacity)
         if stack is None:
             return None
         slot = stack.used
