@@ -8,6 +8,7 @@ stderr and exit code 2; never a traceback.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import sys
 
@@ -63,7 +64,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def run() -> None:
     """Console-script entry point."""
-    sys.exit(main())
+    code = main()
+    # Interpreter shutdown walks every object still tracked (torch, matplotlib, ...: about 1 s after
+    # diagnose); the process is ending, so take them out of the collector's reach first.
+    gc.freeze()
+    sys.exit(code)
 
 
 if __name__ == "__main__":
