@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     # Training steps reuse the same large blocks; without this glibc returns them to the kernel and
-    # every step page-faults them back (about a quarter of a ModernNCA epoch). Numbers are unchanged.
+    # every step page-faults them back (a fifth of a ModernNCA epoch's steps: bench/page_faults.py).
+    # Nothing is computed differently.
     retain_freed_memory()
     try:
         with sigterm_as_interrupt():  # torchrun, SLURM, Kubernetes: SIGTERM is handled like Ctrl-C

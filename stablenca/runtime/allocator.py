@@ -4,9 +4,9 @@ Every ModernNCA step allocates and frees the same multi-megabyte tensors: the (B
 distance and softmax matrices, the PLR features and their gradients. glibc's ``malloc``
 adapts its thresholds to such blocks, but once the freed memory at the top of the heap
 exceeds its trim threshold it hands it back to the kernel, and the next step page-faults
-every page in again, zero-filled. On Abalone that was 20,340 minor faults per epoch
-(about 80 MB) and about a quarter of the epoch's wall time (``python bench/talent_epoch.py
---allocator system`` against the default; figures in reports/benchmarks.md).
+every page in again, zero-filled. On Abalone that was 13,084 minor faults per epoch of
+training steps against 102 with this setting, and 63.0 against 50.4 ms per epoch
+(``python bench/page_faults.py``, reports/benchmarks.md).
 
 :func:`retain_freed_memory` raises the two thresholds with ``mallopt``, as the environment
 variables ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` would. Nothing is
