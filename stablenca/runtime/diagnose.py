@@ -233,9 +233,15 @@ class _Forked:
         self._receive.close()
 
 
+def _become_worker(threads: int) -> None:
+    """A forked worker's set-up: its own process group, so a terminal's Ctrl-C reaches the parent only
+    (which forwards it once), and its torch threads."""
+    os.setpgid(0, 0)
+    torch.set_num_threads(threads)
+
+
 def _call_forked(connection, function: Callable[..., Any], args: tuple) -> None:
-    os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the parent only
-    torch.set_num_threads(1)
+    _become_worker(1)
     try:
         connection.send((function(*args), None, None))
     except BaseException as exc:
@@ -278,8 +284,7 @@ def start_order(configs: list[TrainConfig]) -> list[int]:
 
 def _worker(connection, config, data, out: Path, mode: str, threads: int, draw: bool) -> None:
     """One run in a forked process; sends (entry, its figures, pickled error or None, error line)."""
-    os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the parent only, which forwards it once
-    torch.set_num_threads(threads)
+    _become_worker(threads)
     try:
         entry = _one_run(config, data, out, mode, False)
     except BaseException as exc:
