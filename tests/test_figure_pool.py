@@ -65,3 +65,47 @@ def test_figures_drawn_elsewhere_are_written_as_they_are_and_not_drawn_again(tmp
     assert outcomes[1] == drawn["broken"]
     assert (tmp_path / "a.png").read_bytes() == drawn["a"]
     assert (outcomes[0].kind, outcomes[0].run) == ("timeline", "run-a")
+
+
+class _FinalisedInAChild:
+    """Garbage in a reference cycle that says (a file) when a process other than its creator finalises it.
+
+    It stands for a DistributedDataParallel reducer left in a cycle: its gloo process group's
+    destructor joins worker threads that a forked child does not have, and hung a figure worker.
+    """
+
+    def __init__(self, marker):
+        import os
+
+        self.marker, self.creator, self.cycle = marker, os.getpid(), self
+
+    def __del__(self):
+        import os
+
+        if os.getpid() != self.creator:
+            self.marker.write_text("finalised in a forked child")
+
+
+def _collect_then_line():
+    import gc
+
+    gc.collect()  # a worker's collection, forced: it must not reach what the worker inherited
+    return _line([0, 1])()
+
+
+def test_a_figure_worker_never_finalises_what_it_inherits(tmp_path, monkeypatch):
+    import gc
+
+    monkeypatch.setattr(figures, "_pool_size", lambda n: 2)
+    marker = tmp_path / "marker"
+    gc.disable()  # keep the garbage uncollected here until the fork
+    try:
+        _FinalisedInAChild(marker)
+        outcomes = draw_figures([FigureJob("sweep", "a", _collect_then_line), FigureJob("sweep", "b", _line([1]))],
+                                tmp_path, strict=True)
+    finally:
+        gc.enable()
+        gc.collect()  # finalised here, by its creator
+    assert [type(o) for o in outcomes] == [Figure, Figure]
+    assert not marker.exists()
+    assert gc.get_freeze_count() == 0  # the parent's collector is back as it was

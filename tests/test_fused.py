@@ -195,6 +195,36 @@ def test_fused_zero_distance_follows_cdist():
     assert torch.all((gq_f - gq_e).abs() <= bound_q) and torch.all((gc_f - gc_e).abs() <= bound_c)
 
 
+@pytest.mark.parametrize("task", ["multiclass", "regression"])
+@pytest.mark.parametrize("shared", [False, True])
+def test_fused_under_autocast_runs_the_eager_ops(task, shared):
+    # Under torch.autocast the embeddings are bfloat16 and the readout product runs in bfloat16;
+    # the closed-form backward is float32-only (it raised a dtype error before). The objective
+    # then runs the eager path's ops: the same loss, published tensors and gradients, bit for bit.
+    queries, candidates, labels, candidate_labels = make_batch(0, 6, 10, 5, 3, task, False, 1.0)
+    queries, candidates = queries.float(), candidates.float()
+    if task == "regression":
+        labels, candidate_labels = labels.float(), candidate_labels.float()
+    weight = torch.randn(5, 5)
+    results = []
+    for path in (eager, modernnca_objective):
+        c = candidates.clone().requires_grad_()
+        q = c[:len(queries)] if shared else queries.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16), capture() as published:
+            ce = c @ weight  # a half-precision layer, as an encoder under autocast
+            qe = ce[:len(queries)] if shared else q @ weight
+            if path is eager:
+                out = eager(qe, ce, labels, candidate_labels, task, 3)
+            else:
+                out = modernnca_objective(qe, ce, labels, candidate_labels, task=task, n_classes=3)
+        out.loss.backward()
+        results.append((out.loss.detach(), published, c.grad))
+    (loss_e, pub_e, grad_e), (loss_f, pub_f, grad_f) = results
+    assert pub_f["distances"].dtype == torch.float32 and torch.equal(loss_e, loss_f)
+    assert list(pub_e) == list(pub_f) and all(torch.equal(pub_e[k], pub_f[k]) for k in pub_e)
+    assert torch.isfinite(grad_f).all() and torch.equal(grad_e, grad_f)
+
+
 def test_fused_nonfinite_input_is_not_hidden():
     # A NaN embedding must reach the gradients (the sentinel looks for it), not be zeroed
     # by the d = 0 rule.

@@ -177,7 +177,7 @@ def test_smoke_files_are_written_atomically(smoke):
     assert sorted(p.name for p in out.iterdir()) == ["study.json", "study.md"]  # no temporary file left
     saved = json.loads((out / "study.json").read_text(encoding="utf-8"))
     assert saved["rows"][0]["per_seed"] == json.loads(json.dumps(smoke["study"]["rows"][0]["per_seed"]))
-    assert saved["machine"]["cpu_count"] and saved["machine"]["torch"]
+    assert saved["machine"]["cpu_count"] and saved["machine"]["torch"] and saved["machine"]["cpu"]
 
 
 def test_smoke_markdown_starts_with_the_command(smoke):

@@ -9,7 +9,9 @@ are the candidates' leading rows (the Trainer's case) it returns one gradient fo
 roles instead of two that autograd would add through a zero-filled slice gradient. The
 forward runs the same ops as the eager path, so the loss and everything published
 (distances, softmax, masks) are the same bits; only the gradient's rounding differs
-(tests/test_fused.py compares it with autograd in float64).
+(tests/test_fused.py compares it with autograd in float64). Under ``torch.autocast`` it runs the
+eager path's ops instead (autocast chooses each op's dtype, and the closed form is float32 or
+float64 throughout).
 
 Derivation, for queries q_i, candidates c_j, distances d_ij = ||q_i - c_j||, logits
 z_ij = -d_ij / T with the self pairs at -inf, s = softmax(z) per row, prediction
@@ -33,8 +35,9 @@ import math
 import torch
 
 from ..losses.base import LossOutput
-from ..losses.builtin import MODERNNCA_EPS
+from ..losses.builtin import MODERNNCA_EPS, modernnca
 from ..publish import publish
+from .neighbours import divided_by
 
 
 class _ModernNCAObjective(torch.autograd.Function):
@@ -121,6 +124,14 @@ def modernnca_objective(queries: torch.Tensor, candidates: torch.Tensor, labels:
     >>> round(out.per_sample[0].item(), 4)  # the only neighbour has the other class: -log(1e-7)
     16.1181
     """
+    if torch.is_autocast_enabled(candidates.device.type):
+        # autocast picks each op's dtype (the readout product in half precision, the embeddings
+        # too); the Function's backward would multiply float32 matrices by half ones. Under
+        # autocast, TALENT's ops as the eager path runs them.
+        self_mask = torch.zeros(len(queries), len(candidates), dtype=torch.bool, device=candidates.device)
+        self_mask.fill_diagonal_(True)
+        distances = divided_by(torch.cdist(queries, candidates, p=2), temperature)
+        return modernnca(distances, labels, candidate_labels, self_mask, n_classes=n_classes, task=task)
     classification = task != "regression"
     if classification:
         if n_classes is None:

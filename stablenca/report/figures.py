@@ -42,6 +42,7 @@ from ..losses import ratio
 from ..errors import DataError
 from ..floats import exp_limits
 from ..records import atomic_write_bytes
+from ..runtime.forking import frozen_heap
 from .runs import RunData, RunSet, check_curves, format_number, load_check, load_run_set, num
 
 FIGURES_DIR = "figures"
@@ -921,8 +922,8 @@ def draw_figures(jobs: Sequence[FigureJob], figures_dir: Path, *, strict: bool =
             import matplotlib.backends.backend_agg  # noqa: F401 - imported once here, inherited by the workers
             import matplotlib.figure  # noqa: F401
 
-            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
-                                     initializer=_single_threaded) as pool:
+            with frozen_heap(), ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                                    initializer=_single_threaded) as pool:
                 futures = {k: pool.submit(_png_or_problem, k) for k in todo}
                 results.update((k, future.result()) for k, future in futures.items())
         else:

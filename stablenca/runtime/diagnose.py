@@ -16,7 +16,6 @@ diagnose still leaves a consistent summary (``"interrupted": true``).
 from __future__ import annotations
 
 import dataclasses
-import gc
 import json
 import multiprocessing
 import multiprocessing.connection
@@ -37,8 +36,10 @@ from .. import artifacts
 from ..artifacts import prepare_out_dir, write_run_json, write_summary
 from ..check import run_check
 from ..errors import OutputError
+from ..machine import cpu
 from ..records import TERMINATED, deferred_interrupts, dumps
 from .recorder import Recorder
+from .forking import frozen_heap
 from .sentinel import Sentinel
 from ..report import build_report
 from ..report.figures import check_figure_job, load_fonts, render_here, run_figure_jobs
@@ -119,7 +120,7 @@ def _diagnose(configs, base: TrainConfig, out, mode: str, force: bool, report: b
         mode=mode, data=base.data or "abalone (embedded, scikit-lego)",
         task=configs[0].resolved().task, seed=base.seed, interrupted=False,
         machine={"python": platform.python_version(), "torch": str(torch.__version__),
-                 "platform": platform.platform(), "threads": threads, "jobs": jobs},
+                 "platform": platform.platform(), **cpu(), "threads": threads, "jobs": jobs},
         command=" ".join(["stablenca", *sys.argv[1:]]) if sys.argv and "stablenca" in sys.argv[0] else None,
     )
     write_summary(out, summary)
@@ -188,20 +189,9 @@ def _jobs_and_threads(jobs: int | None, n_runs: int) -> tuple[int, int]:
 
 
 def _start_forked(process) -> None:
-    """Start a forked ``process`` with the heap frozen, so its collector never walks what it inherits.
-
-    A full collection in a worker would otherwise visit the ~400,000 objects of torch, sklearn and
-    matplotlib (~0.25 s each time, and a copy of every page it touches); this process unfreezes at once.
-    A process that froze its heap itself (``gc.freeze`` before forking servers) is left as it is.
-    """
-    if gc.get_freeze_count():
+    """Start a forked ``process`` whose collector never walks what it inherits (:func:`.forking.frozen_heap`)."""
+    with frozen_heap():
         process.start()
-        return
-    gc.freeze()
-    try:
-        process.start()
-    finally:
-        gc.unfreeze()
 
 
 class _Forked:

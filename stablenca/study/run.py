@@ -25,6 +25,7 @@ from threadpoolctl import threadpool_limits
 
 from ..data import load_abalone, prepare
 from ..errors import ConfigError, OutputError
+from ..machine import cpu
 from ..records import atomic_write_json, atomic_write_text
 from ..training.trainer import TrainConfig, Trainer
 from .plan import (CONFIDENCE, DEFAULT_OUT, DEFAULT_SEEDS, FACTORS, METRICS, PUBLISHED, PUBLISHED_SOURCE,
@@ -337,7 +338,7 @@ def canonical_command(*, seeds: int, task: str, out: str | os.PathLike, jobs: in
 def machine_info(jobs: int) -> dict[str, Any]:
     import sklearn  # lazy: scikit-learn is heavy and only the baselines and this record need it
 
-    return {"cpu_count": os.cpu_count(), "platform": platform.platform(), "machine": platform.machine(),
+    return {"cpu_count": os.cpu_count(), "platform": platform.platform(), "machine": platform.machine(), **cpu(),
             "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
             "sklearn": sklearn.__version__, "jobs": jobs, "threads_per_run": 1, "code": code_version()}
 
