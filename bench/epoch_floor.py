@@ -32,7 +32,7 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 import _common as C  # noqa: E402
 from talent_epoch import epoch_variants  # noqa: E402
-from talent_side_by_side import add_talent_option, import_talent  # noqa: E402
+from talent_side_by_side import parse_per_epoch_args  # noqa: E402
 from talent_split import write_split  # noqa: E402
 
 #: Matrix products; in-place forms are replayed out of place (same work, inputs unchanged).
@@ -83,11 +83,7 @@ def replay_seconds(calls, repeats: int) -> dict[str, float]:
 def main(argv=None) -> None:
     parser = C.parser(__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
-    add_talent_option(parser)
-    args = C.parse(parser, argv)
-    if args.threads is None:
-        torch.set_num_threads(2)
-    talent = import_talent(args.talent)
+    args, talent = parse_per_epoch_args(parser, argv)
     info = C.machine_info()
     rounds = 3 if args.quick else args.rounds
     with tempfile.TemporaryDirectory(prefix="epoch_floor_") as tmp_name:

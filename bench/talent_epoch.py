@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 import _common as C  # noqa: E402
-from talent_side_by_side import TASK_DIRS, add_talent_option, import_talent, talent_args  # noqa: E402
+from talent_side_by_side import TASK_DIRS, parse_per_epoch_args, talent_args  # noqa: E402
 from talent_split import write_split  # noqa: E402
 from stablenca.runtime.recorder import Recorder  # noqa: E402
 from stablenca.runtime.sentinel import Sentinel  # noqa: E402
@@ -108,12 +108,8 @@ def step_variants(tmp: Path, model: str) -> dict:
 def main(argv=None) -> None:
     parser = C.parser(__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
-    add_talent_option(parser)
-    args = C.parse(parser, argv)
-    if args.threads is None:
-        torch.set_num_threads(2)
+    args, talent = parse_per_epoch_args(parser, argv)
     rounds = 3 if args.quick else args.rounds
-    talent = import_talent(args.talent)
     info = C.machine_info()
     with tempfile.TemporaryDirectory(prefix="talent_epoch_") as tmp_name:
         tmp = Path(tmp_name)

@@ -24,7 +24,7 @@ import torch  # noqa: E402
 from torch.profiler import profile  # noqa: E402
 
 import _common as C  # noqa: E402
-from talent_side_by_side import TASK_DIRS, add_talent_option, import_talent, talent_args  # noqa: E402
+from talent_side_by_side import TASK_DIRS, parse_per_epoch_args, talent_args  # noqa: E402
 from talent_split import write_split  # noqa: E402
 from stablenca.training import StepContext, Trainer, TrainConfig  # noqa: E402
 
@@ -43,11 +43,7 @@ def self_times(call, epochs: int) -> dict[str, float]:
 def main(argv=None) -> None:
     parser = C.parser(__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3)
-    add_talent_option(parser)
-    args = C.parse(parser, argv)
-    if args.threads is None:
-        torch.set_num_threads(2)
-    talent = import_talent(args.talent)
+    args, talent = parse_per_epoch_args(parser, argv)
     info = C.machine_info()
     sink = io.StringIO()
     with tempfile.TemporaryDirectory(prefix="talent_profile_") as tmp_name:

@@ -67,6 +67,17 @@ def add_talent_option(parser) -> None:
     parser.add_argument("--talent", type=Path, default=Path(os.environ.get("STABLENCA_TALENT", "/work/talent")))
 
 
+def parse_per_epoch_args(parser, argv):
+    """The per-epoch benchmarks' set-up: ``--talent``, two torch threads unless ``--threads``; (args, TALENT)."""
+    import torch
+
+    add_talent_option(parser)
+    args = C.parse(parser, argv)
+    if args.threads is None:
+        torch.set_num_threads(2)  # the issue's setting
+    return args, import_talent(args.talent)
+
+
 def import_talent(path: Path):
     """TALENT's modules from a checkout at ``path``; a clear exit when it is not there."""
     if not (path / "TALENT" / "model" / "methods" / "modernNCA.py").is_file():
