@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from stablenca.errors import ConfigError
-from stablenca.training.trainer import TrainConfig, Trainer, train
+from stablenca.training.trainer import StepContext, TrainConfig, Trainer, train
 
 
 def test_modernnca_short_run_learns(abalone_multiclass):
@@ -95,3 +95,13 @@ def test_macro_f1_is_scikit_learns(data, n_classes, n):
     truth, predicted = np.array(data.draw(labels)), np.array(data.draw(labels))
     expected = f1_score(truth, predicted, average="macro", labels=list(range(n_classes)), zero_division=0.0)
     assert macro_f1(truth, predicted, n_classes) == float(expected)
+
+
+def test_the_optimizer_is_made_on_first_use():
+    # Building one imports torch._dynamo (1-3 s); `stablenca report` rebuilds a step's batch with a
+    # Trainer and never steps it.
+    trainer = Trainer(TrainConfig(seed=0, epochs=1))
+    assert "optimizer" not in vars(trainer)
+    trainer.run_step(StepContext(0, 0, 0, trainer.epoch_batches()[0]))
+    optimizer = trainer.optimizer
+    assert optimizer is trainer.optimizer and optimizer.state  # the step's AdamW moments are there

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Iterable
@@ -311,7 +312,6 @@ class Trainer:
         torch.manual_seed(self.config.seed)
         self.model = build_model(self.config, self.data.n_num, self.data.n_onehot).to(self.device, self.dtype)
         self.parameter_names = [name for name, _ in self.model.named_parameters()]
-        self.optimizer = self._make_optimizer()
         #: Batches and training candidates are drawn from this generator (replayable). It starts
         #: where the initialisation left the global stream, so, as in TALENT's single global
         #: stream, the shuffles do not reuse the random numbers that drew the initial weights.
@@ -326,7 +326,10 @@ class Trainer:
         self.diverged_at: dict[str, int] | None = None
 
     # -- building blocks -------------------------------------------------------------
-    def _make_optimizer(self) -> torch.optim.Optimizer:
+    @functools.cached_property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """Made on first use: the first optimizer of a process imports ``torch._dynamo`` (1-3 s), which a
+        Trainer that only rebuilds a step's batch (``stablenca report``'s scale sweep) never needs."""
         optimizer = torch.optim.AdamW if self.config.optimizer == "adamw" else torch.optim.Adam
         return optimizer(self.model.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
 
