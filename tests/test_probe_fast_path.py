@@ -118,3 +118,40 @@ def test_a_nan_in_the_last_row_is_not_lost_between_the_two_views():
                                              fast=False)
         assert {k: float(v) for k, v in fast.items()} == {k: float(v) for k, v in general.items()}
         assert int(fast["softmax_subnormal"]) == 1  # the 1e-40 at (1, 0); the NaN-distance pair is not counted
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_published_matrices_are_left_as_they_were(seed):
+    # The one-read extremes overwrite the diagonal for a moment: it must come back bit for bit
+    # (NaN payloads and -0.0 included), and autograd's version counter must not move.
+    distances, self_mask, published = _case(seed)
+    diagonal = distances.diagonal()
+    diagonal.copy_(torch.tensor([-0.0, math.nan, 1e-40, 5.0])[torch.arange(len(diagonal)) % 4])
+    leaf = torch.zeros(distances.shape, requires_grad=True)
+    tracked = (leaf + distances).detach()  # shares the version counter of a tensor autograd saw
+    published = {**published, "distances": tracked, "self_mask": self_mask}
+    before = {name: value.clone() for name, value in published.items()}
+    versions = {name: value._version for name, value in published.items()}
+    for exact_range in (True, False):
+        probes._overall_statistics(tracked, self_mask, published, exact_range=exact_range)
+    probes.distance_statistics(published)
+    for name, value in published.items():
+        assert value._version == versions[name], name
+        assert torch.equal(value.view(torch.uint8), before[name].view(torch.uint8)), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_one_read_extremes_are_those_of_the_off_diagonal_views(dtype):
+    generator = torch.Generator().manual_seed(0)
+    for batch, width in ((1, 2), (2, 2), (5, 9), (64, 100)):
+        matrix = (torch.rand(batch, width, generator=generator) * 10).to(dtype)
+        matrix.diagonal().fill_(-1.0)  # smaller than every pair: it must not be the minimum
+        matrix[batch - 1, width - 1] = 20.0  # the largest, in the last row's view
+        views = probes._off_diagonal(matrix)
+        expected = (min(float(v.amin()) for v in views if v.numel()), max(float(v.amax()) for v in views if v.numel()))
+        got = probes._off_diagonal_reduction(matrix, torch.aminmax)
+        if dtype == torch.bfloat16:  # numpy has no bfloat16: the caller falls back to the views
+            assert got is None
+            continue
+        assert (float(got[0]), float(got[1])) == expected
+        assert float(matrix[0, 0]) == -1.0

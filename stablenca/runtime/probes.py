@@ -162,29 +162,30 @@ def _is_leading_diagonal(self_mask: torch.Tensor) -> bool:
     return not any(bool(view.view(torch.uint8).amax()) for view in _off_diagonal(self_mask) if view.numel())
 
 
-def _off_diagonal_extremes(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """min and max of a contiguous (B, C) CPU float matrix, B <= C, without its leading diagonal,
-    from one read of the matrix; None where numpy cannot view it.
+def _off_diagonal_reduction(matrix: torch.Tensor, reduction):
+    """``reduction(matrix)`` (a min, a max or both) over a contiguous (B, C) CPU float matrix,
+    0 < B <= C, without its leading diagonal, in one read of the matrix; None where numpy
+    cannot view it.
 
     A 1024 x 1848 matrix (7.5 MB) has left the cache by the time the probes run, so each pass
     costs a read from memory: amin then amax over the off-diagonal views read it twice, and
-    aminmax over them copies them first. Here the diagonal is overwritten, for one aminmax of
-    the whole matrix, by an off-diagonal entry (a value already in the set: neither extreme
+    aminmax over them copies them first. Here the diagonal is overwritten, for one reduction
+    of the whole matrix, by an off-diagonal entry (a value already in the set: no extreme
     moves, and a NaN stays a NaN), and put back bit for bit. The writes go through numpy, so
     autograd's version counter of the loss's tensor does not move.
     """
-    if matrix.device.type != "cpu" or matrix.dtype not in _FLOATS or matrix.requires_grad:
-        return None
     batch, width = matrix.shape
+    if matrix.device.type != "cpu" or matrix.dtype not in _FLOATS or matrix.requires_grad or \
+            not 0 < batch <= width or width < 2:
+        return None
     array = matrix.numpy()
     diagonal = array.reshape(-1)[:batch * (width + 1):width + 1]  # B <= C: exactly the B entries (i, i)
     saved = diagonal.copy()
     try:
         diagonal[:] = array[0, 1]
-        low, high = torch.aminmax(matrix)
+        return reduction(matrix)
     finally:
         diagonal[:] = saved
-    return low, high
 
 
 def _diagonal_statistics(distances: torch.Tensor, published: dict[str, Any], *,
@@ -193,11 +194,11 @@ def _diagonal_statistics(distances: torch.Tensor, published: dict[str, Any], *,
     distance is finite, from reductions over :func:`_off_diagonal` views; None otherwise."""
     if not distances.is_contiguous() or distances.shape[0] < 2 and distances.shape[1] < 2:
         return None
-    pairs = [view for view in _off_diagonal(distances) if view.numel()]
-    if not pairs:
-        return None
-    extremes = _off_diagonal_extremes(distances)
+    extremes = _off_diagonal_reduction(distances, torch.aminmax)
     if extremes is None:
+        pairs = [view for view in _off_diagonal(distances) if view.numel()]
+        if not pairs:
+            return None
         # amin and amax, not aminmax: aminmax copies a strided view first. torch.minimum/maximum
         # propagate NaN (Python's min() over tensors drops a NaN that comes second).
         extremes = (functools.reduce(torch.minimum, [view.amin() for view in pairs]),
@@ -215,11 +216,16 @@ def _diagonal_statistics(distances: torch.Tensor, published: dict[str, Any], *,
             continue
         if values.shape != distances.shape or not values.is_contiguous():
             return None
-        views = [view for view in _off_diagonal(values.detach()) if view.numel()]
-        smallest = functools.reduce(torch.minimum, [view.amin() for view in views])
+        values = values.detach()
+        smallest = _off_diagonal_reduction(values, torch.amin)
+        views = None
+        if smallest is None:
+            views = [view for view in _off_diagonal(values) if view.numel()]
+            smallest = functools.reduce(torch.minimum, [view.amin() for view in views])
         if bool(smallest >= tiny):  # nothing underflowed (a NaN compares False and is counted below)
             out[f"{key}_zero"] = out[f"{key}_subnormal"] = torch.tensor(0)
             continue
+        views = views or [view for view in _off_diagonal(values) if view.numel()]
         out[f"{key}_zero"] = sum(torch.count_nonzero(view == 0) for view in views)
         # exp and softmax are >= 0, so |v| < tiny is v < tiny without an abs pass
         small = sum(torch.count_nonzero((view < tiny) if bool(smallest >= 0) else (view.abs() < tiny))
