@@ -48,18 +48,26 @@ def _host_array(tensor: torch.Tensor) -> np.ndarray:
 
 
 def _range(values: np.ndarray, prefix: str, out: dict[str, Any]) -> None:
-    """min, max, p50, p99 of ``values`` as floats (NaN when there are none; a NaN value makes min/max NaN)."""
+    """min, max, p50, p99 of ``values`` as floats (NaN when there are none; a NaN value makes min/max NaN).
+
+    ``values`` is reordered in place (the callers pass a selection made for this call).
+    """
     if values.size == 0:
         out[f"{prefix}min"] = out[f"{prefix}max"] = out[f"{prefix}p50"] = out[f"{prefix}p99"] = math.nan
         return
-    out[f"{prefix}min"], out[f"{prefix}max"] = float(values.min()), float(values.max())
     # Selection is exact (NaN sorts last, as in torch.sort), so these are the sorted array's
     # entries. Two single selections, the second over the upper part only: numpy's partition
-    # with a list of ranks took 1.4 ms on a 66k sample where one rank takes 0.05 ms.
+    # with a list of ranks took 1.4 ms on a 66k sample where one rank takes 0.05 ms. In place:
+    # no copy of the sample, and the extremes come from the parts that must hold them.
     low, high = (max(1, math.ceil(q * values.size)) - 1 for q in (0.5, 0.99))
-    selected = np.partition(values, low)
-    upper = np.partition(selected[low:], high - low)
-    out[f"{prefix}p50"], out[f"{prefix}p99"] = float(selected[low]), float(upper[high - low])
+    values.partition(low)
+    median, smallest = float(values[low]), values[:low + 1].min()
+    upper = values[low:]
+    upper.partition(high - low)  # moves values[low]: read above
+    largest = float(upper[high - low:].max())  # every NaN is in this top part
+    out[f"{prefix}min"] = math.nan if math.isnan(largest) else float(smallest)
+    out[f"{prefix}max"] = largest
+    out[f"{prefix}p50"], out[f"{prefix}p99"] = median, float(upper[high - low])
 
 
 def distance_statistics(published: dict[str, Any]) -> dict[str, Any]:
