@@ -363,8 +363,9 @@ def batch_statistics(
 
 #: Steps with at most this many (query, candidate) pairs are summarised many at a time.
 DEFERRED_PAIRS = 1 << 12
-#: At most this many such steps are held (DEFERRED_STEPS x DEFERRED_PAIRS x 10 bytes: 2.6 MB).
-DEFERRED_STEPS = 64
+#: At most this many such steps are held (DEFERRED_STEPS x DEFERRED_PAIRS x 10 bytes: 5.2 MB): more
+#: than an epoch of the student's 84 steps, so an epoch is summarised once, at its end.
+DEFERRED_STEPS = 128
 #: At most this many layouts (shapes) keep buffers; a step of another is summarised at once
 #: (a loss whose batch size changes every step would otherwise allocate without end).
 DEFERRED_LAYOUTS = 8

@@ -38,6 +38,41 @@ from ..training.trainer import Hook, StepContext, Trainer, TrainConfig
 MODES = ("sentinel", "full", "off")
 
 
+#: Up to this many elements in all, a snapshot's tensors are copied by one concatenation per
+#: dtype into flat buffers: the student's 27 small tensors in 14 us instead of 28 us per step.
+#: Above it the per-tensor copies are faster (ModernNCA's 110k elements: 39 us, concatenated 102 us).
+FLAT_SNAPSHOT_ELEMENTS = 1 << 14
+
+
+class _Copies:
+    """Copies of ``live`` (views of flat buffers when they are few and small), kept current by
+    :meth:`refresh`; made current at construction."""
+
+    def __init__(self, live: list[torch.Tensor]) -> None:
+        self.live = live
+        self._concatenations: list[tuple[list[torch.Tensor], torch.Tensor]] = []
+        if sum(t.numel() for t in live) > FLAT_SNAPSHOT_ELEMENTS or not all(t.is_contiguous() for t in live):
+            self.copies = [t.clone() for t in live]
+            return
+        self.copies = [t for t in live]  # replaced below, slot by slot
+        groups: dict[tuple, list[int]] = {}
+        for index, tensor in enumerate(live):
+            groups.setdefault((tensor.dtype, tensor.device), []).append(index)
+        for (dtype, device), indices in groups.items():
+            buffer = torch.empty(sum(live[i].numel() for i in indices), dtype=dtype, device=device)
+            for i, part in zip(indices, buffer.split([live[i].numel() for i in indices])):
+                self.copies[i] = part.view(live[i].shape)
+            self._concatenations.append(([live[i].view(-1) for i in indices], buffer))
+        self.refresh()
+
+    def refresh(self) -> None:
+        if self._concatenations:
+            for flat_live, buffer in self._concatenations:
+                torch.cat(flat_live, out=buffer)
+        else:
+            torch._foreach_copy_(self.copies, self.live)
+
+
 class Snapshot:
     """Pre-step state of a model and its optimizer, copied into reusable buffers."""
 
@@ -46,11 +81,9 @@ class Snapshot:
         self.model, self.optimizer, self.generator = model, optimizer, generator
         self._model_keys = list(model.state_dict(keep_vars=True))
         self._model_live = [t.detach() for t in model.state_dict(keep_vars=True).values()]
-        self._model_copy = [t.clone() for t in self._model_live]
         self._optimizer_live: list[torch.Tensor] = []
-        self._optimizer_copy: list[torch.Tensor] = []
-        # model then optimizer tensors, copied by one fused call per step
-        self._live, self._copy = self._model_live, self._model_copy
+        self._copies = _Copies(self._model_live)  # model then optimizer tensors
+        self._model_copy, self._optimizer_copy = self._copies.copies, []
         self.generator_state: torch.Tensor | None = None
         self.rng_state: torch.Tensor | None = None
         self.extra: dict[str, Any] = {}
@@ -78,12 +111,11 @@ class Snapshot:
         if len(live) != len(self._optimizer_live) or any(a is not b for a, b in zip(live, self._optimizer_live)):
             # Adam creates its state lazily at the first step.
             self._optimizer_live = live
-            self._optimizer_copy = [t.clone() for t in live]
-            self._live = self._model_live + live
-            self._copy = self._model_copy + self._optimizer_copy
-            torch._foreach_copy_(self._model_copy, self._model_live)
+            self._copies = _Copies(self._model_live + live)
+            self._model_copy = self._copies.copies[:len(self._model_live)]
+            self._optimizer_copy = self._copies.copies[len(self._model_live):]
         else:
-            torch._foreach_copy_(self._copy, self._live)
+            self._copies.refresh()
         self.generator_state = self.generator.get_state() if self.generator is not None else None
         self.rng_state = torch.get_rng_state()
         self.extra = extra
