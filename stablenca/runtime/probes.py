@@ -372,6 +372,7 @@ DEFERRED_LAYOUTS = 8
 
 _MATRICES = ("distances", "same_class_mask", "self_mask", "exp_out", "softmax")
 _SUMS = ("p_same", "p_diff")
+_HELD = _MATRICES + _SUMS
 _FLOATS = (torch.float32, torch.float64)
 
 
@@ -471,14 +472,13 @@ class DeferredSteps:
             tensors["per_sample"] = per_sample.detach()
         if included is not None:
             tensors["included"] = included
-        for name in _MATRICES + _SUMS:
+        for name in _HELD:
             value = published.get(name)
             if value is not None:
                 tensors[name] = value
         values = list(tensors.values())
-        try:  # a key that is cheap to build: the layout's names, shapes, dtypes and devices
-            key = (tuple(tensors), tuple(v.shape for v in values), tuple(v.dtype for v in values),
-                   tuple(v.device for v in values))
+        try:  # a key that is cheap to build: the names, then each shape, dtype and whether on the CPU
+            key = (tuple(tensors), *[(v.shape, v.dtype, v.is_cpu) for v in values])
         except AttributeError:  # something published that is not a tensor
             return None
         stack = self._stacks.get(key, False)

@@ -108,7 +108,7 @@ class Recorder(Hook):
             self._held.flush()
             self._held.parameter_names = [name for name, _ in trainer.model.named_parameters()]
         header = {"epoch": ctx.epoch, "step": ctx.step, "step_in_epoch": ctx.step_in_epoch,
-                  "batch_size": int(len(ctx.batch_indices)), "applied": ctx.applied, "finite": ctx.finite}
+                  "batch_size": int(ctx.batch_indices.shape[0]), "applied": ctx.applied, "finite": ctx.finite}
         output = ctx.loss_output
         per_sample = output.per_sample if output is not None else None
         # After a non-finite step other hooks (the sentinel's replay) may have moved the
