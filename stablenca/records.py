@@ -153,6 +153,11 @@ class JsonlWriter:
         if records:
             self._write_text("".join(json.dumps(record, allow_nan=True) + "\n" for record in records))
 
+    def write_lines(self, text: str) -> None:
+        """Append text that is already JSON lines (each ending in a newline), in one write."""
+        if text:
+            self._write_text(text)
+
     def _write_text(self, text: str) -> None:
         data = text.encode("utf-8")
         try:

@@ -96,20 +96,52 @@ def test_held_steps_give_batch_statistics_records(layouts, order, capacity, para
     # The same text, so the same keys in the same order, the same numbers and the same JSON
     # types, for steps of up to three layouts interleaved (as the short last batch of an epoch).
     # Distances here are never -0.0: the sign of a zero minimum is fixed by neither path.
-    held = probes.DeferredSteps(capacity)
+    # jsonl() writes that text itself: its lines must be json.dumps' of records(), and its last
+    # record the last of records().
+    held, twin = probes.DeferredSteps(capacity), probes.DeferredSteps(capacity)
     names = [f"layer{i}.weight" for i in range(parameters)]
-    expected, written = [], []
+    expected, written, lines = [], [], []
+
+    def flush():
+        records = held.records(names)
+        text, last = twin.jsonl(names)
+        assert last == (records[-1] if records else None) or json.dumps(last) == json.dumps(records[-1])
+        written.extend(json.dumps(record) for record in records)
+        lines.extend(text.splitlines())
+        assert text.endswith("\n") or not text
+
     for index, which in enumerate(order):
         batch, extra, dtype, options = layouts[which % len(layouts)]
         step = _step(seed + index, batch, batch + extra, dtype, {**options, "parameters": parameters})
-        header = {"step": index, "finite": True}
+        header = {"step": index, "finite": bool(index % 2), "epoch": 0.5 if index % 3 else math.nan}
         expected.append(json.dumps(_immediate(step, header, names)))
         full = held.add(header, **step)
         assert full is not None  # every layout drawn here is held
+        assert twin.add(header, **step) == full
         if full:
-            written += [json.dumps(record) for record in held.records(names)]
-    written += [json.dumps(record) for record in held.records(names)]
+            flush()
+    flush()
     assert written == expected
+    assert lines == expected
+
+
+@pytest.mark.parametrize("header", [{"step": 3, "applied": True}, {"loss": "header's", "temperature": None},
+                                    {"epoch": -0.0, "note": "100% ü", "flags": [1, None]}])
+def test_jsonl_is_the_text_of_json_dumps(header):
+    # Keys given twice (the record's dict keeps the first place, the last value), keys and
+    # names that need escaping or hold %, and header values of any JSON type.
+    names = ["w%d", "ü.weight", 'say "hi"']
+    held, twin = probes.DeferredSteps(), probes.DeferredSteps()
+    for index in range(3):
+        step = _step(index, 4, 6, torch.float32, {"special": True, "self": "diagonal", "same": True, "exp": True,
+                                                  "softmax": False, "sums": True, "temperature": index != 1,
+                                                  "per_sample": True, "included": True, "parameters": 3})
+        assert held.add(header, **step) is not None and twin.add(header, **step) is not None
+    records = held.records(names)
+    text, last = twin.jsonl(names)
+    assert text == "".join(json.dumps(record) + "\n" for record in records)
+    assert json.dumps(last) == json.dumps(records[-1])
+    assert twin.jsonl(names) == ("", None)
 
 
 def test_unusual_steps_are_not_held():

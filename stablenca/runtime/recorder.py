@@ -39,9 +39,9 @@ class _HeldRecords:
         if not len(self.steps) or os.getpid() != self.pid:  # a forked child never writes its parent's steps
             return
         with deferred_interrupts():  # all held lines or none
-            records = self.steps.records(self.parameter_names)
-            self.writer.write_plain(records)
-        self.last = records[-1]
+            text, last = self.steps.jsonl(self.parameter_names)
+            self.writer.write_lines(text)
+        self.last = last
 
     def write(self, record: dict) -> None:
         self.flush()  # keep the file in step order
