@@ -155,3 +155,11 @@ def test_one_read_extremes_are_those_of_the_off_diagonal_views(dtype):
             continue
         assert (float(got[0]), float(got[1])) == expected
         assert float(matrix[0, 0]) == -1.0
+
+
+def test_one_read_extremes_refuse_a_strided_matrix():
+    # A transposed (C, B) view seen as (B, C): numpy's reshape of it is a copy, so overwriting its
+    # diagonal there would leave the real diagonal (the smallest values) in the reduction.
+    matrix = (torch.rand(9, 5, generator=torch.Generator().manual_seed(0)) + 1).mT
+    matrix.diagonal().fill_(-1.0)
+    assert not matrix.is_contiguous() and probes._off_diagonal_reduction(matrix, torch.aminmax) is None

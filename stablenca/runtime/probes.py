@@ -184,8 +184,10 @@ def _off_diagonal_reduction(matrix: torch.Tensor, reduction):
     autograd's version counter of the loss's tensor does not move.
     """
     batch, width = matrix.shape
+    # Contiguous only: of a strided matrix, reshape(-1) below would be a copy, and the diagonal
+    # written there would stay in the reduction.
     if matrix.device.type != "cpu" or matrix.dtype not in _FLOATS or matrix.requires_grad or \
-            not 0 < batch <= width or width < 2:
+            not matrix.is_contiguous() or not 0 < batch <= width or width < 2:
         return None
     array = matrix.numpy()
     diagonal = array.reshape(-1)[:batch * (width + 1):width + 1]  # B <= C: exactly the B entries (i, i)
