@@ -29,15 +29,6 @@ LOAD_LIMIT = 1.5
 # --------------------------------------------------------------------------- machine
 
 
-def cpu_model() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or "unknown"
-    match = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
-    return match.group(1).strip() if match else (platform.processor() or "unknown")
-
-
 def load_average() -> tuple[float, float, float] | None:
     try:
         return os.getloadavg()
@@ -47,6 +38,8 @@ def load_average() -> tuple[float, float, float] | None:
 
 def machine_info() -> dict[str, Any]:
     import torch
+
+    from stablenca.machine import cpu_model
 
     try:
         usable = len(os.sched_getaffinity(0))

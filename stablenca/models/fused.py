@@ -128,10 +128,9 @@ def modernnca_objective(queries: torch.Tensor, candidates: torch.Tensor, labels:
         # autocast picks each op's dtype (the readout product in half precision, the embeddings
         # too); the Function's backward would multiply float32 matrices by half ones. Under
         # autocast, TALENT's ops as the eager path runs them.
-        self_mask = torch.zeros(len(queries), len(candidates), dtype=torch.bool, device=candidates.device)
-        self_mask.fill_diagonal_(True)
         distances = divided_by(torch.cdist(queries, candidates, p=2), temperature)
-        return modernnca(distances, labels, candidate_labels, self_mask, n_classes=n_classes, task=task)
+        return modernnca(distances, labels, candidate_labels, _leading_diagonal(distances), n_classes=n_classes,
+                         task=task)
     classification = task != "regression"
     if classification:
         if n_classes is None:
@@ -155,12 +154,16 @@ def modernnca_objective(queries: torch.Tensor, candidates: torch.Tensor, labels:
     per_sample, distances, probabilities = _ModernNCAObjective.apply(
         None if shared else queries, candidates, labels, candidate_labels, class_table, targets, float(temperature),
         classification, shared)
-    self_mask = torch.zeros(distances.shape, dtype=torch.bool, device=distances.device)
-    self_mask.fill_diagonal_(True)
     publish("distances", distances)
-    publish("self_mask", self_mask)
+    publish("self_mask", _leading_diagonal(distances))
     if classification:
         publish("same_class_mask", same)
     publish("softmax", probabilities)
     included = torch.ones(len(per_sample), dtype=torch.bool, device=per_sample.device)
     return LossOutput(per_sample, "mean", included)
+
+
+def _leading_diagonal(distances: torch.Tensor) -> torch.Tensor:
+    """The self pairs of a (queries, candidates) matrix whose candidates start with the queries."""
+    mask = torch.zeros(distances.shape, dtype=torch.bool, device=distances.device)
+    return mask.fill_diagonal_(True)

@@ -155,11 +155,12 @@ def _off_diagonal(matrix: torch.Tensor) -> list[torch.Tensor]:
 
     Row k of the first view (``B - 1`` rows of ``C``) is what lies in memory strictly between
     diagonal entries k and k + 1; the second view is the last row after its diagonal entry.
-    No copy and no mask: one reduction over them reads each non-self pair once.
+    No copy and no mask: one reduction over them reads each non-self pair once. Empty views
+    (B = 1, or B = C) are left out.
     """
     batch, width = matrix.shape
     body = matrix.as_strided((batch - 1, width), (width + 1, 1), matrix.storage_offset() + 1)
-    return [body, matrix[batch - 1, batch:]]
+    return [view for view in (body, matrix[batch - 1, batch:]) if view.numel()]
 
 
 def _is_leading_diagonal(self_mask: torch.Tensor) -> bool:
@@ -168,7 +169,7 @@ def _is_leading_diagonal(self_mask: torch.Tensor) -> bool:
     if not (0 < batch <= width and self_mask.is_contiguous() and bool(self_mask.diagonal().all())):
         return False
     # amax over the bytes of the off-diagonal views: one fast pass, no index list
-    return not any(bool(view.view(torch.uint8).amax()) for view in _off_diagonal(self_mask) if view.numel())
+    return not any(bool(view.view(torch.uint8).amax()) for view in _off_diagonal(self_mask))
 
 
 def _off_diagonal_reduction(matrix: torch.Tensor, reduction):
@@ -207,7 +208,7 @@ def _diagonal_statistics(distances: torch.Tensor, published: dict[str, Any], *,
         return None
     extremes = _off_diagonal_reduction(distances, torch.aminmax)
     if extremes is None:
-        pairs = [view for view in _off_diagonal(distances) if view.numel()]
+        pairs = _off_diagonal(distances)
         if not pairs:
             return None
         # amin and amax, not aminmax: aminmax copies a strided view first. torch.minimum/maximum
@@ -231,12 +232,12 @@ def _diagonal_statistics(distances: torch.Tensor, published: dict[str, Any], *,
         smallest = _off_diagonal_reduction(values, torch.amin)
         views = None
         if smallest is None:
-            views = [view for view in _off_diagonal(values) if view.numel()]
+            views = _off_diagonal(values)
             smallest = functools.reduce(torch.minimum, [view.amin() for view in views])
         if bool(smallest >= tiny):  # nothing underflowed (a NaN compares False and is counted below)
             out[f"{key}_zero"] = out[f"{key}_subnormal"] = torch.tensor(0)
             continue
-        views = views or [view for view in _off_diagonal(values) if view.numel()]
+        views = views or _off_diagonal(values)
         out[f"{key}_zero"] = sum(torch.count_nonzero(view == 0) for view in views)
         # exp and softmax are >= 0, so |v| < tiny is v < tiny without an abs pass
         small = sum(torch.count_nonzero((view < tiny) if bool(smallest >= 0) else (view.abs() < tiny))

@@ -54,7 +54,7 @@ class _Copies:
         if sum(t.numel() for t in live) > FLAT_SNAPSHOT_ELEMENTS or not all(t.is_contiguous() for t in live):
             self.copies = [t.clone() for t in live]
             return
-        self.copies = [t for t in live]  # replaced below, slot by slot
+        self.copies = list(live)  # replaced below, slot by slot
         groups: dict[tuple, list[int]] = {}
         for index, tensor in enumerate(live):
             groups.setdefault((tensor.dtype, tensor.device), []).append(index)
