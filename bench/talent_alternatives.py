@@ -87,6 +87,19 @@ def readout(g: torch.Generator) -> dict:
     return {"readout weights: −d, amax, sub, exp": negated, "readout weights: amin, m − d, exp [kept]": minimum}
 
 
+def class_sums(g: torch.Generator) -> dict:
+    """The readout's probability per class, ``softmax @ one_hot`` (B × C × K, K = 3): a product with
+    three columns, or its transpose from the class-major (K × C) table (losses.builtin.per_class)."""
+    from stablenca.losses.builtin import class_table, per_class
+
+    probabilities = torch.softmax(torch.randn(B, N_CANDIDATES, generator=g) * 3, dim=1)
+    labels = torch.randint(0, K, (N_CANDIDATES,), generator=g)
+    onehot = torch.nn.functional.one_hot(labels, K).float()
+    table = class_table(labels, K)
+    return {"class sums: softmax @ one_hot (TALENT's)": lambda: probabilities @ onehot,
+            "class sums: (table @ softmaxᵀ)ᵀ [kept]": lambda: per_class(probabilities, table)}
+
+
 def plr(g: torch.Generator) -> dict:
     torch.manual_seed(0)
     module = PLREmbeddings(n_features=7, n_frequencies=77, frequency_scale=0.04431360576139521, d_embedding=34)
@@ -130,7 +143,7 @@ def main(argv=None) -> None:
     repeats = 5 if args.quick else args.repeats
     info = C.machine_info()
     g = torch.Generator().manual_seed(0)
-    groups = [backward_products(g), *masks(g), readout(g), plr(g)]
+    groups = [backward_products(g), *masks(g), class_sums(g), readout(g), plr(g)]
     optimizer_steps, models = adamw(g)
     groups.append(optimizer_steps)
     rows = []

@@ -108,7 +108,7 @@ def test_readout_without_negation_keeps_the_bits(temperature):
     targets = torch.nn.functional.one_hot(torch.arange(500) % 3).float()
     for chunk in (1, 77, 500):
         row_max = torch.full((30,), -float("inf"))
-        row_sum, weighted = torch.zeros(30), torch.zeros(30, 3)
+        row_sum, weighted = torch.zeros(30), torch.zeros(3, 30)  # accumulated class-major, as the readout does
         for start in range(0, 500, chunk):  # the negated-logits formulation
             distances = torch.cdist(queries, candidates[start:start + chunk])
             logits = (distances if temperature == 1.0 else distances / temperature).neg_()
@@ -116,11 +116,11 @@ def test_readout_without_negation_keeps_the_bits(temperature):
             rescale = torch.exp(row_max - new_max)
             weights = logits.sub_(new_max[:, None]).exp_()
             row_sum.mul_(rescale).add_(weights.sum(dim=1))
-            weighted.mul_(rescale[:, None]).addmm_(weights, targets[start:start + chunk])
+            weighted.mul_(rescale).addmm_(targets.mT.contiguous()[:, start:start + chunk], weights.mT)
             row_max = new_max
         with torch.no_grad():
             readout = soft_neighbour_readout(queries, candidates, targets, temperature=temperature, chunk_size=chunk)
-        assert torch.equal(readout, weighted / row_sum[:, None]), chunk
+        assert torch.equal(readout, weighted.mT / row_sum[:, None]), chunk
 
 
 def test_plr_and_modernnca_run_under_autocast():

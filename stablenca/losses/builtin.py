@@ -56,6 +56,25 @@ def _kernel_sums(distances, labels, candidate_labels, self_mask):
     return p_same, p_diff
 
 
+def class_table(candidate_labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """``[candidate_labels[j] == k]`` as a (K, C) bool table: the one-hot targets, class-major."""
+    classes = torch.arange(n_classes, device=candidate_labels.device)
+    return classes[:, None] == candidate_labels[None, :]
+
+
+def per_class(probabilities: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """``probabilities @ one_hot`` (B, K): each row's probability mass per class (TALENT's readout).
+
+    Computed as ``(table @ probabilities^T)^T`` from the class-major (K, C) ``table``: the same
+    sums, but MKL runs a (B, C) @ (C, K) product with a handful of columns 2-5x slower than
+    this (K, C) @ (C, B) one (bench/talent_alternatives.py, "class sums").
+
+    NOTE[DIFF]: TALENT multiplies ``softmax @ one_hot``; the same terms summed in another order,
+    rounding only (bench/talent_lockstep.py: float64 training stays within rounding of TALENT's).
+    """
+    return (table.to(probabilities.dtype) @ probabilities.mT).mT
+
+
 def _all_rows(distances):
     return torch.ones(distances.shape[0], dtype=torch.bool, device=distances.device)
 
@@ -202,8 +221,7 @@ def modernnca(distances, labels, candidate_labels, self_mask, n_classes: int | N
     if task == "multiclass":
         if n_classes is None:
             n_classes = int(max(int(labels.max()), int(candidate_labels.max()))) + 1
-        onehot = F.one_hot(candidate_labels, n_classes).to(probabilities.dtype)
-        class_probabilities = probabilities @ onehot
+        class_probabilities = per_class(probabilities, class_table(candidate_labels, n_classes))
         log_probabilities = torch.log(class_probabilities + MODERNNCA_EPS)
         per_sample = -log_probabilities.gather(1, labels[:, None]).squeeze(1)
     else:

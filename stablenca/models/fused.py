@@ -1,6 +1,6 @@
 """TALENT's ModernNCA objective from embeddings to per-row losses, with its own backward.
 
-The eager path (``cdist`` → mask → ``softmax`` → ``@ targets`` → ``log``/NLL or squared
+The eager path (``cdist`` → mask → ``softmax`` → readout → ``log``/NLL or squared
 error, :func:`stablenca.losses.builtin.modernnca`) records every step on autograd's tape,
 and its backward walks them one by one: about ten passes over the (B, C) matrix. The
 gradient has a closed form, so the backward here makes four passes (the float mask's
@@ -35,7 +35,7 @@ import math
 import torch
 
 from ..losses.base import LossOutput
-from ..losses.builtin import MODERNNCA_EPS, modernnca
+from ..losses.builtin import MODERNNCA_EPS, class_table as make_class_table, modernnca, per_class
 from ..publish import publish
 from .neighbours import divided_by
 
@@ -56,7 +56,7 @@ class _ModernNCAObjective(torch.autograd.Function):
         probabilities = torch.softmax(logits, dim=-1)
         del logits
         if classification:
-            picked = (probabilities @ targets).gather(1, labels[:, None]).squeeze(1)
+            picked = per_class(probabilities, class_table).gather(1, labels[:, None]).squeeze(1)
             per_sample = -torch.log(picked + MODERNNCA_EPS)
         else:
             picked = probabilities @ targets  # a matrix-vector product, as in the eager path
@@ -132,21 +132,18 @@ def modernnca_objective(queries: torch.Tensor, candidates: torch.Tensor, labels:
         return modernnca(distances, labels, candidate_labels, _leading_diagonal(distances), n_classes=n_classes,
                          task=task)
     classification = task != "regression"
+    same = class_table = targets = None
     if classification:
         if n_classes is None:
             n_classes = int(max(int(labels.max()), int(candidate_labels.max()))) + 1
-        targets = torch.nn.functional.one_hot(candidate_labels, n_classes).to(queries.dtype)
+        # labels[:, None] == candidate_labels[None, :], the same bits, as rows of the (K, C) class
+        # table picked by label: a copy per row instead of a comparison per pair (10x faster)
+        class_table = make_class_table(candidate_labels, n_classes)
+        same = class_table.index_select(0, labels)
+        same.fill_diagonal_(False)  # published as same & ~self_mask: the self pairs are the diagonal
     else:
         labels, candidate_labels = labels.to(queries.dtype), candidate_labels.to(queries.dtype)
         targets = candidate_labels
-    same = class_table = None
-    if classification:
-        # labels[:, None] == candidate_labels[None, :], the same bits, as rows of the (K, C) class
-        # table picked by label: a copy per row instead of a comparison per pair (10x faster)
-        classes = torch.arange(n_classes, device=candidate_labels.device)
-        class_table = classes[:, None] == candidate_labels[None, :]
-        same = class_table.index_select(0, labels)
-        same.fill_diagonal_(False)  # published as same & ~self_mask: the self pairs are the diagonal
     # When the queries are a slice of the candidates' leading rows (the Trainer's embeddings of
     # batch + sampled rows), the Function takes the candidates alone and returns one gradient.
     shared = (queries._base is candidates and queries.data_ptr() == candidates.data_ptr()
