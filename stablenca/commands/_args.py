@@ -59,8 +59,8 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
                        help="early stopping patience in epochs (ModernNCA default 20)")
     group.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     group.add_argument("--kernel", choices=("eager", "fused"), default=None,
-                       help="ModernNCA's objective: fused (closed-form backward, faster) or eager (autograd "
-                            "through every op); the forward and what probes see are the same bits")
+                       help="the modernnca and nca_logspace losses: fused (closed-form backward, faster) or eager "
+                            "(autograd through every op); the forward and what probes see are the same bits")
 
 
 def config_from_args(args: argparse.Namespace, *, model: str, loss: str | None):

@@ -1,4 +1,5 @@
-"""TALENT's ModernNCA objective from embeddings to per-row losses, with its own backward.
+"""TALENT's ModernNCA objective (and ``nca_logspace``) from embeddings to per-row losses, with a
+closed-form backward.
 
 The eager path (``cdist`` → mask → ``softmax`` → readout → ``log``/NLL or squared
 error, :func:`stablenca.losses.builtin.modernnca`) records every step on autograd's tape,
@@ -26,6 +27,10 @@ torch's ``_euclidean_dist_backward`` does, which also covers the masked self pai
 s_ij = 0):
 
     dL/dq_i = q_i * sum_j G_ij - (G C)_i,    dL/dc_j = c_j * sum_i G_ij - (G^T Q)_j.
+
+``nca_logspace`` (-log of the probability of the own class, from two logsumexps) has
+dloss_i/dz_ij = s_ij - q_ij (q the softmax over the same class): the same G and the same
+products (:class:`_NCALogspaceObjective`).
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import math
 import torch
 
 from ..losses.base import LossOutput
-from ..losses.builtin import MODERNNCA_EPS, class_table as make_class_table, modernnca, per_class
+from ..losses.builtin import MODERNNCA_EPS, class_table as make_class_table, modernnca, nca_logspace, per_class
 from ..publish import publish
 from .neighbours import divided_by
 
@@ -86,28 +91,90 @@ class _ModernNCAObjective(torch.autograd.Function):
             coefficient = -2 * grad_per_sample * (picked - labels) / ctx.temperature
             ratio = candidate_labels[None, :] - picked[:, None]
         ratio.mul_(probabilities).div_(raw)
-        # cdist's rule: 0 where d = 0. The self pairs (s = 0) are the diagonal; other zeros
-        # (duplicate rows) leave a non-finite entry, which the row sums reveal.
-        ratio.diagonal().zero_()
+        return _embedding_gradients(ctx, ratio, coefficient, queries, candidates, raw) + (None,) * 7
+
+
+def _embedding_gradients(ctx, ratio, coefficient, queries, candidates, raw):
+    """(dL/dqueries, dL/dcandidates) from ``ratio`` = H (B, C), dL/draw_ij = coefficient_i H_ij raw_ij.
+
+    H's diagonal (the self pairs) is zeroed here, and H = 0 where raw = 0 (cdist's rule). The
+    row factor is applied to the (B, dim) products, not to the (B, C) matrix.
+    """
+    # The self pairs are the diagonal; other zeros (duplicate rows) leave a non-finite entry, which
+    # the row sums reveal.
+    ratio.diagonal().zero_()
+    row_sums = ratio.sum(dim=1)
+    if not bool(torch.isfinite(row_sums).all()):
+        ratio.masked_fill_(raw == 0, 0)
         row_sums = ratio.sum(dim=1)
-        if not bool(torch.isfinite(row_sums).all()):
-            ratio.masked_fill_(raw == 0, 0)
-            row_sums = ratio.sum(dim=1)
-        if ctx.shared:  # the queries are the candidates' leading rows: one gradient for both roles
-            # dL/de_j = e_j (a_j rowsum_j [j < B] + (a H)_j) - [a (H E)]_j [j < B] - (H^T (a Q))_j: the
-            # autograd path's two gradients, summed here instead of through a zero-filled slice gradient
-            weights = coefficient @ ratio
-            weights[:len(queries)] += coefficient * row_sums
-            grad = candidates * weights[:, None]
-            grad[:len(queries)] -= (ratio @ candidates).mul_(coefficient[:, None])
-            grad.addmm_(ratio.mT, coefficient[:, None] * queries, alpha=-1)
-            return None, grad, None, None, None, None, None, None, None
-        grad_queries = grad_candidates = None
-        if ctx.needs_input_grad[0]:
-            grad_queries = coefficient[:, None] * (queries * row_sums[:, None] - ratio @ candidates)
-        if ctx.needs_input_grad[1]:
-            grad_candidates = candidates * (coefficient @ ratio)[:, None] - ratio.mT @ (coefficient[:, None] * queries)
-        return grad_queries, grad_candidates, None, None, None, None, None, None, None
+    if ctx.shared:  # the queries are the candidates' leading rows: one gradient for both roles
+        # dL/de_j = e_j (a_j rowsum_j [j < B] + (a H)_j) - [a (H E)]_j [j < B] - (H^T (a Q))_j: the
+        # autograd path's two gradients, summed here instead of through a zero-filled slice gradient
+        weights = coefficient @ ratio
+        weights[:len(queries)] += coefficient * row_sums
+        grad = candidates * weights[:, None]
+        grad[:len(queries)] -= (ratio @ candidates).mul_(coefficient[:, None])
+        grad.addmm_(ratio.mT, coefficient[:, None] * queries, alpha=-1)
+        return None, grad
+    grad_queries = grad_candidates = None
+    if ctx.needs_input_grad[0]:
+        grad_queries = coefficient[:, None] * (queries * row_sums[:, None] - ratio @ candidates)
+    if ctx.needs_input_grad[1]:
+        grad_candidates = candidates * (coefficient @ ratio)[:, None] - ratio.mT @ (coefficient[:, None] * queries)
+    return grad_queries, grad_candidates
+
+
+class _NCALogspaceObjective(torch.autograd.Function):
+    """Per-row ``nca_logspace`` losses (:func:`stablenca.losses.builtin.nca_logspace`) of the included
+    rows, with the self pairs on the leading diagonal.
+
+    The forward runs the eager path's ops (the same bits). The backward: with z = -d, loss_i =
+    logsumexp_{j != i} z_ij - logsumexp_{same class} z_ij has dloss_i/dz_ij = s_ij - q_ij, s the
+    softmax over all but self and q the one over the same class. Each is exp(z - its own
+    logsumexp), so both stay finite at any distance scale (s_ij / p_i would overflow exactly where
+    this loss is meant to hold). Then dL/draw_ij = g_i (q_ij - s_ij) / T.
+    """
+
+    @staticmethod
+    def forward(ctx, queries, candidates, same, included, temperature, shared):
+        if shared:
+            queries = candidates[:len(same)]
+        raw = torch.cdist(queries, candidates, p=2)
+        distances = raw if temperature == 1.0 else raw / temperature
+        # The eager path's ops on the same values (so the same bits): with every row included,
+        # distances[included] is distances itself, and the second mask is filled in place.
+        every_row = bool(included.all())
+        logits = -distances if every_row else -distances[included]
+        log_same = torch.logsumexp(logits.masked_fill(~same if every_row else ~same[included], -math.inf), dim=1)
+        self_mask = _leading_diagonal(distances)
+        log_all = torch.logsumexp(logits.masked_fill_(self_mask if every_row else self_mask[included], -math.inf),
+                                  dim=1)
+        del logits
+        ctx.save_for_backward(queries, candidates, raw, distances, same, included, log_same, log_all)
+        ctx.temperature, ctx.shared = temperature, shared
+        ctx.mark_non_differentiable(distances)
+        ctx.set_materialize_grads(False)
+        return log_all - log_same, distances
+
+    @staticmethod
+    def backward(ctx, grad_per_sample, _grad_distances):
+        queries, candidates, raw, distances, same, included, log_same, log_all = ctx.saved_tensors
+        if grad_per_sample is None:
+            return (None,) * 6
+        rows = len(same)
+        # excluded rows (no same-class candidate): no gradient, and +inf shifts make their s and q 0
+        coefficient = distances.new_zeros(rows)
+        coefficient[included] = grad_per_sample / ctx.temperature
+        shift_same = distances.new_full((rows,), math.inf)
+        shift_same[included] = log_same
+        shift_all = distances.new_full((rows,), math.inf)
+        shift_all[included] = log_all
+        # q - s, each as exp(-d - shift): -shift - d in one pass, then exp in place
+        ratio = torch.sub(shift_same.neg()[:, None], distances).exp_()
+        ratio.masked_fill_(~same, 0)  # q is 0 off the same class (where exp may have overflowed)
+        ratio.sub_(torch.sub(shift_all.neg()[:, None], distances).exp_())
+        ratio.div_(raw)
+        return _embedding_gradients(ctx, ratio, coefficient, queries, candidates, raw) + (None,) * 4
 
 
 def modernnca_objective(queries: torch.Tensor, candidates: torch.Tensor, labels: torch.Tensor,
@@ -158,6 +225,44 @@ def modernnca_objective(queries: torch.Tensor, candidates: torch.Tensor, labels:
     publish("softmax", probabilities)
     included = torch.ones(len(per_sample), dtype=torch.bool, device=per_sample.device)
     return LossOutput(per_sample, "mean", included)
+
+
+def nca_logspace_objective(queries: torch.Tensor, candidates: torch.Tensor, labels: torch.Tensor,
+                           candidate_labels: torch.Tensor, *, task: str = "multiclass", n_classes: int | None = None,
+                           temperature: float = 1.0) -> LossOutput:
+    """:func:`stablenca.losses.builtin.nca_logspace` from embeddings, publishing what the eager path
+    publishes; the candidates' first ``len(queries)`` rows are the queries (``task`` is accepted
+    for a signature shared with :func:`modernnca_objective`; this loss is multiclass only).
+
+    >>> q = torch.tensor([[0.0, 0.0], [3.0, 4.0], [0.0, 1.0]])
+    >>> out = nca_logspace_objective(q, q, torch.tensor([0, 1, 0]), torch.tensor([0, 1, 0]))
+    >>> out.n_excluded  # row 1 has no same-class neighbour
+    1
+    >>> round(out.per_sample[0].item(), 5)  # log(1 + e^-4): the same class at d = 1, the other class at 5
+    0.01815
+    """
+    if torch.is_autocast_enabled(candidates.device.type):  # as in modernnca_objective
+        distances = divided_by(torch.cdist(queries, candidates, p=2), temperature)
+        return nca_logspace(distances, labels, candidate_labels, _leading_diagonal(distances))
+    if n_classes is None:
+        n_classes = int(max(int(labels.max()), int(candidate_labels.max()))) + 1
+    # the eager path's (labels[:, None] == candidate_labels[None, :]) & ~self, the same bits (see above)
+    same = make_class_table(candidate_labels, n_classes).index_select(0, labels)
+    same.fill_diagonal_(False)
+    # any() over a bool matrix is a slow CPU reduction; amax over its bytes gives the same rows
+    included = same.view(torch.uint8).amax(dim=1).bool() if same.shape[1] else same.any(dim=1)
+    shared = (queries._base is candidates and queries.data_ptr() == candidates.data_ptr()
+              and queries.stride() == candidates.stride())
+    per_sample, distances = _NCALogspaceObjective.apply(None if shared else queries, candidates, same, included,
+                                                        float(temperature), shared)
+    publish("distances", distances)
+    publish("same_class_mask", same)
+    publish("self_mask", _leading_diagonal(distances))
+    return LossOutput(per_sample, "mean", included)
+
+
+#: The built-in loss functions with a fused kernel (keyed by the function, so a user's loss never matches).
+OBJECTIVES = {modernnca: modernnca_objective, nca_logspace: nca_logspace_objective}
 
 
 def _leading_diagonal(distances: torch.Tensor) -> torch.Tensor:

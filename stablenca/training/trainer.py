@@ -29,8 +29,7 @@ from .. import floats, losses
 from ..errors import ConfigError, StableNCAError, UserLossError
 from ..data import load_dataset, prepare
 from ..models import ModernNCA, SeedNCA
-from ..losses.builtin import modernnca as _modernnca_loss
-from ..models.fused import modernnca_objective
+from ..models.fused import OBJECTIVES
 from ..models.neighbours import (Rows, in_batch_pairs, knn_readout, onehot_targets, sampled_pool_pairs,
                                 sampled_pool_rows, soft_neighbour_readout)
 from ..publish import capture
@@ -76,9 +75,9 @@ class TrainConfig:
     readout: str | None = None  # "soft" (TALENT) or "knn" (the student, k=3)
     sample_rate: float = 0.5
     chunk_size: int = 4096
-    #: "fused": TALENT's objective (loss ``modernnca``) from embeddings with its closed-form
-    #: backward (:mod:`stablenca.models.fused`); "eager": distances, then the registered loss
-    #: on autograd's tape. Other losses always run eager. Same forward bits either way.
+    #: "fused": TALENT's objective (loss ``modernnca``) and ``nca_logspace`` from embeddings with
+    #: their closed-form backward (:mod:`stablenca.models.fused`); "eager": distances, then the
+    #: registered loss on autograd's tape. Other losses always run eager. Same forward bits either way.
     kernel: str = "fused"
     device: str = "cpu"
     data: str | None = None  # None = embedded Abalone
@@ -307,8 +306,10 @@ class Trainer:
         self.formulation = losses.resolve(self.config.loss, self.task)
         if self.formulation.user:
             self.formulation = _guard_user_loss(self.formulation)
-        #: The fused kernel computes the built-in ModernNCA objective only; anything else runs eager.
-        self.fused = self.config.kernel == "fused" and self.formulation.fn is _modernnca_loss
+        #: The fused kernel computes the built-in ModernNCA and nca_logspace objectives; anything else
+        #: (the student's losses, whose ops the tracer names, and user losses) runs eager.
+        self.fused_objective = OBJECTIVES.get(self.formulation.fn) if self.config.kernel == "fused" else None
+        self.fused = self.fused_objective is not None
         torch.manual_seed(self.config.seed)
         self.model = build_model(self.config, self.data.n_num, self.data.n_onehot).to(self.device, self.dtype)
         self.parameter_names = [name for name, _ in self.model.named_parameters()]
@@ -364,9 +365,9 @@ class Trainer:
             if self.fused:
                 rows = self.rows(batch_indices)
                 published["temperature"] = temperature
-                output = modernnca_objective(rows.embeddings[:len(rows.labels)], rows.embeddings, rows.labels,
-                                             rows.candidate_labels, task=self.task, n_classes=self.n_classes,
-                                             temperature=temperature)
+                output = self.fused_objective(rows.embeddings[:len(rows.labels)], rows.embeddings, rows.labels,
+                                              rows.candidate_labels, task=self.task, n_classes=self.n_classes,
+                                              temperature=temperature)
                 return output, published
             pairs = self.pairs(batch_indices)
             published["temperature"] = temperature

@@ -1,0 +1,204 @@
+"""The fused nca_logspace objective (stablenca.models.fused) against autograd through the eager loss.
+
+As for ModernNCA's (tests/test_fused.py): the forward runs the eager path's ops, so the loss,
+the included rows and every published tensor are the same bits; the closed-form backward must
+agree with autograd in float64 within the bound of :func:`gradient_bound`, pass gradcheck, and
+stay finite at distance scales where the probability of the own class underflows.
+"""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from stablenca.losses.builtin import nca_logspace
+from stablenca.models.fused import nca_logspace_objective
+from stablenca.publish import capture
+from stablenca.training import StepContext, TrainConfig, Trainer
+
+U64 = 2.0 ** -53
+
+
+def eager(queries, candidates, labels, candidate_labels, temperature=1.0):
+    distances = torch.cdist(queries, candidates)
+    distances = distances if temperature == 1.0 else distances / temperature
+    self_mask = torch.zeros(distances.shape, dtype=torch.bool)
+    self_mask.fill_diagonal_(True)
+    return nca_logspace(distances, labels, candidate_labels, self_mask)
+
+
+def both(queries, candidates, labels, candidate_labels, n_classes, temperature=1.0, shared=False):
+    """(output, published, grad_q, grad_c) of the eager path and of the fused one (grad_q None when
+    ``shared``: the queries are the candidates' leading rows, one gradient for both roles)."""
+    results = []
+    for fused in (False, True):
+        c = candidates.clone().requires_grad_()
+        q = c[:len(queries)] if shared else queries.clone().requires_grad_()
+        with capture() as published:
+            if fused:
+                out = nca_logspace_objective(q, c, labels, candidate_labels, n_classes=n_classes,
+                                             temperature=temperature)
+            else:
+                out = eager(q, c, labels, candidate_labels, temperature)
+        out.loss.backward()
+        results.append((out, published, None if shared else q.grad, c.grad))
+    return results
+
+
+def gradient_bound(queries, candidates, labels, candidate_labels, temperature):
+    """Componentwise bound on |grad_fused - grad_eager| in float64 (both from the same forward).
+
+    Both paths take the same distances and the same two logsumexps l_all, l_same (same bits).
+    dL/dd_ij = g_i (q_ij - s_ij) / T with s_ij = exp(-d_ij - l_all_i) (all but self) and
+    q_ij = exp(-d_ij - l_same_i) (same class): each path forms the argument with one rounding (the
+    same value: negation is exact, addition commutes), exp within 1 ulp (torch's vectorised exp is
+    within 1 ulp; counted as 2 roundings), then a difference, a product with g_i / T and a division
+    by d_ij (cdist's backward): every G_ij = dL/dd_ij / d_ij is within gamma_8 of its exact value
+    relative to A_ij = |g_i| (s_ij + q_ij) / (T d_ij). A coordinate of the gradient is then a sum of
+    at most 2C + 4 such terms times one coordinate (as in tests/test_fused.py), so, two paths,
+
+        |Delta grad_q_ik| <= 2 gamma_(2C+12) sum_j A_ij (|q_ik| + |c_jk|),
+
+    and the same with the roles exchanged for the candidates (their sum for a shared row).
+    """
+    n = 2 * candidates.shape[0] + 12
+    gamma = n * U64 / (1 - n * U64)
+    d = torch.cdist(queries, candidates) / temperature
+    self_mask = torch.zeros(d.shape, dtype=torch.bool)
+    self_mask.fill_diagonal_(True)
+    same = (labels[:, None] == candidate_labels[None, :]) & ~self_mask
+    included = same.any(dim=1)
+    log_all = torch.logsumexp((-d).masked_fill(self_mask, -math.inf), dim=1)
+    log_same = torch.logsumexp((-d).masked_fill(~same, -math.inf), dim=1)
+    s = torch.exp(-d - log_all[:, None]).masked_fill(self_mask, 0)
+    q = torch.exp(-d - log_same[:, None]).masked_fill(~same, 0)
+    g = included.double() / max(int(included.sum()), 1)
+    weights = (g[:, None] * (s + q) / (temperature * d)).nan_to_num(nan=0.0, posinf=0.0)
+    weights = weights.masked_fill(d == 0, 0.0)
+    factor = 2 * gamma
+    bound_q = factor * (weights.sum(1)[:, None] * queries.abs() + weights @ candidates.abs())
+    bound_c = factor * (weights.sum(0)[:, None] * candidates.abs() + weights.mT @ queries.abs())
+    return bound_q, bound_c
+
+
+def make_batch(seed, n_queries, n_extra, dim, n_classes, duplicates, scale):
+    generator = torch.Generator().manual_seed(seed)
+    queries = torch.randn(n_queries, dim, generator=generator, dtype=torch.float64) * scale
+    extra = torch.randn(n_extra, dim, generator=generator, dtype=torch.float64) * scale
+    if duplicates and n_extra:
+        extra[0] = queries[-1]  # a duplicate row: d = 0 off the diagonal
+    candidates = torch.cat([queries, extra])
+    candidate_labels = torch.randint(0, n_classes, (len(candidates),), generator=generator)
+    return queries, candidates, candidate_labels[:n_queries], candidate_labels
+
+
+def assert_same_forward(eager_result, fused_result):
+    (out_e, pub_e, *_), (out_f, pub_f, *_) = eager_result, fused_result
+    assert torch.equal(out_e.loss, out_f.loss) and torch.equal(out_e.per_sample, out_f.per_sample)
+    assert torch.equal(out_e.included, out_f.included)
+    assert list(pub_e) == list(pub_f)
+    for name in pub_e:
+        assert torch.equal(pub_e[name], pub_f[name]), name
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2 ** 31), n_queries=st.integers(2, 9), n_extra=st.integers(0, 12),
+       dim=st.integers(1, 6), n_classes=st.integers(1, 4), duplicates=st.booleans(),
+       scale=st.sampled_from([1e-3, 1.0, 30.0, 3e3]), temperature=st.sampled_from([1.0, 0.3]),
+       shared=st.booleans())
+def test_fused_logspace_equals_autograd_on_random_batches(seed, n_queries, n_extra, dim, n_classes, duplicates,
+                                                          scale, temperature, shared):
+    # scale 3e3: distances in the thousands, where P_same underflows to 0 (the ratio of probabilities
+    # would be 0/0); both paths stay finite and agree.
+    queries, candidates, labels, candidate_labels = make_batch(seed, n_queries, n_extra, dim, n_classes,
+                                                               duplicates, scale)
+    eager_result, fused_result = both(queries, candidates, labels, candidate_labels, n_classes, temperature,
+                                      shared)
+    assert_same_forward(eager_result, fused_result)
+    (_, _, gq_e, gc_e), (_, _, gq_f, gc_f) = eager_result, fused_result
+    bound_q, bound_c = gradient_bound(queries, candidates, labels, candidate_labels, temperature)
+    if shared:
+        bound = bound_c.clone()
+        bound[:n_queries] += bound_q
+        assert torch.all((gc_f - gc_e).abs() <= bound)
+    else:
+        assert torch.all((gq_f - gq_e).abs() <= bound_q)
+        assert torch.all((gc_f - gc_e).abs() <= bound_c)
+    if not duplicates:
+        assert torch.isfinite(gc_f).all()
+
+
+def test_fused_logspace_passes_gradcheck():
+    # Separate candidates (d > 0 everywhere); one row without a same-class candidate (excluded).
+    queries, candidates, labels, candidate_labels = make_batch(4, 5, 7, 4, 3, False, 1.0)
+    candidates = candidates + 0.1
+    labels = labels.clone()
+    labels[0] = 3  # no candidate has class 3
+    candidate_labels = candidate_labels.clone()
+    candidate_labels[0] = 3  # the self pair only: still excluded
+
+    def loss(q, c):
+        return nca_logspace_objective(q, c, labels, candidate_labels, temperature=0.7).per_sample
+
+    assert torch.autograd.gradcheck(loss, (queries.requires_grad_(), candidates.requires_grad_()))
+
+    def shared_loss(embeddings):
+        return nca_logspace_objective(embeddings[:5], embeddings, labels, candidate_labels,
+                                      temperature=0.7).per_sample
+
+    assert torch.autograd.gradcheck(shared_loss, (candidates.detach().clone().requires_grad_(),))
+
+
+def test_fused_logspace_excluded_rows_get_no_gradient():
+    # Row 0's class has no other member: it is excluded from the loss and, through the loss,
+    # its only gradient is as a candidate of the others.
+    queries = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0]], dtype=torch.float64)
+    labels = torch.tensor([2, 0, 0])
+    (out_e, _, _, grad_e), (out_f, _, _, grad_f) = both(queries, queries, labels, labels, 3, shared=True)
+    assert out_f.n_excluded == 1 and torch.equal(out_e.per_sample, out_f.per_sample)
+    bound_q, bound_c = gradient_bound(queries, queries, labels, labels, 1.0)
+    assert torch.all((grad_f - grad_e).abs() <= bound_q + bound_c)
+
+
+def test_fused_logspace_under_autocast_runs_the_eager_ops():
+    queries, candidates, labels, candidate_labels = make_batch(0, 6, 10, 5, 3, False, 1.0)
+    candidates = candidates.float()
+    weight = torch.randn(5, 5)
+    results = []
+    for fused in (False, True):
+        c = candidates.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16), capture() as published:
+            embedded = c @ weight
+            if fused:
+                out = nca_logspace_objective(embedded[:6], embedded, labels, candidate_labels, n_classes=3)
+            else:
+                out = eager(embedded[:6], embedded, labels, candidate_labels)
+        out.loss.backward()
+        results.append((out.loss.detach(), published, c.grad))
+    (loss_e, pub_e, grad_e), (loss_f, pub_f, grad_f) = results
+    assert torch.equal(loss_e, loss_f) and torch.equal(grad_e, grad_f)
+    assert list(pub_e) == list(pub_f) and all(torch.equal(pub_e[k], pub_f[k]) for k in pub_e)
+
+
+@pytest.mark.parametrize("model", ["modernnca", "seed"])
+def test_trainer_runs_nca_logspace_fused_with_the_eager_forward(model):
+    """Eager and fused Trainers with nca_logspace: the same loss and published tensors on a step,
+    and gradients that agree to float32 rounding (the full bound is the float64 test above)."""
+    trainers = [Trainer(TrainConfig(model=model, loss="nca_logspace", seed=0, epochs=1, kernel=kernel))
+                for kernel in ("eager", "fused")]
+    assert [t.fused for t in trainers] == [False, True]
+    contexts = []
+    for trainer in trainers:
+        ctx = StepContext(0, 0, 0, trainer.epoch_batches()[0])
+        trainer.forward_backward(ctx)
+        contexts.append(ctx)
+    eager_ctx, fused_ctx = contexts
+    assert torch.equal(eager_ctx.loss, fused_ctx.loss)
+    assert list(eager_ctx.published) == list(fused_ctx.published)
+    for name, value in eager_ctx.published.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, fused_ctx.published[name]), name
+        else:
+            assert value == fused_ctx.published[name]
+    assert fused_ctx.finite and torch.isfinite(fused_ctx.grad_norms).all()
