@@ -235,9 +235,11 @@ def test_fused_nonfinite_input_is_not_hidden():
     assert not torch.isfinite(queries.grad).all()
 
 
-@pytest.mark.parametrize("options", [dict(), dict(task="regression"), dict(model="seed", loss="modernnca")])
+@pytest.mark.parametrize("options", [dict(), dict(task="regression"), dict(model="seed", loss="modernnca"),
+                                     dict(loss="nca_logspace"), dict(model="seed", loss="nca_logspace")])
 def test_trainer_kernels_take_the_same_forward(options):
-    """Eager and fused Trainers: the same loss and published tensors, bit for bit, on a step."""
+    """Eager and fused Trainers: the same loss and published tensors, bit for bit, on a step
+    (both built-in losses with a fused kernel: ModernNCA's and nca_logspace)."""
     trainers = [Trainer(TrainConfig(seed=0, epochs=1, kernel=kernel, **options)) for kernel in ("eager", "fused")]
     assert [t.fused for t in trainers] == [False, True]
     contexts = []

@@ -8,14 +8,13 @@ stay finite at distance scales where the probability of the own class underflows
 
 import math
 
-import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
 from stablenca.losses.builtin import nca_logspace
 from stablenca.models.fused import nca_logspace_objective
 from stablenca.publish import capture
-from stablenca.training import StepContext, TrainConfig, Trainer
+from test_fused import make_batch as modernnca_batch
 
 U64 = 2.0 ** -53
 
@@ -83,14 +82,8 @@ def gradient_bound(queries, candidates, labels, candidate_labels, temperature):
 
 
 def make_batch(seed, n_queries, n_extra, dim, n_classes, duplicates, scale):
-    generator = torch.Generator().manual_seed(seed)
-    queries = torch.randn(n_queries, dim, generator=generator, dtype=torch.float64) * scale
-    extra = torch.randn(n_extra, dim, generator=generator, dtype=torch.float64) * scale
-    if duplicates and n_extra:
-        extra[0] = queries[-1]  # a duplicate row: d = 0 off the diagonal
-    candidates = torch.cat([queries, extra])
-    candidate_labels = torch.randint(0, n_classes, (len(candidates),), generator=generator)
-    return queries, candidates, candidate_labels[:n_queries], candidate_labels
+    """tests/test_fused.py's batches, with class labels."""
+    return modernnca_batch(seed, n_queries, n_extra, dim, n_classes, "multiclass", duplicates, scale)
 
 
 def assert_same_forward(eager_result, fused_result):
@@ -179,26 +172,3 @@ def test_fused_logspace_under_autocast_runs_the_eager_ops():
     (loss_e, pub_e, grad_e), (loss_f, pub_f, grad_f) = results
     assert torch.equal(loss_e, loss_f) and torch.equal(grad_e, grad_f)
     assert list(pub_e) == list(pub_f) and all(torch.equal(pub_e[k], pub_f[k]) for k in pub_e)
-
-
-@pytest.mark.parametrize("model", ["modernnca", "seed"])
-def test_trainer_runs_nca_logspace_fused_with_the_eager_forward(model):
-    """Eager and fused Trainers with nca_logspace: the same loss and published tensors on a step,
-    and gradients that agree to float32 rounding (the full bound is the float64 test above)."""
-    trainers = [Trainer(TrainConfig(model=model, loss="nca_logspace", seed=0, epochs=1, kernel=kernel))
-                for kernel in ("eager", "fused")]
-    assert [t.fused for t in trainers] == [False, True]
-    contexts = []
-    for trainer in trainers:
-        ctx = StepContext(0, 0, 0, trainer.epoch_batches()[0])
-        trainer.forward_backward(ctx)
-        contexts.append(ctx)
-    eager_ctx, fused_ctx = contexts
-    assert torch.equal(eager_ctx.loss, fused_ctx.loss)
-    assert list(eager_ctx.published) == list(fused_ctx.published)
-    for name, value in eager_ctx.published.items():
-        if isinstance(value, torch.Tensor):
-            assert torch.equal(value, fused_ctx.published[name]), name
-        else:
-            assert value == fused_ctx.published[name]
-    assert fused_ctx.finite and torch.isfinite(fused_ctx.grad_norms).all()
