@@ -65,11 +65,15 @@ def test_jobs_share_the_threads():
 def test_the_longest_runs_start_first():
     configs = [TrainConfig(model=model, loss=loss) for model, loss in plan_runs(None, None)]
     order = [DEFAULT_RUNS[index] for index in start_order(configs)]
-    # ModernNCA through autograd (plan order among them), then the fused objective, then SeedNCA
-    assert order == [("modernnca", "ratio"), ("modernnca", "ratio_eps"), ("modernnca", "difference"),
-                     ("modernnca", "nca_logspace"), ("modernnca", "modernnca"), ("seed", "ratio")]
+    # ModernNCA before SeedNCA; within it the stable formulations (they train until early stopping)
+    # first, the fused objective after the autograd ones; plan order among equals.
+    assert order == [("modernnca", "nca_logspace"), ("modernnca", "modernnca"), ("modernnca", "ratio"),
+                     ("modernnca", "ratio_eps"), ("modernnca", "difference"), ("seed", "ratio")]
     eager = TrainConfig(model="modernnca", loss="modernnca", kernel="eager")
     assert start_order([configs[-1], eager]) == [1, 0]
+    # A stable SeedNCA run still waits for an unstable ModernNCA run (the step's cost ranks first).
+    seed_stable = TrainConfig(model="seed", loss="nca_logspace")
+    assert start_order([seed_stable, configs[1]]) == [1, 0]
 
 
 def test_the_check_is_the_same_on_one_thread(monkeypatch):

@@ -260,16 +260,23 @@ def _import_what_every_run_imports(report: bool) -> None:
 def start_order(configs: list[TrainConfig]) -> list[int]:
     """The runs' indices, the longest expected first (plan order among equals), so the short runs fill the end.
 
-    Expected from the step's cost (reports/benchmarks.md): ModernNCA through autograd 100-160 ms,
-    the fused ModernNCA objective ~55 ms, the SeedNCA step ~2 ms.
+    A run lasts its step's cost times its steps. The model sets the step's cost by about two orders
+    of magnitude (reports/benchmarks.md: the SeedNCA step ~2 ms, ModernNCA 55-160 ms), so it ranks
+    first. Within a model the steps decide: a stable formulation (:func:`stablenca.losses.is_stable`:
+    finite at every distance scale) trains until early stopping, while an unstable one may end at its
+    first non-finite step (the ratio runs do, within a few epochs); so stable runs rank next. The
+    kernel comes last: the fused ModernNCA objective (~55 ms a step against 100-160 ms through
+    autograd) changes the step's cost by less once the evaluations, which both share, are counted.
     """
-    def cost(config: TrainConfig) -> int:
-        config = config.resolved()
-        if config.model != "modernnca":
-            return 0
-        return 1 if config.loss == "modernnca" and config.kernel == "fused" else 2
+    from ..losses import is_stable
 
-    return sorted(range(len(configs)), key=lambda index: -cost(configs[index]))
+    def cost(config: TrainConfig) -> tuple[int, int, int]:
+        config = config.resolved()
+        model = 1 if config.model == "modernnca" else 0
+        fused = config.model == "modernnca" and config.loss == "modernnca" and config.kernel == "fused"
+        return model, int(is_stable(config.loss)), 0 if fused else 1
+
+    return sorted(range(len(configs)), key=lambda index: tuple(-c for c in cost(configs[index])))
 
 
 def _worker(connection, config, data, out: Path, mode: str, threads: int, draw: bool) -> None:
