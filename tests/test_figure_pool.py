@@ -109,3 +109,54 @@ def test_a_figure_worker_never_finalises_what_it_inherits(tmp_path, monkeypatch)
     assert [type(o) for o in outcomes] == [Figure, Figure]
     assert not marker.exists()
     assert gc.get_freeze_count() == 0  # the parent's collector is back as it was
+
+
+# --------------------------------------------------------------------------- png_bytes' shortcuts
+
+
+def _matplotlib_png(fig) -> bytes:
+    """``fig`` rendered by matplotlib alone: its own renderer, parser and title placement."""
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _titled(kind: str):
+    """A figure whose left title matplotlib lifts (kind 'lifted') or leaves at the top of the axes."""
+    import numpy as np
+
+    fig = figures._figure(5, 3, layout=None)
+    ax = fig.add_subplot()
+    steps = np.arange(40.0)
+    if kind == "log":
+        ax.plot(steps, 10.0 ** (steps / 4 - 3))
+        ax.set_yscale("log")
+    elif kind == "offset":  # a linear axis whose values need an offset text ("1e7") at its top left
+        ax.plot(steps, 1e7 + steps)
+    else:  # lifted: an epoch axis on top, as the timeline's first panel has
+        ax.plot(steps, steps)
+        ax.secondary_xaxis("top").set_xlabel("epoch")
+    ax.set_title("(a) a left title", loc="left")
+    return fig
+
+
+@pytest.mark.parametrize("kind", ["log", "offset", "lifted"])
+def test_png_bytes_draws_what_matplotlib_draws(kind):
+    assert figures.png_bytes(_titled(kind)) == _matplotlib_png(_titled(kind))
+
+
+def test_the_title_placement_is_skipped_only_where_nothing_can_lift_the_title():
+    stays = {kind: figures._title_stays(_titled(kind).axes[0]) for kind in ("log", "offset", "lifted")}
+    assert stays == {"log": True, "offset": False, "lifted": False}
+
+
+def test_figures_share_one_mathtext_parser():
+    from matplotlib.mathtext import MathTextParser
+
+    figures.png_bytes(_titled("log"))  # its 10^k tick labels parsed (or found parsed) once
+    before = MathTextParser._parse_cached.cache_info()
+    figures.png_bytes(_titled("log"))
+    after = MathTextParser._parse_cached.cache_info()
+    assert after.hits > before.hits and after.misses == before.misses
