@@ -111,6 +111,29 @@ def test_a_figure_worker_never_finalises_what_it_inherits(tmp_path, monkeypatch)
     assert gc.get_freeze_count() == 0  # the parent's collector is back as it was
 
 
+@pytest.mark.skipif(figures._pool_size(2) == 0, reason="needs fork and two cores to draw in a pool")
+def test_a_job_marked_here_is_drawn_in_this_process_while_the_pool_draws_the_others(tmp_path, monkeypatch):
+    import os
+
+    import torch
+
+    where: dict[str, tuple[int, int]] = {}
+
+    def noting(name, values):
+        def make():
+            where[name] = os.getpid(), torch.get_num_threads()  # a pool worker's entry dies with it
+            return _line(values)()
+        return make
+
+    jobs = [FigureJob("timeline", "a", _line([1, 2])), FigureJob("sweep", "s", noting("s", [0, 1]), here=True),
+            FigureJob("timeline", "b", _line([2, 1]))]
+    monkeypatch.setattr(figures, "_pool_size", lambda n: 2 if n >= 2 else 0)
+    outcomes = draw_figures(jobs, tmp_path)
+    assert [o.path.name for o in outcomes] == ["a.png", "s.png", "b.png"]
+    assert where == {"s": (os.getpid(), torch.get_num_threads())}
+    assert outcomes[1].path.read_bytes() == figures.png_bytes(_line([0, 1])())
+
+
 # --------------------------------------------------------------------------- png_bytes' shortcuts
 
 

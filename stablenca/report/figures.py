@@ -912,6 +912,9 @@ class FigureJob:
     name: str
     make: Callable[[], Any]
     run: str | None = None
+    #: ``make`` computes with this process's torch threads as well (the scale sweep's replay):
+    #: :func:`draw_figures` runs it here, while its pool draws the other figures.
+    here: bool = False
 
 
 #: The jobs of the running pool. Forked workers inherit them, so the ``make`` closures are never pickled.
@@ -958,13 +961,15 @@ def draw_figures(jobs: Sequence[FigureJob], figures_dir: Path, *, strict: bool =
     Returns, per job in order, the written :class:`Figure` or the problem text of a figure that could not
     be drawn. With ``strict`` a failing figure is drawn again here, so its own exception is raised.
     Agg renders the same PNG bytes in a worker as here; files are written here, in the jobs' order.
+    Jobs marked ``here`` are drawn in this process, while the pool draws the others.
     ``drawn``: jobs rendered elsewhere (:func:`render_here`), by name, written as they are; ``stablenca
     diagnose`` draws each run's figures in the worker that trained it.
     """
     global _POOL_JOBS
     results: dict[int, bytes | str] = {k: drawn[job.name] for k, job in enumerate(jobs) if job.name in (drawn or {})}
     todo = [k for k in range(len(jobs)) if k not in results]
-    workers = _pool_size(len(todo))
+    pooled = [k for k in todo if not jobs[k].here]
+    workers = _pool_size(len(pooled))
     _POOL_JOBS = list(jobs)
     try:
         if workers:
@@ -973,7 +978,10 @@ def draw_figures(jobs: Sequence[FigureJob], figures_dir: Path, *, strict: bool =
 
             with frozen_heap(), ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
                                                     initializer=_single_threaded) as pool:
-                futures = {k: pool.submit(_png_or_problem, k) for k in todo}
+                futures = {k: pool.submit(_png_or_problem, k) for k in pooled}
+                # A fork pool starts all its workers at the first submit: this process's own jobs (and
+                # their torch threads) run after every fork, beside the workers instead of before them.
+                results.update((k, _png_or_problem(k)) for k in todo if jobs[k].here)
                 results.update((k, future.result()) for k, future in futures.items())
         else:
             results.update((k, _png_or_problem(k)) for k in todo)

@@ -154,8 +154,8 @@ def teaching_jobs(out: str | Path, runs) -> list:
     * ``modernnca-comparison``: every ModernNCA classification run;
     * ``validation-accuracy``: every run with validation accuracy per epoch.
 
-    The sweep is computed here, with this process's torch threads (its replayed forward
-    pass sums in an order that follows them), so that any process can draw it.
+    The sweep's job is drawn in the process that draws the jobs (``here``): its replayed forward
+    pass sums in an order that follows that process's torch threads.
     """
     from ..artifacts import CAPSULE
     from .figures import FigureJob
@@ -164,7 +164,7 @@ def teaching_jobs(out: str | Path, runs) -> list:
     jobs: list[FigureJob] = []
     failing = [r for r in runs if r.loss == "ratio" and (out / r.name / CAPSULE).is_file()]
     if failing:
-        jobs.append(FigureJob("sweep", "loss-against-scale", _sweep_drawing(out / failing[0].name)))
+        jobs.append(FigureJob("sweep", "loss-against-scale", _sweep_drawing(out / failing[0].name), here=True))
     classified = [r for r in runs if r.config.get("task", "multiclass") == "multiclass"
                   and (out / r.name / "epochs.jsonl").is_file()]
     modern = [out / r.name for r in classified if r.config.get("model") == "modernnca"]
@@ -177,20 +177,19 @@ def teaching_jobs(out: str | Path, runs) -> list:
 
 
 def _sweep_drawing(run_dir: Path):
-    """The sweep of ``run_dir``'s capsule, computed now; returns the function that draws it (or raises its error)."""
+    """The function that computes the sweep of ``run_dir``'s capsule and draws it (or raises its error).
+
+    The sweep is computed when the job is drawn, so the job must be drawn in the process whose
+    threads it is to follow (``FigureJob(here=True)``).
+    """
     from ..artifacts import CAPSULE
     from ..scale_sweep import FLOAT64_EXP_BOUND, batch_from_capsule, log_grid, sweep_scale
 
-    try:
+    def draw():
         batch = batch_from_capsule(run_dir / CAPSULE)
         sweep = sweep_scale(batch, log_grid(0.01, FLOAT64_EXP_BOUND / float(batch.unit.max()), 25))
-    except Exception as exc:  # noqa: BLE001 - reported as this figure's problem when it is drawn
-        error = exc
-
-        def fail():
-            raise error
-        return fail
-    return lambda: scale_sweep_figure(sweep, f"{run_dir.name}: the failing step's batch, float64")
+        return scale_sweep_figure(sweep, f"{run_dir.name}: the failing step's batch, float64")
+    return draw
 
 
 def plot_teaching(out: str | Path, runs, *, problems: list[str] | None = None) -> list:
