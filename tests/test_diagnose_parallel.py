@@ -66,11 +66,12 @@ def test_the_longest_runs_start_first():
     configs = [TrainConfig(model=model, loss=loss) for model, loss in plan_runs(None, None)]
     order = [DEFAULT_RUNS[index] for index in start_order(configs)]
     # ModernNCA before SeedNCA; within it the stable formulations (they train until early stopping)
-    # first, the fused objective after the autograd ones; plan order among equals.
+    # first; a fused objective after the same formulation through autograd; plan order among equals.
     assert order == [("modernnca", "nca_logspace"), ("modernnca", "modernnca"), ("modernnca", "ratio"),
                      ("modernnca", "ratio_eps"), ("modernnca", "difference"), ("seed", "ratio")]
-    eager = TrainConfig(model="modernnca", loss="modernnca", kernel="eager")
-    assert start_order([configs[-1], eager]) == [1, 0]
+    for loss in ("modernnca", "nca_logspace"):  # both have a fused objective
+        fused, eager = (TrainConfig(model="modernnca", loss=loss, kernel=kernel) for kernel in ("fused", "eager"))
+        assert start_order([fused, eager]) == [1, 0]
     # A stable SeedNCA run still waits for an unstable ModernNCA run (the step's cost ranks first).
     seed_stable = TrainConfig(model="seed", loss="nca_logspace")
     assert start_order([seed_stable, configs[1]]) == [1, 0]
