@@ -173,6 +173,14 @@ def test_png_bytes_draws_what_matplotlib_draws(kind):
 def test_the_title_placement_is_skipped_only_where_nothing_can_lift_the_title():
     stays = {kind: figures._title_stays(_titled(kind).axes[0]) for kind in ("log", "offset", "lifted")}
     assert stays == {"log": True, "offset": False, "lifted": False}
+    # A linear axis without an offset: its ticks (so its offset text) are known before the draw only
+    # where no layout engine resizes the axes.
+    for layout, expected in ((None, True), ("constrained", False)):
+        fig = figures._figure(5, 3, layout=layout)
+        ax = fig.add_subplot()
+        ax.plot([0, 1, 2], [3, 1, 2])
+        ax.set_title("(b) left", loc="left")
+        assert figures._title_stays(ax) is expected
 
 
 def test_figures_share_one_mathtext_parser():

@@ -113,7 +113,12 @@ def _title_stays(ax) -> bool:
     if ax.xaxis.get_ticks_position() != "bottom" or ax.xaxis.get_label_position() != "bottom":
         return False
     formatter = ax.yaxis.get_major_formatter()
-    if isinstance(formatter, ScalarFormatter):  # its offset text depends on the ticks: set them as the draw will
+    if isinstance(formatter, ScalarFormatter):
+        # Its offset text depends on the ticks, and their number on the axes' size: known now only
+        # when no layout engine or aspect moves the axes before the draw. Then the ticks found here
+        # are the draw's.
+        if ax.get_figure(root=True).get_layout_engine() is not None or ax.get_aspect() != "auto":
+            return False
         formatter.set_locs(ax.yaxis.get_majorticklocs())
     return not formatter.get_offset()
 
