@@ -191,3 +191,20 @@ def test_figures_share_one_mathtext_parser():
     figures.png_bytes(_titled("log"))
     after = MathTextParser._parse_cached.cache_info()
     assert after.hits > before.hits and after.misses == before.misses
+
+
+def test_a_forked_process_parses_mathtext_with_fonts_of_its_own():
+    # Parses hold their fonts, whose files a fork shares: a child must not draw from the parent's.
+    import multiprocessing
+
+    from matplotlib.mathtext import MathTextParser
+
+    figures.png_bytes(_titled("log"))
+    assert MathTextParser._parse_cached.cache_info().currsize > 0
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=lambda: send.send(MathTextParser._parse_cached.cache_info().currsize))
+    child.start()
+    assert receive.recv() == 0
+    child.join()
+    assert MathTextParser._parse_cached.cache_info().currsize > 0  # this process keeps its own

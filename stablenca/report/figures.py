@@ -80,6 +80,10 @@ def png_bytes(fig) -> bytes:
 
     if _MATH_PARSER is None:
         _MATH_PARSER = MathTextParser("path")  # what RendererAgg makes for itself
+        # A parse holds its fonts, and a forked child shares their files' offsets with this process:
+        # two processes reading glyphs through them garble each other's (FreeType "invalid outline").
+        # Children parse afresh, with fonts of their own (matplotlib empties its font cache at fork too).
+        os.register_at_fork(after_in_child=MathTextParser._parse_cached.cache_clear)
     canvas = FigureCanvasAgg(fig)
     # savefig at the figure's own dpi draws with this renderer (Agg keeps it while size and dpi match).
     canvas.get_renderer().mathtext_parser = _MATH_PARSER
@@ -128,7 +132,7 @@ def load_fonts() -> None:
 
     The first text a process draws costs about 0.3 s (font list, glyph cache), and its first mathtext
     (a log axis' tick label) about 0.3 s more (the parser's grammar); processes forked afterwards
-    inherit both.
+    inherit both (not the parses themselves: see :func:`png_bytes`).
     """
     fig = _figure(1, 1)
     ax = fig.add_subplot()
