@@ -1,4 +1,5 @@
 import os
+import signal
 
 import pytest
 import torch
@@ -16,6 +17,13 @@ settings.register_profile("nightly", max_examples=1000, deadline=None,
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+# A suite started in the background by a shell without job control (`cmd &` in a script, under nohup)
+# inherits SIGINT ignored, and Python then leaves it ignored: the Ctrl-C tests' signals, sent to this
+# process and to the commands it starts (which inherit the disposition), would never arrive. They
+# test what a user's Ctrl-C does, so they get Python's own handler back, as in any terminal.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
