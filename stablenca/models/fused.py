@@ -201,20 +201,11 @@ def modernnca_objective(queries: torch.Tensor, candidates: torch.Tensor, labels:
     classification = task != "regression"
     same = class_table = targets = None
     if classification:
-        if n_classes is None:
-            n_classes = int(max(int(labels.max()), int(candidate_labels.max()))) + 1
-        # labels[:, None] == candidate_labels[None, :], the same bits, as rows of the (K, C) class
-        # table picked by label: a copy per row instead of a comparison per pair (10x faster)
-        class_table = make_class_table(candidate_labels, n_classes)
-        same = class_table.index_select(0, labels)
-        same.fill_diagonal_(False)  # published as same & ~self_mask: the self pairs are the diagonal
+        class_table, same = _same_class(labels, candidate_labels, n_classes)
     else:
         labels, candidate_labels = labels.to(queries.dtype), candidate_labels.to(queries.dtype)
         targets = candidate_labels
-    # When the queries are a slice of the candidates' leading rows (the Trainer's embeddings of
-    # batch + sampled rows), the Function takes the candidates alone and returns one gradient.
-    shared = (queries._base is candidates and queries.data_ptr() == candidates.data_ptr()
-              and queries.stride() == candidates.stride())
+    shared = _leading_slice(queries, candidates)
     per_sample, distances, probabilities = _ModernNCAObjective.apply(
         None if shared else queries, candidates, labels, candidate_labels, class_table, targets, float(temperature),
         classification, shared)
@@ -244,15 +235,10 @@ def nca_logspace_objective(queries: torch.Tensor, candidates: torch.Tensor, labe
     if torch.is_autocast_enabled(candidates.device.type):  # as in modernnca_objective
         distances = divided_by(torch.cdist(queries, candidates, p=2), temperature)
         return nca_logspace(distances, labels, candidate_labels, _leading_diagonal(distances))
-    if n_classes is None:
-        n_classes = int(max(int(labels.max()), int(candidate_labels.max()))) + 1
-    # the eager path's (labels[:, None] == candidate_labels[None, :]) & ~self, the same bits (see above)
-    same = make_class_table(candidate_labels, n_classes).index_select(0, labels)
-    same.fill_diagonal_(False)
+    _, same = _same_class(labels, candidate_labels, n_classes)
     # any() over a bool matrix is a slow CPU reduction; amax over its bytes gives the same rows
     included = same.view(torch.uint8).amax(dim=1).bool() if same.shape[1] else same.any(dim=1)
-    shared = (queries._base is candidates and queries.data_ptr() == candidates.data_ptr()
-              and queries.stride() == candidates.stride())
+    shared = _leading_slice(queries, candidates)
     per_sample, distances = _NCALogspaceObjective.apply(None if shared else queries, candidates, same, included,
                                                         float(temperature), shared)
     publish("distances", distances)
@@ -263,6 +249,33 @@ def nca_logspace_objective(queries: torch.Tensor, candidates: torch.Tensor, labe
 
 #: The built-in loss functions with a fused kernel (keyed by the function, so a user's loss never matches).
 OBJECTIVES = {modernnca: modernnca_objective, nca_logspace: nca_logspace_objective}
+
+
+def fused_objective(loss_fn, kernel: str):
+    """The fused objective that replaces ``loss_fn`` under ``kernel``, or None (it then runs eager)."""
+    return OBJECTIVES.get(loss_fn) if kernel == "fused" else None
+
+
+def _same_class(labels: torch.Tensor, candidate_labels: torch.Tensor, n_classes: int | None):
+    """(the (K, C) class table, the published same-class mask) of queries that are the leading candidates.
+
+    The mask is the eager path's ``(labels[:, None] == candidate_labels[None, :]) & ~self``, the same
+    bits, as rows of the class table picked by label: a copy per row instead of a comparison per
+    pair (10x faster); the self pairs are the diagonal.
+    """
+    if n_classes is None:
+        n_classes = int(max(int(labels.max()), int(candidate_labels.max()))) + 1
+    table = make_class_table(candidate_labels, n_classes)
+    same = table.index_select(0, labels)
+    same.fill_diagonal_(False)
+    return table, same
+
+
+def _leading_slice(queries: torch.Tensor, candidates: torch.Tensor) -> bool:
+    """Whether ``queries`` is a slice of ``candidates``' leading rows (the Trainer's embeddings of batch +
+    sampled rows): the Function then takes the candidates alone and returns one gradient for both roles."""
+    return (queries._base is candidates and queries.data_ptr() == candidates.data_ptr()
+            and queries.stride() == candidates.stride())
 
 
 def _leading_diagonal(distances: torch.Tensor) -> torch.Tensor:

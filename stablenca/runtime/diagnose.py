@@ -265,18 +265,18 @@ def start_order(configs: list[TrainConfig]) -> list[int]:
     first. Within a model the steps decide: a stable formulation (:func:`stablenca.losses.is_stable`:
     finite at every distance scale) trains until early stopping, while an unstable one may end at its
     first non-finite step (the ratio runs do, within a few epochs); so stable runs rank next. The
-    kernel comes last: a fused objective (:data:`stablenca.models.fused.OBJECTIVES`, as the Trainer
+    kernel comes last: a fused objective (:func:`stablenca.models.fused.fused_objective`, as the Trainer
     picks it; ~55 ms a ModernNCA step against 100-160 ms through autograd) changes the step's cost by
     less once the evaluations, which both kernels share, are counted.
     """
     from ..losses import REGISTRY, is_stable
-    from ..models.fused import OBJECTIVES
+    from ..models.fused import fused_objective
 
     def cost(config: TrainConfig) -> tuple[int, int, int]:
         config = config.resolved()
         model = 1 if config.model == "modernnca" else 0
         formulation = REGISTRY.get(config.loss)  # None for a user loss: never fused
-        fused = config.kernel == "fused" and formulation is not None and formulation.fn in OBJECTIVES
+        fused = formulation is not None and fused_objective(formulation.fn, config.kernel) is not None
         return model, int(is_stable(config.loss)), 0 if fused else 1
 
     return sorted(range(len(configs)), key=lambda index: tuple(-c for c in cost(configs[index])))

@@ -29,7 +29,7 @@ from .. import floats, losses
 from ..errors import ConfigError, StableNCAError, UserLossError
 from ..data import load_dataset, prepare
 from ..models import ModernNCA, SeedNCA
-from ..models.fused import OBJECTIVES
+from ..models.fused import fused_objective
 from ..models.neighbours import (Rows, in_batch_pairs, knn_readout, onehot_targets, sampled_pool_pairs,
                                 sampled_pool_rows, soft_neighbour_readout)
 from ..publish import capture
@@ -308,7 +308,7 @@ class Trainer:
             self.formulation = _guard_user_loss(self.formulation)
         #: The fused kernel computes the built-in ModernNCA and nca_logspace objectives; anything else
         #: (the student's losses, whose ops the tracer names, and user losses) runs eager.
-        self.fused_objective = OBJECTIVES.get(self.formulation.fn) if self.config.kernel == "fused" else None
+        self.fused_objective = fused_objective(self.formulation.fn, self.config.kernel)
         self.fused = self.fused_objective is not None
         torch.manual_seed(self.config.seed)
         self.model = build_model(self.config, self.data.n_num, self.data.n_onehot).to(self.device, self.dtype)
