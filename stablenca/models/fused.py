@@ -42,7 +42,7 @@ import torch
 from ..losses.base import LossOutput
 from ..losses.builtin import MODERNNCA_EPS, class_table as make_class_table, modernnca, nca_logspace, per_class
 from ..publish import publish
-from .neighbours import divided_by
+from .neighbours import divided_by, leading_self_mask
 
 
 class _ModernNCAObjective(torch.autograd.Function):
@@ -279,6 +279,5 @@ def _leading_slice(queries: torch.Tensor, candidates: torch.Tensor) -> bool:
 
 
 def _leading_diagonal(distances: torch.Tensor) -> torch.Tensor:
-    """The self pairs of a (queries, candidates) matrix whose candidates start with the queries."""
-    mask = torch.zeros(distances.shape, dtype=torch.bool, device=distances.device)
-    return mask.fill_diagonal_(True)
+    """The self pairs of a (queries, candidates) matrix whose candidates start with the queries (shared, read-only)."""
+    return leading_self_mask(*distances.shape, distances.device)

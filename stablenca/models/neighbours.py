@@ -48,6 +48,45 @@ def divided_by(distances: torch.Tensor, temperature: float) -> torch.Tensor:
     return distances if temperature == 1.0 else distances / temperature
 
 
+#: The self-pair masks handed out, one per (batch, width, device), with the version they were made at.
+#: Every step of one shape gets the same read-only (B, C) mask instead of a new 1.9 MB one; an
+#: in-place write to it (or to any view: views share the version counter) retires it, and the next
+#: call builds a fresh one. Writes through numpy bypass the counter: do not write into it.
+_SELF_MASKS: dict[tuple, tuple[torch.Tensor, int]] = {}
+_SELF_MASKS_KEPT = 8
+
+
+def leading_self_mask(batch: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The (batch, width) bool mask of the self pairs (i, i), i < batch: the queries are the candidates'
+    leading rows (both training schemes). Shared between calls: treat it as read-only.
+
+    >>> leading_self_mask(2, 3).int().tolist()
+    [[1, 0, 0], [0, 1, 0]]
+    >>> leading_self_mask(2, 3) is leading_self_mask(2, 3)
+    True
+    """
+    key = (batch, width, str(device))
+    kept = _SELF_MASKS.get(key)
+    if kept is not None and kept[0]._version == kept[1]:
+        return kept[0]
+    mask = torch.zeros((batch, width), dtype=torch.bool, device=device)
+    mask[:, :batch].fill_diagonal_(True)
+    if key not in _SELF_MASKS and len(_SELF_MASKS) >= _SELF_MASKS_KEPT:
+        _SELF_MASKS.pop(next(iter(_SELF_MASKS)))  # the oldest shape
+    _SELF_MASKS[key] = (mask, mask._version)
+    return mask
+
+
+def is_leading_self_mask(mask: torch.Tensor) -> bool:
+    """Whether ``mask`` is, or views in full, a :func:`leading_self_mask` that nobody has written to
+    (so the probes need not read it to know where the self pairs are)."""
+    if mask.dim() != 2:
+        return False
+    kept = _SELF_MASKS.get((*mask.shape, str(mask.device)))
+    return (kept is not None and mask.data_ptr() == kept[0].data_ptr() and mask.stride() == kept[0].stride()
+            and mask.dtype == torch.bool and mask._version == kept[1])
+
+
 def in_batch_pairs(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> Pairs:
     """The student's pairs: every row of the batch against every other row."""
     embeddings = model(x)
@@ -113,8 +152,7 @@ def sampled_pool_pairs(
     rows = sampled_pool_rows(model, x_train, y_train, batch_indices, sample_rate=sample_rate, generator=generator)
     batch_size = len(batch_indices)
     distances = divided_by(torch.cdist(rows.embeddings[:batch_size], rows.embeddings, p=2), model.temperature)
-    self_mask = torch.zeros(distances.shape, dtype=torch.bool, device=distances.device)
-    self_mask[:, :batch_size].fill_diagonal_(True)
+    self_mask = leading_self_mask(batch_size, distances.shape[1], distances.device)
     return Pairs(distances, rows.labels, rows.candidate_labels, self_mask, rows.n_candidates_sampled)
 
 

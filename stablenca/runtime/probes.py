@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..models.neighbours import is_leading_self_mask
+
 #: Above this many pairs, the same/other-class ranges and the quantiles come from an
 #: evenly strided sample of query rows (``probe_sampled`` is then true in the record);
 #: the overall ``d_min``/``d_max`` and the exp/softmax underflow counts stay exact.
@@ -165,6 +167,8 @@ def _off_diagonal(matrix: torch.Tensor) -> list[torch.Tensor]:
 
 def _is_leading_diagonal(self_mask: torch.Tensor) -> bool:
     """The self pairs are exactly (i, i), i < B (both candidate schemes of the Trainer)."""
+    if is_leading_self_mask(self_mask):  # the shared mask, unwritten: known without reading it
+        return True
     batch, width = self_mask.shape
     if not (0 < batch <= width and self_mask.is_contiguous() and bool(self_mask.diagonal().all())):
         return False
