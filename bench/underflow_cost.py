@@ -1,0 +1,156 @@
+"""What float32 underflow costs in time: exp and a matrix product on tiny numbers, and the student's epochs.
+
+``python bench/underflow_cost.py [--rounds 7] [--epochs 12]``
+
+Underflow is usually taught as a loss of accuracy. On some CPUs it is also a loss of speed,
+and that is part of why ``stablenca diagnose`` takes as long as it does: its ``ratio_eps``
+and ``difference`` runs inflate the distance scale until most of ``exp(-d)`` underflows.
+
+* **Kernels** (one thread, so that the flush setting below reaches every thread that computes):
+  ``torch.exp`` and ``numpy.exp`` over 2^20 float32 arguments whose results are normal, subnormal
+  (arguments in (-103.97, -87.34)) or zero (below -103.97); a (1848 x 1024) @ (1024 x 128)
+  product, the shape of one gradient product of a ModernNCA step, whose left operand holds
+  normal or subnormal numbers. Each also with ``torch.set_flush_denormal(True)`` (the CPU's
+  flush-to-zero and denormals-are-zero modes): if that makes it fast, the time went to the
+  CPU's handling of subnormal operands; if not, to the library's own path for such arguments.
+* **Epochs**: ModernNCA with the student's ``difference`` (or ``ratio_eps``) loss, TALENT's candidates,
+  float32, trained ``--epochs`` epochs (untimed), then one more epoch (training steps and
+  validation) from that same saved state, timed with the default IEEE modes and with
+  flushing, interleaved. Flushing changes the numbers (subnormals become zero), so it is
+  never an option for a diagnosis, which must compute what the student's code computes;
+  here it only measures what the subnormals cost. The epoch's exp zero and subnormal counts
+  come from what the loss published.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import _common as C  # noqa: E402
+from stablenca.publish import capture  # noqa: E402
+from stablenca.training import StepContext, Trainer, TrainConfig  # noqa: E402
+
+#: Argument ranges of exp(x) in float32 by what the result is (ln of the smallest normal, -87.34;
+#: below -103.97 even the smallest subnormal rounds to 0).
+EXP_RANGES = {"normal result": (-80.0, -1.0), "subnormal result": (-103.9, -87.4), "zero result": (-200.0, -104.0)}
+
+
+@contextlib.contextmanager
+def flushing(enabled: bool):
+    """The calling thread's flush-to-zero / denormals-are-zero modes for the block."""
+    if enabled:
+        torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if enabled:
+            torch.set_flush_denormal(False)
+
+
+def kernel_variants() -> dict:
+    generator = torch.Generator().manual_seed(0)
+    arguments = {name: torch.empty(1 << 20).uniform_(low, high, generator=generator)
+                 for name, (low, high) in EXP_RANGES.items()}
+    operands = {"normal": torch.rand(1848, 1024, generator=generator) * 1e-3 + 1e-6,
+                "subnormal": torch.rand(1848, 1024, generator=generator) * 1e-39}
+    right = torch.randn(1024, 128, generator=generator)
+    variants = {}
+    for flush in (False, True):
+        suffix = ", flushed" if flush else ""
+        for name, x in arguments.items():
+            variants[f"torch.exp, {name}{suffix}"] = lambda x=x, flush=flush: _flushed(flush, torch.exp, x)
+            values = x.numpy()
+            variants[f"numpy.exp, {name}{suffix}"] = lambda v=values, flush=flush: _flushed(flush, np.exp, v)
+        for name, left in operands.items():
+            variants[f"product, {name} operand{suffix}"] = lambda a=left, flush=flush: _flushed(flush, torch.mm, a, right)
+    return variants
+
+
+def _flushed(flush: bool, function, *args):
+    with flushing(flush):
+        return function(*args)
+
+
+def epoch_variants(loss: str, epochs: int) -> tuple[dict, dict, dict]:
+    """(variants, before, counts): one epoch from the same state, with and without flushing."""
+    trainer = Trainer(TrainConfig(seed=0, epochs=1, loss=loss, patience=None))
+
+    def epoch(counts=None):
+        for i, batch in enumerate(trainer.epoch_batches()):
+            if counts is None:
+                trainer.run_step(StepContext(0, i, i, batch))
+                continue
+            with capture() as published:
+                trainer.run_step(StepContext(0, i, i, batch))
+            exp_out = published["exp_out"][~published["self_mask"]]
+            counts["exp outputs"] += exp_out.numel()
+            counts["zero"] += int((exp_out == 0).sum())
+            counts["subnormal"] += int(((exp_out > 0) & (exp_out < torch.finfo(exp_out.dtype).tiny)).sum())
+        trainer.evaluate("val")
+
+    for _ in range(epochs):
+        epoch()
+    saved = (copy.deepcopy(trainer.model.state_dict()), copy.deepcopy(trainer.optimizer.state_dict()),
+             trainer.generator.get_state())
+
+    def restore():
+        trainer.model.load_state_dict(saved[0])
+        trainer.optimizer.load_state_dict(saved[1])
+        trainer.generator.set_state(saved[2])
+
+    counts = {"exp outputs": 0, "zero": 0, "subnormal": 0}
+    restore()
+    epoch(counts)
+    variants = {f"{loss} epoch": epoch, f"{loss} epoch, flushed": lambda: _flushed(True, epoch)}
+    return variants, {name: restore for name in variants}, counts
+
+
+def main(argv=None) -> None:
+    parser = C.parser(__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--epochs", type=int, default=12, help="untimed epochs before the timed one")
+    parser.add_argument("--losses", default="difference,ratio_eps")
+    args = C.parse(parser, argv)
+    torch.set_num_threads(1)  # the flush modes are per thread: one thread computes everything
+    info = C.machine_info()
+    kernels = C.interleaved(kernel_variants(), args.rounds)
+    rows = []
+    base = {"torch.exp": "torch.exp, normal result", "numpy.exp": "numpy.exp, normal result",
+            "product": "product, normal operand"}
+    for name, times in kernels.items():
+        reference = kernels[base[name.split(",")[0]]]
+        ratio = C.median([t / r for t, r in zip(times, reference)])
+        rows.append([name, C.fmt_seconds(C.median(times)), f"{ratio:.1f}×"])
+    body = (f"{args.rounds} interleaved rounds, 1 torch thread, float32; exp over 2^20 arguments, the product "
+            "(1848 × 1024) @ (1024 × 128). Ratio: median per-round time over the same kernel's normal case "
+            "without flushing.\n\n" + C.md_table(["kernel, inputs", "median", "vs normal"], rows))
+    data = {"kernels": kernels, "epochs": {}}
+    epoch_rows = []
+    for loss in [name for name in args.losses.split(",") if name]:
+        variants, before, counts = epoch_variants(loss, args.epochs)
+        times = C.interleaved(variants, args.rounds, before=before)
+        plain, flushed = times[f"{loss} epoch"], times[f"{loss} epoch, flushed"]
+        share = (counts["zero"] + counts["subnormal"]) / max(counts["exp outputs"], 1)
+        epoch_rows.append([loss, f"{counts['zero']:,} + {counts['subnormal']:,} of {counts['exp outputs']:,} "
+                           f"({share:.0%})", C.fmt_seconds(C.median(plain)), C.fmt_seconds(C.median(flushed)),
+                           f"{C.median([p / f for p, f in zip(plain, flushed)]):.2f}×"])
+        data["epochs"][loss] = {"times": times, "counts": counts}
+    if epoch_rows:
+        body += (f"\n\nModernNCA with the student's loss, TALENT's candidates, after {args.epochs} untimed epochs; "
+                 "one epoch (training steps and validation) from the same saved state, interleaved:\n\n"
+                 + C.md_table(["loss", "exp outputs zero + subnormal (that epoch)", "epoch, IEEE default",
+                               "epoch, flushed (other numbers)", "default / flushed"], epoch_rows))
+    command = C.command_line("underflow_cost.py", args, f" --rounds {args.rounds} --epochs {args.epochs}")
+    C.emit(C.section("What float32 underflow costs in time", command, info, body), data, args)
+
+
+if __name__ == "__main__":
+    main()
