@@ -65,16 +65,19 @@ def test_jobs_share_the_threads():
 def test_the_longest_runs_start_first():
     configs = [TrainConfig(model=model, loss=loss) for model, loss in plan_runs(None, None)]
     order = [DEFAULT_RUNS[index] for index in start_order(configs)]
-    # ModernNCA before SeedNCA; within it the stable formulations (they train until early stopping)
-    # first; a fused objective after the same formulation through autograd; plan order among equals.
-    assert order == [("modernnca", "nca_logspace"), ("modernnca", "modernnca"), ("modernnca", "ratio"),
-                     ("modernnca", "ratio_eps"), ("modernnca", "difference"), ("seed", "ratio")]
+    # ModernNCA before SeedNCA; within it the runs through autograd (a costlier step) before the fused
+    # ones; then the stable formulations; plan order among equals.
+    assert order == [("modernnca", "ratio"), ("modernnca", "ratio_eps"), ("modernnca", "difference"),
+                     ("modernnca", "nca_logspace"), ("modernnca", "modernnca"), ("seed", "ratio")]
     for loss in ("modernnca", "nca_logspace"):  # both have a fused objective
         fused, eager = (TrainConfig(model="modernnca", loss=loss, kernel=kernel) for kernel in ("fused", "eager"))
         assert start_order([fused, eager]) == [1, 0]
     # A stable SeedNCA run still waits for an unstable ModernNCA run (the step's cost ranks first).
     seed_stable = TrainConfig(model="seed", loss="nca_logspace")
     assert start_order([seed_stable, configs[1]]) == [1, 0]
+    # Of two runs through autograd, the stable one first.
+    stable, unstable = (TrainConfig(model="modernnca", loss=loss, kernel="eager") for loss in ("nca_logspace", "ratio"))
+    assert start_order([unstable, stable]) == [1, 0]
 
 
 def test_the_check_is_the_same_on_one_thread(monkeypatch):

@@ -261,23 +261,27 @@ def start_order(configs: list[TrainConfig]) -> list[int]:
     """The runs' indices, the longest expected first (plan order among equals), so the short runs fill the end.
 
     A run lasts its step's cost times its steps. The model sets the step's cost by about two orders
-    of magnitude (reports/benchmarks.md: the SeedNCA step ~2 ms, ModernNCA 55-160 ms), so it ranks
-    first. Within a model the steps decide: a stable formulation (:func:`stablenca.losses.is_stable`:
-    finite at every distance scale) trains until early stopping, while an unstable one may end at its
-    first non-finite step (the ratio runs do, within a few epochs); so stable runs rank next. The
-    kernel comes last: a fused objective (:func:`stablenca.models.fused.fused_objective`, as the Trainer
-    picks it; ~55 ms a ModernNCA step against 100-160 ms through autograd) changes the step's cost by
-    less once the evaluations, which both kernels share, are counted.
+    of magnitude (reports/benchmarks.md: the SeedNCA step ~2 ms, ModernNCA 55-240 ms), so it ranks
+    first. Then the kernel: a step through autograd costs 2.5-3x a fused one
+    (:func:`stablenca.models.fused.fused_objective`, as the Trainer picks it), and more once the student's
+    float32 ``exp`` underflows: torch's exp and the gradient's products take slow paths on such numbers
+    on some CPUs (``bench/underflow_cost.py``). The steps come last: a stable formulation
+    (:func:`stablenca.losses.is_stable`) trains until early stopping, but so do the student's ``ratio_eps``
+    and ``difference``, which are not stable formulations yet stay finite in these runs; only a run that
+    does go non-finite ends early, which is not known before it runs. Measured on an Intel Xeon (round 7,
+    ``bench/bench_diagnose.py``): ``ratio_eps`` and ``difference`` through autograd trained 16.7 and
+    17.2 s, the fused ``nca_logspace`` and ``modernnca`` 9.4 and 6.4 s, so the previous order (stable
+    first) started the two longest runs last.
     """
     from ..losses import REGISTRY, is_stable
     from ..models.fused import fused_objective
 
-    def cost(config: TrainConfig) -> tuple[int, int, int]:
+    def cost(config: TrainConfig) -> tuple[int, int, int]:  # larger: longer
         config = config.resolved()
         model = 1 if config.model == "modernnca" else 0
         formulation = REGISTRY.get(config.loss)  # None for a user loss: never fused
         fused = formulation is not None and fused_objective(formulation.fn, config.kernel) is not None
-        return model, int(is_stable(config.loss)), 0 if fused else 1
+        return model, 0 if fused else 1, int(is_stable(config.loss))
 
     return sorted(range(len(configs)), key=lambda index: tuple(-c for c in cost(configs[index])))
 
