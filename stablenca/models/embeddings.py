@@ -73,10 +73,7 @@ class _PLRLite(torch.autograd.Function):
             if ctx.needs_input_grad[0]:
                 grad_x = (grad_angles * (2 * math.pi * frequencies[None])).sum(-1)
             if ctx.needs_input_grad[1]:
-                # sum over rows of x_nf * a'_nfk, per feature f: one batched (1 x n) @ (n x k) product
-                # instead of a multiply pass and a sum pass over (n, f, k) (0.2 against 0.38 ms a step)
-                grad_frequencies = torch.bmm(x.mT.unsqueeze(1), grad_angles.transpose(0, 1)).squeeze(1)
-                grad_frequencies.mul_(2 * math.pi)
+                grad_frequencies = grad_angles.mul_(x[..., None]).sum(0).mul_(2 * math.pi)
         return grad_x, grad_frequencies, grad_weight, grad_bias
 
 
