@@ -14,6 +14,12 @@ Target: at most 30 s of wall time on a 2-core machine (issue 16; it was 90 s bef
 torch threads diagnose trains two runs at once, one thread each (`--jobs`); each worker draws
 its run's figures after training, and the check runs in a worker of its own from the start.
 
+Each repeat also times ``bench/diagnose_floor.py`` in a subprocess, interleaved (the order
+alternates): the same runs, trained the same way on the same schedule with no hook, no
+figures, no check and no report. That is the floor under any diagnose on this machine with
+today's kernels: the student's runs execute the student's arithmetic, which diagnose must
+not change. diagnose − floor is what diagnosis itself costs.
+
 ``python bench/bench_diagnose.py [--quick] [--repeats N]``; ``--quick`` adds
 ``--epochs 3`` to the command (a smoke run, not the target's configuration).
 """
@@ -77,6 +83,36 @@ def timeline(out: Path, started: float, wall: float, run_names: list[str]) -> li
     return rows
 
 
+def floor(env) -> dict:
+    """One run of bench/diagnose_floor.py: its wall time as a subprocess, and what it printed."""
+    wall, proc = timed([sys.executable, str(C.BENCH / "diagnose_floor.py")], env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"diagnose_floor.py failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["subprocess_wall"] = wall
+    C.stderr(f"  floor (no hook, no report): {wall:.1f} s wall")
+    return result
+
+
+def floor_text(floors: list[dict], median_wall: float) -> str:
+    """The floor's paragraph and per-run table."""
+    if not floors:
+        return ""
+    walls = [f["subprocess_wall"] for f in floors]
+    median_floor = C.median(walls)
+    rows = []
+    for k, (model, loss, status, epochs, _) in enumerate(floors[0]["runs"]):
+        rows.append([f"{model}-{loss}", status, epochs, C.fmt_seconds(C.median([f["runs"][k][4] for f in floors]))])
+    return (f"\nThe floor, `python bench/diagnose_floor.py` (a subprocess, interleaved with the repeats above): the "
+            f"same runs trained on the same schedule ({floors[0]['jobs']} jobs × {floors[0]['threads']} thread), "
+            f"with no hook, no figures, no check and no report: {', '.join(C.fmt_seconds(w) for w in walls)}; "
+            f"**median {C.fmt_seconds(median_floor)}** (target {TARGET_SECONDS:.0f} s: "
+            f"{'below' if median_floor <= TARGET_SECONDS else '**above**'}). Diagnosis itself (probes, sentinel, "
+            f"check, 19 figures, both reports, their imports) adds {C.fmt_seconds(median_wall - median_floor)} "
+            f"(median against median).\n\n"
+            + C.md_table(["run (no hook)", "status", "epochs", "seconds (median)"], rows))
+
+
 def main(argv=None) -> int:
     p = C.parser(__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=None, help="whole-command repeats (default 3, quick 1)")
@@ -87,6 +123,7 @@ def main(argv=None) -> int:
     extra = ["--epochs", "3"] if args.quick else []
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     walls, cpus, summaries, report_walls, outputs, checks = [], [], [], [], [], []
+    floors: list[dict] = []
     timeline_rows: list[list[str]] = []
     workdir = Path(tempfile.mkdtemp(prefix="stablenca-bench-diagnose-"))
     try:
@@ -96,12 +133,16 @@ def main(argv=None) -> int:
             out = workdir / f"run{r}"
             cmd = stablenca_cmd() + ["diagnose", "--out", str(out), "--force"] + extra
             C.stderr(f"bench_diagnose: repeat {r + 1}/{repeats}: {' '.join(cmd[1:])}")
+            if not args.quick and r % 2 == 1:  # interleaved: the floor first in odd repeats
+                floors.append(floor(env))
             cpu_before, started = cpu_seconds_of_children(), time.time()
             wall, proc = timed(cmd, env=env)
             if proc.returncode != 0:
                 raise SystemExit(f"diagnose failed ({proc.returncode}): {proc.stderr[-2000:]}")
             walls.append(wall)
             cpus.append(cpu_seconds_of_children() - cpu_before)
+            if not args.quick and r % 2 == 0:  # after the CPU time is read: not counted as diagnose's
+                floors.append(floor(env))
             summary = json.loads((out / "summary.json").read_text())
             summaries.append(summary)
             timeline_rows = timeline(out, started, wall, [r["run"] for r in summary["runs"]])
@@ -164,12 +205,13 @@ def main(argv=None) -> int:
         + table
         + "\nTimeline of the last repeat (seconds since the command started; from the output's file times):\n\n"
         + C.md_table(["what", "from", "to"], timeline_rows)
+        + floor_text(floors, median_wall)
         + f"\nSeparately: importing stablenca.runtime.diagnose + stablenca.report + sklearn in a fresh interpreter "
           f"{C.fmt_seconds(import_wall)}; `stablenca report OUT` alone (figures and both reports, fresh process) "
           f"{C.fmt_seconds(report_walls[0])}.\n"
     )
     data = {"checks": checks, "walls": walls, "cpu_seconds": cpus, "timeline": timeline_rows,
-            "median_wall": median_wall, "target_met": met, "summaries": summaries,
+            "median_wall": median_wall, "target_met": met, "summaries": summaries, "floors": floors,
             "import_wall": import_wall, "report_wall": report_walls[0], "outputs": outputs, "command": command}
     md = C.section("`stablenca diagnose`, defaults, end to end", C.command_line("bench_diagnose.py", args), info,
                    body)
