@@ -63,6 +63,25 @@ def under_load(info: dict[str, Any]) -> bool:
     return bool(load) and load[0] > LOAD_LIMIT
 
 
+def settle(limit: float = 1.0, longest: float = 120.0, poll: float = 5.0) -> float:
+    """Sleep until the 1-minute load average is below ``limit`` (at most ``longest`` s); the seconds waited.
+
+    The load average is the only cheap sign of other work that the scripts record, but it
+    decays with a one-minute time constant: two cores kept busy by the previous benchmark
+    leave it near 2 for about 40 s after they stop, and the next script would flag itself
+    as measured under load (:data:`LOAD_LIMIT`) with nothing else running. Waiting here lets
+    the number mean other processes again. Off Unix (no load average) nothing is waited.
+    """
+    waited = 0.0
+    while waited < longest:
+        load = load_average()
+        if load is None or load[0] < limit:
+            break
+        time.sleep(poll)
+        waited += poll
+    return waited
+
+
 def machine_line(info: dict[str, Any]) -> str:
     load = info.get("load_average")
     load_text = "n/a" if not load else " / ".join(f"{x:.2f}" for x in load)

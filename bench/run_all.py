@@ -5,7 +5,9 @@ so that imports, allocator state and peak memory do not leak between them; their
 Markdown sections are assembled under a header with the machine, the load average at
 the start and the end, a thread-contention canary and a table of the targets. The
 report is written to a temporary file and moved into place with ``os.replace``, so an
-interrupted run never leaves a half-written report.
+interrupted run never leaves a half-written report. Between two scripts it waits (up to
+2 minutes) until the 1-minute load average is below 1 (``_common.settle``): otherwise the
+previous script's own load would flag the next as measured under load.
 
 ``python bench/run_all.py [--quick] [--threads N] [--only NAME ...] [--keep DIR] [--reuse DIR] [--out PATH]``
 
@@ -146,6 +148,9 @@ def main(argv=None) -> int:
                     timings.append((name + " (reused)", 0.0, 0))
                 continue
             json_path = Path(tmp) / f"{name}.json"
+            ran = any(not n.endswith("(reused)") for n, _, _ in timings)
+            if ran and not args.quick:  # after a benchmark, until the load average has decayed (C.settle)
+                C.stderr(f"run_all: waited {C.settle():.0f} s for the load average to settle")
             seconds, code, stdout = run_one(script, args.quick, args.threads, json_path)
             timings.append((name, seconds, code))
             if code == 0 and json_path.is_file():
