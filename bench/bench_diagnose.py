@@ -94,15 +94,24 @@ def floor(env) -> dict:
     return result
 
 
-def floor_text(floors: list[dict], median_wall: float) -> str:
-    """The floor's paragraph and per-run table."""
+def floor_text(floors: list[dict], median_wall: float, summaries: list[dict]) -> str:
+    """The floor's paragraph and per-run table (beside each run's train_seconds under diagnose's hooks)."""
     if not floors:
         return ""
     walls = [f["subprocess_wall"] for f in floors]
     median_floor = C.median(walls)
+    hooked = {}
+    for summary in summaries:
+        for entry in summary["runs"]:
+            if entry.get("train_seconds") is not None:
+                hooked.setdefault((entry["model"], entry["loss"]), []).append(entry["train_seconds"])
     rows = []
     for k, (model, loss, status, epochs, _) in enumerate(floors[0]["runs"]):
-        rows.append([f"{model}-{loss}", status, epochs, C.fmt_seconds(C.median([f["runs"][k][4] for f in floors]))])
+        plain = C.median([f["runs"][k][4] for f in floors])
+        with_hooks = C.median(hooked[(model, loss)]) if (model, loss) in hooked else None
+        rows.append([f"{model}-{loss}", status, epochs, C.fmt_seconds(plain),
+                     C.fmt_seconds(with_hooks) if with_hooks is not None else "n/a",
+                     f"{with_hooks / plain:.2f}×" if with_hooks is not None else "n/a"])
     return (f"\nThe floor, `python bench/diagnose_floor.py` (a subprocess, interleaved with the repeats above): the "
             f"same runs trained on the same schedule ({floors[0]['jobs']} jobs × {floors[0]['threads']} thread), "
             f"with no hook, no figures, no check and no report: {', '.join(C.fmt_seconds(w) for w in walls)}; "
@@ -110,7 +119,10 @@ def floor_text(floors: list[dict], median_wall: float) -> str:
             f"{'below' if median_floor <= TARGET_SECONDS else '**above**'}). Diagnosis itself (probes, sentinel, "
             f"check, 19 figures, both reports, their imports) adds {C.fmt_seconds(median_wall - median_floor)} "
             f"(median against median).\n\n"
-            + C.md_table(["run (no hook)", "status", "epochs", "seconds (median)"], rows))
+            + C.md_table(["run", "status (no hook)", "epochs", "seconds, no hook (median)",
+                          "train_seconds under diagnose (median, above)", "ratio"], rows)
+            + "\nA run shares the two cores with different neighbours in the two schedules (hooks and figures shift "
+              "the start times), so a per-run ratio says less than the totals.\n")
 
 
 def main(argv=None) -> int:
@@ -205,7 +217,7 @@ def main(argv=None) -> int:
         + table
         + "\nTimeline of the last repeat (seconds since the command started; from the output's file times):\n\n"
         + C.md_table(["what", "from", "to"], timeline_rows)
-        + floor_text(floors, median_wall)
+        + floor_text(floors, median_wall, summaries)
         + f"\nSeparately: importing stablenca.runtime.diagnose + stablenca.report + sklearn in a fresh interpreter "
           f"{C.fmt_seconds(import_wall)}; `stablenca report OUT` alone (figures and both reports, fresh process) "
           f"{C.fmt_seconds(report_walls[0])}.\n"
