@@ -85,16 +85,18 @@ def timeline(out: Path, started: float, wall: float, run_names: list[str]) -> li
 
 def floor(env) -> dict:
     """One run of bench/diagnose_floor.py: its wall time as a subprocess, and what it printed."""
+    cpu_before = cpu_seconds_of_children()
     wall, proc = timed([sys.executable, str(C.BENCH / "diagnose_floor.py")], env=env)
     if proc.returncode != 0:
         raise SystemExit(f"diagnose_floor.py failed ({proc.returncode}): {proc.stderr[-2000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["subprocess_wall"] = wall
-    C.stderr(f"  floor (no hook, no report): {wall:.1f} s wall")
+    result["cpu_seconds"] = cpu_seconds_of_children() - cpu_before
+    C.stderr(f"  floor (no hook, no report): {wall:.1f} s wall, {result['cpu_seconds']:.1f} s CPU")
     return result
 
 
-def floor_text(floors: list[dict], median_wall: float, summaries: list[dict]) -> str:
+def floor_text(floors: list[dict], median_wall: float, summaries: list[dict], median_cpu: float) -> str:
     """The floor's paragraph and per-run table (beside each run's train_seconds under diagnose's hooks)."""
     if not floors:
         return ""
@@ -118,7 +120,13 @@ def floor_text(floors: list[dict], median_wall: float, summaries: list[dict]) ->
             f"**median {C.fmt_seconds(median_floor)}** (target {TARGET_SECONDS:.0f} s: "
             f"{'below' if median_floor <= TARGET_SECONDS else '**above**'}). Diagnosis itself (probes, sentinel, "
             f"check, 19 figures, both reports, their imports) adds {C.fmt_seconds(median_wall - median_floor)} "
-            f"(median against median).\n\n"
+            f"of wall time (median against median). CPU time, which hardly depends on what else runs: floor "
+            f"{', '.join(C.fmt_seconds(f['cpu_seconds']) for f in floors)}, median "
+            f"{C.fmt_seconds(C.median([f['cpu_seconds'] for f in floors]))}; diagnose's median "
+            f"{C.fmt_seconds(median_cpu)} is {median_cpu / C.median([f['cpu_seconds'] for f in floors]):.2f}× "
+            f"the floor's. The floor's start-up (imports and data, until its workers fork): "
+            f"{C.fmt_seconds(C.median([f['startup'] for f in floors]))} (median), against diagnose's in the timeline "
+            f"above.\n\n"
             + C.md_table(["run", "status (no hook)", "epochs", "seconds, no hook (median)",
                           "train_seconds under diagnose (median, above)", "ratio"], rows)
             + "\nA run shares the two cores with different neighbours in the two schedules (hooks and figures shift "
@@ -217,7 +225,7 @@ def main(argv=None) -> int:
         + table
         + "\nTimeline of the last repeat (seconds since the command started; from the output's file times):\n\n"
         + C.md_table(["what", "from", "to"], timeline_rows)
-        + floor_text(floors, median_wall, summaries)
+        + floor_text(floors, median_wall, summaries, median_cpu)
         + f"\nSeparately: importing stablenca.runtime.diagnose + stablenca.report + sklearn in a fresh interpreter "
           f"{C.fmt_seconds(import_wall)}; `stablenca report OUT` alone (figures and both reports, fresh process) "
           f"{C.fmt_seconds(report_walls[0])}.\n"

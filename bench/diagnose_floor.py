@@ -13,7 +13,8 @@ check, no report. The student's three runs execute the student's arithmetic as w
 and the ModernNCA runs use today's kernels, so no diagnose on this machine, with these
 kernels, can finish faster than this process (its start-up included).
 
-Prints ``{"wall": s, "runs": [[model, loss, status, epochs, seconds], ...], "jobs": j, "threads": t}``.
+Prints ``{"wall": s, "startup": s, "runs": [[model, loss, status, epochs, seconds], ...], "jobs": j, "threads": t}``
+(``startup``: from the interpreter's first import here until the workers fork).
 """
 
 from __future__ import annotations
@@ -60,10 +61,11 @@ def main() -> int:
     jobs, threads = _jobs_and_threads(None, len(CONFIGS))
     order = start_order(CONFIGS)
     context = multiprocessing.get_context("fork")
+    startup = time.perf_counter() - STARTED  # imports and data, until the workers fork
     with context.Pool(jobs, initializer=_worker_threads, initargs=(threads,)) as pool:
         # imap with chunks of one hands the next run to whichever worker is free: diagnose's schedule
         runs = dict(zip(order, pool.imap(_train, order, chunksize=1)))
-    print(json.dumps({"wall": time.perf_counter() - STARTED, "jobs": jobs, "threads": threads,
+    print(json.dumps({"wall": time.perf_counter() - STARTED, "startup": startup, "jobs": jobs, "threads": threads,
                       "runs": [runs[k] for k in range(len(CONFIGS))]}))
     return 0
 
