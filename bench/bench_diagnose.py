@@ -102,6 +102,7 @@ def floor_text(floors: list[dict], median_wall: float, summaries: list[dict], me
         return ""
     walls = [f["subprocess_wall"] for f in floors]
     median_floor = C.median(walls)
+    floor_cpu = C.median([f["cpu_seconds"] for f in floors])
     hooked = {}
     for summary in summaries:
         for entry in summary["runs"]:
@@ -122,8 +123,7 @@ def floor_text(floors: list[dict], median_wall: float, summaries: list[dict], me
             f"check, 19 figures, both reports, their imports) adds {C.fmt_seconds(median_wall - median_floor)} "
             f"of wall time (median against median). CPU time, which hardly depends on what else runs: floor "
             f"{', '.join(C.fmt_seconds(f['cpu_seconds']) for f in floors)}, median "
-            f"{C.fmt_seconds(C.median([f['cpu_seconds'] for f in floors]))}; diagnose's median "
-            f"{C.fmt_seconds(median_cpu)} is {median_cpu / C.median([f['cpu_seconds'] for f in floors]):.2f}× "
+            f"{C.fmt_seconds(floor_cpu)}; diagnose's median {C.fmt_seconds(median_cpu)} is {median_cpu / floor_cpu:.2f}× "
             f"the floor's. The floor's start-up (imports and data, until its workers fork): "
             f"{C.fmt_seconds(C.median([f['startup'] for f in floors]))} (median), against diagnose's in the timeline "
             f"above.\n\n"

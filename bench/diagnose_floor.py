@@ -43,10 +43,6 @@ CONFIGS = [dataclasses.replace(TrainConfig(), model=model, loss=loss) for model,
 DATA = None  # loaded in the parent before forking, as diagnose does
 
 
-def _worker_threads(threads: int) -> None:
-    torch.set_num_threads(threads)
-
-
 def _train(index: int) -> list:
     config = CONFIGS[index].resolved()
     started = time.perf_counter()
@@ -62,7 +58,7 @@ def main() -> int:
     order = start_order(CONFIGS)
     context = multiprocessing.get_context("fork")
     startup = time.perf_counter() - STARTED  # imports and data, until the workers fork
-    with context.Pool(jobs, initializer=_worker_threads, initargs=(threads,)) as pool:
+    with context.Pool(jobs, initializer=torch.set_num_threads, initargs=(threads,)) as pool:
         # imap with chunks of one hands the next run to whichever worker is free: diagnose's schedule
         runs = dict(zip(order, pool.imap(_train, order, chunksize=1)))
     print(json.dumps({"wall": time.perf_counter() - STARTED, "startup": startup, "jobs": jobs, "threads": threads,
