@@ -758,7 +758,7 @@ def gradient_flow_figure(run: RunData):
                       norm=LogNorm(vmin=vmin, vmax=vmax),
                       extent=(steps[0] - 0.5, steps[-1] + 0.5, len(keys) - 0.5, -0.5))
     cbar = fig.colorbar(image, ax=ax, extend="min", pad=0.01)
-    cbar.set_label("‖∂loss/∂θ‖₂ of the parameter tensor (log colour)")
+    cbar.set_label("‖∂loss/∂θ‖₂ (log colour)")  # longer labels overrun the figure's top
     ax.set_yticks(range(len(keys)), [k.split("/", 1)[1] for k in keys], fontsize=8)
     ax.set_ylabel("parameter tensor")
     ax.set_xlabel("training step (batch index)")
