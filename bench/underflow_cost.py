@@ -8,7 +8,7 @@ and ``difference`` runs inflate the distance scale until most of ``exp(-d)`` und
 
 * **Kernels** (one thread, so that the flush setting below reaches every thread that computes):
   ``torch.exp`` and ``numpy.exp`` over 2^20 float32 arguments whose results are normal, subnormal
-  (arguments in (-103.97, -87.34)) or zero (below -103.97); a (1848 x 1024) @ (1024 x 128)
+  (arguments in (-103.97, -87.34)) or zero (below -103.97, or -inf: a masked entry); a (1848 x 1024) @ (1024 x 128)
   product, the shape of one gradient product of a ModernNCA step, whose left operand holds
   normal or subnormal numbers. Each also with ``torch.set_flush_denormal(True)`` (the CPU's
   flush-to-zero and denormals-are-zero modes): if that makes it fast, the time went to the
@@ -25,6 +25,7 @@ and ``difference`` runs inflate the distance scale until most of ``exp(-d)`` und
 from __future__ import annotations
 
 import contextlib
+import math
 import copy
 import sys
 from pathlib import Path
@@ -59,6 +60,8 @@ def kernel_variants() -> dict:
     generator = torch.Generator().manual_seed(0)
     arguments = {name: torch.empty(1 << 20).uniform_(low, high, generator=generator)
                  for name, (low, high) in EXP_RANGES.items()}
+    # exp(-inf) = 0: what a masked entry of a logsumexp costs (the fused nca_logspace kernel raises them)
+    arguments["-inf argument"] = torch.full((1 << 20,), -math.inf)
     operands = {"normal": torch.rand(1848, 1024, generator=generator) * 1e-3 + 1e-6,
                 "subnormal": torch.rand(1848, 1024, generator=generator) * 1e-39}
     right = torch.randn(1024, 128, generator=generator)

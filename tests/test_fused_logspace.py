@@ -1,9 +1,11 @@
 """The fused nca_logspace objective (stablenca.models.fused) against autograd through the eager loss.
 
-As for ModernNCA's (tests/test_fused.py): the forward runs the eager path's ops, so the loss,
-the included rows and every published tensor are the same bits; the closed-form backward must
-agree with autograd in float64 within the bound of :func:`gradient_bound`, pass gradcheck, and
-stay finite at distance scales where the probability of the own class underflows.
+As for ModernNCA's (tests/test_fused.py): the forward runs the eager path's ops, so the included
+rows and every published tensor are the same bits; the loss is the same within the bound of
+:func:`logsumexp_gap` (the fused kernel raises each logsumexp's terms below e^floor of the row's
+largest to e^floor, so that no exp underflows); the closed-form backward must agree with autograd
+in float64 within the bound of :func:`gradient_bound`, pass gradcheck, and stay finite at distance
+scales where the probability of the own class underflows.
 """
 
 import math
@@ -12,7 +14,7 @@ import torch
 from hypothesis import example, given, settings, strategies as st
 
 from stablenca.losses.builtin import nca_logspace
-from stablenca.models.fused import nca_logspace_objective
+from stablenca.models.fused import _exp_floor, nca_logspace_objective
 from stablenca.publish import capture
 from test_fused import make_batch as modernnca_batch
 
@@ -45,21 +47,45 @@ def both(queries, candidates, labels, candidate_labels, n_classes, temperature=1
     return results
 
 
+def logsumexp_gap(logsumexps, n_terms):
+    """Bound on |fused - eager| for each of a row's logsumexps L = m + log S (float64), with S >= 1
+    the sum of the C = ``n_terms`` terms exp(z_j - m), whose largest is 1.
+
+    The fused kernel's terms are the eager ones, except that a term below e^floor is e^floor
+    (within 1 + 2u). Each computed sum is within gamma_(C-1) of the exact sum of its own terms
+    (Higham 4.3, terms >= 0), and the exact sums differ by at most C e^floor (1 + 2u), so
+    |log S_f - log S_e| <= |S_f - S_e| / min S <= 2 gamma_C (1 + gamma_C) + C e^floor (1 + 2u).
+    Then each path rounds log S (torch's log: within 1 ulp, counted as 2 roundings of |log S| <=
+    log C) and the sum with m (one rounding of |L|): 2 (2u log C + u |L|), both paths.
+    """
+    u = U64
+    gamma = n_terms * u / (1 - n_terms * u)
+    tails = n_terms * math.exp(_exp_floor(torch.float64)) * (1 + 2 * u)
+    return 2 * gamma * (1 + gamma) + tails + 4 * u * math.log(max(n_terms, 1)) + 2 * u * logsumexps.abs()
+
+
 def gradient_bound(queries, candidates, labels, candidate_labels, temperature):
     """Componentwise bound on |grad_fused - grad_eager| in float64 (both from the same forward).
 
-    Both paths take the same distances and the same two logsumexps l_all, l_same (same bits).
-    dL/dd_ij = g_i (q_ij - s_ij) / T with s_ij = exp(-d_ij - l_all_i) (all but self) and
-    q_ij = exp(-d_ij - l_same_i) (same class): each path forms the argument with one rounding (the
+    Both paths take the same distances d_ij (cdist's) and two logsumexps l_all, l_same of the logits
+    -d_ij / T. dL/dd_ij = g_i (q_ij - s_ij) / T with s_ij = exp(-d_ij / T - l_all_i) (all but self) and
+    q_ij = exp(-d_ij / T - l_same_i) (same class): each path forms the argument with one rounding (the
     same value: negation is exact, addition commutes), exp within 1 ulp (torch's vectorised exp is
     within 1 ulp; counted as 2 roundings), then a difference, a product with g_i / T and a division
     by d_ij (cdist's backward): every G_ij = dL/dd_ij / d_ij is within gamma_8 of its exact value
-    relative to A_ij = |g_i| (s_ij + q_ij) / (T d_ij). A coordinate of the gradient is then a sum of
+    relative to A_ij = |g_i| (s_ij + q_ij) / (T d_ij). (Until this was written down, the bound
+    divided by d_ij / T instead of d_ij: T times too small for T < 1.) A coordinate of the gradient is then a sum of
     at most 2C + 4 such terms times one coordinate (as in tests/test_fused.py), so, two paths,
 
         |Delta grad_q_ik| <= 2 gamma_(2C+12) sum_j A_ij (|q_ik| + |c_jk|),
 
     and the same with the roles exchanged for the candidates (their sum for a shared row).
+
+    The fused kernel's l_all and l_same are within delta_i = :func:`logsumexp_gap` of the eager
+    ones, so its s_ij and q_ij carry a further relative error of at most e^delta_i - 1: the
+    factor 2 gamma becomes 2 gamma + expm1(delta_all_i + delta_same_i) for row i. And an argument
+    of exp below the floor is raised to it: s_ij or q_ij is then e^floor (1 + 2u) instead of a
+    value in [0, e^floor), an absolute error of at most that, scaled by |g_i| / (T d_ij) (below).
 
     Far apart rows (the 3e3 scale) make s, q and G subnormal, where a rounding has an absolute
     error of up to one subnormal ulp, 2^-1074, instead of a relative one (Higham, 2.1: the
@@ -71,7 +97,8 @@ def gradient_bound(queries, candidates, labels, candidate_labels, temperature):
     """
     n = 2 * candidates.shape[0] + 12
     gamma = n * U64 / (1 - n * U64)
-    d = torch.cdist(queries, candidates) / temperature
+    raw = torch.cdist(queries, candidates)
+    d = raw / temperature  # the kernel's distances; cdist's backward divides by the raw ones
     self_mask = torch.zeros(d.shape, dtype=torch.bool)
     self_mask.fill_diagonal_(True)
     same = (labels[:, None] == candidate_labels[None, :]) & ~self_mask
@@ -81,15 +108,19 @@ def gradient_bound(queries, candidates, labels, candidate_labels, temperature):
     s = torch.exp(-d - log_all[:, None]).masked_fill(self_mask, 0)
     q = torch.exp(-d - log_same[:, None]).masked_fill(~same, 0)
     g = included.double() / max(int(included.sum()), 1)
-    weights = (g[:, None] * (s + q) / (temperature * d)).nan_to_num(nan=0.0, posinf=0.0)
-    weights = weights.masked_fill(d == 0, 0.0)
-    # the underflow term, per pair: 8 subnormal ulps, those of s and q scaled by |g_i| / (T d_ij)
+    gap = torch.where(included, logsumexp_gap(log_all, d.shape[1]) + logsumexp_gap(log_same, d.shape[1]), 0.0)
+    relative = 2 * gamma + torch.expm1(gap)
+    weights = (g[:, None] * (s + q) / (temperature * raw)).nan_to_num(nan=0.0, posinf=0.0)
+    weights = weights.masked_fill(raw == 0, 0.0) * relative[:, None]
+    # the underflow term, per pair: 8 subnormal ulps, those of s and q scaled by |g_i| / (T d_ij),
+    # and the raised tails of s and q, scaled the same way
     smallest = math.ldexp(1.0, -1074)  # the smallest subnormal
-    underflow = (8 * smallest * (1 + g[:, None] / (temperature * d))).nan_to_num(posinf=0.0)
-    underflow = underflow.masked_fill(d == 0, 0.0) * (1 + gamma)
-    bound_q = 2 * gamma * (weights.sum(1)[:, None] * queries.abs() + weights @ candidates.abs()) + \
+    raised = 2 * math.exp(_exp_floor(torch.float64)) * (1 + 2 * U64)
+    underflow = (8 * smallest + (8 * smallest + raised) * g[:, None] / (temperature * raw)).nan_to_num(posinf=0.0)
+    underflow = underflow.masked_fill(raw == 0, 0.0) * (1 + gamma)
+    bound_q = weights.sum(1)[:, None] * queries.abs() + weights @ candidates.abs() + \
         underflow.sum(1)[:, None] * queries.abs() + underflow @ candidates.abs()
-    bound_c = 2 * gamma * (weights.sum(0)[:, None] * candidates.abs() + weights.mT @ queries.abs()) + \
+    bound_c = weights.sum(0)[:, None] * candidates.abs() + weights.mT @ queries.abs() + \
         underflow.sum(0)[:, None] * candidates.abs() + underflow.mT @ queries.abs()
     return bound_q, bound_c
 
@@ -100,12 +131,27 @@ def make_batch(seed, n_queries, n_extra, dim, n_classes, duplicates, scale):
 
 
 def assert_same_forward(eager_result, fused_result):
+    """The same published bits and included rows; the losses within :func:`logsumexp_gap` of each other."""
     (out_e, pub_e, *_), (out_f, pub_f, *_) = eager_result, fused_result
-    assert torch.equal(out_e.loss, out_f.loss) and torch.equal(out_e.per_sample, out_f.per_sample)
     assert torch.equal(out_e.included, out_f.included)
     assert list(pub_e) == list(pub_f)
     for name in pub_e:
         assert torch.equal(pub_e[name], pub_f[name]), name
+    d, same, self_mask = (pub_e[name].detach()[out_e.included] for name in ("distances", "same_class_mask", "self_mask"))
+    n_terms = d.shape[1]
+    log_all = torch.logsumexp((-d).masked_fill(self_mask, -math.inf), dim=1)
+    log_same = torch.logsumexp((-d).masked_fill(~same, -math.inf), dim=1)
+    # per_sample = l_all - l_same, one more rounding of each path: u |per_sample| twice
+    bound = logsumexp_gap(log_all, n_terms) + logsumexp_gap(log_same, n_terms) + \
+        2 * U64 * out_e.per_sample.detach().abs()
+    assert torch.all((out_f.per_sample - out_e.per_sample).abs() <= bound)
+    if not len(bound):  # no row included: the same (empty) mean
+        assert torch.equal(out_e.loss.isnan(), out_f.loss.isnan())
+        return
+    # the mean over the B rows: within gamma_B of its exact value on each path, plus the largest gap
+    gamma = len(bound) * U64 / (1 - len(bound) * U64)
+    loss_bound = float(bound.max()) * (1 + gamma) + 2 * gamma * float(out_e.per_sample.detach().abs().max())
+    assert abs(float(out_f.loss.detach()) - float(out_e.loss.detach())) <= loss_bound
 
 
 @settings(max_examples=60, deadline=None)
@@ -164,10 +210,46 @@ def test_fused_logspace_excluded_rows_get_no_gradient():
     # its only gradient is as a candidate of the others.
     queries = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0]], dtype=torch.float64)
     labels = torch.tensor([2, 0, 0])
-    (out_e, _, _, grad_e), (out_f, _, _, grad_f) = both(queries, queries, labels, labels, 3, shared=True)
-    assert out_f.n_excluded == 1 and torch.equal(out_e.per_sample, out_f.per_sample)
+    (out_e, *_e), (out_f, *_f) = both(queries, queries, labels, labels, 3, shared=True)
+    grad_e, grad_f = _e[-1], _f[-1]
+    assert out_f.n_excluded == 1
+    assert_same_forward((out_e, *_e), (out_f, *_f))
     bound_q, bound_c = gradient_bound(queries, queries, labels, labels, 1.0)
     assert torch.all((grad_f - grad_e).abs() <= bound_q + bound_c)
+
+
+def test_fused_logspace_exponentiates_no_argument_below_the_floor():
+    # float32 rows thousands apart: most terms of both logsumexps, and most of the backward's exps,
+    # would underflow (torch's slow path); the kernel raises them to the floor, and the loss stays
+    # the eager one's within logsumexp_gap.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    queries, candidates, labels, candidate_labels = make_batch(3, 6, 20, 3, 3, False, 3000.0)
+    queries, candidates = queries.float(), candidates.float()
+    floor = _exp_floor(torch.float32)
+    lowest = {}
+
+    class Arguments(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.__name__.split(".")[0]
+            if name == "logsumexp":  # the argument of exp is x - the row's largest
+                x = args[0]
+                lowest[name] = min(lowest.get(name, 0.0), float((x - x.amax(dim=1, keepdim=True)).amin()))
+            elif name in ("exp", "exp_"):
+                lowest[name] = min(lowest.get(name, 0.0), float(args[0].amin()))
+            return func(*args, **(kwargs or {}))
+
+    c = candidates.clone().requires_grad_()
+    with Arguments():
+        out = nca_logspace_objective(c[:6], c, labels, candidate_labels, n_classes=3)
+        out.loss.backward()
+    # the floor up to the roundings of m + floor and x - m (ulps of |m| ~ 1e4 here: ~1e-3), far from
+    # log(tiny) = floor - 16, where exp starts to underflow
+    assert set(lowest) == {"logsumexp", "exp_"} and min(lowest.values()) >= floor - 1
+    # the same rows through torch.logsumexp do underflow: the case is a real one
+    d = torch.cdist(queries, candidates)
+    assert float((-d).amin()) - float((-d).amax()) < floor
+    assert torch.isfinite(out.loss) and torch.isfinite(c.grad).all()
 
 
 def test_fused_logspace_under_autocast_runs_the_eager_ops():

@@ -60,7 +60,8 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     group.add_argument("--kernel", choices=("eager", "fused"), default=None,
                        help="the modernnca and nca_logspace losses: fused (closed-form backward, faster) or eager "
-                            "(autograd through every op); the forward and what probes see are the same bits")
+                            "(autograd through every op); what probes see is the same bits, and so is the loss "
+                            "(nca_logspace's: within rounding)")
 
 
 def config_from_args(args: argparse.Namespace, *, model: str, loss: str | None):

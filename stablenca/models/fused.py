@@ -9,7 +9,8 @@ rows, subtract, times s, divided by d), two sums and two matrix products. When t
 are the candidates' leading rows (the Trainer's case) it returns one gradient for both
 roles instead of two that autograd would add through a zero-filled slice gradient. The
 forward runs the same ops as the eager path, so the loss and everything published
-(distances, softmax, masks) are the same bits; only the gradient's rounding differs
+(distances, softmax, masks) are the same bits (nca_logspace's loss: within rounding, see
+:class:`_NCALogspaceObjective`); only the gradient's rounding differs
 (tests/test_fused.py compares it with autograd in float64). Under ``torch.autocast`` it runs the
 eager path's ops instead (autocast chooses each op's dtype, and the closed form is float32 or
 float64 throughout).
@@ -128,7 +129,14 @@ class _NCALogspaceObjective(torch.autograd.Function):
     """Per-row ``nca_logspace`` losses (:func:`stablenca.losses.builtin.nca_logspace`) of the included
     rows, with the self pairs on the leading diagonal.
 
-    The forward runs the eager path's ops (the same bits). The backward: with z = -d, loss_i =
+    The forward runs the eager path's ops, with one addition: each exponential that would come
+    out below the smallest normal number times e^16 is raised to that (:func:`_raised_tails`), so
+    that no exp underflows. torch's CPU exp takes a slow path for every result that underflows and
+    for exp(-inf): 7x (-inf) to 80x (a subnormal result) the time of a normal one here
+    (``python bench/underflow_cost.py``), and a masked row of a logsumexp is mostly -inf. The published
+    tensors are the eager path's bits; the loss is the eager one's within the rounding bound of
+    tests/test_fused_logspace.py (the raised terms add at most C e^16 tiny to sums of at least 1,
+    2^-80 of float32's resolution). The backward: with z = -d, loss_i =
     logsumexp_{j != i} z_ij - logsumexp_{same class} z_ij has dloss_i/dz_ij = s_ij - q_ij, s the
     softmax over all but self and q the one over the same class. Each is exp(z - its own
     logsumexp), so both stay finite at any distance scale (s_ij / p_i would overflow exactly where
@@ -141,14 +149,15 @@ class _NCALogspaceObjective(torch.autograd.Function):
             queries = candidates[:len(same)]
         raw = torch.cdist(queries, candidates, p=2)
         distances = raw if temperature == 1.0 else raw / temperature
-        # The eager path's ops on the same values (so the same bits): with every row included,
+        # The eager path's ops on the same values, tails raised: with every row included,
         # distances[included] is distances itself, and the second mask is filled in place.
         every_row = bool(included.all())
         logits = -distances if every_row else -distances[included]
-        log_same = torch.logsumexp(logits.masked_fill(~same if every_row else ~same[included], -math.inf), dim=1)
+        log_same = torch.logsumexp(
+            _raised_tails(logits.masked_fill(~same if every_row else ~same[included], -math.inf)), dim=1)
         self_mask = _leading_diagonal(distances)
-        log_all = torch.logsumexp(logits.masked_fill_(self_mask if every_row else self_mask[included], -math.inf),
-                                  dim=1)
+        log_all = torch.logsumexp(
+            _raised_tails(logits.masked_fill_(self_mask if every_row else self_mask[included], -math.inf)), dim=1)
         del logits
         ctx.save_for_backward(queries, candidates, raw, distances, same, included, log_same, log_all)
         ctx.temperature, ctx.shared = temperature, shared
@@ -169,10 +178,12 @@ class _NCALogspaceObjective(torch.autograd.Function):
         shift_same[included] = log_same
         shift_all = distances.new_full((rows,), math.inf)
         shift_all[included] = log_all
-        # q - s, each as exp(-d - shift): -shift - d in one pass, then exp in place
-        ratio = torch.sub(shift_same.neg()[:, None], distances).exp_()
+        # q - s, each as exp(-d - shift): -shift - d in one pass, raised to the floor (no exp
+        # underflows: the slow path), then exp in place
+        floor = _exp_floor(distances.dtype)
+        ratio = torch.sub(shift_same.neg()[:, None], distances).clamp_min_(floor).exp_()
         ratio.masked_fill_(~same, 0)  # q is 0 off the same class (where exp may have overflowed)
-        ratio.sub_(torch.sub(shift_all.neg()[:, None], distances).exp_())
+        ratio.sub_(torch.sub(shift_all.neg()[:, None], distances).clamp_min_(floor).exp_())
         ratio.div_(raw)
         return _embedding_gradients(ctx, ratio, coefficient, queries, candidates, raw) + (None,) * 4
 
@@ -276,6 +287,21 @@ def _leading_slice(queries: torch.Tensor, candidates: torch.Tensor) -> bool:
     sampled rows): the Function then takes the candidates alone and returns one gradient for both roles."""
     return (queries._base is candidates and queries.data_ptr() == candidates.data_ptr()
             and queries.stride() == candidates.stride())
+
+
+def _exp_floor(dtype: torch.dtype) -> float:
+    """The smallest exp argument the fused nca_logspace kernel passes: exp of it is the smallest normal
+    number times e^16 (float32: -71.3), so neither the exp nor a division of its result by a distance
+    below 8.8e6 underflows."""
+    return math.log(torch.finfo(dtype).tiny) + 16
+
+
+def _raised_tails(logits: torch.Tensor) -> torch.Tensor:
+    """``logits`` (fresh, changed in place) with every entry below its row's largest + :func:`_exp_floor`
+    raised to that: logsumexp then exponentiates no argument below the floor. A -inf entry (masked)
+    becomes finite and adds e^floor instead of 0: C of them add C e^floor to a sum of at least 1 (the
+    row's largest term). A row that is all -inf stays so, and a NaN row stays NaN."""
+    return torch.maximum(logits, logits.amax(dim=1, keepdim=True) + _exp_floor(logits.dtype), out=logits)
 
 
 def _leading_diagonal(distances: torch.Tensor) -> torch.Tensor:
