@@ -144,22 +144,28 @@ class _NCALogspaceObjective(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, queries, candidates, same, included, temperature, shared):
+    def forward(ctx, queries, candidates, same, included, labels, class_table, temperature, shared):
         if shared:
             queries = candidates[:len(same)]
         raw = torch.cdist(queries, candidates, p=2)
         distances = raw if temperature == 1.0 else raw / temperature
-        # The eager path's ops on the same values, tails raised: with every row included,
-        # distances[included] is distances itself, and the second mask is filled in place.
-        every_row = bool(included.all())
-        logits = -distances if every_row else -distances[included]
-        log_same = torch.logsumexp(
-            _raised_tails(logits.masked_fill(~same if every_row else ~same[included], -math.inf)), dim=1)
         self_mask = _leading_diagonal(distances)
-        log_all = torch.logsumexp(
-            _raised_tails(logits.masked_fill_(self_mask if every_row else self_mask[included], -math.inf)), dim=1)
+        if bool(included.all()):
+            # The eager path's masked logits without masked_fill (4x slower than these passes on the
+            # CPU): the same class's as the logits plus a row of 0 / -inf picked by label (x + 0 = x,
+            # but -0.0 + 0 = +0.0, which no logsumexp tells apart); the self pairs, the diagonal.
+            logits = -distances
+            same_logits = _class_rows(class_table, labels, 0.0, -math.inf, distances.dtype)
+            same_logits.fill_diagonal_(-math.inf).add_(logits)
+            log_same = torch.logsumexp(_raised_tails(same_logits), dim=1)
+            del same_logits
+            log_all = torch.logsumexp(_raised_tails(logits.fill_diagonal_(-math.inf)), dim=1)
+        else:  # the eager path's ops on the included rows, tails raised
+            logits = -distances[included]
+            log_same = torch.logsumexp(_raised_tails(logits.masked_fill(~same[included], -math.inf)), dim=1)
+            log_all = torch.logsumexp(_raised_tails(logits.masked_fill_(self_mask[included], -math.inf)), dim=1)
         del logits
-        ctx.save_for_backward(queries, candidates, raw, distances, same, included, log_same, log_all)
+        ctx.save_for_backward(queries, candidates, raw, distances, included, labels, class_table, log_same, log_all)
         ctx.temperature, ctx.shared = temperature, shared
         ctx.mark_non_differentiable(distances)
         ctx.set_materialize_grads(False)
@@ -167,10 +173,10 @@ class _NCALogspaceObjective(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_per_sample, _grad_distances):
-        queries, candidates, raw, distances, same, included, log_same, log_all = ctx.saved_tensors
+        queries, candidates, raw, distances, included, labels, class_table, log_same, log_all = ctx.saved_tensors
         if grad_per_sample is None:
-            return (None,) * 6
-        rows = len(same)
+            return (None,) * 8
+        rows = len(labels)
         # excluded rows (no same-class candidate): no gradient, and +inf shifts make their s and q 0
         coefficient = distances.new_zeros(rows)
         coefficient[included] = grad_per_sample / ctx.temperature
@@ -179,13 +185,15 @@ class _NCALogspaceObjective(torch.autograd.Function):
         shift_all = distances.new_full((rows,), math.inf)
         shift_all[included] = log_all
         # q - s, each as exp(-d - shift): -shift - d in one pass, raised to the floor (no exp
-        # underflows: the slow path), then exp in place
+        # underflows: the slow path), then exp in place. q's arguments are <= 0 on the same class
+        # (shift_same >= the class's largest -d); capped at 0 elsewhere, where q is then zeroed by a
+        # product with the class rows (a finite exp: no inf * 0; faster than masked_fill).
         floor = _exp_floor(distances.dtype)
-        ratio = torch.sub(shift_same.neg()[:, None], distances).clamp_min_(floor).exp_()
-        ratio.masked_fill_(~same, 0)  # q is 0 off the same class (where exp may have overflowed)
+        ratio = torch.sub(shift_same.neg()[:, None], distances).clamp_(floor, 0).exp_()
+        ratio.mul_(_class_rows(class_table, labels, 1.0, 0.0, distances.dtype))  # its diagonal: zeroed below
         ratio.sub_(torch.sub(shift_all.neg()[:, None], distances).clamp_min_(floor).exp_())
         ratio.div_(raw)
-        return _embedding_gradients(ctx, ratio, coefficient, queries, candidates, raw) + (None,) * 4
+        return _embedding_gradients(ctx, ratio, coefficient, queries, candidates, raw) + (None,) * 6
 
 
 def modernnca_objective(queries: torch.Tensor, candidates: torch.Tensor, labels: torch.Tensor,
@@ -246,12 +254,12 @@ def nca_logspace_objective(queries: torch.Tensor, candidates: torch.Tensor, labe
     if torch.is_autocast_enabled(candidates.device.type):  # as in modernnca_objective
         distances = divided_by(torch.cdist(queries, candidates, p=2), temperature)
         return nca_logspace(distances, labels, candidate_labels, _leading_diagonal(distances))
-    _, same = _same_class(labels, candidate_labels, n_classes)
+    class_table, same = _same_class(labels, candidate_labels, n_classes)
     # any() over a bool matrix is a slow CPU reduction; amax over its bytes gives the same rows
     included = same.view(torch.uint8).amax(dim=1).bool() if same.shape[1] else same.any(dim=1)
     shared = _leading_slice(queries, candidates)
     per_sample, distances = _NCALogspaceObjective.apply(None if shared else queries, candidates, same, included,
-                                                        float(temperature), shared)
+                                                        labels, class_table, float(temperature), shared)
     publish("distances", distances)
     publish("same_class_mask", same)
     publish("self_mask", _leading_diagonal(distances))
@@ -294,6 +302,14 @@ def _exp_floor(dtype: torch.dtype) -> float:
     number times e^16 (float32: -71.3), so neither the exp nor a division of its result by a distance
     below 8.8e6 underflows."""
     return math.log(torch.finfo(dtype).tiny) + 16
+
+
+def _class_rows(class_table: torch.Tensor, labels: torch.Tensor, member: float, other: float,
+                dtype: torch.dtype) -> torch.Tensor:
+    """A fresh (B, C) matrix: row i is ``member`` on label i's candidates (its own column too) and ``other``
+    elsewhere, picked from the (K, C) class table (a row copy per query, no comparison per pair)."""
+    values = torch.full(class_table.shape, other, dtype=dtype, device=class_table.device)
+    return values.masked_fill_(class_table, member).index_select(0, labels)
 
 
 def _raised_tails(logits: torch.Tensor) -> torch.Tensor:
