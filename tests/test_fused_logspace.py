@@ -14,6 +14,7 @@ import torch
 from hypothesis import example, given, settings, strategies as st
 
 from stablenca.losses.builtin import nca_logspace
+from stablenca.models import fused as fused_module
 from stablenca.models.fused import _exp_floor, nca_logspace_objective
 from stablenca.publish import capture
 from test_fused import make_batch as modernnca_batch
@@ -250,6 +251,16 @@ def test_fused_logspace_exponentiates_no_argument_below_the_floor():
     d = torch.cdist(queries, candidates)
     assert float((-d).amin()) - float((-d).amax()) < floor
     assert torch.isfinite(out.loss) and torch.isfinite(c.grad).all()
+
+
+def test_the_exp_floor_is_far_below_zero_or_absent():
+    # float32 and float64 raise their underflowing tails; float16's normal range is too short to
+    # raise anything without changing the loss itself, so nothing is raised there.
+    assert _exp_floor(torch.float32) < -71 and _exp_floor(torch.float64) < -692
+    assert math.exp(_exp_floor(torch.float32)) >= torch.finfo(torch.float32).tiny * 8e6
+    assert _exp_floor(torch.float16) == -math.inf
+    logits = torch.tensor([[0.0, -5.0, -math.inf]], dtype=torch.float16)
+    assert torch.equal(fused_module._raised_tails(logits.clone()), logits)
 
 
 def test_fused_logspace_under_autocast_runs_the_eager_ops():

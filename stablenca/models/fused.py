@@ -300,8 +300,10 @@ def _leading_slice(queries: torch.Tensor, candidates: torch.Tensor) -> bool:
 def _exp_floor(dtype: torch.dtype) -> float:
     """The smallest exp argument the fused nca_logspace kernel passes: exp of it is the smallest normal
     number times e^16 (float32: -71.3), so neither the exp nor a division of its result by a distance
-    below 8.8e6 underflows."""
-    return math.log(torch.finfo(dtype).tiny) + 16
+    below 8.8e6 underflows. -inf (nothing raised) where that is not far below 0: float16's normal
+    range ends at e^-9.7, so raising there would change the loss, not only its underflowing tail."""
+    floor = math.log(torch.finfo(dtype).tiny) + 16
+    return floor if floor < -32 else -math.inf
 
 
 def _class_rows(class_table: torch.Tensor, labels: torch.Tensor, member: float, other: float,
