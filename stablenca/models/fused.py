@@ -132,8 +132,9 @@ class _NCALogspaceObjective(torch.autograd.Function):
     The forward runs the eager path's ops, with one addition: each exponential that would come
     out below the smallest normal number times e^16 is raised to that (:func:`_raised_tails`), so
     that no exp underflows. torch's CPU exp takes a slow path for every result that underflows and
-    for exp(-inf): 7x (-inf) to 80x (a subnormal result) the time of a normal one here
-    (``python bench/underflow_cost.py``), and a masked row of a logsumexp is mostly -inf. The published
+    for exp(-inf): 7x (-inf) to 80x (a subnormal result) the time of a normal one on the Intel Xeon
+    of reports/benchmarks.md's ninth round (``python bench/underflow_cost.py``), and a masked row of a
+    logsumexp is mostly -inf. The published
     tensors are the eager path's bits; the loss is the eager one's within the rounding bound of
     tests/test_fused_logspace.py (the raised terms add at most C e^16 tiny to sums of at least 1:
     in float32, 1.9e-28 for C = 1848, about 2^-69 of an ulp of 1). The backward: with z = -d, loss_i =
