@@ -25,8 +25,8 @@ and ``difference`` runs inflate the distance scale until most of ``exp(-d)`` und
 from __future__ import annotations
 
 import contextlib
-import math
 import copy
+import math
 import sys
 from pathlib import Path
 

@@ -150,13 +150,13 @@ class _NCALogspaceObjective(torch.autograd.Function):
             queries = candidates[:len(same)]
         raw = torch.cdist(queries, candidates, p=2)
         distances = raw if temperature == 1.0 else raw / temperature
-        self_mask = _leading_diagonal(distances)
         if bool(included.all()):
             # The eager path's masked logits without masked_fill (4x slower than these passes on the
             # CPU): the same class's as the logits plus a row of 0 / -inf picked by label (x + 0 = x,
             # but -0.0 + 0 = +0.0, which no logsumexp tells apart); the self pairs, the diagonal.
             logits = -distances
-            same_logits = _class_rows(class_table, labels, 0.0, -math.inf, distances.dtype)
+            same_logits = torch.zeros(class_table.shape, dtype=distances.dtype, device=distances.device)
+            same_logits = same_logits.masked_fill_(~class_table, -math.inf).index_select(0, labels)
             same_logits.fill_diagonal_(-math.inf).add_(logits)
             log_same = torch.logsumexp(_raised_tails(same_logits), dim=1)
             del same_logits
@@ -164,7 +164,8 @@ class _NCALogspaceObjective(torch.autograd.Function):
         else:  # the eager path's ops on the included rows, tails raised
             logits = -distances[included]
             log_same = torch.logsumexp(_raised_tails(logits.masked_fill(~same[included], -math.inf)), dim=1)
-            log_all = torch.logsumexp(_raised_tails(logits.masked_fill_(self_mask[included], -math.inf)), dim=1)
+            self_mask = _leading_diagonal(distances)[included]
+            log_all = torch.logsumexp(_raised_tails(logits.masked_fill_(self_mask, -math.inf)), dim=1)
         del logits
         ctx.save_for_backward(queries, candidates, raw, distances, included, labels, class_table, log_same, log_all)
         ctx.temperature, ctx.shared = temperature, shared
@@ -191,7 +192,7 @@ class _NCALogspaceObjective(torch.autograd.Function):
         # product with the class rows (a finite exp: no inf * 0; faster than masked_fill).
         floor = _exp_floor(distances.dtype)
         ratio = torch.sub(shift_same.neg()[:, None], distances).clamp_(floor, 0).exp_()
-        ratio.mul_(_class_rows(class_table, labels, 1.0, 0.0, distances.dtype))  # its diagonal: zeroed below
+        ratio.mul_(class_table.to(distances.dtype).index_select(0, labels))  # its diagonal: zeroed below
         ratio.sub_(torch.sub(shift_all.neg()[:, None], distances).clamp_min_(floor).exp_())
         ratio.div_(raw)
         return _embedding_gradients(ctx, ratio, coefficient, queries, candidates, raw) + (None,) * 6
@@ -305,14 +306,6 @@ def _exp_floor(dtype: torch.dtype) -> float:
     range ends at e^-9.7, so raising there would change the loss, not only its underflowing tail."""
     floor = math.log(torch.finfo(dtype).tiny) + 16
     return floor if floor < -32 else -math.inf
-
-
-def _class_rows(class_table: torch.Tensor, labels: torch.Tensor, member: float, other: float,
-                dtype: torch.dtype) -> torch.Tensor:
-    """A fresh (B, C) matrix: row i is ``member`` on label i's candidates (its own column too) and ``other``
-    elsewhere, picked from the (K, C) class table (a row copy per query, no comparison per pair)."""
-    values = torch.full(class_table.shape, other, dtype=dtype, device=class_table.device)
-    return values.masked_fill_(class_table, member).index_select(0, labels)
 
 
 def _raised_tails(logits: torch.Tensor) -> torch.Tensor:
