@@ -45,8 +45,8 @@ class _PLRLite(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, frequencies, weight, bias):
         angles = _angles(x, frequencies)
-        cos, sin = torch.cos(angles), torch.sin(angles)
-        del angles
+        cos = torch.cos(angles)
+        sin = angles.sin_()  # over the angles, no longer needed: one buffer fewer, the same values
         n_frequencies = frequencies.shape[-1]
         flat_shape = (-1, n_frequencies)
         out = torch.addmm(bias, cos.view(flat_shape), weight[:, :n_frequencies].mT)

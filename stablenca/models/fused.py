@@ -59,7 +59,9 @@ class _ModernNCAObjective(torch.autograd.Function):
         distances = raw if temperature == 1.0 else raw / temperature
         logits = distances.neg()
         logits.fill_diagonal_(-math.inf)  # the eager path's masked_fill(self, inf) then negation
-        probabilities = torch.softmax(logits, dim=-1)
+        # softmax written over its input (the kernel reads each row before it writes it: the same
+        # bits as torch.softmax), one (B, C) buffer fewer per step
+        probabilities = torch.ops.aten._softmax.out(logits, -1, False, out=logits)
         del logits
         if classification:
             picked = per_class(probabilities, class_table).gather(1, labels[:, None]).squeeze(1)
