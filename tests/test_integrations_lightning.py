@@ -47,6 +47,8 @@ def test_the_callback_stops_at_the_first_nonfinite_step_with_capsule_and_finding
     assert [r["status"] for r in watch.records] == ["ok", "ok", "ok", "failed"]
     assert trainer.global_step == 4  # stopped in the first of 3 epochs of 8 batches (24 steps)
     assert watch.finding.op == "aten.exp.default" and watch.finding.root_cause["kind"] == "overflow"
+    # verified on float64 and float32 copies of the module: exp(1307) is beyond float64's range too
+    assert watch.finding.verification.get("status") != "not run" and not watch.finding.verification["reference_finite"]
     assert all(torch.isfinite(p).all() for p in module.parameters())  # the NaN step was not applied
     run_dir = out / "lightning"
     assert (run_dir / "capsule.pt").exists() and json.loads((run_dir / "finding.json").read_text())["op"] \
@@ -133,3 +135,56 @@ def test_16_mixed_scaler_skips_are_recorded_not_failures():
     assert len({r["loss"] for r in watch.records[:n_skipped + 1]}) == 1
     first = watch.records[0]["finding"]
     assert first["dtype"] == "float16" and first["root_cause"] == "overflow" and first["float32"]["finite"] is True
+
+
+class _Underflow(pl.LightningModule):
+    """-log(sum(exp(-d))) of "distances" d >= 1; at global step ``blow_up`` they are scaled by 200, past
+    103.97, where float32's exp(-d) is 0.0 and the log is -inf; float64's exp(-d) is 0.0 only past 745."""
+
+    def __init__(self, blow_up: int = 2) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 3)
+        self.blow_up = blow_up
+
+    def training_step(self, batch, batch_idx):
+        x, _ = batch
+        scale = 200.0 if self.global_step == self.blow_up else 1.0  # read from the trainer, as steps often do
+        self.log("scale", scale)  # a no-op on the rebuilt copies
+        d = scale * (1 + self.linear(x).pow(2).sum(1))
+        return -torch.log(torch.exp(-d).sum())
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def test_the_failing_training_step_is_verified_in_float64_on_copies(tmp_path):
+    callback = StableNCACallback(out=tmp_path / "pl")
+    module = _Underflow(blow_up=2)
+    _fit(module, [callback], epochs=1)
+    watch = callback.watch
+    assert watch.failed_at == {"epoch": 0, "step": 2}
+    verification = watch.finding.verification
+    assert verification.get("status") != "not run", verification
+    assert verification["reference_finite"] and verification["representable"]
+    verdicts = {c["label"]: c["verdict"] for c in verification["candidates"]}
+    assert verdicts["exp (forward)"] == "confirmed"  # float32's exp(-d) = 0 is what makes the log fail
+    assert watch.finding.root_cause["verdict"] == "confirmed"
+    written = json.loads((tmp_path / "pl" / "lightning" / "finding.json").read_text())
+    assert written["verification"]["candidates"] == verification["candidates"]
+    # the replays ran on copies: the fitted module is float32, attached to its trainer, its parameters finite
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in module.parameters())
+    assert isinstance(module.trainer, pl.Trainer)  # the copies got the counters, not the fitted module
+
+
+class _ReadsTheTrainer(_Underflow):
+    def training_step(self, batch, batch_idx):
+        assert self.trainer.max_epochs > 0  # more of the trainer than the copies are given
+        return super().training_step(batch, batch_idx)
+
+
+def test_a_step_that_reads_more_of_the_trainer_says_why_it_was_not_verified(tmp_path):
+    callback = StableNCACallback()
+    _fit(_ReadsTheTrainer(blow_up=1), [callback], epochs=1)
+    verification = callback.watch.finding.verification
+    assert verification["status"] == "not run" and "max_epochs" in verification["reason"]
+    assert callback.watch.finding.op == "aten.log.default"  # the traced replay still names the op

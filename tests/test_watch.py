@@ -204,3 +204,23 @@ def test_a_loss_function_that_returns_no_tensor_is_a_one_line_error():
     with watch(model, None) as w:
         with pytest.raises(StableNCAError, match="loss function returned float.*return the loss tensor"):
             w.step(lambda m, x: 1.0, torch.randn(2, 4))
+
+
+def test_a_rebuilt_step_that_does_not_fail_is_not_verified(tmp_path):
+    """A loss function that reads more than the model and its inputs (here: which model object it got)
+    rebuilds into a finite step: verdicts on it would be about another step, so none are given."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    x = torch.randn(8, 4)
+
+    def loss_fn(m, x, step):
+        return _log_sum_exp_naive(m, x, 1e4 if (step == 1 and m is model) else 1.0)
+
+    with watch(model, torch.optim.SGD(model.parameters(), lr=0.1)) as w:
+        for step in range(2):
+            w.step(loss_fn, x, step, epoch=0)
+    assert w.failed_at == {"epoch": 0, "step": 1}
+    verification = w.finding.verification
+    assert verification["status"] == "not run"
+    assert "is finite in float32, so it is not the step that failed" in verification["reason"]
+    assert untranslated(translate(verification["statement"])) == []

@@ -13,8 +13,10 @@ Lightning's hooks (automatic optimisation):
   recorder's probes; on the first non-finite step, replay ``training_step`` + backward
   under the tracer from the pre-step state (inside Lightning's precision context, so
   ``precision="bf16-mixed"``/``"16-mixed"`` replays in half precision, and the float32
-  counterfactual switches that autocast off), write the capsule and the finding, drop the
-  gradients (so the optimizer does not apply NaN) and set ``trainer.should_stop``.
+  counterfactual switches that autocast off), verify the root cause by replaying
+  ``training_step`` on float64 and float32 copies of the module (as ``watch.step(loss_fn, ...)``
+  does), write the capsule and the finding, drop the gradients (so the optimizer does not apply
+  NaN) and set ``trainer.should_stop``.
   With ``precision="16-mixed"`` the plugin's GradScaler is handed to the watch: a step it
   skips is recorded as ``skipped``, not a failure.
 
@@ -28,10 +30,12 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from ..errors import ConfigError
 from ..publish import capture
@@ -111,10 +115,32 @@ class StableNCACallback(pl.Callback):
             (scaler.scale(loss) if scaler is not None else loss).backward()
             return loss
 
-        self.watch.observe(self._loss, published, replay, epoch=trainer.current_epoch)
+        self.watch.observe(self._loss, published, replay, epoch=trainer.current_epoch,
+                           loss_fn=self._rebuildable_step(trainer, batch, batch_idx))
         if self.watch.should_stop:
             optimizer.zero_grad(set_to_none=True)  # the optimizer skips parameters without a gradient
             trainer.should_stop = True
+
+    def _rebuildable_step(self, trainer: pl.Trainer, batch: Any, batch_idx: int):
+        """``(loss_fn, inputs)`` that runs ``training_step`` on the watch's float64 (or float32) copy of the
+        module: the batch's tensors are the inputs, which the watch casts, and the batch is rebuilt around them.
+
+        A copied LightningModule has no trainer (Lightning drops it from the copy). The copy gets the
+        counters a step may read (``global_step``, ``current_epoch``, the ranks) and ``barebones``, under
+        which ``self.log`` does nothing; a step that reads more of the trainer raises, and the finding
+        then says the verification was not run, and why.
+        """
+        leaves, spec = tree_flatten(batch)
+        counters = SimpleNamespace(global_step=trainer.global_step, current_epoch=trainer.current_epoch,
+                                   global_rank=trainer.global_rank, local_rank=trainer.local_rank, barebones=True)
+
+        def loss_fn(module: pl.LightningModule, *cast: Any) -> torch.Tensor:
+            module.trainer = counters
+            with self._precision.train_step_context():  # autocast keeps float64 as it is
+                out = module.training_step(tree_unflatten(list(cast), spec), batch_idx)
+            return out["loss"] if isinstance(out, dict) else out
+
+        return loss_fn, tuple(leaves)
 
     def _stop_collecting(self) -> None:
         if self._published is not None:
