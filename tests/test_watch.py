@@ -224,3 +224,17 @@ def test_a_rebuilt_step_that_does_not_fail_is_not_verified(tmp_path):
     assert verification["status"] == "not run"
     assert "is finite in float32, so it is not the step that failed" in verification["reason"]
     assert untranslated(translate(verification["statement"])) == []
+
+
+def test_a_loss_function_that_ignores_its_model_argument_is_not_verified(tmp_path):
+    """The watch replays the loss function on float64 copies; one that uses the captured model instead
+    would replay float32 and call it float64. It is caught and said."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    x = torch.randn(8, 4)
+    with watch(model, torch.optim.SGD(model.parameters(), lr=0.1)) as w:
+        w.step(lambda m, x, scale: _log_sum_exp_naive(model, x, scale), x, 1e4, epoch=0)
+    assert w.failed_at == {"epoch": 0, "step": 0}
+    verification = w.finding.verification
+    assert verification["status"] == "not run" and "does not use the model it is given" in verification["reason"]
+    assert untranslated(translate(verification["statement"])) == []

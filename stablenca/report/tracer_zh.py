@@ -68,6 +68,8 @@ PHRASES: list[tuple[str, str]] = [
     (rf"not run: the step runs under {_CODE}, which a float64 replay would keep; see its float32 counterfactual",
      r"未运行:这一步在 \1 下运行,float64 重放也会保留它;请看它的 float32 反事实"),
     (rf"not run: the float64 replay raised {_CODE}", r"未运行:float64 重放抛出了 \1"),
+    (r"not run: the loss function does not use the model it is given \(a copy of yours\); compute the loss from it",
+     r"未运行:损失函数没有使用传给它的模型(你的模型的副本);请用它来计算损失"),
     (r"not run: the step rebuilt from the loss function and its inputs is finite in (\w+), so it is not the step "
      r"that failed", r"未运行:由损失函数及其输入重建的这一步在 \1 中是有限的,所以它不是失败的那一步"),
     (rf"not run: the failure is in {_CODE}, which the float64 replay of the loss and its gradients does not cover",

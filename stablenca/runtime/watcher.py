@@ -346,12 +346,9 @@ class Watch:
 
             with eager(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                if not _step_fails(forward, working):
-                    # A step that reads more than the model and its inputs (a global step counter, a
-                    # schedule) is not the failing one when rebuilt: verdicts on it would be about another step.
-                    wd = str(working).replace("torch.", "")
-                    return not_verified(finding, f"the step rebuilt from the loss function and its inputs is finite "
-                                                 f"in {wd}, so it is not the step that failed")
+                problem = _rebuilt_step_problem(forward, working)
+                if problem is not None:
+                    return not_verified(finding, problem)
                 verification = verify_step(forward, finding, working=working)
         except Exception as exc:  # the user's loop goes on: say why instead
             return not_verified(finding, f"the float64 replay raised `{type(exc).__name__}: {exc}`")
@@ -515,13 +512,18 @@ class Watch:
             self._previous_sigterm = None
 
 
-def _step_fails(forward, dtype: torch.dtype) -> bool:
-    """Whether the rebuilt step (``forward(dtype)`` -> (loss, parameters)) gives a non-finite loss or gradient."""
+def _rebuilt_step_problem(forward, dtype: torch.dtype) -> str | None:
+    """Why the step rebuilt on a copy (``forward(dtype)`` -> (loss, the copy's parameters)) cannot stand for
+    the failing one, or None. Verdicts on another computation would be about another step."""
     loss, parameters = forward(dtype)
-    if not bool(torch.isfinite(loss).all()):
-        return True
-    grads = torch.autograd.grad(loss.sum(), parameters, allow_unused=True)
-    return not all(bool(torch.isfinite(g).all()) for g in grads if g is not None)
+    grads = torch.autograd.grad(loss.sum(), parameters, allow_unused=True) if loss.requires_grad else ()
+    if not any(g is not None for g in grads):  # the loss does not depend on the copy: the model was captured
+        return "the loss function does not use the model it is given (a copy of yours); compute the loss from it"
+    if bool(torch.isfinite(loss).all()) and all(bool(torch.isfinite(g).all()) for g in grads if g is not None):
+        # e.g. a step that reads a global step counter or a schedule that the copy does not carry
+        return (f"the step rebuilt from the loss function and its inputs is finite in "
+                f"{str(dtype).replace('torch.', '')}, so it is not the step that failed")
+    return None
 
 
 def not_verified(finding, reason: str) -> None:
