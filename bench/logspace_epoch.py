@@ -56,9 +56,7 @@ def main(argv=None) -> None:
     parser.add_argument("--states", default="0,26", help="epochs trained (untimed) before each timed state")
     parser.add_argument("--against", metavar="REV", default=None,
                         help="also time the fused kernel as committed at this git revision")
-    args = C.parse(parser, argv)
-    if args.threads is None:
-        torch.set_num_threads(2)
+    args = C.parse(parser, argv, default_threads=2)
     rounds = 2 if args.quick else args.rounds
     states = sorted({int(s) for s in args.states.split(",") if s.strip()})
     info = C.machine_info()

@@ -100,9 +100,7 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="wall: time.perf_counter (default); cpu: time.process_time (for a busy machine)")
-    args = C.parse(parser, argv)
-    if args.threads is None:
-        torch.set_num_threads(2)
+    args = C.parse(parser, argv, default_threads=2)
     rounds = 3 if args.quick else args.rounds
     info = C.machine_info()
     rows, data = [], {}

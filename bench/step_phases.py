@@ -42,9 +42,7 @@ PHASES = ("embed", "objective", "backward", "optimizer")
 def main(argv=None) -> None:
     parser = C.parser(__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
-    args = C.parse(parser, argv)
-    if args.threads is None:
-        torch.set_num_threads(2)
+    args = C.parse(parser, argv, default_threads=2)
     steps = 4 if args.quick else args.steps
     info = C.machine_info()
     trainer = Trainer(TrainConfig(seed=0))

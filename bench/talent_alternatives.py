@@ -137,9 +137,7 @@ def adamw(g: torch.Generator) -> tuple[dict, dict]:
 def main(argv=None) -> None:
     parser = C.parser(__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30)
-    args = C.parse(parser, argv)
-    if args.threads is None:
-        torch.set_num_threads(2)
+    args = C.parse(parser, argv, default_threads=2)
     repeats = 5 if args.quick else args.repeats
     info = C.machine_info()
     g = torch.Generator().manual_seed(0)

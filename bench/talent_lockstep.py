@@ -29,7 +29,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
 
 import _common as C  # noqa: E402
 from talent_side_by_side import TASK_DIRS, TalentStream, import_talent, talent_args  # noqa: E402
@@ -62,9 +61,7 @@ def main(argv=None) -> None:
     parser.add_argument("--epochs", default="1,4,16")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tasks", default="multiclass,regression")
-    args = C.parse(parser, argv)
-    if args.threads is None:
-        torch.set_num_threads(2)
+    args = C.parse(parser, argv, default_threads=2)
     import os
 
     talent = import_talent(args.talent or Path(os.environ.get("STABLENCA_TALENT", "/work/talent")))

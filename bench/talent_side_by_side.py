@@ -72,9 +72,7 @@ def parse_per_epoch_args(parser, argv):
     import torch
 
     add_talent_option(parser)
-    args = C.parse(parser, argv)
-    if args.threads is None:
-        torch.set_num_threads(2)  # the setting
+    args = C.parse(parser, argv, default_threads=2)  # the setting
     return args, import_talent(args.talent)
 
 
@@ -306,7 +304,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="also write the Markdown here")
     parser.add_argument("--render", type=Path, default=None, metavar="JSON",
                         help="only print the section from a --json file (also one an interrupted run left)")
-    args = C.parse(parser, argv)
+    args = C.parse(parser, argv, default_threads=2)
     if args.render:
         saved = json.loads(args.render.read_text())["data"]
         markdown = render(saved)
@@ -316,8 +314,6 @@ def main(argv=None) -> None:
         return
     if args.quick:
         args.seeds, args.tasks = min(args.seeds, 2), "multiclass"
-    if args.threads is None:
-        torch.set_num_threads(2)
     talent = import_talent(args.talent)
     tasks = [t for t in args.tasks.split(",") if t]
     modes = ["independent", "lockstep"] if args.mode == "both" else [args.mode]
