@@ -29,7 +29,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
 import _common as C  # noqa: E402
 from talent_side_by_side import TASK_DIRS, TalentStream, import_talent, talent_args  # noqa: E402
 from talent_split import write_split  # noqa: E402
