@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import lightning.pytorch as pl
 import torch
@@ -188,3 +190,56 @@ def test_a_step_that_reads_more_of_the_trainer_says_why_it_was_not_verified(tmp_
     verification = callback.watch.finding.verification
     assert verification["status"] == "not run" and "max_epochs" in verification["reason"]
     assert callback.watch.finding.op == "aten.log.default"  # the traced replay still names the op
+
+
+_DDP_SCRIPT = '''
+import sys
+import lightning.pytorch as pl
+import torch
+from stablenca.integrations.lightning import StableNCACallback
+
+
+class Underflow(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 3)
+
+    def training_step(self, batch, batch_idx):
+        x, _ = batch
+        scale = 200.0 if self.global_step == 2 else 1.0
+        return -torch.log(torch.exp(-scale * (1 + self.linear(x).pow(2).sum(1))).sum())
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(64, 4), torch.arange(64) % 3)
+    trainer = pl.Trainer(max_epochs=1, callbacks=[StableNCACallback(out=sys.argv[1])], logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         accelerator="cpu", devices=2, strategy="ddp")
+    trainer.fit(Underflow(), torch.utils.data.DataLoader(data, batch_size=8))
+'''
+
+
+def test_under_ddp_every_rank_stops_at_the_failing_step_with_a_verified_finding(tmp_path):
+    """strategy="ddp" on CPU (gloo), 2 processes, as a user's script runs it (about 20 s: Lightning starts a
+    second process that imports torch): the watch agrees across ranks, each rank writes its run and its
+    finding, and each finding is verified on copies outside the DDP wrapper."""
+    script, out = tmp_path / "fit.py", tmp_path / "pl"
+    script.write_text(_DDP_SCRIPT)
+    done = subprocess.run([sys.executable, str(script), str(out)], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    assert sorted((r["run"], r["status"]) for r in summary["runs"]) == [("lightning-rank0", "diverged"),
+                                                                          ("lightning-rank1", "diverged")]
+    for rank in (0, 1):
+        finding = json.loads((out / f"lightning-rank{rank}" / "finding.json").read_text())
+        assert finding["op"] == "aten.log.default" and finding["root_cause"]["verdict"] == "confirmed"
+        verdicts = {c["label"]: c["verdict"] for c in finding["verification"]["candidates"]}
+        assert finding["verification"]["reference_finite"] and verdicts["exp (forward)"] == "confirmed"
+        records = [json.loads(line) for line in (out / f"lightning-rank{rank}" / "records.jsonl").read_text().splitlines()]
+        assert [r["status"] for r in records] == ["ok", "ok", "failed"]
