@@ -243,3 +243,16 @@ def test_under_ddp_every_rank_stops_at_the_failing_step_with_a_verified_finding(
         assert finding["verification"]["reference_finite"] and verdicts["exp (forward)"] == "confirmed"
         records = [json.loads(line) for line in (out / f"lightning-rank{rank}" / "records.jsonl").read_text().splitlines()]
         assert [r["status"] for r in records] == ["ok", "ok", "failed"]
+
+
+class _NoBatchIndex(_Underflow):
+    def training_step(self, batch):  # Lightning allows leaving batch_idx out
+        return super().training_step(batch, None)
+
+
+def test_a_training_step_without_batch_idx_is_replayed_and_verified_as_lightning_calls_it():
+    callback = StableNCACallback()
+    _fit(_NoBatchIndex(blow_up=1), [callback], epochs=1)
+    watch = callback.watch
+    assert watch.failed_at == {"epoch": 0, "step": 1} and watch.finding.op == "aten.log.default"
+    assert watch.finding.verification["reference_finite"] and watch.finding.root_cause["verdict"] == "confirmed"

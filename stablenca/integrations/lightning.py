@@ -36,6 +36,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signature
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from ..errors import ConfigError
@@ -61,12 +62,15 @@ class StableNCACallback(pl.Callback):
         self._loss: torch.Tensor | None = None
         self._batch: tuple[Any, int] | None = None
         self._precision = None
+        self._takes_batch_idx = True
 
     # -- set-up and tear-down ----------------------------------------------------------
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not pl_module.automatic_optimization:
             raise ConfigError("StableNCACallback needs automatic optimisation (it replays training_step)",
                               fix="use stablenca.watch(...) inside a manual-optimisation training_step")
+        # training_step is called as Lightning calls it: with batch_idx only when its signature takes it
+        self._takes_batch_idx = is_param_in_hook_signature(pl_module.training_step, "batch_idx", min_args=2)
         optimizer = trainer.optimizers[0] if trainer.optimizers else None
         # precision="16-mixed" scales the loss with a GradScaler: its skips are not failures.
         self._precision = trainer.precision_plugin
@@ -106,23 +110,24 @@ class StableNCACallback(pl.Callback):
         if self._loss is None or self.watch.should_stop:
             return
         batch, batch_idx = self._batch
+        with_index = (batch_idx,) if self._takes_batch_idx else ()
 
         def replay():  # as Lightning runs the step: fresh gradients, its autocast context, its loss scaling
             optimizer.zero_grad(set_to_none=True)
             with self._precision.train_step_context():
-                out = pl_module.training_step(batch, batch_idx)
+                out = pl_module.training_step(batch, *with_index)
             loss = out["loss"] if isinstance(out, dict) else out
             scaler = self.watch.scaler
             (scaler.scale(loss) if scaler is not None else loss).backward()
             return loss
 
         self.watch.observe(self._loss, published, replay, epoch=trainer.current_epoch,
-                           loss_fn=self._rebuildable_step(trainer, batch, batch_idx))
+                           loss_fn=self._rebuildable_step(trainer, batch, with_index))
         if self.watch.should_stop:
             optimizer.zero_grad(set_to_none=True)  # the optimizer skips parameters without a gradient
             trainer.should_stop = True
 
-    def _rebuildable_step(self, trainer: pl.Trainer, batch: Any, batch_idx: int):
+    def _rebuildable_step(self, trainer: pl.Trainer, batch: Any, with_index: tuple):
         """``(loss_fn, inputs)`` that runs ``training_step`` on the watch's float64 (or float32) copy of the
         module: the batch's tensors are the inputs, which the watch casts, and the batch is rebuilt around them.
 
@@ -138,7 +143,7 @@ class StableNCACallback(pl.Callback):
         def loss_fn(module: pl.LightningModule, *cast: Any) -> torch.Tensor:
             module.trainer = counters
             with self._precision.train_step_context():  # autocast keeps float64 as it is
-                out = module.training_step(tree_unflatten(list(cast), spec), batch_idx)
+                out = module.training_step(tree_unflatten(list(cast), spec), *with_index)
             return out["loss"] if isinstance(out, dict) else out
 
         return loss_fn, tuple(leaves)
