@@ -5,6 +5,8 @@ read (they never special-case a loss; other names are kept and summarised generi
 
 * ``distances``: (B, C) query-to-candidate distances, already divided by T
 * ``same_class_mask``: (B, C) bool: the candidate has the query's class (self excluded)
+* ``same_class_counts``: (B,) int: each row's count of ``same_class_mask`` (optional: a loss
+  that knows it cheaply spares the probes a pass over the mask)
 * ``self_mask``: (B, C) bool: the candidate is the query itself
 * ``exp_out``: (B, C) ``exp(-distances)``, the student's P
 * ``p_same``: (B,) sum of P over same-class candidates

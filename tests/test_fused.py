@@ -94,6 +94,22 @@ def gradient_bound(queries, candidates, labels, candidate_labels, task, n_classe
     return bound_q, bound_c
 
 
+def assert_same_published(pub_e, pub_f):
+    """The eager path's published values, bit for bit and in its order. The fused kernels also publish
+    ``same_class_counts`` (from the class table, so that the probes skip a pass over the mask), which
+    must be the mask's row counts."""
+    extra = [name for name in pub_f if name not in pub_e]
+    assert extra in ([], ["same_class_counts"])
+    assert [name for name in pub_f if name in pub_e] == list(pub_e)
+    for name, value in pub_e.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, pub_f[name]), name
+        else:
+            assert value == pub_f[name], name
+    if extra:
+        assert torch.equal(pub_f["same_class_counts"], pub_e["same_class_mask"].sum(dim=1))
+
+
 def make_batch(seed, n_queries, n_extra, dim, n_classes, task, duplicates, scale):
     generator = torch.Generator().manual_seed(seed)
     queries = torch.randn(n_queries, dim, generator=generator, dtype=torch.float64) * scale
@@ -121,9 +137,7 @@ def test_fused_equals_autograd_on_random_batches(seed, n_queries, n_extra, dim, 
         queries, candidates, labels, candidate_labels, task, n_classes, temperature)
     # The same forward ops: the same bits, and the same published tensors.
     assert torch.equal(loss_e, loss_f)
-    assert sorted(pub_e) == sorted(pub_f)
-    for name in pub_e:
-        assert torch.equal(pub_e[name], pub_f[name]), name
+    assert_same_published(pub_e, pub_f)
     bound_q, bound_c = gradient_bound(queries, candidates, labels, candidate_labels, task, n_classes, temperature)
     assert torch.all((gq_f - gq_e).abs() <= bound_q)
     assert torch.all((gc_f - gc_e).abs() <= bound_c)
@@ -142,8 +156,7 @@ def test_fused_shared_rows_equal_autograd(seed, n_queries, n_extra, dim, n_class
     (loss_e, pub_e, _, grad_e), (loss_f, pub_f, _, grad_f) = both(
         queries, candidates, labels, candidate_labels, task, n_classes, temperature, shared=True)
     assert torch.equal(loss_e, loss_f)
-    for name in pub_e:
-        assert torch.equal(pub_e[name], pub_f[name]), name
+    assert_same_published(pub_e, pub_f)
     bound_q, bound_c = gradient_bound(queries, candidates, labels, candidate_labels, task, n_classes, temperature)
     bound = bound_c.clone()
     bound[:n_queries] += bound_q
@@ -250,12 +263,7 @@ def test_trainer_kernels_take_the_same_forward(options):
         contexts.append(ctx)
     eager_ctx, fused_ctx = contexts
     assert torch.equal(eager_ctx.loss, fused_ctx.loss)
-    assert list(eager_ctx.published) == list(fused_ctx.published)
-    for name, value in eager_ctx.published.items():
-        if isinstance(value, torch.Tensor):
-            assert torch.equal(value, fused_ctx.published[name]), name
-        else:
-            assert value == fused_ctx.published[name]
+    assert_same_published(eager_ctx.published, fused_ctx.published)
 
 
 def test_fused_kernel_leaves_other_losses_eager():

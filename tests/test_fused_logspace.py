@@ -17,7 +17,7 @@ from stablenca.losses.builtin import nca_logspace
 from stablenca.models import fused as fused_module
 from stablenca.models.fused import _exp_floor, nca_logspace_objective
 from stablenca.publish import capture
-from test_fused import make_batch as modernnca_batch
+from test_fused import assert_same_published, make_batch as modernnca_batch
 
 U64 = 2.0 ** -53
 
@@ -140,9 +140,7 @@ def assert_same_forward(eager_result, fused_result):
     """The same published bits and included rows; the losses within :func:`logsumexp_gap` of each other."""
     (out_e, pub_e, *_), (out_f, pub_f, *_) = eager_result, fused_result
     assert torch.equal(out_e.included, out_f.included)
-    assert list(pub_e) == list(pub_f)
-    for name in pub_e:
-        assert torch.equal(pub_e[name], pub_f[name]), name
+    assert_same_published(pub_e, pub_f)
     d, same, self_mask = (pub_e[name].detach()[out_e.included] for name in ("distances", "same_class_mask", "self_mask"))
     n_terms = d.shape[1]
     log_all, log_same = eager_logsumexps(d, self_mask, same)

@@ -57,6 +57,26 @@ def test_rows_without_same_class():
     assert out["rows_without_same_class"].item() == 1
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_rows_without_same_class_from_published_counts_equal_the_masks(seed):
+    """The fused kernels publish each row's same-class count (from the class table); the probe's count
+    from it equals the one from the mask. Small batches of many classes leave rows without one."""
+    from stablenca.models.fused import modernnca_objective
+    from stablenca.publish import capture
+
+    generator = torch.Generator().manual_seed(seed)
+    batch = int(torch.randint(2, 12, (1,), generator=generator))
+    embeddings = torch.randn(batch + int(torch.randint(0, 6, (1,), generator=generator)), 3, generator=generator)
+    labels = torch.randint(0, 6, (len(embeddings),), generator=generator)
+    with capture() as published:
+        modernnca_objective(embeddings[:batch], embeddings, labels[:batch], labels, task="multiclass", n_classes=6)
+    from_counts = probes.distance_statistics(published)["rows_without_same_class"]
+    del published["same_class_counts"]
+    from_mask = probes.distance_statistics(published)["rows_without_same_class"]
+    assert int(from_counts) == int(from_mask)
+    assert int(from_mask) == int((~published["same_class_mask"].any(dim=1)).sum())
+
+
 @pytest.mark.parametrize("seed", range(60))
 def test_range_quantiles_are_order_statistics(seed):
     # Reference: a full sort (NaN last, as torch.sort and numpy's partition place it).

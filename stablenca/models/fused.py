@@ -224,7 +224,7 @@ def modernnca_objective(queries: torch.Tensor, candidates: torch.Tensor, labels:
     classification = task != "regression"
     same = class_table = targets = None
     if classification:
-        class_table, same = _same_class(labels, candidate_labels, n_classes)
+        class_table, same, counts = _same_class(labels, candidate_labels, n_classes)
     else:
         labels, candidate_labels = labels.to(queries.dtype), candidate_labels.to(queries.dtype)
         targets = candidate_labels
@@ -236,6 +236,7 @@ def modernnca_objective(queries: torch.Tensor, candidates: torch.Tensor, labels:
     publish("self_mask", _leading_diagonal(distances))
     if classification:
         publish("same_class_mask", same)
+        publish("same_class_counts", counts)
     publish("softmax", probabilities)
     included = torch.ones(len(per_sample), dtype=torch.bool, device=per_sample.device)
     return LossOutput(per_sample, "mean", included)
@@ -258,14 +259,14 @@ def nca_logspace_objective(queries: torch.Tensor, candidates: torch.Tensor, labe
     if torch.is_autocast_enabled(candidates.device.type):  # as in modernnca_objective
         distances = divided_by(torch.cdist(queries, candidates, p=2), temperature)
         return nca_logspace(distances, labels, candidate_labels, _leading_diagonal(distances))
-    class_table, same = _same_class(labels, candidate_labels, n_classes)
-    # any() over a bool matrix is a slow CPU reduction; amax over its bytes gives the same rows
-    included = same.view(torch.uint8).amax(dim=1).bool() if same.shape[1] else same.any(dim=1)
+    class_table, same, counts = _same_class(labels, candidate_labels, n_classes)
+    included = counts > 0
     shared = _leading_slice(queries, candidates)
     per_sample, distances = _NCALogspaceObjective.apply(None if shared else queries, candidates, same, included,
                                                         labels, class_table, float(temperature), shared)
     publish("distances", distances)
     publish("same_class_mask", same)
+    publish("same_class_counts", counts)
     publish("self_mask", _leading_diagonal(distances))
     return LossOutput(per_sample, "mean", included)
 
@@ -280,18 +281,21 @@ def fused_objective(loss_fn, kernel: str):
 
 
 def _same_class(labels: torch.Tensor, candidate_labels: torch.Tensor, n_classes: int | None):
-    """(the (K, C) class table, the published same-class mask) of queries that are the leading candidates.
+    """(the (K, C) class table, the published same-class mask, each row's count of it) of queries that
+    are the leading candidates.
 
     The mask is the eager path's ``(labels[:, None] == candidate_labels[None, :]) & ~self``, the same
     bits, as rows of the class table picked by label: a copy per row instead of a comparison per
-    pair (10x faster); the self pairs are the diagonal.
+    pair (10x faster); the self pairs are the diagonal. A row's count is its class's count among the
+    candidates less one (itself, a candidate of its own class): no pass over the mask.
     """
     if n_classes is None:
         n_classes = int(max(int(labels.max()), int(candidate_labels.max()))) + 1
     table = make_class_table(candidate_labels, n_classes)
     same = table.index_select(0, labels)
     same.fill_diagonal_(False)
-    return table, same
+    counts = table.sum(dim=1).index_select(0, labels) - 1
+    return table, same, counts
 
 
 def _leading_slice(queries: torch.Tensor, candidates: torch.Tensor) -> bool:

@@ -111,7 +111,10 @@ def distance_statistics(published: dict[str, Any]) -> dict[str, Any]:
         same_sample = _host_array(same[rows]).ravel()
         _range(np.compress(sample_pairs & same_sample, sample), "d_same_", out)
         _range(np.compress(sample_pairs & ~same_sample, sample), "d_other_", out)
-        if same.shape[1]:  # any() over a bool matrix is a slow CPU reduction; amax over its bytes is fast
+        counts = published.get("same_class_counts")
+        if counts is not None:  # the loss counted them already: no pass over the mask
+            out["rows_without_same_class"] = torch.count_nonzero(counts == 0)
+        elif same.shape[1]:  # any() over a bool matrix is a slow CPU reduction; amax over its bytes is fast
             out["rows_without_same_class"] = torch.count_nonzero(same.view(torch.uint8).amax(dim=1) == 0)
         else:
             out["rows_without_same_class"] = torch.count_nonzero(~same.any(dim=1))
@@ -234,19 +237,22 @@ def _diagonal_statistics(distances: torch.Tensor, published: dict[str, Any], *,
             return None
         values = values.detach()
         smallest = _off_diagonal_reduction(values, torch.amin)
-        views = None
         if smallest is None:
-            views = _off_diagonal(values)
-            smallest = functools.reduce(torch.minimum, [view.amin() for view in views])
+            smallest = functools.reduce(torch.minimum, [view.amin() for view in _off_diagonal(values)])
         if bool(smallest >= tiny):  # nothing underflowed (a NaN compares False and is counted below)
             out[f"{key}_zero"] = out[f"{key}_subnormal"] = torch.tensor(0)
             continue
-        views = views or _off_diagonal(values)
-        out[f"{key}_zero"] = sum(torch.count_nonzero(view == 0) for view in views)
-        # exp and softmax are >= 0, so |v| < tiny is v < tiny without an abs pass
-        small = sum(torch.count_nonzero((view < tiny) if bool(smallest >= 0) else (view.abs() < tiny))
-                    for view in views)
-        out[f"{key}_subnormal"] = small - out[f"{key}_zero"]
+        # Counted over the whole contiguous matrix, then the self pairs' own entries taken out: two
+        # vectorised passes instead of four over the strided off-diagonal views (3-5 ms a step once a
+        # late ModernNCA step's softmax underflows). exp and softmax are >= 0, so |v| < tiny is
+        # v < tiny without an abs pass.
+        diagonal = values.diagonal()
+        zero = torch.count_nonzero(values == 0) - torch.count_nonzero(diagonal == 0)
+        if bool(smallest >= 0):
+            small = torch.count_nonzero(values < tiny) - torch.count_nonzero(diagonal < tiny)
+        else:
+            small = torch.count_nonzero(values.abs() < tiny) - torch.count_nonzero(diagonal.abs() < tiny)
+        out[f"{key}_zero"], out[f"{key}_subnormal"] = zero, small - zero
     return out
 
 
