@@ -69,7 +69,7 @@ class StableNCACallback(pl.Callback):
         if not pl_module.automatic_optimization:
             raise ConfigError("StableNCACallback needs automatic optimisation (it replays training_step)",
                               fix="use stablenca.watch(...) inside a manual-optimisation training_step")
-        # training_step is called as Lightning calls it: with batch_idx only when its signature takes it
+        # Lightning passes batch_idx only when training_step's signature takes it
         self._takes_batch_idx = is_param_in_hook_signature(pl_module.training_step, "batch_idx", min_args=2)
         optimizer = trainer.optimizers[0] if trainer.optimizers else None
         # precision="16-mixed" scales the loss with a GradScaler: its skips are not failures.
@@ -110,24 +110,28 @@ class StableNCACallback(pl.Callback):
         if self._loss is None or self.watch.should_stop:
             return
         batch, batch_idx = self._batch
-        with_index = (batch_idx,) if self._takes_batch_idx else ()
 
         def replay():  # as Lightning runs the step: fresh gradients, its autocast context, its loss scaling
             optimizer.zero_grad(set_to_none=True)
-            with self._precision.train_step_context():
-                out = pl_module.training_step(batch, *with_index)
-            loss = out["loss"] if isinstance(out, dict) else out
+            loss = self._training_loss(pl_module, batch, batch_idx)
             scaler = self.watch.scaler
             (scaler.scale(loss) if scaler is not None else loss).backward()
             return loss
 
         self.watch.observe(self._loss, published, replay, epoch=trainer.current_epoch,
-                           loss_fn=self._rebuildable_step(trainer, batch, with_index))
+                           loss_fn=self._rebuildable_step(trainer, batch, batch_idx))
         if self.watch.should_stop:
             optimizer.zero_grad(set_to_none=True)  # the optimizer skips parameters without a gradient
             trainer.should_stop = True
 
-    def _rebuildable_step(self, trainer: pl.Trainer, batch: Any, with_index: tuple):
+    def _training_loss(self, module: pl.LightningModule, batch: Any, batch_idx: int) -> torch.Tensor:
+        """``training_step``'s loss as Lightning computes it: in its precision context (autocast keeps
+        float64 as it is), with ``batch_idx`` only when the signature takes it."""
+        with self._precision.train_step_context():
+            out = module.training_step(batch, *((batch_idx,) if self._takes_batch_idx else ()))
+        return out["loss"] if isinstance(out, dict) else out
+
+    def _rebuildable_step(self, trainer: pl.Trainer, batch: Any, batch_idx: int):
         """``(loss_fn, inputs)`` that runs ``training_step`` on the watch's float64 (or float32) copy of the
         module: the batch's tensors are the inputs, which the watch casts, and the batch is rebuilt around them.
 
@@ -142,9 +146,7 @@ class StableNCACallback(pl.Callback):
 
         def loss_fn(module: pl.LightningModule, *cast: Any) -> torch.Tensor:
             module.trainer = counters
-            with self._precision.train_step_context():  # autocast keeps float64 as it is
-                out = module.training_step(tree_unflatten(list(cast), spec), *with_index)
-            return out["loss"] if isinstance(out, dict) else out
+            return self._training_loss(module, tree_unflatten(list(cast), spec), batch_idx)
 
         return loss_fn, tuple(leaves)
 

@@ -242,18 +242,23 @@ def _diagonal_statistics(distances: torch.Tensor, published: dict[str, Any], *,
         if bool(smallest >= tiny):  # nothing underflowed (a NaN compares False and is counted below)
             out[f"{key}_zero"] = out[f"{key}_subnormal"] = torch.tensor(0)
             continue
-        # Counted over the whole contiguous matrix, then the self pairs' own entries taken out: two
-        # vectorised passes instead of four over the strided off-diagonal views (3-5 ms a step once a
-        # late ModernNCA step's softmax underflows). exp and softmax are >= 0, so |v| < tiny is
-        # v < tiny without an abs pass.
-        diagonal = values.diagonal()
-        zero = torch.count_nonzero(values == 0) - torch.count_nonzero(diagonal == 0)
-        if bool(smallest >= 0):
-            small = torch.count_nonzero(values < tiny) - torch.count_nonzero(diagonal < tiny)
-        else:
-            small = torch.count_nonzero(values.abs() < tiny) - torch.count_nonzero(diagonal.abs() < tiny)
-        out[f"{key}_zero"], out[f"{key}_subnormal"] = zero, small - zero
+        # Over the whole contiguous matrix less its diagonal: vectorised passes, not the strided views
+        out[f"{key}_zero"], out[f"{key}_subnormal"] = _underflow_counts(values, values.diagonal(), tiny,
+                                                                        nonnegative=bool(smallest >= 0))
     return out
+
+
+def _underflow_counts(values: torch.Tensor, self_values: torch.Tensor, tiny: float, *,
+                      nonnegative: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(zeros, subnormals) among ``values`` outside the self pairs: the counts over every entry less
+    those over ``self_values`` (the self pairs' entries, few). For values known to be >= 0 (exp and
+    softmax outputs), |v| < tiny is v < tiny, without an abs pass."""
+    zero = torch.count_nonzero(values == 0) - torch.count_nonzero(self_values == 0)
+    if nonnegative:
+        small = torch.count_nonzero(values < tiny) - torch.count_nonzero(self_values < tiny)
+    else:
+        small = torch.count_nonzero(values.abs() < tiny) - torch.count_nonzero(self_values.abs() < tiny)
+    return zero, small - zero
 
 
 def _overall_statistics(distances: torch.Tensor, self_mask: torch.Tensor, published: dict[str, Any], *,
@@ -287,10 +292,7 @@ def _overall_statistics(distances: torch.Tensor, self_mask: torch.Tensor, publis
             values = published.get(name)
             if values is None:
                 continue
-            self_values = values[self_mask]
-            out[f"{key}_zero"] = torch.count_nonzero(values == 0) - torch.count_nonzero(self_values == 0)
-            small = torch.count_nonzero(values.abs() < tiny) - torch.count_nonzero(self_values.abs() < tiny)
-            out[f"{key}_subnormal"] = small - out[f"{key}_zero"]
+            out[f"{key}_zero"], out[f"{key}_subnormal"] = _underflow_counts(values, values[self_mask], tiny)
         return out
     finite_pairs = ~self_mask & torch.isfinite(distances)
     if exact_range:
