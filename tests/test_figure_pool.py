@@ -151,8 +151,17 @@ def _titled(kind: str):
     import numpy as np
 
     fig = figures._figure(5, 3, layout=None)
-    ax = fig.add_subplot()
     steps = np.arange(40.0)
+    if kind in ("shared", "marks on top"):  # the upper panel of a sharex column, as in the timeline
+        ax, below = fig.subplots(2, 1, sharex=True)
+        below.plot(steps, steps)
+        ax.plot(steps, 10.0 ** (steps / 4 - 3))
+        ax.set_yscale("log")
+        if kind == "marks on top":
+            ax.xaxis.set_ticks_position("both")
+        ax.set_title("(a) a left title", loc="left")
+        return fig
+    ax = fig.add_subplot()
     if kind == "log":
         ax.plot(steps, 10.0 ** (steps / 4 - 3))
         ax.set_yscale("log")
@@ -165,14 +174,22 @@ def _titled(kind: str):
     return fig
 
 
-@pytest.mark.parametrize("kind", ["log", "offset", "lifted"])
+KINDS = ("log", "offset", "lifted", "shared", "marks on top")
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_png_bytes_draws_what_matplotlib_draws(kind):
     assert figures.png_bytes(_titled(kind)) == _matplotlib_png(_titled(kind))
 
 
 def test_the_title_placement_is_skipped_only_where_nothing_can_lift_the_title():
-    stays = {kind: figures._title_stays(_titled(kind).axes[0]) for kind in ("log", "offset", "lifted")}
-    assert stays == {"log": True, "offset": False, "lifted": False}
+    stays = {kind: figures._title_stays(_titled(kind).axes[0]) for kind in KINDS}
+    # shared: its tick labels hidden, only its bottom marks left (matplotlib calls it "unknown")
+    assert stays == {"log": True, "offset": False, "lifted": False, "shared": True, "marks on top": False}
+    shared = _titled("shared").axes[0]
+    assert shared.xaxis.get_ticks_position() == "unknown"
+    shared.tick_params(axis="x", direction="in")  # marks pointing into the axes: left to matplotlib
+    assert figures._title_stays(shared) is False
     # A linear axis without an offset: its ticks (so its offset text) are known before the draw only
     # where no layout engine resizes the axes.
     for layout, expected in ((None, True), ("constrained", False)):

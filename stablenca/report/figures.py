@@ -114,7 +114,7 @@ def _title_stays(ax) -> bool:
         return False
     if len(twins) > 1 or len(aligned) > 1:
         return False
-    if ax.xaxis.get_ticks_position() != "bottom" or ax.xaxis.get_label_position() != "bottom":
+    if ax.xaxis.get_label_position() != "bottom" or not _x_ticks_below(ax):
         return False
     formatter = ax.yaxis.get_major_formatter()
     if isinstance(formatter, ScalarFormatter):
@@ -125,6 +125,24 @@ def _title_stays(ax) -> bool:
             return False
         formatter.set_locs(ax.yaxis.get_majorticklocs())
     return not formatter.get_offset()
+
+
+def _x_ticks_below(ax) -> bool:
+    """Whether nothing of ``ax``'s x ticks reaches over its top.
+
+    matplotlib measures the x axis for a position of "top" or "unknown". The upper panels of a
+    ``sharex`` column are "unknown" (their tick labels are hidden, only the marks are left), and
+    measuring them lays out their ticks once more before the draw (a third of a timeline's drawing).
+    With no top mark or label and the bottom marks pointing out, nothing can reach over the top.
+    """
+    position = ax.xaxis.get_ticks_position()
+    if position == "bottom":
+        return True
+    if position != "unknown":
+        return False
+    ticks = ax.xaxis.majorTicks[:1] + ax.xaxis.minorTicks[:1]  # matplotlib's own representatives
+    return all(not tick.tick2line.get_visible() and not tick.label2.get_visible() and getattr(tick, "_tickdir", None) == "out"
+               for tick in ticks)
 
 
 def load_fonts() -> None:
