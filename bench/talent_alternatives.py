@@ -6,7 +6,7 @@ Each group computes one thing several ways on tensors of one default training st
 (batch B = 1024, C = 1848 candidates, 128 dimensions, 3 classes, PLR 7 × 77 → 34), float32,
 interleaved rounds. The first way of each group is the reference; "kept" says which one
 the library uses. These are the measurements behind the choices in
-``stablenca/models/fused.py``, ``embeddings.py`` and ``neighbours.py``, including the
+``stablenca/models/fused.py``, ``embeddings.py``, ``neighbours.py`` and the probes, including the
 ones that did not pay.
 """
 
@@ -116,6 +116,20 @@ def plr(g: torch.Generator) -> dict:
             "PLR forward + backward: one Function, two products [kept]": function}
 
 
+def underflow_counts(g: torch.Generator) -> dict:
+    """The recorder's zero and subnormal counts of an underflowed (B, C) softmax (stablenca/runtime/probes.py)."""
+    import numpy as np
+
+    values = torch.softmax(torch.rand(B, N_CANDIDATES, generator=g) * -150, dim=1)  # most rows underflow
+    array, tiny = values.numpy(), torch.finfo(values.dtype).tiny
+    return {
+        "zero / subnormal counts: torch, bool tensors and count_nonzero":
+            lambda: (torch.count_nonzero(values == 0), torch.count_nonzero(values < tiny)),
+        "zero / subnormal counts: numpy, one thread [kept]":
+            lambda: (np.count_nonzero(array == 0), np.count_nonzero(array < tiny)),
+    }
+
+
 def adamw(g: torch.Generator) -> tuple[dict, dict]:
     """AdamW steps on the default model's parameters (TALENT's default: no foreach on CPU)."""
     torch.manual_seed(0)
@@ -141,7 +155,7 @@ def main(argv=None) -> None:
     repeats = 5 if args.quick else args.repeats
     info = C.machine_info()
     g = torch.Generator().manual_seed(0)
-    groups = [backward_products(g), *masks(g), class_sums(g), readout(g), plr(g)]
+    groups = [backward_products(g), *masks(g), class_sums(g), readout(g), plr(g), underflow_counts(g)]
     optimizer_steps, models = adamw(g)
     groups.append(optimizer_steps)
     rows = []
