@@ -183,3 +183,28 @@ def test_one_read_extremes_refuse_a_strided_matrix():
     matrix = (torch.rand(9, 5, generator=torch.Generator().manual_seed(0)) + 1).mT
     matrix.diagonal().fill_(-1.0)
     assert not matrix.is_contiguous() and probes._off_diagonal_reduction(matrix, torch.aminmax) is None
+
+
+@pytest.mark.parametrize("seed", range(30))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_underflow_counts_are_those_of_each_value_classified_alone(seed, dtype):
+    # float32/float64 are counted by numpy, float16 by torch: both must classify every entry as
+    # Python's floats do (NaN is neither 0 nor tiny; -0.0 is 0; |v| < tiny below tiny, both signs).
+    generator = torch.Generator().manual_seed(seed)
+    tiny = torch.finfo(dtype).tiny
+    pool = torch.tensor([0.0, -0.0, tiny / 4, -tiny / 4, tiny, -tiny, 1.0, -3.0, math.nan, math.inf], dtype=dtype)
+    values = pool[torch.randint(0, len(pool), (7, 11), generator=generator)]
+    self_values = values.diagonal()
+    counted = probes._underflow_counts(values, self_values, tiny)
+
+    def alone(tensor):
+        entries = [float(v) for v in tensor.reshape(-1).tolist()]
+        zero = sum(v == 0 for v in entries)
+        return zero, sum(abs(v) < tiny for v in entries) - zero
+
+    (zero_all, sub_all), (zero_own, sub_own) = alone(values), alone(self_values)
+    assert (int(counted[0]), int(counted[1])) == (zero_all - zero_own, sub_all - sub_own)
+    if seed % 2 == 0:  # for values known to be >= 0 the abs pass is skipped: the same counts
+        positive = values.abs()
+        counted = probes._underflow_counts(positive, positive.diagonal(), tiny, nonnegative=True)
+        assert (int(counted[0]), int(counted[1])) == (zero_all - zero_own, sub_all - sub_own)

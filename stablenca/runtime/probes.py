@@ -258,8 +258,8 @@ def _underflow_counts(values: torch.Tensor, self_values: torch.Tensor, tiny: flo
     count take 0.8-1.0 ms on one thread, torch's (a bool tensor, then ``count_nonzero``) 2.2 ms on
     two, and a ModernNCA step whose softmax underflowed (most rows, in most late steps) counts twice.
     The same counts: both compare IEEE values (NaN is neither 0 nor < tiny; -0.0 is 0)."""
-    if values.device.type == "cpu" and values.dtype in _FLOATS:
-        array, own = values.detach().numpy(), self_values.detach().numpy()
+    if values.device.type == "cpu" and values.dtype in _FLOATS and values.layout == torch.strided:
+        array, own = (tensor.detach().resolve_neg().numpy() for tensor in (values, self_values))
         if not nonnegative:
             array, own = np.abs(array), np.abs(own)
         zero = np.count_nonzero(array == 0) - np.count_nonzero(own == 0)
