@@ -132,8 +132,8 @@ def _x_ticks_below(ax) -> bool:
 
     matplotlib measures the x axis for a position of "top" or "unknown". The upper panels of a
     ``sharex`` column are "unknown" (their tick labels are hidden, only the marks are left), and
-    measuring them lays out their ticks once more before the draw (a third of a timeline's drawing).
-    With no top mark or label and the bottom marks pointing out, nothing can reach over the top.
+    measuring them lays out their ticks once more before the draw. With no top mark or label and
+    the bottom marks pointing out, nothing can reach over the top.
     """
     position = ax.xaxis.get_ticks_position()
     if position == "bottom":
@@ -141,8 +141,8 @@ def _x_ticks_below(ax) -> bool:
     if position != "unknown":
         return False
     ticks = ax.xaxis.majorTicks[:1] + ax.xaxis.minorTicks[:1]  # matplotlib's own representatives
-    return all(not tick.tick2line.get_visible() and not tick.label2.get_visible() and getattr(tick, "_tickdir", None) == "out"
-               for tick in ticks)
+    return all(not tick.tick2line.get_visible() and not tick.label2.get_visible()
+               and getattr(tick, "_tickdir", None) == "out" for tick in ticks)
 
 
 def load_fonts() -> None:

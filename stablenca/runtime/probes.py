@@ -254,9 +254,9 @@ def _underflow_counts(values: torch.Tensor, self_values: torch.Tensor, tiny: flo
     those over ``self_values`` (the self pairs' entries, few). For values known to be >= 0 (exp and
     softmax outputs), |v| < tiny is v < tiny, without an abs pass.
 
-    CPU float32/float64 values are counted by numpy: on a 1024 x 1848 matrix its comparison and
-    count take 0.8-1.0 ms on one thread, torch's (a bool tensor, then ``count_nonzero``) 2.2 ms on
-    two, and a ModernNCA step whose softmax underflowed (most rows, in most late steps) counts twice.
+    CPU float32/float64 values are counted by numpy: both counts of an underflowed 1024 x 1848
+    softmax take it 1.4 ms on one thread, torch (bool tensors, then ``count_nonzero``) 3.9 ms on two
+    (``bench/talent_alternatives.py``), and a late ModernNCA step's softmax has mostly underflowed.
     The same counts: both compare IEEE values (NaN is neither 0 nor < tiny; -0.0 is 0)."""
     if values.device.type == "cpu" and values.dtype in _FLOATS and values.layout == torch.strided:
         array, own = (tensor.detach().resolve_neg().numpy() for tensor in (values, self_values))
