@@ -265,11 +265,10 @@ def _underflow_counts(values: torch.Tensor, self_values: torch.Tensor, tiny: flo
         zero = np.count_nonzero(array == 0) - np.count_nonzero(own == 0)
         small = np.count_nonzero(array < tiny) - np.count_nonzero(own < tiny)
         return torch.tensor(zero), torch.tensor(small - zero)
+    if not nonnegative:
+        values, self_values = values.abs(), self_values.abs()
     zero = torch.count_nonzero(values == 0) - torch.count_nonzero(self_values == 0)
-    if nonnegative:
-        small = torch.count_nonzero(values < tiny) - torch.count_nonzero(self_values < tiny)
-    else:
-        small = torch.count_nonzero(values.abs() < tiny) - torch.count_nonzero(self_values.abs() < tiny)
+    small = torch.count_nonzero(values < tiny) - torch.count_nonzero(self_values < tiny)
     return zero, small - zero
 
 
