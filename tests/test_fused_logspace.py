@@ -15,7 +15,8 @@ from hypothesis import example, given, settings, strategies as st
 
 from stablenca.losses.builtin import nca_logspace
 from stablenca.models import fused as fused_module
-from stablenca.models.fused import _exp_floor, nca_logspace_objective
+from stablenca.models.fused import nca_logspace_objective
+from stablenca.models.neighbours import exp_floor
 from stablenca.publish import capture
 from test_fused import assert_same_published, make_batch as modernnca_batch
 
@@ -67,7 +68,7 @@ def logsumexp_gap(logsumexps, n_terms):
     """
     u = U64
     gamma = n_terms * u / (1 - n_terms * u)
-    tails = n_terms * math.exp(_exp_floor(torch.float64)) * (1 + 2 * u)
+    tails = n_terms * math.exp(exp_floor(torch.float64)) * (1 + 2 * u)
     return 2 * gamma * (1 + gamma) + tails + 4 * u * math.log(max(n_terms, 1)) + 2 * u * logsumexps.abs()
 
 
@@ -121,7 +122,7 @@ def gradient_bound(queries, candidates, labels, candidate_labels, temperature):
     # the underflow term, per pair: 8 subnormal ulps, those of s and q scaled by |g_i| / (T d_ij),
     # and the raised tails of s and q, scaled the same way
     smallest = math.ldexp(1.0, -1074)  # the smallest subnormal
-    raised = 2 * math.exp(_exp_floor(torch.float64)) * (1 + 2 * U64)
+    raised = 2 * math.exp(exp_floor(torch.float64)) * (1 + 2 * U64)
     underflow = (8 * smallest + (8 * smallest + raised) * g[:, None] / (temperature * raw)).nan_to_num(posinf=0.0)
     underflow = underflow.masked_fill(raw == 0, 0.0) * (1 + gamma)
     bound_q = weights.sum(1)[:, None] * queries.abs() + weights @ candidates.abs() + \
@@ -229,7 +230,7 @@ def test_fused_logspace_exponentiates_no_argument_below_the_floor():
 
     queries, candidates, labels, candidate_labels = make_batch(3, 6, 20, 3, 3, False, 3000.0)
     queries, candidates = queries.float(), candidates.float()
-    floor = _exp_floor(torch.float32)
+    floor = exp_floor(torch.float32)
     lowest = {}
 
     class Arguments(TorchDispatchMode):
@@ -258,9 +259,9 @@ def test_fused_logspace_exponentiates_no_argument_below_the_floor():
 def test_the_exp_floor_is_far_below_zero_or_absent():
     # float32 and float64 raise their underflowing tails; float16's normal range is too short to
     # raise anything without changing the loss itself, so nothing is raised there.
-    assert _exp_floor(torch.float32) < -71 and _exp_floor(torch.float64) < -692
-    assert math.exp(_exp_floor(torch.float32)) >= torch.finfo(torch.float32).tiny * 8e6
-    assert _exp_floor(torch.float16) == -math.inf
+    assert exp_floor(torch.float32) < -71 and exp_floor(torch.float64) < -692
+    assert math.exp(exp_floor(torch.float32)) >= torch.finfo(torch.float32).tiny * 8e6
+    assert exp_floor(torch.float16) == -math.inf
     logits = torch.tensor([[0.0, -5.0, -math.inf]], dtype=torch.float16)
     assert torch.equal(fused_module._raised_tails(logits.clone()), logits)
 

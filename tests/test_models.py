@@ -1,9 +1,11 @@
+import math
+
 import torch
 import pytest
 
 from stablenca.errors import ConfigError
 from stablenca.models import ModernNCA, PLREmbeddings, SeedNCA
-from stablenca.models.neighbours import in_batch_pairs, sampled_pool_pairs, soft_neighbour_readout
+from stablenca.models.neighbours import exp_floor, in_batch_pairs, sampled_pool_pairs, soft_neighbour_readout
 
 
 def test_plr_lite_shapes_and_shared_linear():
@@ -72,7 +74,10 @@ def readout_tolerance(queries: torch.Tensor, candidates: torch.Tensor) -> torch.
     exact products) and the row sum by (N-1) u more; the streamed sums also pass through up to
     N rescalings by a rounded exp(old max - new max), 3u each plus u times the moves, at most u D.
     A class probability (<= 1) is a ratio of two sums: off by 2 (w + (N-1) u) + u one-shot,
-    2 (w + (N-1) u + 3 N u + u D) + u streamed; their difference by the sum.
+    2 (w + (N-1) u + 3 N u + u D) + u streamed; their difference by the sum. Without autograd the
+    streamed readout raises weights below e^floor (:func:`exp_floor`) to it: at most N of them add
+    at most N e^floor to a row sum of at least 1 and to a class sum, moving a probability by at
+    most 2 N e^floor.
     """
     u = torch.finfo(queries.dtype).eps / 2
     n, dims = candidates.shape
@@ -84,7 +89,8 @@ def readout_tolerance(queries: torch.Tensor, candidates: torch.Tensor) -> torch.
     weight = 2 * error_d + u * spread + 2 * u
     one_shot = 2 * (weight + (n - 1) * u) + u
     streamed = 2 * (weight + (n - 1) * u + 3 * n * u + u * spread) + u
-    return one_shot + streamed
+    raised = 2 * n * math.exp(exp_floor(queries.dtype))
+    return one_shot + streamed + raised
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -96,6 +102,40 @@ def test_streamed_readout_equals_one_shot_softmax(dtype):
     for chunk in (1, 33, 1000, 5000):
         streamed = soft_neighbour_readout(queries, candidates, targets, chunk_size=chunk)
         assert ((streamed.double() - full.double()).abs() <= tolerance).all(), chunk
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_evaluation_readout_never_underflows_and_keeps_its_bound(dtype, monkeypatch):
+    """Candidates spread over distances far past exp's underflow (float32: 87.3 subnormal, 104.0
+    zero; float64: 708, 745): the evaluation readout passes exp no argument below the floor, so
+    no weight underflows, and it stays within the bound of the one-shot softmax in float64."""
+    generator = torch.Generator().manual_seed(2)
+    scale = 40.0 if dtype == torch.float32 else 300.0
+    queries = torch.randn(12, 4, generator=generator, dtype=dtype) * scale
+    candidates = torch.randn(900, 4, generator=generator, dtype=dtype) * scale
+    targets = torch.nn.functional.one_hot(torch.arange(900) % 3).to(dtype)
+    floor = exp_floor(dtype)
+    distances = torch.cdist(queries, candidates)
+    spread = distances.max(dim=1).values - distances.min(dim=1).values
+    assert (spread > -floor + 40).all()  # every row has weights far below the floor
+    smallest = []
+    exp_ = torch.Tensor.exp_
+
+    def spied(tensor):
+        smallest.append(float(tensor.min()))
+        return exp_(tensor)
+
+    monkeypatch.setattr(torch.Tensor, "exp_", spied)
+    with torch.no_grad():
+        readouts = [soft_neighbour_readout(queries, candidates, targets, chunk_size=chunk) for chunk in (1, 77, 900)]
+    monkeypatch.undo()
+    assert smallest and min(smallest) >= torch.tensor(floor, dtype=dtype).item()  # the floor as clamp rounds it
+    reference = torch.softmax(-torch.cdist(queries.double(), candidates.double()), dim=1) @ targets.double()
+    tolerance = readout_tolerance(queries, candidates)[:, None]
+    for readout in readouts:
+        assert torch.isfinite(readout).all()
+        assert ((readout.double() - reference).abs() <= tolerance).all()
+        assert torch.equal(readout.argmax(dim=1), reference.argmax(dim=1))
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.37])

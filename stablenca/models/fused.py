@@ -43,7 +43,7 @@ import torch
 from ..losses.base import LossOutput
 from ..losses.builtin import MODERNNCA_EPS, class_table as make_class_table, modernnca, nca_logspace, per_class
 from ..publish import publish
-from .neighbours import divided_by, leading_self_mask
+from .neighbours import divided_by, exp_floor, leading_self_mask
 
 
 class _ModernNCAObjective(torch.autograd.Function):
@@ -192,7 +192,7 @@ class _NCALogspaceObjective(torch.autograd.Function):
         # underflows: the slow path), then exp in place. q's arguments are <= 0 on the same class
         # (shift_same >= the class's largest -d); capped at 0 elsewhere, where q is then zeroed by a
         # product with the class rows (a finite exp: no inf * 0; faster than masked_fill).
-        floor = _exp_floor(distances.dtype)
+        floor = exp_floor(distances.dtype)
         ratio = torch.sub(shift_same.neg()[:, None], distances).clamp_(floor, 0).exp_()
         ratio.mul_(class_table.to(distances.dtype).index_select(0, labels))  # its diagonal: zeroed below
         ratio.sub_(torch.sub(shift_all.neg()[:, None], distances).clamp_min_(floor).exp_())
@@ -305,21 +305,12 @@ def _leading_slice(queries: torch.Tensor, candidates: torch.Tensor) -> bool:
             and queries.stride() == candidates.stride())
 
 
-def _exp_floor(dtype: torch.dtype) -> float:
-    """The smallest exp argument the fused nca_logspace kernel passes: exp of it is the smallest normal
-    number times e^16 (float32: -71.3), so neither the exp nor a division of its result by a distance
-    below 8.8e6 underflows. -inf (nothing raised) where that is not far below 0: float16's normal
-    range ends at e^-9.7, so raising there would change the loss, not only its underflowing tail."""
-    floor = math.log(torch.finfo(dtype).tiny) + 16
-    return floor if floor < -32 else -math.inf
-
-
 def _raised_tails(logits: torch.Tensor) -> torch.Tensor:
-    """``logits`` (fresh, changed in place) with every entry below its row's largest + :func:`_exp_floor`
+    """``logits`` (fresh, changed in place) with every entry below its row's largest + :func:`.neighbours.exp_floor`
     raised to that: logsumexp then exponentiates no argument below the floor. A -inf entry (masked)
     becomes finite and adds e^floor instead of 0: C of them add C e^floor to a sum of at least 1 (the
     row's largest term). A row that is all -inf stays so, and a NaN row stays NaN."""
-    return torch.maximum(logits, logits.amax(dim=1, keepdim=True) + _exp_floor(logits.dtype), out=logits)
+    return torch.maximum(logits, logits.amax(dim=1, keepdim=True) + exp_floor(logits.dtype), out=logits)
 
 
 def _leading_diagonal(distances: torch.Tensor) -> torch.Tensor:

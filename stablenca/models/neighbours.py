@@ -48,6 +48,23 @@ def divided_by(distances: torch.Tensor, temperature: float) -> torch.Tensor:
     return distances if temperature == 1.0 else distances / temperature
 
 
+def exp_floor(dtype: torch.dtype) -> float:
+    """The smallest argument stablenca's own kernels pass to exp (float32: -71.3): exp of it is the
+    smallest normal number times e^16, so neither the exp, nor a division of its result by a distance
+    below 8.8e6, nor its product with a target of magnitude 1.2e-7 or more underflows. Arguments
+    below it are raised to it (the fused ``nca_logspace`` kernel, the evaluation readout): torch's
+    CPU exp takes a slow path for each result that underflows, and a matrix product with subnormal
+    operands is slower still (``bench/underflow_cost.py``). -inf (nothing raised) where that is not far below 0:
+    float16's normal range ends at e^-9.7, so raising there would change results, not only an
+    underflowing tail.
+
+    >>> round(exp_floor(torch.float32), 2), exp_floor(torch.float16)
+    (-71.34, -inf)
+    """
+    floor = math.log(torch.finfo(dtype).tiny) + 16
+    return floor if floor < -32 else -math.inf
+
+
 #: The self-pair masks handed out, one per (batch, width, device), with the version they were made at.
 #: Every step of one shape gets the same read-only (B, C) mask instead of a new 1.9 MB one; an
 #: in-place write to it (or to any view: views share the version counter) retires it, and the next
@@ -169,7 +186,9 @@ def soft_neighbour_readout(
     ``targets`` is (N, K) (one-hot classes or a column of regression targets). The
     softmax is accumulated online (running row maximum, rescaled sums), so only a
     (Q, chunk) block of distances exists at a time and the result equals the
-    one-shot softmax up to rounding.
+    one-shot softmax up to rounding. Without autograd (evaluation), a weight below
+    e^floor times the row's largest (:func:`exp_floor`; float32: 1e-31) is raised to
+    that instead of underflowing: each adds at most e^floor to a row sum of at least 1.
 
     >>> q, c = torch.randn(5, 3, dtype=torch.float64), torch.randn(50, 3, dtype=torch.float64)
     >>> t = F.one_hot(torch.arange(50) % 3).double()
@@ -201,12 +220,17 @@ def soft_neighbour_readout(
     # (Q, chunk) block instead of four; about 1.5x faster (bench/proposals.py). With the row
     # minimum m of the distances d (m = -max of the logits -d): logits - max = (-d) + m = m - d,
     # the same rounding, without the negation pass.
+    # Arguments below exp_floor are raised to it: no weight underflows, so neither the exp nor the
+    # product below takes its slow path (bench/underflow_cost.py: the evaluation after a student's
+    # loss has spread the embeddings). Each raised weight adds at most e^floor (float32: 1e-31) to a row sum of
+    # at least 1, far below a float32 rounding; the weights above the floor keep their bits.
+    floor = exp_floor(queries.dtype)
     row_min = row_max.neg_()  # +inf
     for start in range(0, len(candidates), chunk_size):
         chunk = divided_by(torch.cdist(queries, candidates[start:start + chunk_size], p=2), temperature)
         new_min = torch.minimum(row_min, chunk.amin(dim=1))
         rescale = torch.exp(new_min - row_min)  # exp(-inf) = 0 on the first chunk
-        weights = torch.sub(new_min[:, None], chunk, out=chunk).exp_()
+        weights = torch.sub(new_min[:, None], chunk, out=chunk).clamp_min_(floor).exp_()
         row_sum.mul_(rescale).add_(weights.sum(dim=1))
         weighted.mul_(rescale).addmm_(targets_t[:, start:start + chunk_size], weights.mT)
         row_min = new_min
