@@ -20,11 +20,18 @@ and ``difference`` runs inflate the distance scale until most of ``exp(-d)`` und
   never an option for a diagnosis, which must compute what the student's code computes;
   here it only measures what the subnormals cost. The epoch's exp zero and subnormal counts
   come from what the loss published.
+* **Validation** from the same state: ``Trainer.evaluate("val")`` as the package runs it, whose
+  readout raises exp arguments below :func:`stablenca.models.neighbours.exp_floor` to it (no
+  weight underflows), against the same readout with the floor at -inf (IEEE: the weights
+  underflow as they fall), interleaved. The count is of the (validation row, training row)
+  pairs whose argument lies below the floor. Both give the same metrics here: each raised
+  weight adds at most e^floor (1e-31) to a row sum of at least 1.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 import copy
 import math
 import sys
@@ -36,6 +43,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import _common as C  # noqa: E402
+import stablenca.models.neighbours as neighbours  # noqa: E402
 from stablenca.publish import capture  # noqa: E402
 from stablenca.training import StepContext, Trainer, TrainConfig  # noqa: E402
 
@@ -82,9 +90,27 @@ def _flushed(flush: bool, function, *args):
         return function(*args)
 
 
-def epoch_variants(loss: str, epochs: int) -> tuple[dict, dict, dict]:
-    """(variants, before, counts): one epoch from the same state, with and without flushing."""
+def trained(loss: str, epochs: int) -> tuple[Trainer, Callable[[], None]]:
+    """A Trainer of ModernNCA with ``loss`` after ``epochs`` epochs (training and validation), and a
+    function that puts it back in that state."""
     trainer = Trainer(TrainConfig(seed=0, epochs=1, loss=loss, patience=None))
+    for _ in range(epochs):
+        for i, batch in enumerate(trainer.epoch_batches()):
+            trainer.run_step(StepContext(0, i, i, batch))
+        trainer.evaluate("val")
+    saved = (copy.deepcopy(trainer.model.state_dict()), copy.deepcopy(trainer.optimizer.state_dict()),
+             trainer.generator.get_state())
+
+    def restore():
+        trainer.model.load_state_dict(saved[0])
+        trainer.optimizer.load_state_dict(saved[1])
+        trainer.generator.set_state(saved[2])
+
+    return trainer, restore
+
+
+def epoch_variants(trainer: Trainer, restore) -> tuple[dict, dict, dict]:
+    """(variants, before, counts): one epoch from the saved state, with and without flushing."""
 
     def epoch(counts=None):
         for i, batch in enumerate(trainer.epoch_batches()):
@@ -99,21 +125,36 @@ def epoch_variants(loss: str, epochs: int) -> tuple[dict, dict, dict]:
             counts["subnormal"] += int(((exp_out > 0) & (exp_out < torch.finfo(exp_out.dtype).tiny)).sum())
         trainer.evaluate("val")
 
-    for _ in range(epochs):
-        epoch()
-    saved = (copy.deepcopy(trainer.model.state_dict()), copy.deepcopy(trainer.optimizer.state_dict()),
-             trainer.generator.get_state())
-
-    def restore():
-        trainer.model.load_state_dict(saved[0])
-        trainer.optimizer.load_state_dict(saved[1])
-        trainer.generator.set_state(saved[2])
-
     counts = {"exp outputs": 0, "zero": 0, "subnormal": 0}
     restore()
     epoch(counts)
+    loss = trainer.config.loss
     variants = {f"{loss} epoch": epoch, f"{loss} epoch, flushed": lambda: _flushed(True, epoch)}
     return variants, {name: restore for name in variants}, counts
+
+
+def validation_variants(trainer: Trainer, restore) -> tuple[dict, dict]:
+    """(variants, facts): the validation from the saved state, with the package's exp floor and without."""
+    restore()
+    floor = neighbours.exp_floor(trainer.dtype)
+    with torch.no_grad():  # the readout's arguments: row minimum minus distance
+        distances = torch.cdist(trainer.embed(trainer.data.tensors("val", trainer.dtype)[0]),
+                                trainer.embed(trainer.x_train))
+        below = int(((distances.amin(dim=1, keepdim=True) - distances) < floor).sum())
+
+    def unraised():
+        package_floor = neighbours.exp_floor
+        neighbours.exp_floor = lambda dtype: -math.inf
+        try:
+            return trainer.evaluate("val")
+        finally:
+            neighbours.exp_floor = package_floor
+
+    metrics = {"raised": trainer.evaluate("val"), "unraised": unraised()}
+    loss = trainer.config.loss
+    variants = {f"{loss} validation, floor raised (package)": lambda: trainer.evaluate("val"),
+                f"{loss} validation, IEEE underflow": unraised}
+    return variants, {"pairs": distances.numel(), "below_floor": below, "metrics": metrics}
 
 
 def main(argv=None) -> None:
@@ -135,10 +176,11 @@ def main(argv=None) -> None:
     body = (f"{args.rounds} interleaved rounds, 1 torch thread, float32; exp over 2^20 arguments, the product "
             "(1848 × 1024) @ (1024 × 128). Ratio: median per-round time over the same kernel's normal case "
             "without flushing.\n\n" + C.md_table(["kernel, inputs", "median", "vs normal"], rows))
-    data = {"kernels": kernels, "epochs": {}}
-    epoch_rows = []
+    data = {"kernels": kernels, "epochs": {}, "validation": {}}
+    epoch_rows, validation_rows = [], []
     for loss in [name for name in args.losses.split(",") if name]:
-        variants, before, counts = epoch_variants(loss, args.epochs)
+        trainer, restore = trained(loss, args.epochs)
+        variants, before, counts = epoch_variants(trainer, restore)
         times = C.interleaved(variants, args.rounds, before=before)
         plain, flushed = times[f"{loss} epoch"], times[f"{loss} epoch, flushed"]
         share = (counts["zero"] + counts["subnormal"]) / max(counts["exp outputs"], 1)
@@ -146,11 +188,26 @@ def main(argv=None) -> None:
                            f"({share:.0%})", C.fmt_seconds(C.median(plain)), C.fmt_seconds(C.median(flushed)),
                            f"{C.median([p / f for p, f in zip(plain, flushed)]):.2f}×"])
         data["epochs"][loss] = {"times": times, "counts": counts}
+        variants, facts = validation_variants(trainer, restore)
+        times = C.interleaved(variants, args.rounds)
+        raised, unraised = times.values()
+        validation_rows.append([loss, f"{facts['below_floor']:,} of {facts['pairs']:,} "
+                                f"({facts['below_floor'] / facts['pairs']:.0%})", C.fmt_seconds(C.median(unraised)),
+                                C.fmt_seconds(C.median(raised)),
+                                f"{C.median([u / r for u, r in zip(unraised, raised)]):.2f}×",
+                                "yes" if facts["metrics"]["raised"] == facts["metrics"]["unraised"] else "no"])
+        data["validation"][loss] = {"times": times, **facts}
     if epoch_rows:
         body += (f"\n\nModernNCA with the student's loss, TALENT's candidates, after {args.epochs} untimed epochs; "
                  "one epoch (training steps and validation) from the same saved state, interleaved:\n\n"
                  + C.md_table(["loss", "exp outputs zero + subnormal (that epoch)", "epoch, IEEE default",
                                "epoch, flushed (other numbers)", "default / flushed"], epoch_rows))
+    if validation_rows:
+        body += (f"\n\nThe validation after {args.epochs} epochs of the same run (`Trainer.evaluate`), interleaved: "
+                 "the package's readout raises exp arguments below the floor (float32: −71.34) to it; the other "
+                 "lets the weights underflow:\n\n"
+                 + C.md_table(["loss", "pairs below the floor", "IEEE underflow", "floor raised (package)",
+                               "underflow / raised", "same metrics"], validation_rows))
     command = C.command_line("underflow_cost.py", args, f" --rounds {args.rounds} --epochs {args.epochs}")
     C.emit(C.section("What float32 underflow costs in time", command, info, body), data, args)
 
