@@ -54,9 +54,9 @@ def exp_floor(dtype: torch.dtype) -> float:
     below 8.8e6, nor its product with a target of magnitude 1.2e-7 or more underflows. Arguments
     below it are raised to it (the fused ``nca_logspace`` kernel, the evaluation readout): torch's
     CPU exp takes a slow path for each result that underflows, and a matrix product with subnormal
-    operands is slower still (``bench/underflow_cost.py``). -inf (nothing raised) where that is not far below 0:
-    float16's normal range ends at e^-9.7, so raising there would change results, not only an
-    underflowing tail.
+    operands is slower still (``bench/underflow_cost.py``). -inf (nothing raised) where that is not
+    far below 0: float16's normal range ends at e^-9.7, so raising there would change results, not
+    only an underflowing tail.
 
     >>> round(exp_floor(torch.float32), 2), exp_floor(torch.float16)
     (-71.34, -inf)
@@ -222,8 +222,9 @@ def soft_neighbour_readout(
     # the same rounding, without the negation pass.
     # Arguments below exp_floor are raised to it: no weight underflows, so neither the exp nor the
     # product below takes its slow path (bench/underflow_cost.py: the evaluation after a student's
-    # loss has spread the embeddings). Each raised weight adds at most e^floor (float32: 1e-31) to a row sum of
-    # at least 1, far below a float32 rounding; the weights above the floor keep their bits.
+    # loss has spread the embeddings). Each raised weight adds at most e^floor (float32: 1e-31) to
+    # a row sum of at least 1, far below a float32 rounding; the weights above the floor keep their
+    # bits.
     floor = exp_floor(queries.dtype)
     row_min = row_max.neg_()  # +inf
     for start in range(0, len(candidates), chunk_size):
