@@ -259,17 +259,15 @@ def _underflow_counts(values: torch.Tensor, self_values: torch.Tensor, tiny: flo
     (``bench/talent_alternatives.py``), and a late ModernNCA step's softmax has mostly underflowed.
     The same counts: both compare IEEE values (NaN is neither 0 nor < tiny; -0.0 is 0)."""
     if values.device.type == "cpu" and values.dtype in _FLOATS and values.layout == torch.strided:
-        array, own = (tensor.detach().resolve_neg().numpy() for tensor in (values, self_values))
-        if not nonnegative:
-            array, own = np.abs(array), np.abs(own)
-        zero = np.count_nonzero(array == 0) - np.count_nonzero(own == 0)
-        small = np.count_nonzero(array < tiny) - np.count_nonzero(own < tiny)
-        return torch.tensor(zero), torch.tensor(small - zero)
+        values, self_values = (tensor.detach().resolve_neg().numpy() for tensor in (values, self_values))
+        absolute, count, as_tensor = np.abs, np.count_nonzero, torch.tensor
+    else:
+        absolute, count, as_tensor = torch.abs, torch.count_nonzero, lambda counted: counted
     if not nonnegative:
-        values, self_values = values.abs(), self_values.abs()
-    zero = torch.count_nonzero(values == 0) - torch.count_nonzero(self_values == 0)
-    small = torch.count_nonzero(values < tiny) - torch.count_nonzero(self_values < tiny)
-    return zero, small - zero
+        values, self_values = absolute(values), absolute(self_values)
+    zero = count(values == 0) - count(self_values == 0)
+    small = count(values < tiny) - count(self_values < tiny)
+    return as_tensor(zero), as_tensor(small - zero)
 
 
 def _overall_statistics(distances: torch.Tensor, self_mask: torch.Tensor, published: dict[str, Any], *,
