@@ -48,9 +48,14 @@ def publish(name: str, value: Any) -> None:
 
 
 @contextlib.contextmanager
-def capture() -> Iterator[dict[str, Any]]:
-    """Collect what is published inside the block into a dict (last value wins)."""
-    sink: dict[str, Any] = {}
+def capture(into: Any = None) -> Iterator[Any]:
+    """Collect what is published inside the block into a dict (last value wins).
+
+    ``into``: collect into this instead of a new dict: anything that takes ``sink[name] = value``,
+    such as :class:`stablenca.runtime.probes.PublishedReductions`, which acts on each value as it
+    arrives.
+    """
+    sink = {} if into is None else into
     token = _SINKS.set(_SINKS.get() + (sink,))
     try:
         yield sink

@@ -208,3 +208,87 @@ def test_underflow_counts_are_those_of_each_value_classified_alone(seed, dtype):
         positive = values.abs()
         counted = probes._underflow_counts(positive, positive.diagonal(), tiny, nonnegative=True)
         assert (int(counted[0]), int(counted[1])) == (zero_all - zero_own, sub_all - sub_own)
+
+
+def _large_case(seed: int, *, spread: float):
+    """What the fused ModernNCA objective publishes for a batch above DEFERRED_PAIRS (reduced as published)."""
+    from stablenca.models.fused import modernnca_objective
+    from stablenca.publish import capture
+
+    generator = torch.Generator().manual_seed(seed)
+    batch, width = 72, 130
+    assert batch * width > probes.DEFERRED_PAIRS
+    candidates = torch.randn(width, 8, generator=generator) * spread
+    labels = torch.randint(0, 3, (width,), generator=generator)
+    reductions = probes.PublishedReductions()
+    with capture(into=reductions), capture() as published:
+        output = modernnca_objective(candidates[:batch], candidates, labels[:batch], labels, task="multiclass",
+                                     n_classes=3)
+    return output, published, reductions
+
+
+def _same_record(a: dict, b: dict) -> None:
+    assert list(a) == list(b)
+    for key in a:
+        x, y = float(a[key]), float(b[key])
+        assert x == y or (math.isnan(x) and math.isnan(y)), (key, x, y)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("spread", [0.5, 40.0])  # 40: most of the softmax underflows, so the counts run
+def test_reductions_taken_when_published_give_the_same_record(seed, spread, monkeypatch):
+    monkeypatch.setattr(probes, "QUANTILE_SAMPLE", 1024)  # a sampled step: d_min and d_max are the reductions'
+    output, published, reductions = _large_case(seed, spread=spread)
+    for name in ("distances", "softmax"):
+        assert reductions.get(name, published[name]) is not None, name  # taken, and still valid
+    early = probes.batch_statistics(loss=output.loss, per_sample=output.per_sample, rows_excluded=0,
+                                    published=published, named_parameters=[], reductions=reductions)
+    late = probes.batch_statistics(loss=output.loss, per_sample=output.per_sample, rows_excluded=0,
+                                   published=published, named_parameters=[])
+    _same_record(early, late)
+    assert early["probe_sampled"]
+    if spread > 1:
+        assert early["softmax_zero"] + early["softmax_subnormal"] > 0
+
+
+def test_a_matrix_written_after_it_was_published_is_reduced_again():
+    output, published, reductions = _large_case(0, spread=0.5)
+    before = probes.distance_statistics(published, reductions)
+    assert before["softmax_zero"] == 0
+    published["softmax"].zero_()  # an in-place write after publishing: autograd's version counter moves
+    assert reductions.get("softmax", published["softmax"]) is None
+    after = probes.distance_statistics(published, reductions)
+    pairs = published["softmax"].numel() - len(published["softmax"])  # every pair but the self pairs
+    assert int(after["softmax_zero"]) == pairs
+    _same_record(after, probes.distance_statistics(published))
+
+
+def test_another_tensor_is_not_given_a_reduction_taken_of_the_published_one():
+    output, published, reductions = _large_case(1, spread=0.5)
+    copy = published["distances"].clone()
+    copy[0, 1] = -5.0
+    assert reductions.get("distances", copy) is None
+    assert reductions.get("distances", published["distances"].detach()) is not None  # an alias is the same tensor
+
+
+def test_nothing_is_reduced_under_a_tracer_or_for_small_or_held_matrices():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Counting(TorchDispatchMode):
+        ops = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Counting.ops += 1
+            return func(*args, **(kwargs or {}))
+
+    large = torch.rand(80, 120)
+    reductions = probes.PublishedReductions()
+    with Counting():
+        reductions["distances"] = large
+    assert Counting.ops == 0 and reductions.get("distances", large) is None  # the traced step saw no probe op
+    reductions["distances"] = torch.rand(32, 32)  # a held step's size: summarised with its stack instead
+    assert reductions.get("distances", large) is None
+    reductions["distances"] = large
+    assert reductions.get("distances", large) is not None
+    reductions.clear()
+    assert reductions.get("distances", large) is None

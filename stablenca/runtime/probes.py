@@ -73,9 +73,10 @@ def _range(values: np.ndarray, prefix: str, out: dict[str, Any]) -> None:
     out[f"{prefix}p50"], out[f"{prefix}p99"] = median, float(upper[high - low])
 
 
-def distance_statistics(published: dict[str, Any]) -> dict[str, Any]:
+def distance_statistics(published: dict[str, Any], reductions: PublishedReductions | None = None) -> dict[str, Any]:
     """Distance range overall, same-class and other-class; exp/softmax underflow counts
-    (0-d tensors, and floats for what was computed on the host)."""
+    (0-d tensors, and floats for what was computed on the host). ``reductions``: those taken as the
+    matrices were published (:class:`PublishedReductions`), used where they still apply."""
     out: dict[str, Any] = {}
     distances = published.get("distances")
     if distances is None:
@@ -90,7 +91,8 @@ def distance_statistics(published: dict[str, Any]) -> dict[str, Any]:
     # The full-matrix statistics first: when the self pairs are the leading diagonal and every
     # other distance is finite (the Trainer's steps), the sample needs neither mask below.
     leading = distances.dim() == 2 and _is_leading_diagonal(self_mask)
-    overall = _diagonal_statistics(distances, published, exact_range=stride > 1) if leading else None
+    overall = (_diagonal_statistics(distances, published, exact_range=stride > 1, reductions=reductions)
+               if leading else None)
     rows = slice(None, None, stride)
     # The (at most QUANTILE_SAMPLE) sampled pairs are selected on the host, flat, with
     # np.compress: torch's masked selection goes through nonzero, and numpy's boolean
@@ -207,12 +209,9 @@ def _off_diagonal_reduction(matrix: torch.Tensor, reduction):
         diagonal[:] = saved
 
 
-def _diagonal_statistics(distances: torch.Tensor, published: dict[str, Any], *,
-                         exact_range: bool) -> dict[str, torch.Tensor] | None:
-    """:func:`_overall_statistics` when the self pairs are the leading diagonal and every other
-    distance is finite, from reductions over :func:`_off_diagonal` views; None otherwise."""
-    if not distances.is_contiguous() or distances.shape[0] < 2 and distances.shape[1] < 2:
-        return None
+def _off_diagonal_extremes(distances: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(min, max) of a contiguous (B, C) matrix without its leading diagonal (NaN propagates); None when
+    there is no other pair."""
     extremes = _off_diagonal_reduction(distances, torch.aminmax)
     if extremes is None:
         pairs = _off_diagonal(distances)
@@ -222,29 +221,106 @@ def _diagonal_statistics(distances: torch.Tensor, published: dict[str, Any], *,
         # propagate NaN (Python's min() over tensors drops a NaN that comes second).
         extremes = (functools.reduce(torch.minimum, [view.amin() for view in pairs]),
                     functools.reduce(torch.maximum, [view.amax() for view in pairs]))
+    return extremes
+
+
+def _off_diagonal_underflow(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(zeros, subnormals) of a contiguous (B, C) exp or softmax output without its leading diagonal."""
+    tiny = torch.finfo(values.dtype).tiny
+    smallest = _off_diagonal_reduction(values, torch.amin)
+    if smallest is None:
+        smallest = functools.reduce(torch.minimum, [view.amin() for view in _off_diagonal(values)])
+    if bool(smallest >= tiny):  # nothing underflowed (a NaN compares False and is counted below)
+        return torch.tensor(0), torch.tensor(0)
+    # Over the whole contiguous matrix less its diagonal: vectorised passes, not the strided views
+    return _underflow_counts(values, values.diagonal(), tiny, nonnegative=bool(smallest >= 0))
+
+
+#: What :class:`PublishedReductions` takes from each published name.
+_EARLY = {"distances": _off_diagonal_extremes, "exp_out": _off_diagonal_underflow, "softmax": _off_diagonal_underflow}
+
+
+def _tracing() -> bool:
+    """Whether a tracer or a compiler sees every tensor op now (a dispatch or function mode, dynamo)."""
+    return (torch.utils._python_dispatch.is_in_torch_dispatch_mode() or torch._C._is_torch_function_mode_enabled()
+            or torch.compiler.is_compiling())
+
+
+class PublishedReductions:
+    """A :func:`stablenca.publish.capture` sink that takes the probes' full-matrix reductions of each
+    large published matrix as it arrives, while it is still in the cache.
+
+    Those reductions (the distances' range, the exp or softmax minimum and, below the smallest
+    normal number, the underflow counts) read a whole (B, C) matrix. After the backward and the
+    optimizer step, when the recorder runs, a 1024 x 1848 float32 matrix has left the cache; just
+    after the loss wrote it, the same reductions cost less, and the step's own later reads of it
+    find it where the reductions left it (``bench/probe_cost.py``).
+
+    :func:`batch_statistics` takes a result only for the same tensor at the same version
+    (autograd's count of in-place writes), so a loss that changes a published matrix afterwards
+    gets the reduction of what it left, as before: the same numbers either way. Small matrices
+    (the held steps of :class:`DeferredSteps`) are left alone, and so is everything under a tracer
+    or while compiling, where every op of the step is seen and the probes' are not the step's.
+    """
+
+    def __init__(self) -> None:
+        self._results: dict[str, tuple[torch.Tensor, int, Any]] = {}
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        reduce = _EARLY.get(name)
+        if reduce is None or not isinstance(value, torch.Tensor) or value.numel() <= DEFERRED_PAIRS \
+                or value.dim() != 2 or value.device.type != "cpu" or value.dtype not in _FLOATS \
+                or not value.is_contiguous() or not 0 < value.shape[0] <= value.shape[1] or _tracing():
+            return
+        result = reduce(value)
+        if result is not None:
+            self._results[name] = (value, value._version, result)
+
+    def get(self, name: str, value: torch.Tensor):
+        """The reduction taken of ``value`` when it was published under ``name``, or None."""
+        entry = self._results.get(name)
+        if entry is None:
+            return None
+        kept, version, result = entry
+        # the same memory, viewed the same way, unwritten since (publish() detaches, so identity
+        # would miss the caller's alias; ``kept`` holds the storage, so no other tensor can reuse it)
+        same = (value.data_ptr() == kept.data_ptr() and value.shape == kept.shape and value.stride() == kept.stride()
+                and value.dtype == kept.dtype and value._version == version)
+        return result if same else None
+
+    def clear(self) -> None:
+        self._results.clear()
+
+
+def _reduced(reductions: PublishedReductions | None, name: str, value: torch.Tensor, reduce):
+    early = reductions.get(name, value) if reductions is not None else None
+    return early if early is not None else reduce(value)
+
+
+def _diagonal_statistics(distances: torch.Tensor, published: dict[str, Any], *, exact_range: bool,
+                         reductions: PublishedReductions | None = None) -> dict[str, torch.Tensor] | None:
+    """:func:`_overall_statistics` when the self pairs are the leading diagonal and every other
+    distance is finite, from reductions over :func:`_off_diagonal` views (or those ``reductions``
+    took when the matrices were published); None otherwise."""
+    if not distances.is_contiguous() or distances.shape[0] < 2 and distances.shape[1] < 2:
+        return None
+    extremes = _reduced(reductions, "distances", distances, _off_diagonal_extremes)
+    if extremes is None:
+        return None
     low, high = extremes
     if not bool(torch.isfinite(low) & torch.isfinite(high)):  # NaN propagates: both finite means all are
         return None
     out: dict[str, torch.Tensor] = {}
     if exact_range:
         out["d_min"], out["d_max"] = low.double(), high.double()
-    tiny = torch.finfo(distances.dtype).tiny
     for name, key in (("exp_out", "exp"), ("softmax", "softmax")):
         values = published.get(name)
         if values is None:
             continue
         if values.shape != distances.shape or not values.is_contiguous():
             return None
-        values = values.detach()
-        smallest = _off_diagonal_reduction(values, torch.amin)
-        if smallest is None:
-            smallest = functools.reduce(torch.minimum, [view.amin() for view in _off_diagonal(values)])
-        if bool(smallest >= tiny):  # nothing underflowed (a NaN compares False and is counted below)
-            out[f"{key}_zero"] = out[f"{key}_subnormal"] = torch.tensor(0)
-            continue
-        # Over the whole contiguous matrix less its diagonal: vectorised passes, not the strided views
-        out[f"{key}_zero"], out[f"{key}_subnormal"] = _underflow_counts(values, values.diagonal(), tiny,
-                                                                        nonnegative=bool(smallest >= 0))
+        out[f"{key}_zero"], out[f"{key}_subnormal"] = _reduced(reductions, name, values.detach(),
+                                                               _off_diagonal_underflow)
     return out
 
 
@@ -286,7 +362,6 @@ def _overall_statistics(distances: torch.Tensor, self_mask: torch.Tensor, publis
         if diagonal is not None:
             return diagonal
     out: dict[str, torch.Tensor] = {}
-    tiny = torch.finfo(distances.dtype).tiny
     if fast and distances.numel():
         low, high = torch.aminmax(distances)  # NaN propagates, so both finite means every entry is
         fast = bool(torch.isfinite(low) & torch.isfinite(high))
@@ -301,7 +376,8 @@ def _overall_statistics(distances: torch.Tensor, self_mask: torch.Tensor, publis
             values = published.get(name)
             if values is None:
                 continue
-            out[f"{key}_zero"], out[f"{key}_subnormal"] = _underflow_counts(values, values[self_mask], tiny)
+            out[f"{key}_zero"], out[f"{key}_subnormal"] = _underflow_counts(values, values[self_mask],
+                                                                            torch.finfo(values.dtype).tiny)
         return out
     finite_pairs = ~self_mask & torch.isfinite(distances)
     if exact_range:
@@ -313,7 +389,8 @@ def _overall_statistics(distances: torch.Tensor, self_mask: torch.Tensor, publis
             continue
         zero = (values == 0) & finite_pairs
         out[f"{key}_zero"] = torch.count_nonzero(zero)
-        out[f"{key}_subnormal"] = torch.count_nonzero((values.abs() < tiny) & finite_pairs) - out[f"{key}_zero"]
+        small = (values.abs() < torch.finfo(values.dtype).tiny) & finite_pairs
+        out[f"{key}_subnormal"] = torch.count_nonzero(small) - out[f"{key}_zero"]
     return out
 
 
@@ -326,11 +403,13 @@ def batch_statistics(
     named_parameters: list[tuple[str, torch.nn.Parameter]],
     grad_norms: torch.Tensor | None = None,
     param_norms: torch.Tensor | None = None,
+    reductions: PublishedReductions | None = None,
 ) -> dict[str, Any]:
     """One flat record for one batch (see the module docstring for the keys).
 
     ``grad_norms`` and ``param_norms``, when given, are the float64 norms per parameter in
-    ``named_parameters`` order that the trainer computed already (the same expression)."""
+    ``named_parameters`` order that the trainer computed already (the same expression).
+    ``reductions``: taken as the loss published its matrices (:class:`PublishedReductions`)."""
     tensors: dict[str, Any] = {"loss": loss.detach().double().reshape(())}
     if per_sample is not None:
         per_sample = per_sample.detach()
@@ -348,7 +427,7 @@ def batch_statistics(
     tensors["grad_norm"] = grad_norms.double().norm()
     tensors["grad_nonfinite"] = (~torch.isfinite(grad_norms)).sum()
     tensors["param_norm"] = param_norms.double().norm()
-    tensors.update(distance_statistics(published))
+    tensors.update(distance_statistics(published, reductions))
     keys = list(tensors)
     on_device = [key for key, t in tensors.items() if isinstance(t, torch.Tensor) and t.device.type != "cpu"]
     if not on_device:

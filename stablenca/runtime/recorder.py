@@ -16,11 +16,13 @@ garbage-collected or the interpreter exits.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import weakref
 from pathlib import Path
 
-from .probes import DeferredSteps, batch_statistics
+from .probes import DeferredSteps, PublishedReductions, batch_statistics
+from ..publish import capture
 from ..records import JsonlWriter, deferred_interrupts
 from ..training.trainer import Hook
 
@@ -62,21 +64,6 @@ def _close(held: _HeldRecords, epochs: JsonlWriter) -> None:
         epochs.close()
 
 
-class _FlushOnError:
-    """Around forward + backward: a step that raises leaves the held records on disk."""
-
-    def __init__(self, held: _HeldRecords) -> None:
-        self.held = held
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind, value, traceback) -> bool:
-        if kind is not None:
-            self.held.flush()
-        return False
-
-
 class Recorder(Hook):
     """Write ``records.jsonl`` (per batch) and ``epochs.jsonl`` (per epoch) into ``run_dir``."""
 
@@ -85,7 +72,7 @@ class Recorder(Hook):
         self._held = _HeldRecords(self.run_dir / "records.jsonl")
         self.batches = self._held.writer
         self.epochs = JsonlWriter(self.run_dir / "epochs.jsonl")
-        self._on_error = _FlushOnError(self._held)
+        self._reductions = PublishedReductions()
         self._model = None
         self._close = weakref.finalize(self, _close, self._held, self.epochs)
 
@@ -99,8 +86,19 @@ class Recorder(Hook):
         """Write the held records now."""
         self._held.flush()
 
+    @contextlib.contextmanager
     def step_context(self, trainer, ctx):
-        return self._on_error
+        """Around forward + backward: the published matrices are reduced as they arrive
+        (:class:`~stablenca.runtime.probes.PublishedReductions`); a step that raises leaves the held
+        records on disk."""
+        self._reductions.clear()
+        try:
+            with capture(into=self._reductions):
+                yield
+        except BaseException:
+            self._reductions.clear()
+            self._held.flush()
+            raise
 
     def after_step(self, trainer, ctx) -> None:
         if trainer.model is not self._model:  # the names, once per model (named_parameters costs 5 us a step)
@@ -128,7 +126,8 @@ class Recorder(Hook):
             loss=ctx.loss, per_sample=per_sample, rows_excluded=output.n_excluded if output is not None else 0,
             published=ctx.published,
             named_parameters=list(trainer.model.named_parameters()), grad_norms=ctx.grad_norms,
-            param_norms=param_norms))
+            param_norms=param_norms, reductions=self._reductions))
+        self._reductions.clear()  # the step's matrices are not kept alive past it
         self._held.write(record)
 
     def on_epoch_end(self, trainer, epoch, val_metrics) -> None:
