@@ -238,3 +238,41 @@ def test_a_loss_function_that_ignores_its_model_argument_is_not_verified(tmp_pat
     verification = w.finding.verification
     assert verification["status"] == "not run" and "does not use the model it is given" in verification["reason"]
     assert untranslated(translate(verification["statement"])) == []
+
+
+def test_a_step_large_enough_is_reduced_as_published_with_the_record_of_a_late_reduction(tmp_path, monkeypatch):
+    from stablenca.runtime import probes
+    from stablenca.runtime.probes import batch_statistics
+
+    monkeypatch.setattr(probes, "QUANTILE_SAMPLE", 1024)  # a sampled step: d_min and d_max are the reductions'
+    torch.manual_seed(0)
+    model = torch.nn.Linear(6, 8)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(130, 6) * 30  # spread: the exp underflows for many pairs, so the counts run too
+    seen = {}
+
+    def closure():
+        optimizer.zero_grad()
+        embedded = model(x)
+        distances = torch.cdist(embedded[:72], embedded)
+        exp_out = torch.exp(-distances)
+        stablenca.publish("distances", distances)
+        stablenca.publish("self_mask", torch.eye(72, 130, dtype=torch.bool))
+        stablenca.publish("exp_out", exp_out)
+        seen["published"] = {"distances": distances.detach(), "exp_out": exp_out.detach(),
+                             "self_mask": torch.eye(72, 130, dtype=torch.bool)}
+        seen["taken"] = {name: w.reductions.get(name, seen["published"][name]) is not None
+                         for name in ("distances", "exp_out")}
+        loss = exp_out.sum()
+        loss.backward()
+        return loss
+
+    with watch(model, optimizer, out=tmp_path, mode="sentinel") as w:
+        w.step(closure, epoch=0)
+    assert seen["taken"] == {"distances": True, "exp_out": True}
+    late = batch_statistics(loss=torch.tensor(w.records[0]["loss"]), per_sample=None, rows_excluded=0,
+                            published=seen["published"], named_parameters=[])
+    assert late["exp_zero"] + late["exp_subnormal"] > 0
+    for key, value in late.items():
+        if key.startswith(("d_", "exp_")) or key == "max_d_over_T":
+            assert w.records[0][key] == value or (value != value and w.records[0][key] != w.records[0][key]), key

@@ -74,7 +74,7 @@ import torch
 from ..errors import EXIT_TERMINATED, ConfigError
 from ..integrations import distributed
 from ..integrations.precision import HALF_DTYPES, autocast_disabled, finding_dtype
-from .probes import batch_statistics
+from .probes import PublishedReductions, batch_statistics
 from ..publish import capture
 from .. import artifacts
 from ..artifacts import CAPSULE_FORMAT, CAPSULE_VERSION, prepare_out_dir, save_capsule
@@ -141,6 +141,9 @@ class Watch:
         self.writer = JsonlWriter(self.run_dir / "records.jsonl") if self.run_dir is not None else None
         self.snapshot = Snapshot(model, optimizer) if mode != "off" else None
         self._named = [(_clean_name(name), p) for name, p in model.named_parameters()]
+        #: A capture sink for each step (:meth:`step` and the integrations enter it beside their own
+        #: capture): the probes' full-matrix reductions, taken as the loss publishes its matrices.
+        self.reductions = PublishedReductions()
         self.records: list[dict[str, Any]] = []
         self.keep = keep
         self.finding = None
@@ -183,7 +186,9 @@ class Watch:
         self.begin()
         run = functools.partial(self._loss_step, closure, inputs) if inputs else closure
         tracer = Tracer(model=base_module(self.model)) if self.mode == "full" and not self.should_stop else None
-        with capture() as published, (eager() if tracer is not None else contextlib.nullcontext()), \
+        self.reductions.clear()
+        with capture() as published, capture(into=self.reductions), \
+                (eager() if tracer is not None else contextlib.nullcontext()), \
                 (tracer if tracer is not None else contextlib.nullcontext()):
             loss = run()
         if not isinstance(loss, torch.Tensor):
@@ -221,7 +226,8 @@ class Watch:
         watching = not self.should_stop
         record: dict[str, Any] = {"epoch": epoch, "step": self._step}
         record.update(batch_statistics(loss=loss, per_sample=None, rows_excluded=0, published=published,
-                                       named_parameters=self._named))
+                                       named_parameters=self._named, reductions=self.reductions))
+        self.reductions.clear()  # the step's matrices are not kept alive past it
         loss_finite = math.isfinite(record["loss"])  # already on the host: no second sync
         grads_finite = record["grad_nonfinite"] == 0
         record["finite"] = loss_finite and grads_finite
