@@ -18,6 +18,11 @@ ops that each variant adds per step (torch.profiler's aten op count over one sam
 minus no hook's).
 Target (issue 16): sentinel + recorder <= 1.10x for both models.
 
+The last variant is diagnose's hooks with the probes' full-matrix reductions taken after the
+optimizer step instead of as the loss publishes each matrix (what the recorder did before round
+13); its ratio to sentinel + recorder, per round, shows what taking them early saves. Its records
+are compared with the recorder's: they must be the same bytes.
+
 For ModernNCA the ratio is also split by what the probes had to do: in epochs whose softmax
 underflowed (a zero or subnormal entry in any step, read back from the recorder's own records)
 they count the underflow over the whole (1024 x 1848) matrix; in the others one minimum shows
@@ -31,7 +36,9 @@ threads it would count OpenMP's spinning).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import sys
 import tempfile
 import time
@@ -46,11 +53,26 @@ from stablenca.runtime.recorder import Recorder  # noqa: E402
 from stablenca.runtime.sentinel import Sentinel  # noqa: E402
 from stablenca.training import StepContext, Trainer, TrainConfig  # noqa: E402
 
+class _ReducingAfterTheStep(Recorder):
+    """The recorder with every reduction taken after the optimizer step, as before round 13 (no
+    :class:`stablenca.runtime.probes.PublishedReductions` sink around forward and backward): the same records."""
+
+    @contextlib.contextmanager
+    def step_context(self, trainer, ctx):
+        try:
+            yield
+        except BaseException:
+            self.flush()
+            raise
+
+
+LATE = "sentinel + recorder, reduced after the step"
 HOOKS = {
     "no hook": lambda d: [],
     "sentinel": lambda d: [Sentinel(mode="sentinel")],
     "recorder": lambda d: [Recorder(d)],
     "sentinel + recorder": lambda d: [Sentinel(mode="sentinel"), Recorder(d)],
+    LATE: lambda d: [Sentinel(mode="sentinel"), _ReducingAfterTheStep(d)],
 }
 MODELS = ("modernnca", "seed")
 TARGET = 1.10
@@ -76,7 +98,9 @@ def epochs(tmp: Path, model: str) -> tuple[dict, int]:
             trainer.epoch += 1
 
         variants[label] = run
-    return variants, len(trainer.epoch_batches())
+    # Counted without drawing a batch order: epoch_batches() would advance the last variant's generator, and
+    # that variant would then train on other batches than the rest (it did until round 13).
+    return variants, math.ceil(len(trainer.x_train) / min(trainer.config.batch_size, len(trainer.x_train)))
 
 
 def underflowed_epochs(run_dir: Path) -> set[int]:
@@ -121,7 +145,7 @@ def main(argv=None) -> None:
     args = C.parse(parser, argv, default_threads=2)
     rounds = 3 if args.quick else args.rounds
     info = C.machine_info()
-    rows, split_rows, data = [], [], {}
+    rows, split_rows, early_rows, data = [], [], [], {}
     with tempfile.TemporaryDirectory(prefix="probe_cost_") as tmp:
         for model in MODELS:
             variants, steps = epochs(Path(tmp), model)
@@ -129,6 +153,12 @@ def main(argv=None) -> None:
             ops = ops_per_step(variants, steps)
             ratios = C.paired_ratios(times, "no hook")
             data[model] = {"seconds_per_sample": times, "steps_per_sample": steps, "aten_ops_per_step": ops}
+            early = C.median(C.paired_ratios(times, LATE)["sentinel + recorder"])
+            same = all((Path(tmp) / f"{model}_{label.replace(' ', '_')}" / "records.jsonl").read_bytes() ==
+                       (Path(tmp) / f"{model}_recorder" / "records.jsonl").read_bytes()
+                       for label in ("sentinel + recorder", LATE))
+            data[model].update(early_over_late=early, same_records=same)
+            early_rows.append([model, f"{early:.3f}×", "yes" if same else "**no**"])
             for label in HOOKS:
                 ratio = C.median(ratios[label])
                 rows.append([model, label, C.fmt_seconds(C.median(times[label]) / steps), f"{ratio:.2f}×",
@@ -152,7 +182,11 @@ def main(argv=None) -> None:
             "ModernNCA's ratios by what the probes had to count (rounds split by whether the epoch's softmax "
             "underflowed in any step, from the recorder's records):", "",
             C.md_table(["epochs", "rounds"] + [f"{label} / no hook" for label in HOOKS if label != "no hook"],
-                       split_rows)]
+                       split_rows), "",
+            "Reductions taken as each matrix is published against after the step (median per-round ratio of "
+            f"sentinel + recorder to {LATE}; below 1 means taking them early is faster), and whether the three "
+            "recorders wrote the same records:", "",
+            C.md_table(["model", "early / after the step", "same records.jsonl"], early_rows)]
     command = C.command_line("probe_cost.py", args, f" --rounds {args.rounds}" +
                              (" --clock cpu" if args.clock == "cpu" else ""))
     markdown = C.section("Probe cost (issue 16)", command, info, "\n".join(body))
