@@ -73,6 +73,7 @@ class Recorder(Hook):
         self.batches = self._held.writer
         self.epochs = JsonlWriter(self.run_dir / "epochs.jsonl")
         self._reductions = PublishedReductions()
+        self._reduce_early = True  # False while steps are small enough to be held (nothing to reduce early)
         self._model = None
         self._close = weakref.finalize(self, _close, self._held, self.epochs)
 
@@ -93,7 +94,7 @@ class Recorder(Hook):
         records on disk."""
         self._reductions.clear()
         try:
-            with capture(into=self._reductions):
+            with capture(into=self._reductions) if self._reduce_early else contextlib.nullcontext():
                 yield
         except BaseException:
             self._reductions.clear()
@@ -117,6 +118,7 @@ class Recorder(Hook):
                                         included=output.included if output is not None else None,
                                         published=ctx.published, grad_norms=ctx.grad_norms,
                                         param_norms=param_norms)
+            self._reduce_early = held is None
             if held is not None:
                 if held:  # a stack is full
                     self._held.flush()
