@@ -97,8 +97,7 @@ class StableNCACallback(pl.Callback):
         self._stop_collecting()
         self._published = contextlib.ExitStack()
         self._sink = self._published.enter_context(capture())
-        self.watch.reductions.clear()
-        self._published.enter_context(capture(into=self.watch.reductions))
+        self._published.enter_context(self.watch.reductions.collecting())
 
     def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
         # With a GradScaler Lightning hands this hook the scaled loss; the scale is a power of

@@ -25,6 +25,7 @@ Keys (NaN/Inf are kept as values):
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -35,6 +36,7 @@ import torch
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from ..models.neighbours import is_leading_self_mask
+from ..publish import capture
 
 #: Above this many pairs, the same/other-class ranges and the quantiles come from an
 #: evenly strided sample of query rows (``probe_sampled`` is then true in the record);
@@ -275,6 +277,14 @@ class PublishedReductions:
         result = reduce(value)
         if result is not None:
             self._results[name] = (value, value._version, result)
+
+    @contextlib.contextmanager
+    def collecting(self):
+        """Forget the last step's results, then take this step's as the loss publishes its matrices
+        (entered around forward + backward, beside the step's own :func:`~stablenca.publish.capture`)."""
+        self._results.clear()
+        with capture(into=self):
+            yield self
 
     def get(self, name: str, value: torch.Tensor):
         """The reduction taken of ``value`` when it was published under ``name``, or None."""

@@ -22,7 +22,6 @@ import weakref
 from pathlib import Path
 
 from .probes import DeferredSteps, PublishedReductions, batch_statistics
-from ..publish import capture
 from ..records import JsonlWriter, deferred_interrupts
 from ..training.trainer import Hook
 
@@ -73,7 +72,6 @@ class Recorder(Hook):
         self.batches = self._held.writer
         self.epochs = JsonlWriter(self.run_dir / "epochs.jsonl")
         self._reductions = PublishedReductions()
-        self._reduce_early = True  # False while steps are small enough to be held (nothing to reduce early)
         self._model = None
         self._close = weakref.finalize(self, _close, self._held, self.epochs)
 
@@ -92,12 +90,10 @@ class Recorder(Hook):
         """Around forward + backward: the published matrices are reduced as they arrive
         (:class:`~stablenca.runtime.probes.PublishedReductions`); a step that raises leaves the held
         records on disk."""
-        self._reductions.clear()
         try:
-            with capture(into=self._reductions) if self._reduce_early else contextlib.nullcontext():
+            with self._reductions.collecting():
                 yield
         except BaseException:
-            self._reductions.clear()
             self._held.flush()
             raise
 
@@ -118,7 +114,6 @@ class Recorder(Hook):
                                         included=output.included if output is not None else None,
                                         published=ctx.published, grad_norms=ctx.grad_norms,
                                         param_norms=param_norms)
-            self._reduce_early = held is None
             if held is not None:
                 if held:  # a stack is full
                     self._held.flush()

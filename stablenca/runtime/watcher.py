@@ -141,8 +141,8 @@ class Watch:
         self.writer = JsonlWriter(self.run_dir / "records.jsonl") if self.run_dir is not None else None
         self.snapshot = Snapshot(model, optimizer) if mode != "off" else None
         self._named = [(_clean_name(name), p) for name, p in model.named_parameters()]
-        #: A capture sink for each step (:meth:`step` and the integrations enter it beside their own
-        #: capture): the probes' full-matrix reductions, taken as the loss publishes its matrices.
+        #: The probes' full-matrix reductions, taken as the loss publishes its matrices (:meth:`step` and
+        #: the integrations enter ``reductions.collecting()`` beside their own capture).
         self.reductions = PublishedReductions()
         self.records: list[dict[str, Any]] = []
         self.keep = keep
@@ -186,8 +186,7 @@ class Watch:
         self.begin()
         run = functools.partial(self._loss_step, closure, inputs) if inputs else closure
         tracer = Tracer(model=base_module(self.model)) if self.mode == "full" and not self.should_stop else None
-        self.reductions.clear()
-        with capture() as published, capture(into=self.reductions), \
+        with capture() as published, self.reductions.collecting(), \
                 (eager() if tracer is not None else contextlib.nullcontext()), \
                 (tracer if tracer is not None else contextlib.nullcontext()):
             loss = run()
