@@ -24,6 +24,8 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from ..errors import ConfigError
 
@@ -46,6 +48,83 @@ def divided_by(distances: torch.Tensor, temperature: float) -> torch.Tensor:
     skip saves one pass over the (B, C) matrix forward and one backward.
     """
     return distances if temperature == 1.0 else distances / temperature
+
+
+def ops_observed() -> bool:
+    """Whether a tracer or a compiler sees every tensor op now (a dispatch or function mode, dynamo):
+    then stablenca's shortcuts step aside and torch's own ops run."""
+    return is_in_torch_dispatch_mode() or torch._C._is_torch_function_mode_enabled() or torch.compiler.is_compiling()
+
+
+#: The scale at which :class:`_Distances`' backward works: it lifts every float32 and float64 subnormal
+#: (down to 2^-149 and 2^-1074) above the smallest normal number.
+_BACKWARD_SCALE = 2.0 ** 64
+
+
+class _Distances(torch.autograd.Function):
+    """``torch.cdist(x1, x2)`` (its bits), whose backward is torch's own for it, evaluated 2^64 higher.
+
+    torch's backward (``_euclidean_dist_backward``) divides the incoming gradient by the distances
+    and multiplies the result by both inputs. When the loss above has underflowed (the student's
+    ``exp(-d)``), much of that (B, C) matrix is subnormal, and a CPU multiplies subnormal operands
+    on a slow path: for a step's 1024 x 1848 distances, about 30x the time of a normal gradient
+    (``python bench/underflow_cost.py``), most of a late ``ratio_eps`` step. Here the matrix is
+    multiplied by 2^64 before the products and the two gradients by 2^-64 after them. Scaling by a power of two is exact, so the
+    result is torch's bit for bit wherever torch's computation holds no subnormal number; where it
+    does, this one keeps the bits that torch's rounds away below the smallest normal number (the
+    gradients differ from torch's by about that much at most). If the scaled computation overflows,
+    or the gradient is not finite, torch's is computed as it is, inf and NaN included.
+    """
+
+    @staticmethod
+    def forward(ctx, x1, x2):
+        distances = torch.cdist(x1, x2, p=2)
+        ctx.save_for_backward(x1, x2, distances)
+        return distances
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x1, x2, distances = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        scaled = _euclidean_backward(grad, x1, x2, distances, needs, _BACKWARD_SCALE)
+        if all(g is None or bool(torch.isfinite(g).all()) for g in scaled):
+            return scaled
+        return _euclidean_backward(grad, x1, x2, distances, needs, 1.0)
+
+
+def _euclidean_backward(grad, x1, x2, distances, needs, scale: float):
+    """torch's gradients of ``cdist(x1, x2)`` on its matrix-product path, with the (B, C) matrix times ``scale``."""
+    ratio = grad / distances
+    ratio.masked_fill_(distances == 0, 0)  # the subgradient 0 at a zero distance, as torch takes it
+    if scale != 1.0:
+        ratio.mul_(scale)
+    grad_x1 = x1 * ratio.sum(-1, True) - ratio.matmul(x2) if needs[0] else None
+    grad_x2 = x2 * ratio.sum(-2, False).unsqueeze(-1) - ratio.mT.matmul(x1) if needs[1] else None
+    if scale != 1.0:
+        for g in (grad_x1, grad_x2):
+            if g is not None:
+                g.mul_(1.0 / scale)
+    return grad_x1, grad_x2
+
+
+def euclidean_distances(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+    """``torch.cdist(x1, x2, p=2)``: the same values, and on the CPU a backward that stays fast when the
+    gradient has underflowed (:class:`_Distances`).
+
+    Where torch would not take its matrix-product path (25 rows or fewer on both sides), under
+    autocast, and while a tracer or a compiler watches (:func:`ops_observed`), this is torch.cdist itself.
+
+    >>> x = torch.tensor([[0.0, 0.0], [3.0, 4.0]])
+    >>> euclidean_distances(x, x)
+    tensor([[0., 5.],
+            [5., 0.]])
+    """
+    if (x1.device.type == "cpu" and x1.dtype in (torch.float32, torch.float64) and x1.dim() == x2.dim() == 2
+            and (x1.shape[0] > 25 or x2.shape[0] > 25) and (x1.requires_grad or x2.requires_grad)
+            and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu") and not ops_observed()):
+        return _Distances.apply(x1, x2)
+    return torch.cdist(x1, x2, p=2)
 
 
 def exp_floor(dtype: torch.dtype) -> float:
@@ -168,7 +247,7 @@ def sampled_pool_pairs(
     """TALENT's training candidates for one batch, as distances (:func:`sampled_pool_rows`)."""
     rows = sampled_pool_rows(model, x_train, y_train, batch_indices, sample_rate=sample_rate, generator=generator)
     batch_size = len(batch_indices)
-    distances = divided_by(torch.cdist(rows.embeddings[:batch_size], rows.embeddings, p=2), model.temperature)
+    distances = divided_by(euclidean_distances(rows.embeddings[:batch_size], rows.embeddings), model.temperature)
     self_mask = leading_self_mask(batch_size, distances.shape[1], distances.device)
     return Pairs(distances, rows.labels, rows.candidate_labels, self_mask, rows.n_candidates_sampled)
 

@@ -33,9 +33,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
-from ..models.neighbours import is_leading_self_mask
+from ..models.neighbours import is_leading_self_mask, ops_observed
 from ..publish import capture
 
 #: Above this many pairs, the same/other-class ranges and the quantiles come from an
@@ -243,11 +242,6 @@ def _off_diagonal_underflow(values: torch.Tensor) -> tuple[torch.Tensor, torch.T
 _EARLY = {"distances": _off_diagonal_extremes, "exp_out": _off_diagonal_underflow, "softmax": _off_diagonal_underflow}
 
 
-def _tracing() -> bool:
-    """Whether a tracer or a compiler sees every tensor op now (a dispatch or function mode, dynamo)."""
-    return is_in_torch_dispatch_mode() or torch._C._is_torch_function_mode_enabled() or torch.compiler.is_compiling()
-
-
 class PublishedReductions:
     """A :func:`stablenca.publish.capture` sink that takes the probes' full-matrix reductions of each
     large published matrix as it arrives, while it is still in the cache.
@@ -272,7 +266,7 @@ class PublishedReductions:
         reduce = _EARLY.get(name)
         if reduce is None or not isinstance(value, torch.Tensor) or value.numel() <= DEFERRED_PAIRS \
                 or value.dim() != 2 or value.device.type != "cpu" or value.dtype not in _FLOATS \
-                or not value.is_contiguous() or not 0 < value.shape[0] <= value.shape[1] or _tracing():
+                or not value.is_contiguous() or not 0 < value.shape[0] <= value.shape[1] or ops_observed():
             return
         result = reduce(value)
         if result is not None:
