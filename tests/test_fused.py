@@ -12,6 +12,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from stablenca.losses.builtin import modernnca
+from stablenca.models import fused
 from stablenca.models.fused import modernnca_objective
 from stablenca.publish import capture
 from stablenca.training import StepContext, TrainConfig, Trainer
@@ -48,7 +49,7 @@ def both(queries, candidates, labels, candidate_labels, task, n_classes, tempera
     return results
 
 
-def gradient_bound(queries, candidates, labels, candidate_labels, task, n_classes, temperature):
+def gradient_bound(queries, candidates, labels, candidate_labels, task, n_classes, temperature, unit=U64):
     """Componentwise bound on |grad_fused - grad_eager| in float64 (both from the same forward).
 
     Both paths take the same distances d, softmax s and prediction u (same bits). They differ
@@ -71,7 +72,7 @@ def gradient_bound(queries, candidates, labels, candidate_labels, task, n_classe
     a row that is both (``shared``).
     """
     n = 3 * candidates.shape[0] + 12
-    gamma = n * U64 / (1 - n * U64)
+    gamma = n * unit / (1 - n * unit)
     d = torch.cdist(queries, candidates)
     logits = (-d / temperature)
     logits.fill_diagonal_(-math.inf)
@@ -343,3 +344,70 @@ def test_plr_lite_function_passes_gradcheck():
     bias = torch.randn(6, generator=generator, dtype=torch.float64)
     inputs = tuple(t.requires_grad_() for t in (x, frequencies, weight, bias))
     assert torch.autograd.gradcheck(_PLRLite.apply, inputs)
+
+
+def fused_gradients(embeddings, labels, candidate_labels, task, n_classes):
+    """The fused objective's gradient of the shared embeddings (the Trainer's case)."""
+    e = embeddings.clone().requires_grad_()
+    out = modernnca_objective(e[:len(labels)], e, labels, candidate_labels, task=task, n_classes=n_classes)
+    out.loss.backward()
+    return e.grad
+
+
+@pytest.mark.parametrize("task", ["multiclass", "regression"])
+@pytest.mark.parametrize("spread", [1.0, 8.0])
+def test_fused_backward_scale_changes_no_bit_without_subnormals(task, spread, monkeypatch):
+    """H is built 2^64 higher and the gradients brought back (a power of two: exact). Where no value of
+    the backward is subnormal the gradients are those of the unscaled computation, bit for bit (spread
+    8 puts the far pairs' softmax near e^-50: small, but normal)."""
+    queries, candidates, labels, candidate_labels = make_batch(5, 30, 40, 6, 3, task, False, spread)
+    embeddings = candidates.float()
+    if task == "regression":
+        labels, candidate_labels = labels.float(), candidate_labels.float()
+    with capture() as published:
+        scaled = fused_gradients(embeddings, labels, candidate_labels, task, 3)
+    assert float(published["softmax"][published["softmax"] > 0].min()) > torch.finfo(torch.float32).tiny * 2 ** 24
+    monkeypatch.setattr(fused, "_BACKWARD_SCALE", 1.0)
+    assert torch.equal(scaled, fused_gradients(embeddings, labels, candidate_labels, task, 3))
+
+
+@pytest.mark.parametrize("task", ["multiclass", "regression"])
+def test_fused_backward_with_an_underflowed_softmax(task, monkeypatch):
+    """Far pairs whose softmax is subnormal (spread 400): the scaled and the unscaled backward are the
+    same float32 operations in the same order, so each is within gradient_bound's gamma of the exact
+    gradient (float32's unit roundoff), and the unscaled one also carries the roundings it makes below
+    the smallest normal number: at most 2^-150 each (half the subnormal spacing), at most 3C + 12 of
+    them per coordinate (gradient_bound's count), each times at most the largest row factor
+    a = 1 / (B (u + 1e-7)) <= 1e7 / B (classification) or 2 |u - y| / B (regression) and the largest
+    embedding coordinate."""
+    queries, candidates, labels, candidate_labels = make_batch(6, 30, 40, 6, 3, task, False, 400.0)
+    embeddings = candidates.float()
+    if task == "regression":
+        labels, candidate_labels = labels.float(), candidate_labels.float()
+    with capture() as published:
+        scaled = fused_gradients(embeddings, labels, candidate_labels, task, 3)
+    softmax = published["softmax"]
+    assert bool(((softmax > 0) & (softmax < torch.finfo(torch.float32).tiny)).any())
+    monkeypatch.setattr(fused, "_BACKWARD_SCALE", 1.0)
+    unscaled = fused_gradients(embeddings, labels, candidate_labels, task, 3)
+    points = embeddings.double()
+    bound_q, bound_c = gradient_bound(points[:30], points, labels.double() if task == "regression" else labels,
+                                      candidate_labels.double() if task == "regression" else candidate_labels,
+                                      task, 3, 1.0, unit=2.0 ** -24)
+    bound = bound_c.clone()
+    bound[:30] += bound_q
+    n = 3 * len(points) + 12
+    spread = float(candidate_labels.abs().max() + labels.abs().max()) if task == "regression" else 0.0
+    row_factor = 2 * spread / 30 if task == "regression" else 1e7 / 30
+    bound += n * 2.0 ** -150 * max(1.0, row_factor) * max(1.0, float(points.abs().max()))
+    assert torch.isfinite(scaled).all()
+    assert torch.all((scaled.double() - unscaled.double()).abs() <= bound)
+
+
+def test_fused_backward_falls_back_when_the_scale_overflows(monkeypatch):
+    queries, candidates, labels, candidate_labels = make_batch(7, 20, 30, 5, 3, "multiclass", False, 1.0)
+    embeddings = candidates.float()
+    monkeypatch.setattr(fused, "_BACKWARD_SCALE", 1.0)
+    unscaled = fused_gradients(embeddings, labels, candidate_labels, "multiclass", 3)
+    monkeypatch.setattr(fused, "_BACKWARD_SCALE", 2.0 ** 200)  # every scaled product overflows
+    assert torch.equal(fused_gradients(embeddings, labels, candidate_labels, "multiclass", 3), unscaled)
