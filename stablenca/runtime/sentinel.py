@@ -21,6 +21,7 @@ gives the same first bad op, bit for bit: the in-run replay goes through the sam
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -145,7 +146,9 @@ def traced_step(trainer: Trainer, capsule: dict[str, Any]) -> tuple[Any, StepCon
     turns the parameters non-finite is explained as well.
     """
     trainer.model.load_state_dict(capsule["model_state"])
-    trainer.optimizer.load_state_dict(capsule["optimizer_state"])
+    # A copy: load_state_dict keeps the capsule's own tensors as the optimizer's state, and the step
+    # below would update them in place (a capsule saved after its replay would hold the updated state).
+    trainer.optimizer.load_state_dict(copy.deepcopy(capsule["optimizer_state"]))
     if capsule.get("generator_state") is not None:
         trainer.generator.set_state(capsule["generator_state"])
     torch.set_rng_state(capsule["rng_state"])
