@@ -80,7 +80,8 @@ def main(argv=None) -> None:
         def restore(kernel):
             trainer = trainers[kernel]
             trainer.model.load_state_dict(weights)
-            trainer.optimizer.load_state_dict(optimizer)
+            # a copy: the optimizer takes the saved tensors themselves as its state and updates them in place
+            trainer.optimizer.load_state_dict(copy.deepcopy(optimizer))
             trainer.generator.set_state(generator)
 
         def epoch(kernel):

@@ -13,13 +13,18 @@ and ``difference`` runs inflate the distance scale until most of ``exp(-d)`` und
   normal or subnormal numbers. Each also with ``torch.set_flush_denormal(True)`` (the CPU's
   flush-to-zero and denormals-are-zero modes): if that makes it fast, the time went to the
   CPU's handling of subnormal operands; if not, to the library's own path for such arguments.
+* **The distance backward** (forward and backward of the 1024 x 1848 distances of a ModernNCA step,
+  1848 x 128 embeddings), with a gradient that is normal or half subnormal (what the student's
+  underflowed ``exp(-d)`` sends back): torch.cdist's own backward against the package's
+  :func:`stablenca.models.neighbours.euclidean_distances`, which runs torch's formula 2^64 higher.
 * **Epochs**: ModernNCA with the student's ``difference`` (or ``ratio_eps``) loss, TALENT's candidates,
   float32, trained ``--epochs`` epochs (untimed), then one more epoch (training steps and
   validation) from that same saved state, timed with the default IEEE modes and with
   flushing, interleaved. Flushing changes the numbers (subnormals become zero), so it is
   never an option for a diagnosis, which must compute what the student's code computes;
-  here it only measures what the subnormals cost. The epoch's exp zero and subnormal counts
-  come from what the loss published.
+  here it only measures what the subnormals cost. A third variant trains the epoch with torch.cdist's
+  backward instead of the package's, and the table says whether both left the same weights.
+  The epoch's exp zero and subnormal counts come from what the loss published.
 * **Validation** from the same state: ``Trainer.evaluate("val")`` as the package runs it, whose
   readout raises exp arguments below :func:`stablenca.models.neighbours.exp_floor` to it (no
   weight underflows), against the same readout with the floor at -inf (IEEE: the weights
@@ -44,6 +49,7 @@ import torch  # noqa: E402
 
 import _common as C  # noqa: E402
 import stablenca.models.neighbours as neighbours  # noqa: E402
+from stablenca.models.neighbours import euclidean_distances  # noqa: E402
 from stablenca.publish import capture  # noqa: E402
 from stablenca.training import StepContext, Trainer, TrainConfig  # noqa: E402
 
@@ -82,7 +88,27 @@ def kernel_variants() -> dict:
             variants[f"numpy.exp, {name}{suffix}"] = lambda v=values, flush=flush: _flushed(flush, np.exp, v)
         for name, left in operands.items():
             variants[f"product, {name} operand{suffix}"] = lambda a=left, flush=flush: _flushed(flush, torch.mm, a, right)
+    embeddings = torch.randn(1848, 128, generator=generator) * 3
+    weights = torch.randn(1024, 1848, generator=generator)
+    gradients = {"normal": weights * 1e-3,
+                 "half subnormal": torch.where(torch.rand(weights.shape, generator=generator) < 0.5, weights * 1e-39,
+                                               weights * 1e-3)}
+    for name, gradient in gradients.items():
+        for label, distances in (("torch.cdist", _torch_cdist), ("package", euclidean_distances)):
+            variants[f"distances, {label}, {name} gradient"] = \
+                lambda e=embeddings, g=gradient, f=distances: _distance_step(f, e, g)
     return variants
+
+
+def _torch_cdist(x1, x2):
+    return torch.cdist(x1, x2, p=2)
+
+
+def _distance_step(distances_fn, embeddings, gradient):
+    """Forward and backward of a step's distances (the batch is the leading rows), with ``gradient`` sent back."""
+    leaf = embeddings.detach().requires_grad_()
+    distances_fn(leaf[:gradient.shape[0]], leaf).backward(gradient)
+    return leaf.grad
 
 
 def _flushed(flush: bool, function, *args):
@@ -103,7 +129,8 @@ def trained(loss: str, epochs: int) -> tuple[Trainer, Callable[[], None]]:
 
     def restore():
         trainer.model.load_state_dict(saved[0])
-        trainer.optimizer.load_state_dict(saved[1])
+        # a copy: the optimizer takes the saved tensors themselves as its state and updates them in place
+        trainer.optimizer.load_state_dict(copy.deepcopy(saved[1]))
         trainer.generator.set_state(saved[2])
 
     return trainer, restore
@@ -129,8 +156,30 @@ def epoch_variants(trainer: Trainer, restore) -> tuple[dict, dict, dict]:
     restore()
     epoch(counts)
     loss = trainer.config.loss
-    variants = {f"{loss} epoch": epoch, f"{loss} epoch, flushed": lambda: _flushed(True, epoch)}
+    variants = {f"{loss} epoch": epoch, f"{loss} epoch, flushed": lambda: _flushed(True, epoch),
+                f"{loss} epoch, torch.cdist's backward": lambda: _with_torch_cdist(epoch)}
     return variants, {name: restore for name in variants}, counts
+
+
+def _with_torch_cdist(function):
+    """``function()`` with the Trainer's distances from torch.cdist itself (its own backward)."""
+    kept = neighbours.euclidean_distances
+    neighbours.euclidean_distances = _torch_cdist
+    try:
+        return function()
+    finally:
+        neighbours.euclidean_distances = kept
+
+
+def same_weights_either_way(trainer: Trainer, restore, epoch) -> bool:
+    """Whether one epoch from the saved state leaves the same weights, bit for bit, with the package's
+    distance backward and with torch.cdist's."""
+    states = []
+    for run in (epoch, lambda: _with_torch_cdist(epoch)):
+        restore()
+        run()
+        states.append({k: v.clone() for k, v in trainer.model.state_dict().items()})
+    return all(torch.equal(states[0][k], states[1][k]) for k in states[0])
 
 
 def validation_variants(trainer: Trainer, restore) -> tuple[dict, dict]:
@@ -168,14 +217,16 @@ def main(argv=None) -> None:
     kernels = C.interleaved(kernel_variants(), args.rounds)
     rows = []
     base = {"torch.exp": "torch.exp, normal result", "numpy.exp": "numpy.exp, normal result",
-            "product": "product, normal operand"}
+            "product": "product, normal operand", "distances": "distances, torch.cdist, normal gradient"}
     for name, times in kernels.items():
         reference = kernels[base[name.split(",")[0]]]
         ratio = C.median([t / r for t, r in zip(times, reference)])
         rows.append([name, C.fmt_seconds(C.median(times)), f"{ratio:.1f}×"])
     body = (f"{args.rounds} interleaved rounds, 1 torch thread, float32; exp over 2^20 arguments, the product "
-            "(1848 × 1024) @ (1024 × 128). Ratio: median per-round time over the same kernel's normal case "
-            "without flushing.\n\n" + C.md_table(["kernel, inputs", "median", "vs normal"], rows))
+            "(1848 × 1024) @ (1024 × 128), the distances of a step (1024 × 1848 from 1848 × 128 embeddings, "
+            "forward and backward). Ratio: median per-round time over the same kernel's normal case without "
+            "flushing (for the distances: torch.cdist's, normal gradient).\n\n"
+            + C.md_table(["kernel, inputs", "median", "vs normal"], rows))
     data = {"kernels": kernels, "epochs": {}, "validation": {}}
     epoch_rows, validation_rows = [], []
     for loss in [name for name in args.losses.split(",") if name]:
@@ -183,11 +234,15 @@ def main(argv=None) -> None:
         variants, before, counts = epoch_variants(trainer, restore)
         times = C.interleaved(variants, args.rounds, before=before)
         plain, flushed = times[f"{loss} epoch"], times[f"{loss} epoch, flushed"]
+        torch_backward = times[f"{loss} epoch, torch.cdist's backward"]
         share = (counts["zero"] + counts["subnormal"]) / max(counts["exp outputs"], 1)
+        same = same_weights_either_way(trainer, restore, variants[f"{loss} epoch"])
         epoch_rows.append([loss, f"{counts['zero']:,} + {counts['subnormal']:,} of {counts['exp outputs']:,} "
                            f"({share:.0%})", C.fmt_seconds(C.median(plain)), C.fmt_seconds(C.median(flushed)),
-                           f"{C.median([p / f for p, f in zip(plain, flushed)]):.2f}×"])
-        data["epochs"][loss] = {"times": times, "counts": counts}
+                           f"{C.median([p / f for p, f in zip(plain, flushed)]):.2f}×",
+                           C.fmt_seconds(C.median(torch_backward)),
+                           f"{C.median([t / p for t, p in zip(torch_backward, plain)]):.2f}×", "yes" if same else "no"])
+        data["epochs"][loss] = {"times": times, "counts": counts, "same_weights": same}
         variants, facts = validation_variants(trainer, restore)
         times = C.interleaved(variants, args.rounds)
         raised, unraised = times.values()
@@ -201,7 +256,8 @@ def main(argv=None) -> None:
         body += (f"\n\nModernNCA with the student's loss, TALENT's candidates, after {args.epochs} untimed epochs; "
                  "one epoch (training steps and validation) from the same saved state, interleaved:\n\n"
                  + C.md_table(["loss", "exp outputs zero + subnormal (that epoch)", "epoch, IEEE default",
-                               "epoch, flushed (other numbers)", "default / flushed"], epoch_rows))
+                               "epoch, flushed (other numbers)", "default / flushed", "epoch, torch.cdist's backward",
+                               "torch.cdist's / package's", "same weights"], epoch_rows))
     if validation_rows:
         body += (f"\n\nThe validation after {args.epochs} epochs of the same run (`Trainer.evaluate`), interleaved: "
                  "the package's readout raises exp arguments below the floor (float32: −71.34) to it; the other "
