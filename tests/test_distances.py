@@ -133,10 +133,10 @@ def test_the_trainers_distances_use_it_and_tracers_see_torchs_ops():
 
 
 def test_fallback_when_the_scale_overflows(monkeypatch):
-    """A scale so large that every product overflows: the backward returns torch's own gradients."""
+    """A scale so large that the scaled gradients overflow: the backward returns torch's own."""
     generator = torch.Generator().manual_seed(2)
-    embeddings, weights = torch.randn(60, 8, generator=generator), torch.randn(30, 60, generator=generator)
-    monkeypatch.setattr(neighbours, "_BACKWARD_SCALE", 2.0 ** 200)
+    embeddings, weights = torch.randn(60, 8, generator=generator), torch.randn(30, 60, generator=generator) * 1e6
+    monkeypatch.setattr(neighbours, "_BACKWARD_SCALE", 2.0 ** 126)
     for a, b in zip(gradients(euclidean_distances, embeddings, weights, 30),
                     gradients(torch_cdist, embeddings, weights, 30)):
         assert_same(a, b)

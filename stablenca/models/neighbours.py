@@ -95,10 +95,13 @@ class _Distances(torch.autograd.Function):
 
 def _euclidean_backward(grad, x1, x2, distances, needs, scale: float):
     """torch's gradients of ``cdist(x1, x2)`` on its matrix-product path, with the (B, C) matrix times ``scale``."""
-    ratio = grad / distances
-    ratio.masked_fill_(distances == 0, 0)  # the subgradient 0 at a zero distance, as torch takes it
     if scale != 1.0:
-        ratio.mul_(scale)
+        # scale * grad / distances in one pass (the kernel computes self + value * t1 / t2, and adding
+        # -0.0 changes no value, -0.0 included): no pass more than torch's
+        ratio = torch.addcdiv(grad.new_full((), -0.0), grad, distances, value=scale)
+    else:
+        ratio = grad / distances
+    ratio.masked_fill_(distances == 0, 0)  # the subgradient 0 at a zero distance, as torch takes it
     grad_x1 = x1 * ratio.sum(-1, True) - ratio.matmul(x2) if needs[0] else None
     grad_x2 = x2 * ratio.sum(-2, False).unsqueeze(-1) - ratio.mT.matmul(x1) if needs[1] else None
     if scale != 1.0:
