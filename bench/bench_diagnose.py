@@ -20,7 +20,11 @@ figures, no check and no report. That is the floor under any diagnose on this ma
 today's kernels: the student's runs execute the student's arithmetic, which diagnose must
 not change. diagnose − floor is what diagnosis itself costs.
 
-``python bench/bench_diagnose.py [--quick] [--repeats N]``; ``--quick`` adds
+With ``--against REV`` each repeat also runs the same command from a git worktree of revision
+REV (interleaved, the order alternating), and a table compares the two: wall and CPU time, each
+run's ``train_seconds``, and whether both wrote the same ``records.jsonl`` and ``epochs.jsonl``.
+
+``python bench/bench_diagnose.py [--quick] [--repeats N] [--against REV]``; ``--quick`` adds
 ``--epochs 3`` to the command (a smoke run, not the target's configuration).
 """
 
@@ -83,6 +87,53 @@ def timeline(out: Path, started: float, wall: float, run_names: list[str]) -> li
     return rows
 
 
+def worktree(rev: str, where: Path) -> Path:
+    """A detached git worktree of ``rev`` (removed by :func:`drop_worktree`)."""
+    subprocess.run(["git", "-C", str(C.REPO), "worktree", "add", "--detach", "--quiet", str(where), rev], check=True)
+    return where
+
+
+def drop_worktree(where: Path) -> None:
+    subprocess.run(["git", "-C", str(C.REPO), "worktree", "remove", "--force", str(where)], check=False)
+
+
+def diagnose_at(tree: Path, out: Path, extra: list[str], env) -> tuple[float, float, dict]:
+    """(wall, CPU, summary) of the default diagnose run with the package of ``tree`` (``python -m`` from there)."""
+    cpu_before = cpu_seconds_of_children()
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "stablenca.cli", "diagnose", "--out", str(out), "--force"] + extra,
+                          capture_output=True, text=True, env=env, cwd=tree)
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"diagnose at {tree} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return wall, cpu_seconds_of_children() - cpu_before, json.loads((out / "summary.json").read_text())
+
+
+def same_records(a: Path, b: Path, run_names: list[str]) -> bool:
+    """Whether two diagnose outputs hold byte-identical records.jsonl and epochs.jsonl for every run."""
+    return all((a / name / kind).read_bytes() == (b / name / kind).read_bytes()
+               for name in run_names for kind in ("records.jsonl", "epochs.jsonl"))
+
+
+def against_text(rev: str, walls: list[float], cpus: list[float], summaries: list[dict], theirs: list[dict]) -> str:
+    """The table comparing this tree's diagnose with REV's, repeat by repeat (interleaved)."""
+    rows = [["wall", ", ".join(C.fmt_seconds(t["wall"]) for t in theirs), ", ".join(C.fmt_seconds(w) for w in walls),
+             f"{C.median([t['wall'] / w for t, w in zip(theirs, walls)]):.2f}×"],
+            ["CPU (command and workers)", ", ".join(C.fmt_seconds(t["cpu"]) for t in theirs),
+             ", ".join(C.fmt_seconds(c) for c in cpus), f"{C.median([t['cpu'] / c for t, c in zip(theirs, cpus)]):.2f}×"]]
+    for i, entry in enumerate(summaries[0]["runs"]):
+        ours = [s["runs"][i]["train_seconds"] for s in summaries]
+        old = [t["summary"]["runs"][i]["train_seconds"] for t in theirs]
+        rows.append([f"`{entry['run']}` train_seconds", ", ".join(C.fmt_seconds(x) for x in old),
+                     ", ".join(C.fmt_seconds(x) for x in ours),
+                     f"{C.median([o / n for o, n in zip(old, ours)]):.2f}×"])
+    same = all(t["same_records"] for t in theirs)
+    return (f"\nAgainst revision `{rev}` (the same command from a git worktree of it, interleaved with the repeats "
+            f"above; ratio: median of the per-repeat ratios, above 1 means this tree is faster). Records: every "
+            f"run's records.jsonl and epochs.jsonl {'byte-identical in every repeat' if same else '**differ**'}.\n\n"
+            + C.md_table(["", f"at {rev}", "this tree", f"{rev} / this tree"], rows))
+
+
 def floor(env) -> dict:
     """One run of bench/diagnose_floor.py: its wall time as a subprocess, and what it printed."""
     cpu_before = cpu_seconds_of_children()
@@ -137,6 +188,7 @@ def main(argv=None) -> int:
     p = C.parser(__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=None, help="whole-command repeats (default 3, quick 1)")
     p.add_argument("--keep", default=None, metavar="DIR", help="keep the last output directory here")
+    p.add_argument("--against", default=None, metavar="REV", help="also run diagnose as committed at REV, interleaved")
     args = C.parse(p, argv)
     info = C.machine_info()
     repeats = args.repeats or (1 if args.quick else 3)
@@ -146,6 +198,8 @@ def main(argv=None) -> int:
     floors: list[dict] = []
     timeline_rows: list[list[str]] = []
     workdir = Path(tempfile.mkdtemp(prefix="stablenca-bench-diagnose-"))
+    theirs: list[dict] = []
+    tree = worktree(args.against, workdir / "against") if args.against else None
     try:
         import_wall, proc = timed([sys.executable, "-c", "import stablenca.runtime.diagnose, stablenca.report, sklearn"],
                                   env=env)
@@ -155,6 +209,8 @@ def main(argv=None) -> int:
             C.stderr(f"bench_diagnose: repeat {r + 1}/{repeats}: {' '.join(cmd[1:])}")
             if not args.quick and r % 2 == 1:  # interleaved: the floor first in odd repeats
                 floors.append(floor(env))
+            if tree is not None and r % 2 == 0:  # interleaved: REV first in even repeats
+                theirs.append(dict(zip(("wall", "cpu", "summary"), diagnose_at(tree, workdir / f"against{r}", extra, env))))
             cpu_before, started = cpu_seconds_of_children(), time.time()
             wall, proc = timed(cmd, env=env)
             if proc.returncode != 0:
@@ -163,8 +219,15 @@ def main(argv=None) -> int:
             cpus.append(cpu_seconds_of_children() - cpu_before)
             if not args.quick and r % 2 == 0:  # after the CPU time is read: not counted as diagnose's
                 floors.append(floor(env))
+            if tree is not None and r % 2 == 1:
+                theirs.append(dict(zip(("wall", "cpu", "summary"), diagnose_at(tree, workdir / f"against{r}", extra, env))))
             summary = json.loads((out / "summary.json").read_text())
             summaries.append(summary)
+            if tree is not None:
+                theirs[-1]["same_records"] = same_records(workdir / f"against{r}", out,
+                                                          [entry["run"] for entry in summary["runs"]])
+                C.stderr(f"  at {args.against}: {theirs[-1]['wall']:.1f} s wall, {theirs[-1]['cpu']:.1f} s CPU, "
+                         f"same records: {theirs[-1]['same_records']}")
             timeline_rows = timeline(out, started, wall, [r["run"] for r in summary["runs"]])
             check_file = out / "check.json"
             checks.append(json.loads(check_file.read_text()).get("seconds") if check_file.is_file() else None)
@@ -179,6 +242,8 @@ def main(argv=None) -> int:
             shutil.rmtree(args.keep, ignore_errors=True)
             shutil.copytree(workdir / f"run{repeats - 1}", args.keep)
     finally:
+        if tree is not None:
+            drop_worktree(tree)
         shutil.rmtree(workdir, ignore_errors=True)
 
     median_wall = C.median(walls)
@@ -226,15 +291,18 @@ def main(argv=None) -> int:
         + "\nTimeline of the last repeat (seconds since the command started; from the output's file times):\n\n"
         + C.md_table(["what", "from", "to"], timeline_rows)
         + floor_text(floors, median_wall, summaries, median_cpu)
+        + (against_text(args.against, walls, cpus, summaries, theirs) if theirs else "")
         + f"\nSeparately: importing stablenca.runtime.diagnose + stablenca.report + sklearn in a fresh interpreter "
           f"{C.fmt_seconds(import_wall)}; `stablenca report OUT` alone (figures and both reports, fresh process) "
           f"{C.fmt_seconds(report_walls[0])}.\n"
     )
     data = {"checks": checks, "walls": walls, "cpu_seconds": cpus, "timeline": timeline_rows,
             "median_wall": median_wall, "target_met": met, "summaries": summaries, "floors": floors,
-            "import_wall": import_wall, "report_wall": report_walls[0], "outputs": outputs, "command": command}
-    md = C.section("`stablenca diagnose`, defaults, end to end", C.command_line("bench_diagnose.py", args), info,
-                   body)
+            "import_wall": import_wall, "report_wall": report_walls[0], "outputs": outputs, "command": command,
+            "against": {"rev": args.against, "runs": [{k: v for k, v in t.items()} for t in theirs]} if theirs else None}
+    options = (f" --repeats {args.repeats}" if args.repeats else "") + (f" --against {args.against}" if args.against else "")
+    md = C.section("`stablenca diagnose`, defaults, end to end", C.command_line("bench_diagnose.py", args, options),
+                   info, body)
     C.emit(md, data, args)
     return 0
 
