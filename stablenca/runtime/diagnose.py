@@ -264,8 +264,9 @@ def start_order(configs: list[TrainConfig]) -> list[int]:
     of magnitude (reports/benchmarks.md: the SeedNCA step ~2 ms, ModernNCA 55-240 ms), so it ranks
     first. Then the kernel: a step through autograd costs 2.5-3x a fused one
     (:func:`stablenca.models.fused.fused_objective`, as the Trainer picks it), and more once the student's
-    float32 ``exp`` underflows: torch's exp and the gradient's products take slow paths on such numbers
-    on some CPUs (``bench/underflow_cost.py``). The steps come last: a stable formulation
+    float32 ``exp`` underflows: torch's exp takes slow paths on such numbers on some CPUs
+    (``bench/underflow_cost.py``; the distances' backward no longer does, see
+    :func:`stablenca.models.neighbours.euclidean_distances`). The steps come last: a stable formulation
     (:func:`stablenca.losses.is_stable`) trains until early stopping, but so do the student's ``ratio_eps``
     and ``difference``, which are not stable formulations yet stay finite in these runs; only a run that
     does go non-finite ends early, which is not known before it runs. Measured on an Intel Xeon (round 7,
