@@ -210,6 +210,24 @@ def test_underflow_counts_are_those_of_each_value_classified_alone(seed, dtype):
         assert (int(counted[0]), int(counted[1])) == (zero_all - zero_own, sub_all - sub_own)
 
 
+@pytest.mark.parametrize("seed", range(20))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_off_diagonal_underflow_counts_each_value_alone(seed, dtype):
+    """The published-matrix counts (exp or softmax outputs, >= 0; the self pairs on the diagonal are 0)
+    against each off-diagonal value classified alone, with and without zeros off the diagonal: with
+    none, the zero-count pass is skipped, and the counts must not move."""
+    generator = torch.Generator().manual_seed(seed)
+    tiny = torch.finfo(dtype).tiny
+    pool = torch.tensor([tiny / 4, tiny / 2**20, tiny, 0.5, 1.0] + ([0.0] if seed % 2 else []), dtype=dtype)
+    values = pool[torch.randint(0, len(pool), (9, 13), generator=generator)].contiguous()
+    values.fill_diagonal_(0.0)
+    off_diagonal = ~torch.eye(9, 13, dtype=torch.bool)
+    off = [float(v) for v in values[off_diagonal].tolist()]
+    zero = sum(v == 0 for v in off)
+    counted = probes._off_diagonal_underflow(values)
+    assert (int(counted[0]), int(counted[1])) == (zero, sum(v < tiny for v in off) - zero)
+
+
 def _large_case(seed: int, *, spread: float):
     """What the fused ModernNCA objective publishes for a batch above DEFERRED_PAIRS (reduced as published)."""
     from stablenca.models.fused import modernnca_objective
