@@ -69,11 +69,12 @@ class _Distances(torch.autograd.Function):
     ``exp(-d)``), much of that (B, C) matrix is subnormal, and a CPU multiplies subnormal operands
     on a slow path: for a step's 1024 x 1848 distances, about 30x the time of a normal gradient
     (``python bench/underflow_cost.py``), most of a late ``ratio_eps`` step. Here the matrix is
-    multiplied by 2^64 before the products and the two gradients by 2^-64 after them. Scaling by a power of two is exact, so the
-    result is torch's bit for bit wherever torch's computation holds no subnormal number; where it
-    does, this one keeps the bits that torch's rounds away below the smallest normal number (the
-    gradients differ from torch's by about that much at most). If the scaled computation overflows,
-    or the gradient is not finite, torch's is computed as it is, inf and NaN included.
+    multiplied by 2^64 before the products and the two gradients by 2^-64 after them. Scaling by a
+    power of two is exact, so the result is torch's bit for bit wherever torch's computation holds no
+    subnormal number. Where it does, this one keeps what torch rounds away below the smallest normal
+    number; the two differ by those roundings and what they carry into the sums
+    (tests/test_distances.py bounds it). If the scaled computation overflows, or the gradient is not
+    finite, torch's is computed as it is, inf and NaN included.
     """
 
     @staticmethod
