@@ -1,7 +1,9 @@
 """Replaying a capsule (stablenca.runtime.sentinel.traced_step) must not change what the capsule recorded."""
 
 import copy
+
 import torch
+
 from stablenca.runtime.sentinel import Snapshot, build_capsule, traced_step
 from stablenca.training import StepContext, TrainConfig, Trainer
 
