@@ -12,7 +12,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from stablenca.losses.builtin import modernnca
-from stablenca.models import fused
+from stablenca.models import neighbours
 from stablenca.models.fused import modernnca_objective
 from stablenca.publish import capture
 from stablenca.training import StepContext, TrainConfig, Trainer
@@ -367,7 +367,7 @@ def test_fused_backward_scale_changes_no_bit_without_subnormals(task, spread, mo
     with capture() as published:
         scaled = fused_gradients(embeddings, labels, candidate_labels, task, 3)
     assert float(published["softmax"][published["softmax"] > 0].min()) > torch.finfo(torch.float32).tiny * 2 ** 24
-    monkeypatch.setattr(fused, "_BACKWARD_SCALE", 1.0)
+    monkeypatch.setattr(neighbours, "_BACKWARD_SCALE", 1.0)
     assert torch.equal(scaled, fused_gradients(embeddings, labels, candidate_labels, task, 3))
 
 
@@ -388,7 +388,7 @@ def test_fused_backward_with_an_underflowed_softmax(task, monkeypatch):
         scaled = fused_gradients(embeddings, labels, candidate_labels, task, 3)
     softmax = published["softmax"]
     assert bool(((softmax > 0) & (softmax < torch.finfo(torch.float32).tiny)).any())
-    monkeypatch.setattr(fused, "_BACKWARD_SCALE", 1.0)
+    monkeypatch.setattr(neighbours, "_BACKWARD_SCALE", 1.0)
     unscaled = fused_gradients(embeddings, labels, candidate_labels, task, 3)
     points = embeddings.double()
     bound_q, bound_c = gradient_bound(points[:30], points, labels.double() if task == "regression" else labels,
@@ -407,7 +407,7 @@ def test_fused_backward_with_an_underflowed_softmax(task, monkeypatch):
 def test_fused_backward_falls_back_when_the_scale_overflows(monkeypatch):
     queries, candidates, labels, candidate_labels = make_batch(7, 20, 30, 5, 3, "multiclass", False, 1.0)
     embeddings = candidates.float()
-    monkeypatch.setattr(fused, "_BACKWARD_SCALE", 1.0)
+    monkeypatch.setattr(neighbours, "_BACKWARD_SCALE", 1.0)
     unscaled = fused_gradients(embeddings, labels, candidate_labels, "multiclass", 3)
-    monkeypatch.setattr(fused, "_BACKWARD_SCALE", 2.0 ** 200)  # every scaled product overflows
+    monkeypatch.setattr(neighbours, "_BACKWARD_SCALE", 2.0 ** 200)  # every scaled product overflows
     assert torch.equal(fused_gradients(embeddings, labels, candidate_labels, "multiclass", 3), unscaled)

@@ -13,7 +13,7 @@ forward runs the same ops as the eager path, so the loss and everything publishe
 :class:`_NCALogspaceObjective`); only the gradient's rounding differs
 (tests/test_fused.py compares it with autograd in float64). The backward builds its (B, C) matrix
 2^64 higher and brings the gradients back after the products, as the Trainer's distance backward
-does (:class:`.neighbours._Distances`): no product on the slow path for subnormal operands once the
+does (:func:`.neighbours.lifted_gradients`): no product on the slow path for subnormal operands once the
 softmax has underflowed, and the same bits as unscaled wherever nothing in it is subnormal
 (tests/test_fused.py). Under ``torch.autocast`` it runs the
 eager path's ops instead (autocast chooses each op's dtype, and the closed form is float32 or
@@ -47,7 +47,7 @@ import torch
 from ..losses.base import LossOutput
 from ..losses.builtin import MODERNNCA_EPS, class_table as make_class_table, modernnca, nca_logspace, per_class
 from ..publish import publish
-from .neighbours import _BACKWARD_SCALE, divided_by, exp_floor, leading_self_mask
+from .neighbours import divided_by, exp_floor, leading_self_mask, lifted_gradients
 
 
 class _ModernNCAObjective(torch.autograd.Function):
@@ -92,11 +92,10 @@ class _ModernNCAObjective(torch.autograd.Function):
         else:
             # r_ij = t_j - u_i, coefficient_i = -2 g_i (u_i - y_i) / T
             coefficient = -2 * grad_per_sample * (picked - labels) / ctx.temperature
-        # H is built 2^64 higher and the gradients brought back after the products (see
-        # neighbours._Distances): the same bits wherever H holds no subnormal number, and no products
-        # on the CPU's slow path for subnormal operands where the softmax has underflowed. If that
-        # overflows (or the gradient is not finite), H as it is.
-        for scale in (_BACKWARD_SCALE, 1.0):
+        # H is built 2^64 higher and the gradients brought back after the products (lifted_gradients):
+        # the same bits wherever H holds no subnormal number, and no products on the CPU's slow path
+        # for subnormal operands where the softmax has underflowed.
+        def gradients(scale):
             if ctx.classification:
                 # m as rows of the (K, C) class table picked by label (a row copy, faster than converting
                 # the (B, C) bool mask); m_ii = 1 here, but the diagonal is zeroed below
@@ -105,12 +104,9 @@ class _ModernNCAObjective(torch.autograd.Function):
             else:
                 ratio = candidate_labels[None, :] * scale - picked[:, None] * scale
             ratio.mul_(probabilities).div_(raw)
-            grads = _embedding_gradients(ctx, ratio, coefficient, queries, candidates, raw)
-            if scale != 1.0:
-                grads = tuple(None if g is None else g.mul_(1.0 / scale) for g in grads)
-            if all(g is None or bool(torch.isfinite(g).all()) for g in grads):
-                break
-        return grads + (None,) * 7
+            return _embedding_gradients(ctx, ratio, coefficient, queries, candidates, raw)
+
+        return lifted_gradients(gradients) + (None,) * 7
 
 
 def _embedding_gradients(ctx, ratio, coefficient, queries, candidates, raw):

@@ -88,10 +88,18 @@ class _Distances(torch.autograd.Function):
     def backward(ctx, grad):
         x1, x2, distances = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        scaled = _euclidean_backward(grad, x1, x2, distances, needs, _BACKWARD_SCALE)
-        if all(g is None or bool(torch.isfinite(g).all()) for g in scaled):
-            return scaled
-        return _euclidean_backward(grad, x1, x2, distances, needs, 1.0)
+        return lifted_gradients(lambda scale: _euclidean_backward(grad, x1, x2, distances, needs, scale))
+
+
+def lifted_gradients(compute):
+    """``compute(scale)``'s gradients (a tuple, None for an input that needs none), computed from a
+    (B, C) matrix ``scale`` times the true one, brought back by 1 / scale: with ``_BACKWARD_SCALE``,
+    and with no scale where those are not finite (an overflow, or a non-finite gradient: then the
+    unscaled computation's own numbers, inf and NaN included). See :class:`_Distances`."""
+    grads = tuple(None if g is None else g.mul_(1.0 / _BACKWARD_SCALE) for g in compute(_BACKWARD_SCALE))
+    if all(g is None or bool(torch.isfinite(g).all()) for g in grads):
+        return grads
+    return compute(1.0)
 
 
 def _euclidean_backward(grad, x1, x2, distances, needs, scale: float):
@@ -105,10 +113,6 @@ def _euclidean_backward(grad, x1, x2, distances, needs, scale: float):
     ratio.masked_fill_(distances == 0, 0)  # the subgradient 0 at a zero distance, as torch takes it
     grad_x1 = x1 * ratio.sum(-1, True) - ratio.matmul(x2) if needs[0] else None
     grad_x2 = x2 * ratio.sum(-2, False).unsqueeze(-1) - ratio.mT.matmul(x1) if needs[1] else None
-    if scale != 1.0:
-        for g in (grad_x1, grad_x2):
-            if g is not None:
-                g.mul_(1.0 / scale)
     return grad_x1, grad_x2
 
 
