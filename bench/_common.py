@@ -55,6 +55,8 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "load_average": load_average(),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        # what numpy was told at import (the CLI sets it on AMD Zen 4: stablenca.runtime.numpy_dispatch)
+        "numpy_disabled_features": os.environ.get("NPY_DISABLE_CPU_FEATURES"),
     }
 
 
@@ -86,8 +88,10 @@ def machine_line(info: dict[str, Any]) -> str:
     load = info.get("load_average")
     load_text = "n/a" if not load else " / ".join(f"{x:.2f}" for x in load)
     return (f"{info['cpu']}, {info['cores']} cores ({info['usable_cores']} usable), torch {info['torch']} "
-            f"({info['torch_threads']} threads), Python {info['python']}; load average (1/5/15 min) at start "
-            f"{load_text}")
+            f"({info['torch_threads']} threads), Python {info['python']}"
+            + (f", numpy with `NPY_DISABLE_CPU_FEATURES={info['numpy_disabled_features']}`"
+               if info.get("numpy_disabled_features") is not None else "")
+            + f"; load average (1/5/15 min) at start {load_text}")
 
 
 def load_warning(info: dict[str, Any]) -> str:

@@ -30,6 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 STARTED = time.perf_counter()
 
+from stablenca.runtime.numpy_dispatch import prefer_avx2_sorting  # noqa: E402
+
+prefer_avx2_sorting()  # as the CLI does on AMD Zen 4, before anything imports numpy
+
 import sklearn.neighbors  # noqa: E402,F401 - what a run imports (diagnose imports it before forking too)
 import torch  # noqa: E402
 import torch._dynamo  # noqa: E402,F401 - torch.optim imports it on first use

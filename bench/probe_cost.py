@@ -46,6 +46,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from stablenca.runtime.numpy_dispatch import prefer_avx2_sorting  # noqa: E402
+
+prefer_avx2_sorting()  # as the CLI does on AMD Zen 4, before torch imports numpy
+
 import torch  # noqa: E402
 
 import _common as C  # noqa: E402
