@@ -5,10 +5,11 @@ has AVX-512. Zen 4 (AMD family 19h) has it, but the compress-store those kernels
 vector (``vpcompress`` to memory) is microcoded there, and they run several times slower than
 numpy's AVX2 kernels (a known problem: x86-simd-sort's issue 6; OpenJDK turned its AVX-512 sort
 off on Zen 4, JDK-8317976). The recorder picks exact quantiles with ``np.partition`` at every
-ModernNCA step and sorts the held SeedNCA steps at each epoch's end; on a 2-core Zen 4 VM that
-made diagnosis cost 1.10–1.11× a plain ModernNCA step against 1.06× with numpy's AVX2 kernels
-(``python bench/probe_cost.py --rounds 30`` with and without ``NPY_DISABLE_CPU_FEATURES``,
-reports/benchmarks.md, fifteenth round).
+ModernNCA step and sorts the held SeedNCA steps at each epoch's end. On a 2-core Zen 4 VM
+diagnosis cost 1.06–1.08× a plain ModernNCA step with numpy's AVX2 kernels (four runs) and
+1.07–1.11× with its AVX-512 ones (five runs, whose spread is the VM's), 1.07× against 1.11× in
+talent_epoch's single-step table (``python bench/probe_cost.py --rounds 30``, with
+``NPY_DISABLE_CPU_FEATURES=`` for numpy's own choice; reports/benchmarks.md, fifteenth round).
 
 numpy reads ``NPY_DISABLE_CPU_FEATURES`` once, when it is first imported, so
 :func:`prefer_avx2_sorting` must run before anything imports numpy: the CLI calls it first.
