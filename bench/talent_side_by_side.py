@@ -274,12 +274,17 @@ def _same_prefix(a: list[float], b: list[float]) -> int:
 # --------------------------------------------------------------------------- main
 
 
+def _blanked(options: dict) -> str:
+    fraction = options.get("missing", 0.0)
+    return f"; {fraction:.0%} of the feature cells blanked, `--missing {fraction}`" if fraction else ""
+
+
 def render(saved: dict) -> str:
     """The Markdown section from the saved results (complete or not)."""
     options, info = saved["options"], saved["machine"]
     body = [f"{options['seeds']} seeds asked, {options['dtype']} on both sides, {info['torch_threads']} torch "
             f"threads; files: `bench/talent_split.py` (RandomState({options['split_seed']}) permutation, "
-            f"2672/669/836); run time {saved['elapsed_seconds'] / 60:.1f} min"
+            f"2672/669/836{_blanked(options)}); run time {saved['elapsed_seconds'] / 60:.1f} min"
             + ("" if saved.get("complete") else " (stopped before the end: the seeds below are all that ran)")
             + f"; load average at the end {' / '.join(f'{x:.2f}' for x in saved.get('load_average_end') or ())}.",
             ""]
@@ -297,6 +302,8 @@ def main(argv=None) -> None:
     add_talent_option(parser)
     parser.add_argument("--data", type=Path, default=None, help="directory from bench/talent_split.py")
     parser.add_argument("--split-seed", type=int, default=0)
+    parser.add_argument("--missing", type=float, default=0.0,
+                        help="fraction of feature cells blanked in the files (talent_split.py --missing)")
     parser.add_argument("--tasks", default="multiclass,regression")
     parser.add_argument("--mode", choices=("independent", "lockstep", "both"), default="independent")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
@@ -319,8 +326,10 @@ def main(argv=None) -> None:
     modes = ["independent", "lockstep"] if args.mode == "both" else [args.mode]
     command = C.command_line("talent_side_by_side.py", args,
                              f" --seeds {args.seeds} --mode {args.mode} --tasks {args.tasks}"
-                             + (f" --dtype {args.dtype}" if args.dtype != "float32" else ""))
-    saved = {"options": {"seeds": args.seeds, "dtype": args.dtype, "split_seed": args.split_seed},
+                             + (f" --dtype {args.dtype}" if args.dtype != "float32" else "")
+                             + (f" --missing {args.missing}" if args.missing else ""))
+    saved = {"options": {"seeds": args.seeds, "dtype": args.dtype, "split_seed": args.split_seed,
+                         "missing": args.missing},
              "machine": C.machine_info(), "command": command, "results": {}, "complete": False}
     started = time.perf_counter()
 
@@ -333,7 +342,7 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory(prefix="talent_side_by_side_") as tmp:
         data_root = args.data or Path(tmp) / "data"
         if args.data is None:
-            write_split(data_root, split_seed=args.split_seed)
+            write_split(data_root, split_seed=args.split_seed, missing=args.missing)
         for mode in modes:
             for task in tasks:
                 name = TASK_DIRS[task]

@@ -1,11 +1,16 @@
 """Write the embedded Abalone as TALENT-format split directories (the files both sides read).
 
-``python bench/talent_split.py OUT [--split-seed 0]`` writes ``OUT/abalone`` (3 classes,
+``python bench/talent_split.py OUT [--split-seed 0] [--missing 0.05]`` writes ``OUT/abalone`` (3 classes,
 TALENT's rings bins) and ``OUT/abalone_reg`` (rings as a float), each with
 ``N_{train,val,test}.npy`` (the seven measurements), ``C_*.npy`` (sex, saved as TALENT
 saves categorical columns: an object array of str, ``allow_pickle=True``), ``y_*.npy``
 and ``info.json``. Rows are ordered by ``numpy.random.RandomState(split_seed).permutation``
 and cut 2672/669/836 (TALENT's abalone sizes). The files are generated, never committed.
+
+``--missing F`` blanks a fraction F of the feature cells (the embedded Abalone has none), drawn
+with ``numpy.random.default_rng([split_seed, 1])``: a numerical cell becomes NaN, a sex cell a
+float NaN in the object array (how pandas hands a missing string to ``np.save``). Both
+libraries then fill them by their rules (TALENT's defaults: the training mean, a new category).
 """
 
 from __future__ import annotations
@@ -33,13 +38,22 @@ def full_table(task: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return x_num, x_cat, y
 
 
-def write_split(out: Path, *, split_seed: int = 0) -> dict[str, Path]:
+def blank_cells(x_num: np.ndarray, x_cat: np.ndarray, fraction: float, split_seed: int) -> None:
+    """Make a ``fraction`` of the cells missing, in place (numerical: NaN; categorical: a float NaN)."""
+    rng = np.random.default_rng([split_seed, 1])
+    x_num[rng.random(x_num.shape) < fraction] = np.nan
+    x_cat[rng.random(x_cat.shape) < fraction] = float("nan")
+
+
+def write_split(out: Path, *, split_seed: int = 0, missing: float = 0.0) -> dict[str, Path]:
     """Write both directories under ``out``; return {task: directory}."""
     written = {}
     for task, name, task_type in (("multiclass", "abalone", "multiclass"), ("regression", "abalone_reg", "regression")):
         x_num, x_cat, y = full_table(task)
         if len(y) != sum(SIZES):
             raise SystemExit(f"the embedded Abalone has {len(y)} rows, not {sum(SIZES)}")
+        if missing:
+            blank_cells(x_num, x_cat, missing, split_seed)
         order = np.random.RandomState(split_seed).permutation(len(y))
         bounds = np.cumsum((0,) + SIZES)
         root = out / name
@@ -47,12 +61,14 @@ def write_split(out: Path, *, split_seed: int = 0) -> dict[str, Path]:
         for k, split in enumerate(SPLITS):
             rows = order[bounds[k]:bounds[k + 1]]
             np.save(root / f"N_{split}.npy", x_num[rows])
-            np.save(root / f"C_{split}.npy", x_cat[rows].astype(str).astype(object), allow_pickle=True)
+            sex = np.array([[v if isinstance(v, float) else str(v) for v in row] for row in x_cat[rows]], dtype=object)
+            np.save(root / f"C_{split}.npy", sex, allow_pickle=True)
             np.save(root / f"y_{split}.npy", y[rows])
         (root / "info.json").write_text(json.dumps(
             {"name": name, "task_type": task_type, "n_num_features": 7, "n_cat_features": 1,
              "train_size": SIZES[0], "val_size": SIZES[1], "test_size": SIZES[2],
-             "source": f"stablenca embedded Abalone, RandomState({split_seed}).permutation"}, indent=1))
+             "source": f"stablenca embedded Abalone, RandomState({split_seed}).permutation"
+                       + (f", {missing} of the feature cells blanked" if missing else "")}, indent=1))
         written[task] = root
     return written
 
@@ -61,8 +77,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--split-seed", type=int, default=0)
+    parser.add_argument("--missing", type=float, default=0.0, help="fraction of feature cells to blank (default 0)")
     args = parser.parse_args()
-    for task, root in write_split(args.out, split_seed=args.split_seed).items():
+    if not 0.0 <= args.missing < 1.0:
+        parser.error("--missing must be in [0, 1)")
+    for task, root in write_split(args.out, split_seed=args.split_seed, missing=args.missing).items():
         print(f"{task}: {root}")
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 
-from .errors import StableNCAError
+from .errors import StableNCAError, StableNCAWarning
 
 # Bound eagerly: the function shares its name with its module (publish.py imports no torch).
 from .publish import capture, publish  # noqa: E402
@@ -40,6 +40,7 @@ __all__ = [
     "Formulation",
     "LossOutput",
     "StableNCAError",
+    "StableNCAWarning",
     "TrainConfig",
     "Tracer",
     "Watch",

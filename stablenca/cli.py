@@ -11,10 +11,11 @@ import argparse
 import gc
 import importlib
 import sys
+import warnings
 
 from . import __version__
 from .errors import (EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, INTERRUPTED_MESSAGE, TERMINATED_MESSAGE,
-                     StableNCAError)
+                     StableNCAError, StableNCAWarning)
 from .records import TERMINATED, sigterm_as_interrupt
 from .runtime.allocator import retain_freed_memory
 from .runtime.numpy_dispatch import prefer_avx2_sorting
@@ -41,6 +42,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warnings(show):
+    """``warnings.showwarning`` that prints stablenca's own warnings as one line and passes others to ``show``."""
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, StableNCAWarning):
+            print(f"stablenca: warning: {message}", file=sys.stderr if file is None else file)
+        else:
+            show(message, category, filename, lineno, file, line)
+    return showwarning
+
+
 def main(argv: list[str] | None = None) -> int:
     # Before the commands import numpy, which reads the setting once (numpy's AVX-512 sorting is
     # several times slower on AMD Zen 4; the recorder's quantiles use it). Nothing is computed differently.
@@ -52,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     # Nothing is computed differently.
     retain_freed_memory()
     try:
-        with sigterm_as_interrupt():  # torchrun, SLURM, Kubernetes: SIGTERM is handled like Ctrl-C
+        with sigterm_as_interrupt(), warnings.catch_warnings():  # SIGTERM (torchrun, SLURM) as Ctrl-C
+            warnings.showwarning = _one_line_warnings(warnings.showwarning)
             return int(args.func(args) or 0)
     except StableNCAError as exc:
         print(f"stablenca: error: {exc}", file=sys.stderr)

@@ -39,6 +39,15 @@ class StableNCAError(Exception):
         super().__init__(problem if self.fix is None else f"{problem}; fix: {self.fix}")
 
 
+class StableNCAWarning(UserWarning):
+    """Something stablenca did on the user's behalf that changes what they gave (one line); the CLI
+    prints it as ``stablenca: warning: ...``.
+
+    >>> str(StableNCAWarning("filled 3 missing values"))
+    'filled 3 missing values'
+    """
+
+
 class DataError(StableNCAError):
     """A data file or directory cannot be used as given."""
 

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stablenca import data as D
-from stablenca.errors import ConfigError, DataError
+from stablenca.errors import ConfigError, DataError, StableNCAWarning
 
 
 def raises_data_error(call, *fragments: str) -> str:
@@ -423,9 +423,9 @@ def test_talent_errors(tmp_path):
     root = fresh("emptysplit", n=(20, 0, 8))
     raises_data_error(lambda: D.load_talent_dir(root), "y_val.npy")
 
-    root = fresh("nan")
+    root = fresh("inf")  # an infinity is not a missing value: TALENT does not fill it, and it is refused
     x = np.load(root / "N_train.npy")
-    x[2, 1] = np.nan
+    x[2, 1] = -np.inf
     np.save(root / "N_train.npy", x)
     raises_data_error(lambda: D.load_talent_dir(root), "N_train.npy", "'num_1'", "impute")
     root = fresh("object_nested")
@@ -578,6 +578,61 @@ def test_task_comes_from_info_json_unless_asked(tmp_path):
     assert TrainConfig().resolved().task == "multiclass"  # the embedded Abalone
     with pytest.raises(DataError, match="task_type='regression'"):
         load_data(TrainConfig(data=str(tmp_path / "reg"), task="multiclass").resolved())
+
+
+def test_talent_missing_values_are_filled_as_talent_fills_them(tmp_path):
+    """TALENT's defaults (num_nan_policy 'mean', cat_nan_policy 'new'): a numerical NaN gets its column's
+    training mean (0 if the training column has no value), a missing category one category of its own."""
+    arrays = write_talent(tmp_path / "d", num=3, cat=1)
+    n_train = np.load(tmp_path / "d" / "N_train.npy")
+    n_train[[2, 5, 11], 1] = np.nan
+    n_train[:, 2] = np.nan  # no training value in this column
+    n_val = np.load(tmp_path / "d" / "N_val.npy")
+    n_val[0, :] = np.nan
+    np.save(tmp_path / "d" / "N_train.npy", n_train)
+    np.save(tmp_path / "d" / "N_val.npy", n_val)
+    c_test = np.load(tmp_path / "d" / "C_test.npy").astype(object)
+    c_test[0, 0], c_test[1, 0], c_test[2, 0] = float("nan"), "", "NaN"  # the three spellings TALENT reads
+    np.save(tmp_path / "d" / "C_test.npy", c_test, allow_pickle=True)  # as TALENT saves C_*: an object array
+
+    with pytest.warns(StableNCAWarning, match=r"filled 26 missing numerical value\(s\).* 3 missing categorical"):
+        raw = D.load_talent_dir(tmp_path / "d")
+    for column, filled in ((1, raw.x_num["train"][[2, 5, 11], 1]), (1, raw.x_num["val"][0, 1]),
+                           (0, raw.x_num["val"][0, 0])):
+        known = n_train[~np.isnan(n_train[:, column]), column]
+        # the two sums add the same n values in different orders: each is within (n - 1) u sum|x| of the
+        # exact sum (Higham, eq. 4.4), and the division adds half an ulp to each side
+        bound = (2 * (len(known) - 1) + 2) * 2.0**-53 * np.abs(known).sum() / len(known)
+        assert (np.abs(filled - known.sum() / len(known)) <= bound).all()
+    assert (raw.x_num["train"][:, 2] == 0).all() and raw.x_num["val"][0, 2] == 0
+    np.testing.assert_array_equal(raw.x_num["test"], arrays["N_test.npy"])  # untouched where nothing is missing
+    assert raw.x_cat["test"][:3, 0].tolist() == [D.MISSING_CATEGORY] * 3
+    assert raw.x_cat["test"][3:, 0].tolist() == arrays["C_test.npy"][3:, 0].tolist()
+    # the three spellings are one category, unseen in training: all-zero one-hot, as any unseen category
+    data = D.prepare(raw)
+    assert data.n_onehot == 3
+    np.testing.assert_array_equal(data.x["test"][:3, -3:], 0)
+
+
+def test_talent_directory_without_missing_values_gives_no_warning(tmp_path, recwarn):
+    write_talent(tmp_path / "d")
+    D.load_talent_dir(tmp_path / "d")
+    assert not [w for w in recwarn if issubclass(w.category, StableNCAWarning)]
+
+
+def test_cli_says_in_one_line_what_it_filled(tmp_path):
+    write_talent(tmp_path / "d", n=(40, 10, 10))
+    x = np.load(tmp_path / "d" / "N_train.npy")
+    x[0, 0] = np.nan
+    np.save(tmp_path / "d" / "N_train.npy", x)
+    run = subprocess.run([sys.executable, "-m", "stablenca.cli", "train", "--data", str(tmp_path / "d"),
+                          "--epochs", "1", "--json"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    warning = [line for line in run.stderr.splitlines() if "filled" in line]
+    assert warning == [f"stablenca: warning: {tmp_path / 'd'}: filled 1 missing numerical value(s) with their "
+                       "column's training mean and 0 missing categorical value(s) with the category '___null___', "
+                       "as TALENT does by default (num_nan_policy='mean', cat_nan_policy='new')"]
+    assert json.loads(run.stdout)["status"] in {"completed", "early_stopped"}
 
 
 def test_cli_takes_the_task_from_info_json_and_refuses_a_contradiction(tmp_path):

@@ -49,11 +49,12 @@ from .dataset import (
     split_sizes,
 )
 from .preprocess import prepare
-from .talent import _load_npy, _read_info, load_talent_dir  # noqa: F401  (_load_npy: tests reach it here)
+from .talent import (MISSING_CATEGORY, _load_npy, _read_info, fill_missing,  # noqa: F401  (_load_npy: tests use it)
+                     load_talent_dir)
 
 __all__ = [
-    "ABALONE_COLUMNS", "MAX_INFERRED_CLASSES", "MIN_ROWS", "SPLITS", "TASKS", "PreparedData", "RawDataset",
-    "Task", "data_task", "load_abalone", "load_csv", "load_dataset", "load_talent_dir", "prepare",
+    "ABALONE_COLUMNS", "MAX_INFERRED_CLASSES", "MIN_ROWS", "MISSING_CATEGORY", "SPLITS", "TASKS", "PreparedData", "RawDataset",
+    "Task", "data_task", "fill_missing", "load_abalone", "load_csv", "load_dataset", "load_talent_dir", "prepare",
     "split_indices", "split_sizes",
 ]
 

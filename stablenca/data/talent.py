@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, StableNCAWarning
 from .dataset import SPLITS, RawDataset, Task, _check_finite, _check_task, _resolve_target
 from .unpickle import _load_object_npy
+
+#: The category a missing categorical value becomes: TALENT's ``cat_nan_policy`` "new"
+#: (its default, ``configs/deep_configs.json``), with TALENT's name for it.
+MISSING_CATEGORY = "___null___"
+#: What TALENT's ``data_nan_process`` reads as a missing category, once the column is text
+#: (a float NaN in an object column reads "nan").
+MISSING_CATEGORY_TEXT = ("nan", "NaN", "")
 
 
 def load_talent_dir(path: str | os.PathLike, *, task: Task | None = None) -> RawDataset:
@@ -58,6 +66,12 @@ def load_talent_dir(path: str | os.PathLike, *, task: Task | None = None) -> Raw
             raise DataError(f"{root / f'N_{s}.npy'} holds {x_num[s].dtype} values that are not numbers",
                             fix="put categorical features in C_*.npy") from e
         x_cat[s] = x_cat[s].astype(str)  # numeric codes become category names
+    filled = fill_missing(x_num, x_cat)
+    if any(filled):
+        warnings.warn(StableNCAWarning(
+            f"{root}: filled {filled[0]} missing numerical value(s) with their column's training mean and "
+            f"{filled[1]} missing categorical value(s) with the category {MISSING_CATEGORY!r}, as TALENT does by "
+            "default (num_nan_policy='mean', cat_nan_policy='new')"), stacklevel=2)
     n_num, n_cat = x_num["train"].shape[1], x_cat["train"].shape[1]
     if n_num + n_cat == 0:
         raise DataError(f"{root} has no features (no N_*.npy or C_*.npy with columns)",
@@ -80,6 +94,39 @@ def load_talent_dir(path: str | os.PathLike, *, task: Task | None = None) -> Raw
         class_names=class_names,
         split_seed=None,
     )
+
+
+def fill_missing(x_num: dict[str, np.ndarray], x_cat: dict[str, np.ndarray]) -> tuple[int, int]:
+    """Fill missing values (the dicts' arrays, by split) as TALENT's ``data_nan_process`` does with its defaults; return
+    (numerical, categorical) counts filled.
+
+    * A numerical NaN becomes its column's mean over the training split's other values
+      (``np.nanmean``, float64), 0 for a column with no training value (``num_nan_policy``
+      "mean"). Infinities are not missing values: they stay, and the loader refuses them.
+    * A categorical value in :data:`MISSING_CATEGORY_TEXT` becomes :data:`MISSING_CATEGORY`,
+      one category of its own (``cat_nan_policy`` "new").
+
+    >>> x_num = {"train": np.array([[1.0], [np.nan], [3.0]]), "val": np.array([[np.nan]]), "test": np.array([[5.0]])}
+    >>> x_cat = {"train": np.array([["a"], ["b"], ["a"]]), "val": np.array([["b"]]), "test": np.array([["nan"]])}
+    >>> fill_missing(x_num, x_cat), x_num["val"].tolist(), x_cat["test"].tolist()
+    ((2, 1), [[2.0]], [['___null___']])
+    """
+    missing_num = {s: np.isnan(x) for s, x in x_num.items()}
+    n_num = sum(int(mask.sum()) for mask in missing_num.values())
+    if n_num:
+        with warnings.catch_warnings():  # a column with no training value: numpy's "Mean of empty slice"
+            warnings.simplefilter("ignore", RuntimeWarning)
+            means = np.nan_to_num(np.nanmean(x_num["train"], axis=0), nan=0.0)
+        for s, x in x_num.items():
+            rows, columns = np.nonzero(missing_num[s])
+            x[rows, columns] = means[columns]
+    n_cat = 0
+    for s, x in x_cat.items():
+        missing = np.isin(x, MISSING_CATEGORY_TEXT)
+        if missing.any():
+            n_cat += int(missing.sum())
+            x_cat[s] = np.where(missing, MISSING_CATEGORY, x)  # a str dtype wide enough for the name
+    return n_num, n_cat
 
 
 def _read_info(path: Path) -> dict:
