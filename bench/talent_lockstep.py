@@ -1,6 +1,6 @@
 """Do TALENT's ModernNCA and stablenca compute the same training? Weights after K epochs, in lockstep.
 
-``python bench/talent_lockstep.py [--talent /work/talent] [--epochs 1,4,16] [--seed 0]``
+``python bench/talent_lockstep.py [--talent /work/talent] [--epochs 1,4,16] [--seed 0] [--missing 0.05]``
 
 For each K, TALENT trains K epochs (``max_epoch=K``, its own code), and stablenca trains
 K epochs from TALENT's initial weights with TALENT's random stream (see
@@ -14,6 +14,9 @@ table gives, per parameter, ``max |w_TALENT - w_stablenca| / max |w_TALENT|``.
   candidates here, two in TALENT; the gradient of the shared layers accumulates in one
   product instead of two), so they differ by rounding from the first step, and Adam's
   normalised update amplifies the difference on coordinates whose gradient is near zero.
+
+``--missing F`` blanks a fraction F of the feature cells in the files (``talent_split.py``): each
+library then fills them by its own code, so the float64 rows also check the filling.
 
 K is kept below TALENT's early stop (it keeps its last weights, stablenca runs without
 patience), so both are compared after exactly K epochs.
@@ -60,6 +63,7 @@ def main(argv=None) -> None:
     parser.add_argument("--epochs", default="1,4,16")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tasks", default="multiclass,regression")
+    parser.add_argument("--missing", type=float, default=0.0, help="fraction of feature cells blanked (default 0)")
     args = C.parse(parser, argv, default_threads=2)
     import os
 
@@ -69,7 +73,7 @@ def main(argv=None) -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="talent_lockstep_") as tmp:
         data_root = Path(tmp) / "data"
-        write_split(data_root)
+        write_split(data_root, missing=args.missing)
         for task in args.tasks.split(","):
             for dtype in ("float64", "float32"):
                 for k in epochs:
@@ -80,7 +84,8 @@ def main(argv=None) -> None:
                     names = sorted(diff)
     body = ("max |w_TALENT − w_stablenca| / max |w_TALENT| per parameter after K epochs from the same start "
             "and random stream.\n\n" + C.md_table(["task", "dtype", "K"] + [f"`{n}`" for n in names], rows))
-    command = C.command_line("talent_lockstep.py", args, f" --epochs {args.epochs} --seed {args.seed}")
+    command = C.command_line("talent_lockstep.py", args, f" --epochs {args.epochs} --seed {args.seed}"
+                             + (f" --missing {args.missing}" if args.missing else ""))
     C.emit(C.section("TALENT lockstep: the same training?", command, info, body), {"rows": rows}, args)
 
 

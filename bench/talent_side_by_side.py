@@ -1,6 +1,7 @@
 """TALENT's ModernNCA and stablenca, seed by seed, on the same TALENT-format files.
 
-``python bench/talent_side_by_side.py --seeds 15 [--talent /work/talent] [--mode independent|lockstep|both]``
+``python bench/talent_side_by_side.py --seeds 15 [--talent /work/talent] [--mode independent|lockstep|both]
+[--tasks multiclass,regression,binclass] [--missing 0.05]``
 
 TALENT is not part of this repository: its checkout (qile2000/LAMDA-TALENT, MIT) is
 imported from ``--talent`` (default ``$STABLENCA_TALENT`` or ``/work/talent``). TALENT
@@ -13,7 +14,8 @@ saves its checkpoint and log inside that time, as it always does). stablenca run
 epoch time is the wall time from one epoch's end to the next (training and validation).
 
 Both read the files :mod:`talent_split` writes (a seeded permutation of the embedded
-Abalone; written into a temporary directory unless ``--data`` names one). For each seed
+Abalone; written into a temporary directory unless ``--data`` names one; ``--missing F`` blanks a
+fraction F of their feature cells, which each library fills by its own code; binclass is rings >= 10). For each seed
 the two run back to back, alternating which goes first, with ``--threads`` torch threads.
 
 Modes:
@@ -54,7 +56,7 @@ import _common as C  # noqa: E402
 from talent_split import write_split  # noqa: E402
 from stablenca.training import Hook, Trainer, TrainConfig, load_data  # noqa: E402
 
-TASK_DIRS = {"multiclass": "abalone", "regression": "abalone_reg"}
+TASK_DIRS = {"multiclass": "abalone", "regression": "abalone_reg", "binclass": "abalone_bin"}
 EPOCH_LINE = re.compile(r"^Epoch: (\d+), Time cost: ([0-9.eE+-]+)$", re.M)
 VAL_LINE = re.compile(r"^epoch (\d+), val, loss=\S+ \w+ result=([0-9.eE+-]+|nan)$", re.M)
 
@@ -229,7 +231,7 @@ def ratio_ci(talent: list[float], ours: list[float]) -> str:
 
 
 def task_table(task: str, mode: str, rows: list[dict]) -> str:
-    metric = "accuracy" if task == "multiclass" else "rmse"
+    metric = "rmse" if task == "regression" else "accuracy"
     arrow = "↑" if metric == "accuracy" else "↓"
     talent = [r["talent"] for r in rows]
     ours = [r["stablenca"] for r in rows]
@@ -362,7 +364,7 @@ def main(argv=None) -> None:
                         t.pop(key)
                     rows.append({"seed": seed, "talent": t, "stablenca": s})
                     save()
-                    metric = "accuracy" if task == "multiclass" else "rmse"
+                    metric = "rmse" if task == "regression" else "accuracy"
                     C.stderr(f"[{mode} {task} seed {seed}] TALENT {metric}={t[metric]:.4f} epochs={t['epochs']} "
                              f"{C.median(t['epoch_seconds']):.3f}s/ep | stablenca {metric}={s[metric]:.4f} "
                              f"epochs={s['epochs']} {C.median(s['epoch_seconds']):.3f}s/ep")

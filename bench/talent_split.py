@@ -1,7 +1,8 @@
 """Write the embedded Abalone as TALENT-format split directories (the files both sides read).
 
 ``python bench/talent_split.py OUT [--split-seed 0] [--missing 0.05]`` writes ``OUT/abalone`` (3 classes,
-TALENT's rings bins) and ``OUT/abalone_reg`` (rings as a float), each with
+TALENT's rings bins), ``OUT/abalone_reg`` (rings as a float) and ``OUT/abalone_bin`` (binclass:
+rings >= 10, a target of our own, for TALENT's third task type), each with
 ``N_{train,val,test}.npy`` (the seven measurements), ``C_*.npy`` (sex, saved as TALENT
 saves categorical columns: an object array of str, ``allow_pickle=True``), ``y_*.npy``
 and ``info.json``. Rows are ordered by ``numpy.random.RandomState(split_seed).permutation``
@@ -27,8 +28,18 @@ from stablenca.data import SPLITS, load_abalone
 SIZES = (2672, 669, 836)
 
 
+#: (our task, directory, TALENT's task_type); binclass is read from the regression table's rings.
+DIRECTORIES = (("multiclass", "abalone", "multiclass"), ("regression", "abalone_reg", "regression"),
+               ("binclass", "abalone_bin", "binclass"))
+#: binclass: 1 for rings >= this (about half of the rows), else 0.
+BINCLASS_RINGS = 10
+
+
 def full_table(task: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The embedded Abalone in its file order: numerical (n, 7), sex (n, 1) str, target (n,)."""
+    if task == "binclass":
+        x_num, x_cat, rings = full_table("regression")
+        return x_num, x_cat, (rings >= BINCLASS_RINGS).astype(np.int64)
     raw = load_abalone(task=task)
     n = sum(raw.sizes().values())
     x_num, x_cat, y = np.empty((n, 7)), np.empty((n, 1), dtype=object), np.empty(n, dtype=raw.y["train"].dtype)
@@ -46,9 +57,9 @@ def blank_cells(x_num: np.ndarray, x_cat: np.ndarray, fraction: float, split_see
 
 
 def write_split(out: Path, *, split_seed: int = 0, missing: float = 0.0) -> dict[str, Path]:
-    """Write both directories under ``out``; return {task: directory}."""
+    """Write the three directories under ``out``; return {task: directory}."""
     written = {}
-    for task, name, task_type in (("multiclass", "abalone", "multiclass"), ("regression", "abalone_reg", "regression")):
+    for task, name, task_type in DIRECTORIES:
         x_num, x_cat, y = full_table(task)
         if len(y) != sum(SIZES):
             raise SystemExit(f"the embedded Abalone has {len(y)} rows, not {sum(SIZES)}")
