@@ -85,6 +85,7 @@ def main(argv=None) -> None:
     body = ("max |w_TALENT − w_stablenca| / max |w_TALENT| per parameter after K epochs from the same start "
             "and random stream.\n\n" + C.md_table(["task", "dtype", "K"] + [f"`{n}`" for n in names], rows))
     command = C.command_line("talent_lockstep.py", args, f" --epochs {args.epochs} --seed {args.seed}"
+                             + (f" --tasks {args.tasks}" if args.tasks != "multiclass,regression" else "")
                              + (f" --missing {args.missing}" if args.missing else ""))
     C.emit(C.section("TALENT lockstep: the same training?", command, info, body), {"rows": rows}, args)
 
