@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -612,6 +613,10 @@ def test_talent_missing_values_are_filled_as_talent_fills_them(tmp_path):
     data = D.prepare(raw)
     assert data.n_onehot == 3
     np.testing.assert_array_equal(data.x["test"][:3, -3:], 0)
+    with warnings.catch_warnings():  # read again in this process (diagnose does, from a capsule): said once
+        warnings.simplefilter("error", StableNCAWarning)
+        again = D.load_talent_dir(tmp_path / "d")
+    np.testing.assert_array_equal(again.x_num["train"], raw.x_num["train"])
 
 
 def test_talent_directory_without_missing_values_gives_no_warning(tmp_path, recwarn):

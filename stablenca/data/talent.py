@@ -19,6 +19,9 @@ MISSING_CATEGORY = "___null___"
 #: What TALENT's ``data_nan_process`` reads as a missing category, once the column is text
 #: (a float NaN in an object column reads "nan").
 MISSING_CATEGORY_TEXT = ("nan", "NaN", "")
+#: Fills already reported in this process: a directory read again (diagnose reloads it from a
+#: capsule for a figure) is not reported twice.
+_REPORTED_FILLS: set[tuple[str, int, int]] = set()
 
 
 def load_talent_dir(path: str | os.PathLike, *, task: Task | None = None) -> RawDataset:
@@ -67,7 +70,8 @@ def load_talent_dir(path: str | os.PathLike, *, task: Task | None = None) -> Raw
                             fix="put categorical features in C_*.npy") from e
         x_cat[s] = x_cat[s].astype(str)  # numeric codes become category names
     filled = fill_missing(x_num, x_cat)
-    if any(filled):
+    if any(filled) and (reported := (str(root.resolve()), *filled)) not in _REPORTED_FILLS:
+        _REPORTED_FILLS.add(reported)
         warnings.warn(StableNCAWarning(
             f"{root}: filled {filled[0]} missing numerical value(s) with their column's training mean and "
             f"{filled[1]} missing categorical value(s) with the category {MISSING_CATEGORY!r}, as TALENT does by "
