@@ -53,9 +53,9 @@ from .talent import (MISSING_CATEGORY, _load_npy, _read_info, fill_missing,  # n
                      load_talent_dir)
 
 __all__ = [
-    "ABALONE_COLUMNS", "MAX_INFERRED_CLASSES", "MIN_ROWS", "MISSING_CATEGORY", "SPLITS", "TASKS", "PreparedData", "RawDataset",
-    "Task", "data_task", "fill_missing", "load_abalone", "load_csv", "load_dataset", "load_talent_dir", "prepare",
-    "split_indices", "split_sizes",
+    "ABALONE_COLUMNS", "MAX_INFERRED_CLASSES", "MIN_ROWS", "MISSING_CATEGORY", "SPLITS", "TASKS", "PreparedData",
+    "RawDataset", "Task", "data_task", "fill_missing", "load_abalone", "load_csv", "load_dataset", "load_talent_dir",
+    "prepare", "split_indices", "split_sizes",
 ]
 
 
