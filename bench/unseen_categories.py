@@ -35,9 +35,8 @@ def talent_rule(raw: D.RawDataset) -> D.RawDataset:
     """``raw`` with every validation/test category unseen in training replaced by the first training row's."""
     for split in ("val", "test"):
         for column in range(raw.x_cat[split].shape[1]):
-            seen = set(raw.x_cat["train"][:, column].tolist())
             values = raw.x_cat[split][:, column]
-            values[~np.isin(values, list(seen))] = raw.x_cat["train"][0, column]
+            values[~np.isin(values, raw.x_cat["train"][:, column])] = raw.x_cat["train"][0, column]
     return raw
 
 

@@ -25,7 +25,7 @@ def test_only_amd_family_19h_with_avx512_is_recognised(cpuinfo, slow):
 def zen4(monkeypatch):
     monkeypatch.setattr(numpy_dispatch, "_cpuinfo", lambda: ZEN4)
     monkeypatch.delitem(sys.modules, "numpy", raising=False)  # restored by monkeypatch afterwards
-    monkeypatch.setattr(numpy_dispatch, "_numpy_names_targets_so", lambda: True)
+    monkeypatch.setattr(numpy_dispatch, "_numpy_knows_these_target_names", lambda: True)
 
 
 def test_on_zen4_before_numpy_is_imported_the_avx512_targets_are_turned_off(zen4):
@@ -49,16 +49,16 @@ def test_not_applied_once_numpy_is_imported(zen4, monkeypatch):
 
 
 def test_not_applied_on_other_cpus_or_an_older_numpy(zen4, monkeypatch):
-    monkeypatch.setattr(numpy_dispatch, "_numpy_names_targets_so", lambda: False)
+    monkeypatch.setattr(numpy_dispatch, "_numpy_knows_these_target_names", lambda: False)
     assert numpy_dispatch.prefer_avx2_sorting({}) is False
-    monkeypatch.setattr(numpy_dispatch, "_numpy_names_targets_so", lambda: True)
+    monkeypatch.setattr(numpy_dispatch, "_numpy_knows_these_target_names", lambda: True)
     monkeypatch.setattr(numpy_dispatch, "_cpuinfo", lambda: INTEL)
     assert numpy_dispatch.prefer_avx2_sorting({}) is False
 
 
 def test_the_installed_numpy_knows_the_target_names():
     # pyproject asks numpy >= 2.4.6; the names must be ones it dispatches, or it prints a complaint
-    assert numpy_dispatch._numpy_names_targets_so()
+    assert numpy_dispatch._numpy_knows_these_target_names()
     from numpy._core._multiarray_umath import __cpu_dispatch__
     assert set(numpy_dispatch.AVX512_TARGETS.split()) <= set(__cpu_dispatch__)
 

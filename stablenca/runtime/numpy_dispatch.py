@@ -60,7 +60,7 @@ def _cpuinfo() -> str:
         return ""
 
 
-def _numpy_names_targets_so() -> bool:
+def _numpy_knows_these_target_names() -> bool:
     """numpy 2.4 or later is installed (older ones name the targets AVX512_SKX ..., and print a
     complaint for names they do not know)."""
     try:
@@ -79,7 +79,7 @@ def prefer_avx2_sorting(environ=os.environ) -> bool:
     """
     if VARIABLE in environ or "numpy" in sys.modules or not slow_avx512_compress(_cpuinfo()):
         return False
-    if not _numpy_names_targets_so():
+    if not _numpy_knows_these_target_names():
         return False
     environ[VARIABLE] = AVX512_TARGETS
     return True
