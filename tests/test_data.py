@@ -539,6 +539,29 @@ def test_object_array_of_numbers_loads_as_float(tmp_path):
     assert arr.dtype == np.float64 and arr.tolist() == [[1.0, 2.5], [3.0, 1.0]]
 
 
+def test_none_in_object_arrays_is_read_as_talent_reads_it(tmp_path):
+    """TALENT's data_nan_process: C_* arrays become astype(str), so None is the category "None" (not one of
+    its missing spellings), 2 is "2" and a float NaN is "nan" (missing). For an N_* object array holding
+    None, TALENT's np.nanmean raises a TypeError; here None is NaN (numpy's cast) and gets the training mean."""
+    arrays = write_talent(tmp_path / "d", num=2, cat=1)
+    c_train = arrays["C_train.npy"].astype(object)
+    c_train[0, 0], c_train[1, 0], c_train[2, 0], c_train[3, 0] = None, 2, 2.0, float("nan")
+    np.save(tmp_path / "d" / "C_train.npy", c_train, allow_pickle=True)
+    n_train = arrays["N_train.npy"].astype(object)
+    n_train[4, 1] = None
+    np.save(tmp_path / "d" / "N_train.npy", n_train, allow_pickle=True)
+    with pytest.warns(StableNCAWarning, match=r"filled 1 missing numerical value\(s\).* 1 missing categorical"):
+        raw = D.load_talent_dir(tmp_path / "d")
+    assert raw.x_cat["train"][:4, 0].tolist() == ["None", "2", "2.0", D.MISSING_CATEGORY]
+    assert raw.x_cat["train"][4:, 0].tolist() == arrays["C_train.npy"][4:, 0].tolist()
+    known = np.delete(arrays["N_train.npy"][:, 1], 4)
+    # the mean of the other values, within the summation bound of the test above
+    bound = (2 * (len(known) - 1) + 2) * 2.0**-53 * np.abs(known).sum() / len(known)
+    assert abs(raw.x_num["train"][4, 1] - known.sum() / len(known)) <= bound
+    # each is a category of its own: a, b, c (as written), None, 2, 2.0 and ___null___
+    assert D.prepare(raw).n_onehot == 7
+
+
 def test_object_array_with_a_code_running_payload_is_refused_and_not_run(tmp_path):
     marker = tmp_path / "payload_ran"
     root = tmp_path / "evil"

@@ -154,7 +154,8 @@ def _declared_count(info: dict, key: str, info_path: Path) -> int | None:
     return value
 
 
-def _load_npy(path: Path) -> np.ndarray:
+def _load_npy(path: Path, *, text: bool = False) -> np.ndarray:
+    """One array; ``text``: a categorical file, whose object arrays become their elements' str (TALENT's way)."""
     if not path.is_file():
         raise DataError(f"{path} is missing", fix="save all of y_train/y_val/y_test.npy (and N_/C_ for each split)")
     try:
@@ -162,7 +163,7 @@ def _load_npy(path: Path) -> np.ndarray:
     except ValueError as e:
         if "Object arrays cannot be loaded" not in str(e):
             raise DataError(f"{path} is not a readable .npy file", fix="save it with numpy.save") from e
-        arr = _load_object_npy(path)  # TALENT's C_*.npy: a pickled array of str, read with an allow-list
+        arr = _load_object_npy(path, text=text)  # TALENT's C_*.npy: a pickled array of str, read with an allow-list
     except Exception as e:  # truncated or garbage files fail in many ways (EOFError, OSError, ...)
         raise DataError(f"{path} is not a readable .npy file ({type(e).__name__})",
                         fix="save it with numpy.save") from e
@@ -197,7 +198,7 @@ def _load_part(root: Path, prefix: str, declared: int | None, rows: dict[str, in
                         fix=f"save {prefix}_ for all of train, val and test")
     out = {}
     for s in SPLITS:
-        arr = _load_npy(files[s])
+        arr = _load_npy(files[s], text=prefix == "C")
         if arr.ndim != 2 or arr.shape[0] != rows[s]:
             raise DataError(f"{files[s]} has shape {arr.shape} but y_{s}.npy has {rows[s]} rows",
                             fix=f"save a 2-D array with {rows[s]} rows, one per target")

@@ -1,4 +1,4 @@
-"""A restricted unpickler for TALENT's object-dtype ``.npy`` files: arrays of str, int, float and bool, nothing else."""
+"""A restricted unpickler for TALENT's object-dtype ``.npy`` files: arrays of str, int, float, bool and None, nothing else."""
 
 from __future__ import annotations
 
@@ -23,8 +23,9 @@ _PICKLE_ALLOWED = {
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
 }
-#: Element types an object array may hold (what TALENT's categorical and label columns hold).
-_PLAIN_ELEMENTS = (str, bool, int, float, np.str_, np.bool_, np.integer, np.floating)
+#: Element types an object array may hold (what TALENT's categorical and label columns hold; pandas
+#: leaves None for some missing strings). None is pickled as an opcode, not a global.
+_PLAIN_ELEMENTS = (str, bool, int, float, np.str_, np.bool_, np.integer, np.floating, type(None))
 
 
 class _RefusedGlobal(pickle.UnpicklingError):
@@ -45,12 +46,15 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
             raise _RefusedGlobal(f"{module}.{name}") from None
 
 
-def _load_object_npy(path: Path) -> np.ndarray:
+def _load_object_npy(path: Path, *, text: bool = False) -> np.ndarray:
     """Read an object-dtype ``.npy`` (``np.save(..., allow_pickle=True)``) without running its pickle freely.
 
     The array is rebuilt by :class:`_ArrayOnlyUnpickler`; its elements must be
-    str, int, float or bool. All strings give a str array, all numbers a float64
-    array, a mix a str array (so a category column with a numeric code still loads).
+    str, int, float, bool or None. With ``text`` (categorical columns) every element becomes
+    its ``str``, as TALENT's ``astype(str)`` makes it: None is the category "None", 2 is "2"
+    and 2.0 is "2.0", a float NaN is "nan" (a missing value). Otherwise all numbers give a
+    float64 array and any string a str array. None among numbers is NaN there, as numpy casts it,
+    so a numerical file's None is filled like a NaN (TALENT's ``np.nanmean`` raises on such a file).
     """
     refuse = dict(fix="save it as a plain array, e.g. np.save(path, arr.astype(str))")
     with open(path, "rb") as f:
@@ -68,7 +72,7 @@ def _load_object_npy(path: Path) -> np.ndarray:
             arr = _ArrayOnlyUnpickler(f).load()
         except _RefusedGlobal as e:
             raise DataError(f"{path} holds a pickle that names {e}, which is not loaded for safety "
-                            "(only arrays of str, int, float and bool are)", **refuse) from None
+                            "(only arrays of str, int, float, bool and None are)", **refuse) from None
         except Exception as e:  # a malformed pickle fails in many ways
             raise DataError(f"{path} holds an unreadable pickle ({type(e).__name__})", **refuse) from None
     if type(arr) is not np.ndarray or arr.shape != tuple(shape) or arr.dtype != object:
@@ -76,8 +80,8 @@ def _load_object_npy(path: Path) -> np.ndarray:
     flat = arr.ravel()
     odd = next((v for v in flat if not isinstance(v, _PLAIN_ELEMENTS)), None)
     if odd is not None:
-        raise DataError(f"{path} holds a {type(odd).__name__} element; only str, int, float and bool are loaded",
-                        **refuse)
-    if flat.size and not any(isinstance(v, (str, np.str_)) for v in flat):
+        raise DataError(f"{path} holds a {type(odd).__name__} element; only str, int, float, bool and None are "
+                        "loaded", **refuse)
+    if not text and flat.size and not any(isinstance(v, (str, np.str_)) for v in flat):
         return arr.astype(np.float64)
     return arr.astype(str)
