@@ -110,6 +110,10 @@ def fill_missing(x_num: dict[str, np.ndarray], x_cat: dict[str, np.ndarray]) -> 
     * A categorical value in :data:`MISSING_CATEGORY_TEXT` becomes :data:`MISSING_CATEGORY`,
       one category of its own (``cat_nan_policy`` "new").
 
+    NOTE[DIFF]: TALENT writes the name into the column's fixed-width str array, which cuts it to the
+    array's widest value (``'___n'`` in a column whose widest value is ``'None'``). Only the name
+    differs: the filled cells are one category either way, unless a real value equals the cut name.
+
     >>> x_num = {"train": np.array([[1.0], [np.nan], [3.0]]), "val": np.array([[np.nan]]), "test": np.array([[5.0]])}
     >>> x_cat = {"train": np.array([["a"], ["b"], ["a"]]), "val": np.array([["b"]]), "test": np.array([["nan"]])}
     >>> fill_missing(x_num, x_cat), x_num["val"].tolist(), x_cat["test"].tolist()
