@@ -329,6 +329,7 @@ def main(argv=None) -> None:
     command = C.command_line("talent_side_by_side.py", args,
                              f" --seeds {args.seeds} --mode {args.mode} --tasks {args.tasks}"
                              + (f" --dtype {args.dtype}" if args.dtype != "float32" else "")
+                             + (f" --split-seed {args.split_seed}" if args.split_seed else "")
                              + (f" --missing {args.missing}" if args.missing else ""))
     saved = {"options": {"seeds": args.seeds, "dtype": args.dtype, "split_seed": args.split_seed,
                          "missing": args.missing},
