@@ -4,7 +4,8 @@
 
 The per-epoch target (issue 16: at least 2x TALENT's epoch, float32, 2 threads) is missed with
 ATen's kernels, and earlier rounds named generated fused loops as the way that could close it
-(``torch.compile`` of the whole step gave no gain in rounds 3 and 5). This bench measures loops for
+(``torch.compile`` of the whole step: 8 % off the steps for 8-30 s of compile in round 3, no gain
+in round 5). This bench measures loops for
 the objective's passes alone, with the products kept in ATen, and bounds what perfect ones would
 give, before anyone builds them. One more stablenca Trainer
 runs the objective (multiclass, T = 1, the Trainer's shared queries) with its matrix products
