@@ -5,11 +5,10 @@
 The per-epoch target (issue 16: at least 2x TALENT's epoch, float32, 2 threads) is missed with
 ATen's kernels, and earlier rounds named generated fused loops as the way that could close it
 (``torch.compile`` of the whole step: 8 % off the steps for 8-30 s of compile in round 3, no gain
-in round 5). This bench measures loops for
-the objective's passes alone, with the products kept in ATen, and bounds what perfect ones would
-give, before anyone builds them. One more stablenca Trainer
-runs the objective (multiclass, T = 1, the Trainer's shared queries) with its matrix products
-left to ATen and every pass over the (1024 x 1848) matrix compiled by ``torch.compile``
+in round 5). This bench measures loops for the objective's passes alone, with the products kept
+in ATen, and bounds what perfect ones would give, before anyone builds them. One more stablenca
+Trainer runs the objective (multiclass, T = 1, the Trainer's shared queries) with its matrix
+products left to ATen and every pass over the (1024 x 1848) matrix compiled by ``torch.compile``
 (inductor, C++ loops):
 
 * forward: one compiled function from the Gram product and the squared norms to the
