@@ -79,17 +79,24 @@ def _rank_main(rank: int, world: int, port: int | str, out: str, bad_rank: int |
     Path(out, f"calls-{rank}.json").write_text(json.dumps(
         {"calls": calls, "failed_at": watch.failed_at, "steps": len(watch.records),
          "first_failing_rank": watch.first_failing_rank}))
-    # Tear down together: a rank that destroys the group while its peer is still between collectives
-    # can make gloo's peer abort ("terminate called without an active exception", seen once in 3 suites).
+    _leave(0)
+
+
+def _leave(code: int) -> None:
+    """End a rank process: tear the group down together, then exit without the interpreter's teardown.
+
+    A rank that destroys the group while its peer is still between collectives can make gloo's peer
+    abort ("terminate called without an active exception", seen once in 3 suites); and torch's gloo
+    threads can abort the process in the interpreter's teardown even after that (SIGABRT after the
+    rank function has returned: 1 in 100 spawns of a plain DDP loop without stablenca on a loaded
+    2-core machine, 2 in 60 of ``_rank_main``). Everything asserted on is written before this, and
+    the watch has closed its files.
+    """
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
-    # Then leave without the interpreter's teardown, where torch's gloo threads can still abort the
-    # process (SIGABRT after this function has returned: 1 in 100 spawns of a plain DDP loop without
-    # stablenca on a loaded 2-core machine, 2 in 60 of this function). Everything asserted on is
-    # written above, and the watch has closed its files.
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(code)
 
 
 def test_a_nonfinite_step_on_one_rank_stops_both_at_the_same_step(tmp_path):
@@ -132,8 +139,11 @@ def test_ddp_under_autocast_asks_every_rank_whether_float32_would_be_finite(tmp_
 
 def _launch_rank(rank: int, port: int, out: Path, log: Path) -> subprocess.Popen:
     """A rank as torchrun starts it: its own process, the rendezvous in the environment."""
-    code = (f"import sys; sys.path.insert(0, {str(TESTS)!r}); from test_integrations_ddp import _rank_main; "
-            f"_rank_main({rank}, 2, {port}, {str(out)!r}, None, 100000, 0.01)")
+    code = (f"import sys; sys.path.insert(0, {str(TESTS)!r})\n"
+            f"from test_integrations_ddp import _leave, _rank_main\n"
+            f"try:\n    _rank_main({rank}, 2, {port}, {str(out)!r}, None, 100000, 0.01)\n"
+            # The watch's SystemExit(143) leaves through the same teardown as a finished rank.
+            f"except SystemExit as stop:\n    _leave(stop.code)")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
 
