@@ -48,6 +48,13 @@ def write_directory(root: Path) -> None:
                                                 "n_cat_features": 1}))
 
 
+def load_quietly(root: Path):
+    """``load_talent_dir`` without its warnings about the filled cells (every cell here is deliberate)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", StableNCAWarning)
+        return D.load_talent_dir(root)
+
+
 def same_partition(a: list[str], b: list[str]) -> bool:
     """Whether two namings put the same cells together."""
     return all((a[i] == a[j]) == (b[i] == b[j]) for i in range(len(a)) for j in range(len(a)))
@@ -64,9 +71,7 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory(prefix="talent_categories_") as tmp:
         root = Path(tmp) / "d"
         write_directory(root)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", StableNCAWarning)
-            ours = D.load_talent_dir(root).x_cat["train"][:, 0].tolist()
+        ours = load_quietly(root).x_cat["train"][:, 0].tolist()
         column = np.load(root / "C_train.npy", allow_pickle=True)
         _, theirs, *_ = data_nan_process({"train": np.load(root / "N_train.npy")}, {"train": column}, "mean", "new")
         theirs = theirs["train"][:, 0].tolist()
@@ -79,9 +84,7 @@ def main(argv=None) -> None:
             talent_numbers = f"raises {type(e).__name__}: {e}"
         np.save(root / "N_train.npy", np.concatenate([numbers, np.zeros((len(column) - 3, 1))]).astype(object),
                 allow_pickle=True)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", StableNCAWarning)
-            our_numbers = D.load_talent_dir(root).x_num["train"][:3, 0].tolist()
+        our_numbers = load_quietly(root).x_num["train"][:3, 0].tolist()
 
     rows = [[label, f"`{t}`", f"`{o}`"] for (label, _), t, o in zip(VALUES, theirs[::2], ours[::2])]
     partition = same_partition(theirs, ours)
