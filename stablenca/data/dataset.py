@@ -227,6 +227,10 @@ def _resolve_target(y: dict[str, np.ndarray], task: Task | None, *, where: str, 
         return task, out, None
 
     # Encode labels as 0..K-1 over all splits, so that a class seen only in test still gets a code.
+    # NOTE[DIFF]: TALENT fits a LabelEncoder on the training labels, and its transform raises on a
+    # validation or test label unseen in training; here such a label gets a code of its own, and its
+    # rows count as errors (no training row can predict it). When every class is in the training
+    # split, the codes are TALENT's: both number the sorted distinct labels.
     classes, codes = np.unique(all_y if numeric else all_y.astype(str), return_inverse=True)
     codes = codes.astype(np.int64)
     bounds = np.cumsum([0] + [len(y[s]) for s in SPLITS])
