@@ -275,6 +275,13 @@ def test_cli_accepts_a_user_loss_module_function(tmp_path, monkeypatch, capsys):
     assert rows["my_stable_losses:logspace"]["reference"] == "float64 (self)"
     assert rows["my_stable_losses:with_reference"]["reference"] == "mpmath (50 digits)"
     assert rows["my_stable_losses:with_reference"]["breakdown_scale"] is None
+    # In the table both names are whole (cut to a column's width they read alike) and the columns line up.
+    assert cli.main(argv[:-1]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if line.startswith("loss "))
+    named = [line for line in lines if line.startswith("my_stable_losses:")]
+    assert [line.split()[0] for line in named] == ["my_stable_losses:logspace", "my_stable_losses:with_reference"]
+    assert {line.index(" float32 ") + 1 for line in named} == {header.index("dtype")}
 
 
 def test_cli_unknown_loss_is_exit_2(capsys):

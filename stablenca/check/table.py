@@ -47,6 +47,10 @@ class CheckReport:
 
     def format_table(self) -> str:
         s = self.sweep
+        # The loss column fits the longest name: two user losses must not read alike.
+        names = {r.loss: _short_loss_name(r.loss) for r in self.rows}
+        width = max([14, *(len(name) + 1 for name in names.values())])
+        pad = " " * (width - 14)
         lines = [
             f"stablenca check: {s['n_scales']} scales {s['scale_min']:.0e}..{s['scale_max']:.0e} "
             f"({s['points_per_decade']}/decade), {s['batches']} batches per scale and population, seed {s['seed']}; "
@@ -56,11 +60,11 @@ class CheckReport:
             f"loss/gradient or more than {THRESHOLD:g} of the significand bits wrong "
             f"(bits = log2(1 + ulps), med/max over the sweep)",
             "",
-            f"{'':<72}{'every class has >= 2 members (a)':<41}| {'a singleton class (b)'}",
-            f"{'loss':<14}{'dtype':<10}{'reference':<20}{'breakdown scale (a)':<28}{'finite':>7} "
+            f"{pad}{'':<72}{'every class has >= 2 members (a)':<41}| {'a singleton class (b)'}",
+            f"{'loss':<{width}}{'dtype':<10}{'reference':<20}{'breakdown scale (a)':<28}{'finite':>7} "
             f"{'loss bits':^11} {'grad bits':^11} {'vanished':>8} | {'finite':>6} {'loss bits':^11} "
             f"{'grad bits':^11}",
-            f"{'':<79} {'med / max':^11} {'med / max':^11} {'':>8} | {'':>6} {'med / max':^11} {'med / max':^11}",
+            f"{pad}{'':<79} {'med / max':^11} {'med / max':^11} {'':>8} | {'':>6} {'med / max':^11} {'med / max':^11}",
         ]
         lines = [line.rstrip() for line in lines]
 
@@ -75,7 +79,7 @@ class CheckReport:
             if len(breakdown) > 27:
                 breakdown = breakdown[:26] + "~"
             lines.append(
-                f"{_short_loss_name(r.loss):<14}{r.dtype:<10}{r.reference[:19]:<20}{breakdown:<28}{a.finite_fraction:>7.2f} "
+                f"{names[r.loss]:<{width}}{r.dtype:<10}{r.reference[:19]:<20}{breakdown:<28}{a.finite_fraction:>7.2f} "
                 f"{bits(a.loss_bits_median, a.loss_bits_max)} {bits(a.grad_bits_median, a.grad_bits_max)} "
                 f"{a.vanished_fraction:>8.2f} | {b.finite_fraction:>6.2f} {bits(b.loss_bits_median, b.loss_bits_max)} "
                 f"{bits(b.grad_bits_median, b.grad_bits_max)}".rstrip())
@@ -93,9 +97,13 @@ class CheckReport:
         return "\n".join(lines)
 
 
-def _short_loss_name(spec: str, width: int = 13) -> str:
-    """A table-width name: a file or module spec shows as ``stem:function``."""
+def _short_loss_name(spec: str) -> str:
+    """The table's name of a loss: a file or module spec shows as ``stem:function``, whole.
+
+    >>> _short_loss_name("mypkg.losses:my_loss_a"), _short_loss_name("ratio")
+    ('losses:my_loss_a', 'ratio')
+    """
     if losses.is_user_spec(spec):
         module, _, function = spec.rpartition(":")
         spec = f"{module.replace(chr(92), '/').rsplit('/', 1)[-1].removesuffix('.py').rsplit('.', 1)[-1]}:{function}"
-    return spec if len(spec) <= width else spec[: width - 1] + "…"
+    return spec
